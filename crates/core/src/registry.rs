@@ -1,0 +1,156 @@
+//! The plugin registry: `const` records submitted with [`register_plugin!`](crate::register_plugin).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use crate::error::{CoreError, Result};
+use crate::params::{ParamSpec, Params};
+use crate::stage::{Refiner, Stage};
+
+/// Everything segsweep knows about a plugin before building it.
+///
+/// Submit one per plugin crate with [`register_plugin!`](crate::register_plugin). A binary must
+/// name every plugin crate (`use segsweep_plugin_pamr as _;`), or the linker drops it and its
+/// record never reaches the registry (inventory issue #50).
+pub struct PluginSpec {
+    /// Unique name used in specs (`plugin = "pamr"`), lower-case with dashes.
+    pub name: &'static str,
+    /// One line for `segsweep plugins`.
+    pub summary: &'static str,
+    /// Longer documentation: the paper, what is computed, variants and deviations.
+    pub doc: &'static str,
+    /// Where in the data flow the plugin runs.
+    pub stage: Stage,
+    /// Declared parameters; spec values are validated against them before anything runs.
+    pub params: &'static [ParamSpec],
+    /// Build the plugin from validated parameters.
+    pub build: fn(&Params) -> Result<Box<dyn Refiner>>,
+}
+
+impl PluginSpec {
+    /// Validate raw spec values against this plugin's schema.
+    pub fn resolve(&self, raw: &BTreeMap<String, toml::Value>) -> Result<Params> {
+        Params::resolve(self.name, self.params, raw)
+    }
+
+    /// Validate and build in one step.
+    pub fn instantiate(&self, raw: &BTreeMap<String, toml::Value>) -> Result<Box<dyn Refiner>> {
+        let params = self.resolve(raw)?;
+        (self.build)(&params)
+    }
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("name", &self.name)
+            .field("stage", &self.stage)
+            .finish()
+    }
+}
+
+inventory::collect!(PluginSpec);
+
+/// Register a plugin. Use once per plugin crate, at module level:
+///
+/// ```ignore
+/// segsweep_core::register_plugin!(segsweep_core::PluginSpec {
+///     name: "pamr",
+///     summary: "pixel-adaptive mask refinement",
+///     doc: "...",
+///     stage: segsweep_core::Stage::DenseLogits,
+///     params: PARAMS,
+///     build: |p| Ok(Box::new(Pamr::from_params(p)?)),
+/// });
+/// ```
+#[macro_export]
+macro_rules! register_plugin {
+    ($spec:expr) => {
+        $crate::inventory::submit! { $spec }
+    };
+}
+
+/// The sorted map of registered plugins, built once per process.
+#[derive(Debug)]
+pub struct Registry {
+    map: BTreeMap<&'static str, &'static PluginSpec>,
+}
+
+impl Registry {
+    fn build() -> Result<Registry> {
+        let mut map = BTreeMap::new();
+        for spec in inventory::iter::<PluginSpec> {
+            if map.insert(spec.name, spec).is_some() {
+                return Err(CoreError::DuplicatePlugin(spec.name.to_string()));
+            }
+        }
+        Ok(Registry { map })
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.map.keys().copied().collect()
+    }
+
+    /// All plugins, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static PluginSpec> + '_ {
+        self.map.values().copied()
+    }
+
+    /// Look a plugin up; an unknown name lists the known ones and the nearest match.
+    pub fn get(&self, name: &str) -> Result<&'static PluginSpec> {
+        self.map
+            .get(name)
+            .copied()
+            .ok_or_else(|| CoreError::UnknownPlugin {
+                name: name.to_string(),
+                known: self.names().iter().map(|s| s.to_string()).collect(),
+                nearest: nearest(name, self.map.keys().copied()).map(str::to_string),
+            })
+    }
+}
+
+/// The process-wide registry. Fails if two plugins share a name.
+pub fn registry() -> Result<&'static Registry> {
+    static REG: OnceLock<std::result::Result<Registry, String>> = OnceLock::new();
+    match REG.get_or_init(|| Registry::build().map_err(|e| e.to_string())) {
+        Ok(r) => Ok(r),
+        Err(msg) => Err(CoreError::Msg(msg.clone())),
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if it is plausibly a typo.
+pub fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 2).max(2))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_finds_typos_only() {
+        let names = ["cliptrase", "clip-rc", "pamr", "densecrf"];
+        assert_eq!(nearest("cliptrace", names.iter().copied()), Some("cliptrase"));
+        assert_eq!(nearest("dense-crf", names.iter().copied()), Some("densecrf"));
+        assert_eq!(nearest("zzzzzzzzzzzz", names.iter().copied()), None);
+    }
+}
