@@ -26,7 +26,7 @@ pub use error::{CoreError, Result};
 pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params};
 pub use registry::{registry, PluginSpec, Registry};
 pub use stage::{
-    AttentionCtx, DenseCtx, DenseMaps, FeatureCtx, FeatureMap, LabelCtx, Refiner, RgbImage, Stage,
+    AttentionCtx, Classifier, DenseCtx, DenseMaps, FeatureCtx, FeatureMap, LabelCtx, Refiner, RgbImage, Stage,
 };
 
 /// Re-exported so that [`register_plugin!`] works in plugin crates without a direct dependency.

@@ -203,3 +203,23 @@ pub trait Refiner: Send + Sync {
         }
     }
 }
+
+/// The zero-shot text classifier: one L2-normalised row per query (class-name synonym).
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    /// `(Q, E)` text embeddings, L2-normalised (template-averaged, then normalised again).
+    pub text: Tensor,
+    /// For each query, its class index in `0..class_names.len()`.
+    pub query_class: Vec<usize>,
+    /// The query strings, in row order.
+    pub queries: Vec<String>,
+    /// One display name per class (the first synonym).
+    pub class_names: Vec<String>,
+}
+
+impl Classifier {
+    /// Number of classes C.
+    pub fn n_classes(&self) -> usize {
+        self.class_names.len()
+    }
+}
