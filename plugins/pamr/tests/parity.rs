@@ -1,0 +1,151 @@
+//! PAMR against the PyTorch reference port (`tests/reference/pamr_resclip_reference.py pamr`).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use segsweep_core::{registry, DenseCtx, DenseMaps, RgbImage, Stage};
+use segsweep_plugin_pamr::pamr;
+
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/pamr/pamr_golden.safetensors"
+);
+
+fn golden() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(GOLDEN, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{GOLDEN}: {e} (regenerate with the reference script)"))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Non-square 36×56 image, 4 logit planes, the defaults (10 steps, dilations 8 and 16).
+#[test]
+fn matches_reference_on_non_square_image() {
+    let g = golden();
+    let out = pamr(&g["a.image"], &g["a.mask"], 10, &[8, 16]).unwrap();
+    let d = max_abs_diff(&out, &g["a.out"]);
+    eprintln!("max abs diff {d}");
+    assert!(d < 1e-5, "max abs diff {d}");
+    // The refinement must actually change the map, or the comparison proves nothing.
+    assert!(max_abs_diff(&g["a.mask"], &g["a.out"]) > 1e-2);
+}
+
+/// A batch of two different 33×20 images with probabilities, 3 steps, dilations 1 and 3.
+#[test]
+fn matches_reference_on_a_batch_of_probabilities() {
+    let g = golden();
+    let out = pamr(&g["b.image"], &g["b.mask"], 3, &[1, 3]).unwrap();
+    let d = max_abs_diff(&out, &g["b.out"]);
+    eprintln!("max abs diff {d}");
+    assert!(d < 1e-5, "max abs diff {d}");
+    let sums = out.sum(1).unwrap();
+    let ones = Tensor::ones(sums.dims(), DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        max_abs_diff(&sums, &ones) < 1e-5,
+        "probabilities must stay normalised"
+    );
+}
+
+/// CLIP normalisation of the image leaves the result unchanged (up to the reference's 1e-8).
+#[test]
+fn invariant_to_per_channel_affine_normalisation() {
+    let g = golden();
+    let img = &g["a.image"];
+    let mean = Tensor::new(&[0.481_454_66f32, 0.457_827_5, 0.408_210_73], &Device::Cpu)
+        .unwrap()
+        .reshape((3, 1, 1))
+        .unwrap();
+    let std = Tensor::new(&[0.268_629_54f32, 0.261_302_6, 0.275_777_1], &Device::Cpu)
+        .unwrap()
+        .reshape((3, 1, 1))
+        .unwrap();
+    let norm = (img / 255.0)
+        .unwrap()
+        .broadcast_sub(&mean)
+        .unwrap()
+        .broadcast_div(&std)
+        .unwrap();
+    let a = pamr(img, &g["a.mask"], 10, &[8, 16]).unwrap();
+    let b = pamr(&norm, &g["a.mask"], 10, &[8, 16]).unwrap();
+    let d = max_abs_diff(&a, &b);
+    eprintln!("max abs diff {d}");
+    assert!(d < 1e-5, "max abs diff {d}");
+}
+
+/// Through the registry and the `Refiner` trait, on the u8 image, logits and probabilities alike.
+#[test]
+fn plugin_refines_logits_and_probs_through_the_registry() {
+    let g = golden();
+    let spec = registry().unwrap().get("pamr").unwrap();
+    assert_eq!(spec.stage, Stage::DenseLogits);
+    let refiner = spec.instantiate(&BTreeMap::new()).unwrap();
+    let img = &g["a.image"];
+    let (_, h, w) = img.dims3().unwrap();
+    let bytes: Vec<u8> = img
+        .permute((1, 2, 0))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    let image = RgbImage::new(h, w, bytes).unwrap();
+    let ctx = DenseCtx {
+        image: &image,
+        logit_scale: 40.0,
+        query_class: &[0, 1, 2, 3],
+        n_classes: 4,
+        device: &Device::Cpu,
+    };
+    let DenseMaps::Logits(out) = refiner
+        .dense(DenseMaps::Logits(g["a.mask"].clone()), &ctx)
+        .unwrap()
+    else {
+        panic!("logits in, logits out");
+    };
+    assert!(max_abs_diff(&out, &g["a.out"]) < 1e-5);
+    let probs = ctx.probs(&DenseMaps::Logits(g["a.mask"].clone())).unwrap();
+    let DenseMaps::Probs(p) = refiner.dense(DenseMaps::Probs(probs), &ctx).unwrap() else {
+        panic!("probs in, probs out");
+    };
+    assert_eq!(p.dims(), &[4, h, w]);
+
+    // A map at another size is refused with a message that says why.
+    let small = g["a.mask"].narrow(1, 0, h - 1).unwrap();
+    let e = refiner
+        .dense(DenseMaps::Logits(small), &ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("original image size"), "{e}");
+}
+
+/// Unknown or out-of-range parameters fail before anything runs.
+#[test]
+fn parameters_are_validated() {
+    let spec = registry().unwrap().get("pamr").unwrap();
+    let mut raw = BTreeMap::new();
+    raw.insert("dilations".to_string(), toml_list(&[]));
+    assert!(spec.instantiate(&raw).is_err());
+    raw.insert("dilations".to_string(), toml_list(&[0]));
+    assert!(spec.instantiate(&raw).is_err());
+    raw.insert("dilations".to_string(), toml_list(&[1, 2]));
+    assert!(spec.instantiate(&raw).is_ok());
+}
+
+fn toml_list(v: &[i64]) -> toml::Value {
+    toml::Value::Array(v.iter().map(|&x| toml::Value::Integer(x)).collect())
+}
