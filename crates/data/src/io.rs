@@ -1,0 +1,356 @@
+//! Image and label-map I/O.
+//!
+//! Label PNGs are decoded with the `png` crate directly, without transformations, because the
+//! `image` crate always expands palette images to RGB: a VOC label would come back as colours
+//! instead of class indices. This mirrors mmseg, whose `LoadAnnotations` reads labels with
+//! Pillow in `unchanged` mode (palette → indices, `L` → values, `I;16` → values).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+use image::{ImageDecoder, ImageReader};
+use segsweep_core::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+/// The ignore index of every benchmark: pixels with this label are not scored.
+pub const IGNORE_INDEX: u32 = 255;
+
+/// A label map `(h, w)`, row-major, one `u32` class id per pixel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelMap {
+    pub h: usize,
+    pub w: usize,
+    /// `h * w` ids, row-major.
+    pub data: Vec<u32>,
+}
+
+impl LabelMap {
+    /// Wrap `h * w` row-major ids; errors if the length does not match.
+    pub fn new(h: usize, w: usize, data: Vec<u32>) -> Result<LabelMap> {
+        if data.len() != h * w {
+            return Err(DataError::Metric(format!(
+                "label map of {h}×{w} needs {} ids, got {}",
+                h * w,
+                data.len()
+            )));
+        }
+        Ok(LabelMap { h, w, data })
+    }
+
+    /// A map of `(h, w)` filled with `value`.
+    pub fn filled(h: usize, w: usize, value: u32) -> LabelMap {
+        LabelMap {
+            h,
+            w,
+            data: vec![value; h * w],
+        }
+    }
+
+    /// mmseg's `reduce_zero_label`: 0 → 255, 255 stays 255, every other id − 1.
+    pub fn reduce_zero_label(&mut self) {
+        for v in &mut self.data {
+            // mmseg computes (x − 1) on uint8 (0 wraps to 255) and then sets 254 back to 255;
+            // on u32 the same result is spelled out.
+            *v = match *v {
+                0 | IGNORE_INDEX => IGNORE_INDEX,
+                x => x - 1,
+            };
+        }
+    }
+
+    /// The largest id in the map (0 for an empty map).
+    pub fn max_id(&self) -> u32 {
+        self.data.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// Load a PNG or JPEG as `(h, w, 3)` RGB bytes, with EXIF orientation applied (as cv2's
+/// `IMREAD_COLOR` does in mmseg's `LoadImageFromFile`). Errors name the file.
+pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let reader = ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| DataError::decode(path, "image", e))?;
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| DataError::decode(path, "image", e))?;
+    let mut img = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| DataError::decode(path, "image", e))?;
+    img.apply_orientation(orientation);
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    RgbImage::new(h, w, rgb.into_raw()).map_err(|e| DataError::decode(path, "image", e))
+}
+
+/// Load a label PNG as class ids `(h, w)`.
+///
+/// Palette PNGs give their palette **indices** (VOC), grayscale PNGs their values (8 or 16 bit).
+/// RGB(A) and grey+alpha PNGs are rejected: their colours are not class ids.
+pub fn load_label(path: impl AsRef<Path>) -> Result<LabelMap> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut decoder = png::Decoder::new(BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| DataError::decode(path, "label PNG", e))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| DataError::decode(path, "label PNG", "image too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| DataError::decode(path, "label PNG", e))?;
+    let (h, w) = (info.height as usize, info.width as usize);
+    let bits = info.bit_depth as usize;
+    match info.color_type {
+        png::ColorType::Indexed | png::ColorType::Grayscale => {}
+        other => {
+            return Err(DataError::decode(
+                path,
+                "label PNG",
+                format!(
+                    "colour type {other:?} holds colours, not class ids; expected a palette or \
+                     grayscale PNG (convert colour-coded labels to ids first)"
+                ),
+            ))
+        }
+    }
+    let mut data = Vec::with_capacity(h * w);
+    for row in buf.chunks(info.line_size).take(h) {
+        unpack_row(row, bits, w, &mut data);
+    }
+    LabelMap::new(h, w, data)
+}
+
+/// Unpack one PNG row of `w` samples at `bits` per sample (1, 2, 4, 8 or 16, big-endian).
+fn unpack_row(row: &[u8], bits: usize, w: usize, out: &mut Vec<u32>) {
+    match bits {
+        16 => out.extend(
+            row.chunks_exact(2)
+                .take(w)
+                .map(|b| u32::from(u16::from_be_bytes([b[0], b[1]]))),
+        ),
+        8 => out.extend(row.iter().take(w).map(|&b| u32::from(b))),
+        _ => {
+            let per_byte = 8 / bits;
+            let mask = (1u8 << bits) - 1;
+            for x in 0..w {
+                let byte = row[x / per_byte];
+                let shift = 8 - bits * (x % per_byte + 1);
+                out.push(u32::from((byte >> shift) & mask));
+            }
+        }
+    }
+}
+
+/// Save a label map as a grayscale PNG: 8 bit when every id fits in a byte, else 16 bit.
+///
+/// The file is written to a temporary name and renamed, so a crash never leaves a truncated
+/// label behind (re-running `data prepare` relies on finished files being whole).
+pub fn save_label_png(path: impl AsRef<Path>, label: &LabelMap) -> Result<()> {
+    let path = path.as_ref();
+    let max = label.max_id();
+    if max > u32::from(u16::MAX) {
+        return Err(DataError::IdOutOfRange {
+            path: path.to_path_buf(),
+            id: max,
+            n_classes: usize::from(u16::MAX),
+            ignore: IGNORE_INDEX,
+            hint: Some("PNG labels hold at most 16-bit ids".into()),
+        });
+    }
+    let tmp = tmp_path(path);
+    let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    let mut enc = png::Encoder::new(BufWriter::new(file), label.w as u32, label.h as u32);
+    enc.set_color(png::ColorType::Grayscale);
+    let bytes: Vec<u8> = if max <= 255 {
+        enc.set_depth(png::BitDepth::Eight);
+        label.data.iter().map(|&v| v as u8).collect()
+    } else {
+        enc.set_depth(png::BitDepth::Sixteen);
+        label
+            .data
+            .iter()
+            .flat_map(|&v| (v as u16).to_be_bytes())
+            .collect()
+    };
+    let encode = || -> std::result::Result<(), png::EncodingError> {
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&bytes)?;
+        writer.finish()
+    };
+    encode().map_err(|e| DataError::decode(&tmp, "label PNG (encoding)", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Save `(h, w, 3)` RGB bytes as a PNG (used by the synthetic dataset and tests).
+pub fn save_rgb_png(path: impl AsRef<Path>, img: &RgbImage) -> Result<()> {
+    let path = path.as_ref();
+    let buf = image::RgbImage::from_raw(img.w as u32, img.h as u32, img.data.clone())
+        .ok_or_else(|| DataError::decode(path, "image", "byte count does not match h×w×3"))?;
+    let tmp = tmp_path(path);
+    buf.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| DataError::decode(&tmp, "image (encoding)", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// `dir/name.ext` → `dir/.name.ext.tmp` (same directory, so the rename is atomic).
+pub(crate) fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(
+        path: &Path,
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+        palette: Option<Vec<u8>>,
+    ) {
+        let file = File::create(path).unwrap();
+        let mut enc = png::Encoder::new(BufWriter::new(file), w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        if let Some(p) = palette {
+            enc.set_palette(p);
+        }
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(data).unwrap();
+    }
+
+    #[test]
+    fn palette_png_gives_indices_not_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("voc.png");
+        // 2×3 (h×w), indices 0, 1, 15, 255; palette entries are colours that differ from the ids.
+        let mut palette = vec![0u8; 256 * 3];
+        palette[3..6].copy_from_slice(&[128, 0, 0]);
+        palette[15 * 3..15 * 3 + 3].copy_from_slice(&[192, 128, 128]);
+        palette[255 * 3..].copy_from_slice(&[224, 224, 192]);
+        let ids = [0u8, 1, 15, 255, 15, 0];
+        write_png(
+            &p,
+            3,
+            2,
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            &ids,
+            Some(palette),
+        );
+        let l = load_label(&p).unwrap();
+        assert_eq!((l.h, l.w), (2, 3));
+        assert_eq!(l.data, vec![0, 1, 15, 255, 15, 0]);
+        // `image` would expand the palette: make sure that is what we avoided.
+        let rgb = load_rgb(&p).unwrap();
+        assert_eq!(&rgb.data[3..6], &[128, 0, 0]);
+    }
+
+    #[test]
+    fn packed_4bit_palette_and_16bit_gray() {
+        let dir = tempfile::tempdir().unwrap();
+        let p4 = dir.path().join("p4.png");
+        // w = 3: row bytes hold 2 samples each, the last nibble is padding.
+        write_png(
+            &p4,
+            3,
+            2,
+            png::ColorType::Indexed,
+            png::BitDepth::Four,
+            &[0x12, 0x30, 0xF0, 0x50],
+            Some(vec![0u8; 16 * 3]),
+        );
+        assert_eq!(load_label(&p4).unwrap().data, vec![1, 2, 3, 15, 0, 5]);
+        let p16 = dir.path().join("g16.png");
+        write_png(
+            &p16,
+            2,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            &[0x01, 0x2C, 0x00, 0x07],
+            None,
+        );
+        assert_eq!(load_label(&p16).unwrap().data, vec![300, 7]);
+    }
+
+    #[test]
+    fn rgb_label_truncated_and_missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let rgb = dir.path().join("rgb.png");
+        write_png(
+            &rgb,
+            1,
+            1,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            &[1, 2, 3],
+            None,
+        );
+        let e = load_label(&rgb).unwrap_err().to_string();
+        assert!(e.contains("rgb.png") && e.contains("not class ids"), "{e}");
+
+        let good = dir.path().join("good.png");
+        save_label_png(&good, &LabelMap::filled(40, 30, 3)).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        let cut = dir.path().join("cut.png");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = load_label(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.png"), "{e}");
+        let e = load_rgb(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.png"), "{e}");
+        let e = load_label(dir.path().join("none.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.png"), "{e}");
+    }
+
+    #[test]
+    fn save_load_roundtrip_8_and_16_bit_non_square() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u32> = (0..(5 * 7)).map(|i| (i * 7) % 256).collect();
+        let l = LabelMap::new(5, 7, data).unwrap();
+        let p = dir.path().join("l8.png");
+        save_label_png(&p, &l).unwrap();
+        assert_eq!(load_label(&p).unwrap(), l);
+        let l16 = LabelMap::new(2, 3, vec![0, 255, 256, 1000, 65535, 7]).unwrap();
+        let p = dir.path().join("l16.png");
+        save_label_png(&p, &l16).unwrap();
+        assert_eq!(load_label(&p).unwrap(), l16);
+    }
+
+    #[test]
+    fn reduce_zero_label_matches_mmseg() {
+        let mut l = LabelMap::new(1, 4, vec![0, 1, 150, 255]).unwrap();
+        l.reduce_zero_label();
+        assert_eq!(l.data, vec![255, 0, 149, 255]);
+    }
+
+    #[test]
+    fn rgb_roundtrip_keeps_h_w_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(4 * 6 * 3)).map(|i| i as u8).collect();
+        let img = RgbImage::new(4, 6, data).unwrap();
+        let p = dir.path().join("x.png");
+        save_rgb_png(&p, &img).unwrap();
+        let back = load_rgb(&p).unwrap();
+        assert_eq!((back.h, back.w), (4, 6));
+        assert_eq!(back.data, img.data);
+    }
+}
