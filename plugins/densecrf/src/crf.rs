@@ -1,0 +1,428 @@
+//! Mean-field inference of the fully connected CRF, as pydensecrf's `DenseCRF::inference`
+//! computes it (`densecrf.cpp`, `pairwise.cpp`, `labelcompatibility.cpp`), in f32.
+//!
+//! Public inputs and outputs are planar `(C, H, W)`; inside, every map is pixel-major `(N, C)`
+//! (N = H·W), the layout of the reference's column-major `(C, N)` Eigen matrices, so each
+//! pixel's label vector is contiguous for the lattice and the softmax.
+
+use rayon::prelude::*;
+use segsweep_core::RgbImage;
+
+use crate::error::{CrfError, Result};
+use crate::lattice::{Lattice, PIXEL_BLOCK};
+use crate::params::CrfParams;
+
+/// Lower clip of the probabilities before the log (pydensecrf `unary_from_softmax(clip=1e-5)`).
+pub const PROB_CLIP: f32 = 1e-5;
+
+/// Refine class probabilities with the fully connected CRF.
+///
+/// - `image`: the original RGB image, `(h, w, 3)` u8.
+/// - `probs`: class probabilities `(c, h, w)` row-major f32 (need not sum to one; values are
+///   clipped to `[1e-5, 1]` before the log, as `unary_from_softmax` does).
+/// - returns Q `(c, h, w)`: the approximate marginals after `params.iterations` mean-field
+///   steps, each pixel summing to one.
+///
+/// The unary is U = −log(clip(P, 1e-5, 1)); the result equals pydensecrf's
+/// `DenseCRF2D(w, h, c)` + `setUnaryEnergy(unary_from_softmax(P))` + `addPairwiseGaussian` +
+/// `addPairwiseBilateral` + `inference(n)` to ~1e-6 (see the parity test).
+pub fn refine_probs(
+    image: &RgbImage,
+    probs: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    params: &CrfParams,
+) -> Result<Vec<f32>> {
+    check_shapes(image, probs.len(), c, h, w, "probabilities")?;
+    let n = h * w;
+    // −U = log(clip(P)), stored pixel-major.
+    let mut neg_u = vec![0f32; n * c];
+    for (k, plane) in probs.chunks_exact(n).enumerate() {
+        for (i, &p) in plane.iter().enumerate() {
+            if !(p.is_finite() && p >= 0.0) {
+                return Err(CrfError::BadProbability {
+                    value: p,
+                    c: k,
+                    y: i / w,
+                    x: i % w,
+                });
+            }
+            // −U = −(−log p) = log p exactly, so store the log directly.
+            neg_u[i * c + k] = p.clamp(PROB_CLIP, 1.0).ln();
+        }
+    }
+    let q = mean_field(image, &neg_u, c, params)?;
+    Ok(to_planar(&q, c, n))
+}
+
+/// Mean-field inference from a unary energy you computed yourself.
+///
+/// - `unary`: U `(c, h, w)` row-major f32 (an energy: lower is more likely).
+/// - returns Q `(c, h, w)`.
+pub fn refine_unary(
+    image: &RgbImage,
+    unary: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    params: &CrfParams,
+) -> Result<Vec<f32>> {
+    check_shapes(image, unary.len(), c, h, w, "unary")?;
+    let n = h * w;
+    let mut neg_u = vec![0f32; n * c];
+    for (k, plane) in unary.chunks_exact(n).enumerate() {
+        for (i, &u) in plane.iter().enumerate() {
+            neg_u[i * c + k] = -u;
+        }
+    }
+    let q = mean_field(image, &neg_u, c, params)?;
+    Ok(to_planar(&q, c, n))
+}
+
+fn check_shapes(
+    image: &RgbImage,
+    len: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    what: &str,
+) -> Result<()> {
+    if image.h != h || image.w != w || image.data.len() != h * w * 3 {
+        return Err(CrfError::Shape {
+            what: "image".into(),
+            expected: format!("(h, w, 3) = ({h}, {w}, 3) to match the {what}"),
+            got: format!(
+                "({}, {}, 3) with {} bytes",
+                image.h,
+                image.w,
+                image.data.len()
+            ),
+        });
+    }
+    if c == 0 || h == 0 || w == 0 || len != c * h * w {
+        return Err(CrfError::Shape {
+            what: what.into(),
+            expected: format!("(c, h, w) = ({c}, {h}, {w}) with c, h, w ≥ 1"),
+            got: format!("{len} values"),
+        });
+    }
+    Ok(())
+}
+
+fn to_planar(q: &[f32], c: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; c * n];
+    for (i, row) in q.chunks_exact(c).enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            out[k * n + i] = v;
+        }
+    }
+    out
+}
+
+/// One pairwise term: a lattice over its features, the symmetric normalisation D^-½ and the
+/// Potts weight.
+struct Kernel {
+    lattice: Lattice,
+    /// `(n)`: 1 / sqrt(K·1 + 1e-20), the reference's `NORMALIZE_SYMMETRIC`.
+    norm: Vec<f32>,
+    compat: f32,
+}
+
+impl Kernel {
+    fn new(features: &[f32], d: usize, compat: f32) -> Kernel {
+        let lattice = Lattice::new(features, d);
+        let n = lattice.n();
+        let ones = vec![1f32; n];
+        let mut values = vec![0f32; lattice.values_len(1)];
+        let mut scratch = values.clone();
+        lattice.splat(1, &ones, None, &mut values);
+        let blurred = lattice.blur(1, &mut values, &mut scratch);
+        let mut norm = vec![0f32; n];
+        norm.par_chunks_mut(PIXEL_BLOCK)
+            .enumerate()
+            .for_each(|(blk, out)| {
+                for (r, o) in out.iter_mut().enumerate() {
+                    let mut s = [0f32];
+                    lattice.slice(blk * PIXEL_BLOCK + r, 1, blurred, &mut s);
+                    // Computed in double in the reference (`1.0 / sqrt(norm + 1e-20)`).
+                    *o = (1.0 / (s[0] as f64 + 1e-20).sqrt()) as f32;
+                }
+            });
+        Kernel {
+            lattice,
+            norm,
+            compat,
+        }
+    }
+
+    /// tmp ← tmp − (−compat · D^-½ K D^-½ Q), the reference's `PairwisePotential::apply`
+    /// followed by `tmp1 -= tmp2`.
+    fn apply(&self, q: &[f32], c: usize, tmp: &mut [f32], values: &mut [f32], scratch: &mut [f32]) {
+        let len = self.lattice.values_len(c);
+        let (values, scratch) = (&mut values[..len], &mut scratch[..len]);
+        self.lattice.splat(c, q, Some(&self.norm), values);
+        let blurred = self.lattice.blur(c, values, scratch);
+        let neg_w = -self.compat;
+        tmp.par_chunks_mut(PIXEL_BLOCK * c)
+            .enumerate()
+            .for_each(|(blk, rows)| {
+                let mut acc = vec![0f32; c];
+                for (r, t) in rows.chunks_mut(c).enumerate() {
+                    let i = blk * PIXEL_BLOCK + r;
+                    self.lattice.slice(i, c, blurred, &mut acc);
+                    let ni = self.norm[i];
+                    for (tk, &a) in t.iter_mut().zip(&acc) {
+                        *tk -= neg_w * (a * ni);
+                    }
+                }
+            });
+    }
+}
+
+/// Pixel features of the Gaussian kernel, `(n, 2)`: (x/sxy, y/sxy).
+fn gaussian_features(h: usize, w: usize, sxy: f32) -> Vec<f32> {
+    let mut f = Vec::with_capacity(h * w * 2);
+    for y in 0..h {
+        for x in 0..w {
+            f.push(x as f32 / sxy);
+            f.push(y as f32 / sxy);
+        }
+    }
+    f
+}
+
+/// Pixel features of the bilateral kernel, `(n, 5)`: (x/sxy, y/sxy, r/srgb, g/srgb, b/srgb).
+fn bilateral_features(image: &RgbImage, sxy: f32, srgb: f32) -> Vec<f32> {
+    let mut f = Vec::with_capacity(image.h * image.w * 5);
+    for y in 0..image.h {
+        for x in 0..image.w {
+            let px = &image.data[(y * image.w + x) * 3..(y * image.w + x) * 3 + 3];
+            f.extend_from_slice(&[
+                x as f32 / sxy,
+                y as f32 / sxy,
+                px[0] as f32 / srgb,
+                px[1] as f32 / srgb,
+                px[2] as f32 / srgb,
+            ]);
+        }
+    }
+    f
+}
+
+/// The mean-field loop on −U `(n, c)` pixel-major; returns Q `(n, c)`.
+fn mean_field(image: &RgbImage, neg_u: &[f32], c: usize, params: &CrfParams) -> Result<Vec<f32>> {
+    params.validate()?;
+    let (h, w) = (image.h, image.w);
+    let mut kernels = Vec::with_capacity(2);
+    if params.iterations > 0 && params.gauss_compat != 0.0 {
+        let f = gaussian_features(h, w, params.gauss_sxy);
+        kernels.push(Kernel::new(&f, 2, params.gauss_compat));
+    }
+    if params.iterations > 0 && params.bilateral_compat != 0.0 {
+        let f = bilateral_features(image, params.bilateral_sxy, params.bilateral_srgb);
+        kernels.push(Kernel::new(&f, 5, params.bilateral_compat));
+    }
+
+    let mut q = vec![0f32; neg_u.len()];
+    exp_normalize(neg_u, &mut q, c);
+    if kernels.is_empty() {
+        return Ok(q);
+    }
+    let len = kernels
+        .iter()
+        .map(|k| k.lattice.values_len(c))
+        .max()
+        .unwrap_or(0);
+    let mut values = vec![0f32; len];
+    let mut scratch = vec![0f32; len];
+    let mut tmp = vec![0f32; neg_u.len()];
+    for _ in 0..params.iterations {
+        tmp.copy_from_slice(neg_u);
+        for k in &kernels {
+            k.apply(&q, c, &mut tmp, &mut values, &mut scratch);
+        }
+        exp_normalize(&tmp, &mut q, c);
+    }
+    Ok(q)
+}
+
+/// Per-pixel softmax of `input` `(n, c)` into `out`, as the reference's `expAndNormalize`:
+/// subtract the max, exponentiate, divide by the sum.
+fn exp_normalize(input: &[f32], out: &mut [f32], c: usize) {
+    out.par_chunks_mut(PIXEL_BLOCK * c)
+        .zip(input.par_chunks(PIXEL_BLOCK * c))
+        .for_each(|(o, x)| {
+            for (ob, xb) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                softmax_row(xb, ob);
+            }
+        });
+}
+
+/// Softmax of one label vector, mirroring Eigen 3.3's SSE evaluation in pydensecrf: the first
+/// ⌊c/4⌋·4 values go through the vectorised Cephes `pexp`, the rest through libm `exp`, and the
+/// sum is Eigen's packet reduction.
+#[inline]
+fn softmax_row(x: &[f32], out: &mut [f32]) {
+    let c = x.len();
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let packed = c / 4 * 4;
+    for (o, &v) in out[..packed].iter_mut().zip(&x[..packed]) {
+        *o = cephes_exp(v - max);
+    }
+    for (o, &v) in out[packed..].iter_mut().zip(&x[packed..]) {
+        *o = (v - max).exp();
+    }
+    let s = eigen_sum(out);
+    for o in out.iter_mut() {
+        *o /= s;
+    }
+}
+
+/// Sum in the order of Eigen 3.3's `redux` with 4-float packets on an aligned vector: two packet
+/// accumulators over 8-float strides, one optional extra packet, a (0+2)+(1+3) horizontal add,
+/// then the scalar tail.
+#[inline]
+fn eigen_sum(b: &[f32]) -> f32 {
+    let n = b.len();
+    let size = n / 4 * 4;
+    if size == 0 {
+        return b.iter().skip(1).fold(b[0], |a, &v| a + v);
+    }
+    let size2 = n / 8 * 8;
+    let mut p0 = [b[0], b[1], b[2], b[3]];
+    if size > 4 {
+        let mut p1 = [b[4], b[5], b[6], b[7]];
+        let mut i = 8;
+        while i < size2 {
+            for l in 0..4 {
+                p0[l] += b[i + l];
+                p1[l] += b[i + 4 + l];
+            }
+            i += 8;
+        }
+        for l in 0..4 {
+            p0[l] += p1[l];
+        }
+        if size > size2 {
+            for l in 0..4 {
+                p0[l] += b[size2 + l];
+            }
+        }
+    }
+    let mut res = (p0[0] + p0[2]) + (p0[1] + p0[3]);
+    for &v in &b[size..] {
+        res += v;
+    }
+    res
+}
+
+/// exp(x) by the Cephes single-precision method that Eigen's SSE `pexp<Packet4f>` uses
+/// (range reduction by n·ln 2 split in two constants, degree-5 polynomial, 2ⁿ built in the
+/// exponent bits), with the same operation order and no fused multiply-add.
+#[inline]
+#[allow(clippy::excessive_precision)]
+fn cephes_exp(x0: f32) -> f32 {
+    // Cephes `expf` constants, spelled as in Eigen so that they can be compared.
+    const HI: f32 = 88.3762626647950;
+    const LO: f32 = -88.3762626647949;
+    const LOG2EF: f32 = 1.44269504088896341;
+    const C1: f32 = 0.693359375;
+    const C2: f32 = -2.12194440e-4;
+    const P: [f32; 6] = [
+        1.9875691500e-4,
+        1.3981999507e-3,
+        8.3334519073e-3,
+        4.1665795894e-2,
+        1.6666665459e-1,
+        5.0000001201e-1,
+    ];
+    let x = x0.min(HI).max(LO);
+    let fx = x * LOG2EF + 0.5;
+    let t = (fx as i32) as f32;
+    let fx = if t > fx { t - 1.0 } else { t };
+    let x = x - fx * C1;
+    let x = x - fx * C2;
+    let z = x * x;
+    let mut y = P[0];
+    for &p in &P[1..] {
+        y = y * x + p;
+    }
+    let y = y * z + x + 1.0;
+    let pow2n = f32::from_bits((((fx as i32) + 127) as u32) << 23);
+    (y * pow2n).max(x0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cephes_exp_is_close_to_libm() {
+        for i in -2000..=100 {
+            let x = i as f32 * 0.037;
+            let (a, b) = (cephes_exp(x), x.exp());
+            assert!(((a - b) / b).abs() < 3e-7, "exp({x}): {a} vs {b}");
+        }
+        assert_eq!(cephes_exp(-200.0), 0.0);
+    }
+
+    #[test]
+    fn eigen_sum_matches_plain_sum_up_to_rounding() {
+        for n in 1..40 {
+            let b: Vec<f32> = (0..n).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+            let plain: f64 = b.iter().map(|&v| v as f64).sum();
+            assert!((eigen_sum(&b) as f64 - plain).abs() < 1e-5, "n = {n}");
+        }
+        // (0+2)+(1+3), then the tail: a hand-checked order on 5 values.
+        assert_eq!(eigen_sum(&[1.0, 2.0, 3.0, 4.0, 5.0]), 15.0);
+    }
+
+    #[test]
+    fn zero_iterations_return_the_renormalised_clipped_input() {
+        let (c, h, w) = (3, 2, 5);
+        let img = RgbImage::new(h, w, vec![7u8; h * w * 3]).unwrap();
+        let mut p = vec![0f32; c * h * w];
+        for i in 0..h * w {
+            p[i] = 0.5;
+            p[h * w + i] = 0.5;
+        }
+        let params = CrfParams {
+            iterations: 0,
+            ..CrfParams::default()
+        };
+        let q = refine_probs(&img, &p, c, h, w, &params).unwrap();
+        let z = 1.0 + 1e-5;
+        assert!((q[0] - 0.5 / z).abs() < 1e-7);
+        assert!((q[2 * h * w] - 1e-5 / z).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes_and_bad_values() {
+        let img = RgbImage::new(2, 3, vec![0u8; 18]).unwrap();
+        let p = CrfParams::default();
+        assert!(matches!(
+            refine_probs(&img, &[0.5; 12], 2, 3, 2, &p),
+            Err(CrfError::Shape { .. })
+        ));
+        assert!(matches!(
+            refine_probs(&img, &[0.5; 10], 2, 2, 3, &p),
+            Err(CrfError::Shape { .. })
+        ));
+        let mut bad = vec![0.5f32; 12];
+        bad[7] = f32::NAN;
+        let e = refine_probs(&img, &bad, 2, 2, 3, &p).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CrfError::BadProbability {
+                    c: 1,
+                    y: 0,
+                    x: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,518 @@
+//! The permutohedral lattice (Adams, Baek & Davis, Eurographics 2010) as pydensecrf builds and
+//! uses it: an approximate Gaussian filter over `d`-dimensional pixel features in time linear in
+//! pixels × values.
+//!
+//! Reference: `densecrf/src/permutohedral.cpp` in lucasb-eyer/pydensecrf. On x86-64 its build
+//! takes the SSE branch (`__SSE__` is always defined there), so this port follows the SSE `init`
+//! (round half to even, float rank arithmetic) and picks the slice order per value count exactly
+//! as `Permutohedral::compute` does (`seqCompute` for ≤ 2 values, `sseCompute` above).
+//!
+//! Layout: values are pixel-major, `(n, vs)` with `vs` values per pixel, like Eigen's
+//! column-major `(vs, n)` matrices in the reference.
+
+use rayon::prelude::*;
+
+/// Pixels per rayon task in the per-pixel loops; large enough to amortise task overhead.
+pub(crate) const PIXEL_BLOCK: usize = 512;
+
+/// A lattice built for one set of pixel features; reused for every filtering pass.
+pub(crate) struct Lattice {
+    /// Feature dimension d.
+    d: usize,
+    /// Number of pixels.
+    n: usize,
+    /// Number of lattice vertices.
+    m: usize,
+    /// `(n, d+1)`: for each pixel and simplex corner, the vertex index + 1 (row 0 of the value
+    /// buffers is a zero row, as in the reference's shift by one).
+    offset: Vec<u32>,
+    /// `(n, d+1)`: barycentric weight of each corner.
+    bary: Vec<f32>,
+    /// `(d+1, m)`: for each blur axis and vertex, its two neighbours + 1 (0 = outside).
+    neighbours: Vec<[u32; 2]>,
+    /// CSR over vertices of the splat contributions, in increasing pixel order so that a
+    /// parallel gather adds in the same order as the reference's serial scatter.
+    splat_start: Vec<u32>,
+    splat_pixel: Vec<u32>,
+    splat_weight: Vec<f32>,
+    /// `1 / (1 + 2^-d)`, the reference's slice scale.
+    alpha: f32,
+}
+
+/// Open-addressing table from `d`-component integer keys to vertex indices.
+struct KeyTable {
+    d: usize,
+    keys: Vec<i32>,
+    slots: Vec<u32>,
+    mask: usize,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl KeyTable {
+    fn with_capacity(d: usize, expected: usize) -> KeyTable {
+        let cap = (2 * expected.max(8)).next_power_of_two();
+        KeyTable {
+            d,
+            keys: Vec::with_capacity(expected * d),
+            slots: vec![EMPTY; cap],
+            mask: cap - 1,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len() / self.d.max(1)
+    }
+
+    fn hash(key: &[i32]) -> usize {
+        let mut h: u64 = 0;
+        for &k in key {
+            h = (h ^ (k as u32 as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            h ^= h >> 29;
+        }
+        h as usize
+    }
+
+    fn key(&self, e: u32) -> &[i32] {
+        let e = e as usize;
+        &self.keys[e * self.d..(e + 1) * self.d]
+    }
+
+    fn find(&self, key: &[i32]) -> Option<u32> {
+        let mut h = Self::hash(key) & self.mask;
+        loop {
+            let e = self.slots[h];
+            if e == EMPTY {
+                return None;
+            }
+            if self.key(e) == key {
+                return Some(e);
+            }
+            h = (h + 1) & self.mask;
+        }
+    }
+
+    fn find_or_insert(&mut self, key: &[i32]) -> u32 {
+        if 2 * (self.len() + 1) > self.slots.len() {
+            self.grow();
+        }
+        let mut h = Self::hash(key) & self.mask;
+        loop {
+            let e = self.slots[h];
+            if e == EMPTY {
+                let id = self.len() as u32;
+                self.keys.extend_from_slice(key);
+                self.slots[h] = id;
+                return id;
+            }
+            if self.key(e) == key {
+                return e;
+            }
+            h = (h + 1) & self.mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let cap = self.slots.len() * 2;
+        self.slots = vec![EMPTY; cap];
+        self.mask = cap - 1;
+        for e in 0..self.len() as u32 {
+            let mut h = Self::hash(self.key(e)) & self.mask;
+            while self.slots[h] != EMPTY {
+                h = (h + 1) & self.mask;
+            }
+            self.slots[h] = e;
+        }
+    }
+}
+
+/// The enclosing simplex of one elevated feature: for each corner its key (`d` shorts) and its
+/// barycentric weight. Mirrors the SSE branch of `Permutohedral::init`, one lane at a time.
+struct Embedder {
+    d: usize,
+    scale: Vec<f32>,
+    canonical: Vec<i32>,
+    inv_dp1: f32,
+    dp1: f32,
+}
+
+impl Embedder {
+    fn new(d: usize) -> Embedder {
+        let dp1 = d + 1;
+        let mut canonical = vec![0i32; dp1 * dp1];
+        for i in 0..=d {
+            for j in 0..=d - i {
+                canonical[i * dp1 + j] = i as i32;
+            }
+            for j in d - i + 1..=d {
+                canonical[i * dp1 + j] = i as i32 - dp1 as i32;
+            }
+        }
+        // The reference computes these in double and stores floats.
+        let inv_std_dev = ((2.0f64 / 3.0).sqrt() * dp1 as f64) as f32;
+        let scale = (0..d)
+            .map(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32)
+            .collect();
+        Embedder {
+            d,
+            scale,
+            canonical,
+            inv_dp1: 1.0f32 / dp1 as f32,
+            dp1: dp1 as f32,
+        }
+    }
+
+    /// Fill `keys` (`(d+1, d)`) and `bary` (`d+1`) for the feature vector `f` (`d`).
+    fn embed(&self, f: &[f32], keys: &mut [i32], bary: &mut [f32]) {
+        let d = self.d;
+        let mut elevated = [0f32; MAX_D + 1];
+        let mut rem0 = [0f32; MAX_D + 1];
+        let mut rank = [0i32; MAX_D + 1];
+        let mut b = [0f32; MAX_D + 2];
+
+        // Elevate onto the hyperplane: y = E f.
+        let mut sm = 0f32;
+        for j in (1..=d).rev() {
+            let cf = f[j - 1] * self.scale[j - 1];
+            elevated[j] = sm - j as f32 * cf;
+            sm += cf;
+        }
+        elevated[0] = sm;
+
+        // Closest zero-coloured point: round each coordinate to a multiple of d+1 (the SSE path
+        // rounds half to even through `cvtps_epi32`; the scalar path differs only on ties).
+        let mut sum = 0f32;
+        for i in 0..=d {
+            let v = (self.inv_dp1 * elevated[i]).round_ties_even();
+            rem0[i] = v * self.dp1;
+            sum += v;
+        }
+        let sum = sum as i32;
+
+        // Rank of each coordinate's remainder in sorted order.
+        for i in 0..d {
+            let di = elevated[i] - rem0[i];
+            for j in i + 1..=d {
+                if di < elevated[j] - rem0[j] {
+                    rank[i] += 1;
+                } else {
+                    rank[j] += 1;
+                }
+            }
+        }
+
+        // Bring the point back onto the plane when the rounded coordinates do not sum to zero.
+        let dp1 = d as i32 + 1;
+        for i in 0..=d {
+            rank[i] += sum;
+            if rank[i] < 0 {
+                rank[i] += dp1;
+                rem0[i] += self.dp1;
+            } else if rank[i] >= dp1 {
+                rank[i] -= dp1;
+                rem0[i] -= self.dp1;
+            }
+        }
+
+        // Barycentric coordinates, accumulated in the reference's order.
+        for i in 0..=d {
+            let v = (elevated[i] - rem0[i]) * self.inv_dp1;
+            let p = (d as i32 - rank[i]) as usize;
+            b[p] += v;
+            b[p + 1] -= v;
+        }
+        b[0] += 1.0 + b[d + 1];
+
+        for r in 0..=d {
+            let key = &mut keys[r * d..(r + 1) * d];
+            for i in 0..d {
+                let c = self.canonical[r * (d + 1) + rank[i] as usize];
+                key[i] = (rem0[i] + c as f32) as i32;
+            }
+            bary[r] = b[r];
+        }
+    }
+}
+
+/// Largest feature dimension supported (pydensecrf's bilateral kernel uses 5).
+pub(crate) const MAX_D: usize = 8;
+
+impl Lattice {
+    /// Build the lattice for `features`, `(n, d)` pixel-major. `d` must be in `1..=MAX_D`.
+    pub(crate) fn new(features: &[f32], d: usize) -> Lattice {
+        assert!(
+            (1..=MAX_D).contains(&d),
+            "lattice dimension {d} out of range"
+        );
+        let n = features.len() / d;
+        let dp1 = d + 1;
+        let emb = Embedder::new(d);
+
+        // Per-pixel simplex, in parallel; the vertex numbering below stays serial so that it is
+        // deterministic (it does not change any value, only where a vertex lives).
+        let mut keys = vec![0i32; n * dp1 * d];
+        let mut bary = vec![0f32; n * dp1];
+        keys.par_chunks_mut(PIXEL_BLOCK * dp1 * d)
+            .zip(bary.par_chunks_mut(PIXEL_BLOCK * dp1))
+            .enumerate()
+            .for_each(|(blk, (kc, bc))| {
+                let first = blk * PIXEL_BLOCK;
+                for (p, (k, b)) in kc.chunks_mut(dp1 * d).zip(bc.chunks_mut(dp1)).enumerate() {
+                    let i = first + p;
+                    emb.embed(&features[i * d..(i + 1) * d], k, b);
+                }
+            });
+
+        let mut table = KeyTable::with_capacity(d, n);
+        let offset: Vec<u32> = keys
+            .chunks(d)
+            .map(|k| table.find_or_insert(k) + 1)
+            .collect();
+        drop(keys);
+        let m = table.len();
+
+        let neighbours = Self::neighbours(&table, d, m);
+        let (splat_start, splat_pixel, splat_weight) = Self::splat_csr(&offset, &bary, dp1, m);
+        Lattice {
+            d,
+            n,
+            m,
+            offset,
+            bary,
+            neighbours,
+            splat_start,
+            splat_pixel,
+            splat_weight,
+            alpha: 1.0f32 / (1.0 + 2f32.powi(-(d as i32))),
+        }
+    }
+
+    /// For each axis j and vertex, the vertices one step along ±(the j-th lattice direction).
+    fn neighbours(table: &KeyTable, d: usize, m: usize) -> Vec<[u32; 2]> {
+        let mut out = vec![[0u32; 2]; (d + 1) * m];
+        out.par_chunks_mut(m.max(1))
+            .enumerate()
+            .for_each(|(j, axis)| {
+                let mut n1 = [0i32; MAX_D];
+                let mut n2 = [0i32; MAX_D];
+                for (v, slot) in axis.iter_mut().enumerate() {
+                    let key = table.key(v as u32);
+                    for k in 0..d {
+                        n1[k] = key[k] - 1;
+                        n2[k] = key[k] + 1;
+                    }
+                    // The (d+1)-th coordinate is implicit, so axis d moves all stored ones.
+                    if j < d {
+                        n1[j] = key[j] + d as i32;
+                        n2[j] = key[j] - d as i32;
+                    }
+                    let look = |k: &[i32]| table.find(k).map_or(0, |e| e + 1);
+                    *slot = [look(&n1[..d]), look(&n2[..d])];
+                }
+            });
+        out
+    }
+
+    fn splat_csr(
+        offset: &[u32],
+        bary: &[f32],
+        dp1: usize,
+        m: usize,
+    ) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        let mut start = vec![0u32; m + 2];
+        for &o in offset {
+            start[o as usize + 1] += 1;
+        }
+        for v in 1..start.len() {
+            start[v] += start[v - 1];
+        }
+        let mut cursor = start.clone();
+        let mut pixel = vec![0u32; offset.len()];
+        let mut weight = vec![0f32; offset.len()];
+        for (e, (&o, &w)) in offset.iter().zip(bary).enumerate() {
+            let c = &mut cursor[o as usize];
+            pixel[*c as usize] = (e / dp1) as u32;
+            weight[*c as usize] = w;
+            *c += 1;
+        }
+        (start, pixel, weight)
+    }
+
+    /// Number of pixels the lattice was built for.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Length of a value buffer `(m+1, vs)` for [`Lattice::splat`] and [`Lattice::blur`].
+    pub(crate) fn values_len(&self, vs: usize) -> usize {
+        (self.m + 1) * vs
+    }
+
+    /// Splat pixel values onto the lattice vertices: vertex v receives Σ w · (input[i] · scale[i])
+    /// over its pixels i, in increasing i (the reference's order). `input` is `(n, vs)`,
+    /// `scale` is `(n)` or absent; row 0 of `values` (`(m+1, vs)`) stays zero.
+    pub(crate) fn splat(
+        &self,
+        vs: usize,
+        input: &[f32],
+        scale: Option<&[f32]>,
+        values: &mut [f32],
+    ) {
+        values[..vs].fill(0.0);
+        values[vs..]
+            .par_chunks_mut(vs * 64)
+            .enumerate()
+            .for_each(|(blk, rows)| {
+                for (r, acc) in rows.chunks_mut(vs).enumerate() {
+                    let v = blk * 64 + r + 1;
+                    acc.fill(0.0);
+                    let (s, e) = (
+                        self.splat_start[v] as usize,
+                        self.splat_start[v + 1] as usize,
+                    );
+                    for (&p, &w) in self.splat_pixel[s..e].iter().zip(&self.splat_weight[s..e]) {
+                        let p = p as usize;
+                        let row = &input[p * vs..(p + 1) * vs];
+                        match scale {
+                            // The reference scales the input first (`in * norm.asDiagonal()`),
+                            // then multiplies by the weight: keep both roundings.
+                            Some(sc) => {
+                                let np = sc[p];
+                                for (a, &x) in acc.iter_mut().zip(row) {
+                                    *a += w * (x * np);
+                                }
+                            }
+                            None => {
+                                for (a, &x) in acc.iter_mut().zip(row) {
+                                    *a += w * x;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Blur along the d+1 lattice axes in order 0..=d with weights (0.5, 1, 0.5), each axis
+    /// reading the previous axis' result (`new = old + 0.5·(n1 + n2)`). `values` and `scratch`
+    /// are `(m+1, vs)` (see [`Lattice::values_len`]); returns whichever holds the result.
+    pub(crate) fn blur<'a>(
+        &self,
+        vs: usize,
+        values: &'a mut [f32],
+        scratch: &'a mut [f32],
+    ) -> &'a [f32] {
+        let (mut cur, mut next) = (values, scratch);
+        next[..vs].fill(0.0);
+        for j in 0..=self.d {
+            let nb = &self.neighbours[j * self.m..(j + 1) * self.m];
+            let old: &[f32] = cur;
+            next[vs..]
+                .par_chunks_mut(vs * 256)
+                .enumerate()
+                .for_each(|(blk, rows)| {
+                    for (r, new) in rows.chunks_mut(vs).enumerate() {
+                        let v = blk * 256 + r;
+                        let [a, b] = nb[v];
+                        let o = &old[(v + 1) * vs..(v + 2) * vs];
+                        let n1 = &old[a as usize * vs..(a as usize + 1) * vs];
+                        let n2 = &old[b as usize * vs..(b as usize + 1) * vs];
+                        for k in 0..vs {
+                            new[k] = o[k] + 0.5 * (n1[k] + n2[k]);
+                        }
+                    }
+                });
+            std::mem::swap(&mut cur, &mut next);
+        }
+        cur
+    }
+
+    /// Slice the blurred `values` back to pixel `i`, writing its `vs` values to `out`.
+    ///
+    /// The reference scales by alpha in two orders: `(w·v)·alpha` in `seqCompute` (used for
+    /// ≤ 2 values) and `(w·alpha)·v` in `sseCompute`; both are kept for float parity.
+    #[inline]
+    pub(crate) fn slice(&self, i: usize, vs: usize, values: &[f32], out: &mut [f32]) {
+        let dp1 = self.d + 1;
+        out.fill(0.0);
+        let offs = &self.offset[i * dp1..(i + 1) * dp1];
+        let ws = &self.bary[i * dp1..(i + 1) * dp1];
+        let seq = vs <= 2;
+        for (&o, &w) in offs.iter().zip(ws) {
+            let row = &values[o as usize * vs..(o as usize + 1) * vs];
+            if seq {
+                for (a, &v) in out.iter_mut().zip(row) {
+                    *a += w * v * self.alpha;
+                }
+            } else {
+                let wa = w * self.alpha;
+                for (a, &v) in out.iter_mut().zip(row) {
+                    *a += wa * v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An impulse on a 1-D line (features i/2, so one lattice step is ~1.2 pixels) spreads into
+    /// a bump: peaked at the impulse, decreasing on both sides, nearly symmetric (the lattice
+    /// points do not sit symmetrically around pixel 20), and zero beyond the blur's reach.
+    #[test]
+    fn impulse_spreads_into_a_finite_bump() {
+        let n = 41;
+        let feats: Vec<f32> = (0..n).map(|i| i as f32 / 2.0).collect();
+        let lat = Lattice::new(&feats, 1);
+        let mut values = vec![0f32; lat.values_len(1)];
+        let mut scratch = values.clone();
+        let impulse: Vec<f32> = (0..n).map(|i| if i == 20 { 1.0 } else { 0.0 }).collect();
+        lat.splat(1, &impulse, None, &mut values);
+        let values = lat.blur(1, &mut values, &mut scratch);
+        let mut out = vec![0f32; n];
+        for i in 0..n {
+            lat.slice(i, 1, values, &mut out[i..i + 1]);
+        }
+        assert!(out[20] > 0.5);
+        for k in 1..6 {
+            assert!(
+                (out[20 - k] - out[20 + k]).abs() < 0.03,
+                "asymmetric at {k}: {out:?}"
+            );
+            assert!(
+                out[20 + k] < out[20 + k - 1],
+                "not decreasing at +{k}: {out:?}"
+            );
+            assert!(
+                out[20 - k] < out[20 - k + 1],
+                "not decreasing at -{k}: {out:?}"
+            );
+        }
+        assert!(
+            out[..10].iter().chain(&out[31..]).all(|&v| v == 0.0),
+            "{out:?}"
+        );
+    }
+
+    /// Barycentric weights of every pixel sum to one and lie in [0, 1].
+    #[test]
+    fn barycentric_weights_are_a_partition_of_unity() {
+        let (h, w) = (7, 11);
+        let mut feats = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let r = ((x * 37 + y * 11) % 256) as f32;
+                feats.extend_from_slice(&[x as f32 / 3.0, y as f32 / 3.0, r / 13.0, 0.5, 1.25]);
+            }
+        }
+        let lat = Lattice::new(&feats, 5);
+        for i in 0..h * w {
+            let ws = &lat.bary[i * 6..(i + 1) * 6];
+            let s: f32 = ws.iter().sum();
+            assert!((s - 1.0).abs() < 1e-5, "pixel {i}: sum {s}");
+            assert!(ws.iter().all(|&b| (-1e-6..=1.0 + 1e-6).contains(&b)));
+        }
+    }
+}
