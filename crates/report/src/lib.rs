@@ -1,0 +1,39 @@
+//! segsweep-report: result records and what is drawn from them.
+//!
+//! The runner measures and saves one [`Record`] per finished configuration
+//! (`counts/<hash>.json`); this crate turns records into bytes: `summary.csv`, `per_class.csv`
+//! and the charts. It never computes a metric from pixels and never sees a tensor, so every table
+//! and chart can be redrawn from saved records alone (`segsweep plot RESULTS_DIR`).
+//!
+//! Central types: [`Record`] (one configuration's result), [`write_tables`], [`draw_charts`].
+//!
+//! Design decision: charts are rendered with plotters through a font embedded in the binary
+//! (DejaVu Sans via `ab_glyph`), never a system font, so they render identically on a headless
+//! machine with no fontconfig.
+
+mod charts;
+mod records;
+mod tables;
+
+pub use charts::{draw_charts, ChartFiles};
+pub use records::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
+pub use tables::{write_tables, PER_CLASS_CSV, SUMMARY_CSV};
+
+/// Errors of the report crate; each names the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid segsweep record: {msg} (hint: records are written by `segsweep sweep`; delete a corrupt file and re-run the sweep to recompute it)")]
+    BadRecord { path: String, msg: String },
+    #[error("{path}: cannot write CSV: {msg}")]
+    Csv { path: String, msg: String },
+    #[error("{path}: cannot draw chart: {msg}")]
+    Chart { path: String, msg: String },
+}
+
+pub type Result<T, E = ReportError> = std::result::Result<T, E>;

@@ -1,0 +1,146 @@
+//! The result record of one configuration and its on-disk form.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ReportError, Result};
+
+/// Raw per-class pixel counts summed over the dataset (the state of mmseg's `IoUMetric`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub intersect: Vec<u64>,
+    pub union: Vec<u64>,
+    pub pred: Vec<u64>,
+    pub label: Vec<u64>,
+}
+
+/// Metrics derived from [`Counts`] by the runner (percentages; `None` where undefined).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub miou_pct: Option<f64>,
+    pub person_iou_pct: Option<f64>,
+    pub aacc_pct: Option<f64>,
+    pub macc_pct: Option<f64>,
+    pub fwiou_pct: Option<f64>,
+    pub per_class_iou_pct: Vec<Option<f64>>,
+    pub per_class_acc_pct: Vec<Option<f64>>,
+}
+
+/// One swept parameter's value in a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweptValue {
+    /// Dotted path, e.g. `cliptrase.correlation_temperature` or `inference.prob_thd`.
+    pub path: String,
+    /// The value as TOML would write it (`0.05`, `"paper"`, `[8, 16]`).
+    pub value: String,
+    /// The value as a number, where it is one (used for line charts).
+    pub number: Option<f64>,
+}
+
+/// The result of one configuration over a dataset: what `counts/<hash>.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub run_id: String,
+    pub config_hash: String,
+    pub variant: String,
+    /// Swept parameters in sweep order.
+    pub swept: Vec<SweptValue>,
+    pub dataset: String,
+    /// `benchmark`, `custom` or `synthetic`.
+    pub data_kind: String,
+    pub images: usize,
+    /// Files skipped with `--skip-bad`.
+    pub skipped: usize,
+    /// Sample ids used, in order.
+    pub sample_ids: Vec<String>,
+    pub class_names: Vec<String>,
+    pub person_class: Option<usize>,
+    pub counts: Counts,
+    pub metrics: Metrics,
+    pub seconds: f64,
+    pub ms_per_image: f64,
+    pub model_id: String,
+    pub model_file_hash: String,
+    pub device: String,
+    pub dtype: String,
+    pub segsweep_version: String,
+    pub git_rev: String,
+    /// `real`, `random-fixture` or `synthetic`.
+    pub weights: String,
+}
+
+impl Record {
+    /// A short label for charts: the variant plus the swept values.
+    pub fn label(&self) -> String {
+        let mut parts = vec![self.variant.clone()];
+        for s in &self.swept {
+            let key = s.path.rsplit('.').next().unwrap_or(&s.path);
+            parts.push(format!("{key}={}", s.value.trim_matches('"')));
+        }
+        parts.retain(|p| !p.is_empty());
+        if parts.is_empty() {
+            self.config_hash.clone()
+        } else {
+            parts.join(" ")
+        }
+    }
+
+    /// Whether the numbers come from random weights or synthetic data (then every chart says so).
+    pub fn is_not_benchmark(&self) -> bool {
+        self.weights != "real" || self.data_kind == "synthetic"
+    }
+}
+
+/// Write `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a
+/// crash never leaves a half-written result.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |e: std::io::Error| ReportError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Read every `counts/*.json` record of a run directory, sorted by (variant order of appearance
+/// is not known here, so) run order: the `order` file if present, else file name.
+pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
+    let dir = run_dir.join("counts");
+    let io = |p: &Path, e: std::io::Error| ReportError::Io {
+        path: p.display().to_string(),
+        source: e,
+    };
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| !p.to_string_lossy().ends_with(".partial.json"))
+        .collect();
+    paths.sort();
+    let mut records = Vec::with_capacity(paths.len());
+    for p in paths {
+        let text = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
+        let r: Record = serde_json::from_str(&text).map_err(|e| ReportError::BadRecord {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        records.push(r);
+    }
+    let order_file = run_dir.join("order.txt");
+    if let Ok(order) = std::fs::read_to_string(&order_file) {
+        let pos: Vec<&str> = order.lines().collect();
+        records.sort_by_key(|r| {
+            pos.iter()
+                .position(|h| *h == r.config_hash)
+                .unwrap_or(usize::MAX)
+        });
+    }
+    Ok(records)
+}

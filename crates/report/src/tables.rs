@@ -1,0 +1,150 @@
+//! `summary.csv` and `per_class.csv`.
+//!
+//! The summary has one column per swept parameter, and which parameters are swept depends on the
+//! spec, so rows are written as string records behind a fixed header rather than one serde
+//! struct (the fixed part of the header is the contract; swept columns follow `variant`).
+
+use std::path::Path;
+
+use crate::records::{write_atomic, Record};
+use crate::{ReportError, Result};
+
+pub const SUMMARY_CSV: &str = "summary.csv";
+pub const PER_CLASS_CSV: &str = "per_class.csv";
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_default()
+}
+
+/// Write `summary.csv` and `per_class.csv` for `records` into `run_dir`, atomically.
+pub fn write_tables(run_dir: &Path, records: &[Record]) -> Result<()> {
+    write_atomic(&run_dir.join(SUMMARY_CSV), &summary_bytes(records)?)?;
+    write_atomic(&run_dir.join(PER_CLASS_CSV), &per_class_bytes(records)?)?;
+    Ok(())
+}
+
+fn csv_err(file: &str, e: impl std::fmt::Display) -> ReportError {
+    ReportError::Csv {
+        path: file.to_string(),
+        msg: e.to_string(),
+    }
+}
+
+/// Swept parameter paths across all records, in first-seen order.
+pub(crate) fn swept_columns(records: &[Record]) -> Vec<String> {
+    let mut cols: Vec<String> = Vec::new();
+    for r in records {
+        for s in &r.swept {
+            if !cols.contains(&s.path) {
+                cols.push(s.path.clone());
+            }
+        }
+    }
+    cols
+}
+
+fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
+    let cols = swept_columns(records);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = vec!["run_id".into(), "config_hash".into(), "variant".into()];
+    header.extend(cols.iter().cloned());
+    header.extend(
+        [
+            "dataset",
+            "images",
+            "skipped",
+            "miou_pct",
+            "person_iou_pct",
+            "aacc_pct",
+            "macc_pct",
+            "fwiou_pct",
+            "seconds",
+            "ms_per_image",
+            "model_id",
+            "model_file_hash",
+            "device",
+            "dtype",
+            "segsweep_version",
+            "git_rev",
+            "weights",
+            "data_kind",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header)
+        .map_err(|e| csv_err(SUMMARY_CSV, e))?;
+    for r in records {
+        let mut row = vec![r.run_id.clone(), r.config_hash.clone(), r.variant.clone()];
+        for c in &cols {
+            row.push(
+                r.swept
+                    .iter()
+                    .find(|s| &s.path == c)
+                    .map(|s| s.value.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        let m = &r.metrics;
+        row.extend([
+            r.dataset.clone(),
+            r.images.to_string(),
+            r.skipped.to_string(),
+            fmt_opt(m.miou_pct),
+            fmt_opt(m.person_iou_pct),
+            fmt_opt(m.aacc_pct),
+            fmt_opt(m.macc_pct),
+            fmt_opt(m.fwiou_pct),
+            format!("{:.3}", r.seconds),
+            format!("{:.2}", r.ms_per_image),
+            r.model_id.clone(),
+            r.model_file_hash.clone(),
+            r.device.clone(),
+            r.dtype.clone(),
+            r.segsweep_version.clone(),
+            r.git_rev.clone(),
+            r.weights.clone(),
+            r.data_kind.clone(),
+        ]);
+        w.write_record(&row).map_err(|e| csv_err(SUMMARY_CSV, e))?;
+    }
+    w.into_inner().map_err(|e| csv_err(SUMMARY_CSV, e))
+}
+
+#[derive(serde::Serialize)]
+struct PerClassRow<'a> {
+    run_id: &'a str,
+    config_hash: &'a str,
+    variant: &'a str,
+    class_id: usize,
+    class_name: &'a str,
+    iou_pct: String,
+    acc_pct: String,
+    intersect_px: u64,
+    union_px: u64,
+    pred_px: u64,
+    label_px: u64,
+}
+
+fn per_class_bytes(records: &[Record]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in records {
+        for (c, name) in r.class_names.iter().enumerate() {
+            let get = |v: &Vec<u64>| v.get(c).copied().unwrap_or(0);
+            w.serialize(PerClassRow {
+                run_id: &r.run_id,
+                config_hash: &r.config_hash,
+                variant: &r.variant,
+                class_id: c,
+                class_name: name,
+                iou_pct: fmt_opt(r.metrics.per_class_iou_pct.get(c).copied().flatten()),
+                acc_pct: fmt_opt(r.metrics.per_class_acc_pct.get(c).copied().flatten()),
+                intersect_px: get(&r.counts.intersect),
+                union_px: get(&r.counts.union),
+                pred_px: get(&r.counts.pred),
+                label_px: get(&r.counts.label),
+            })
+            .map_err(|e| csv_err(PER_CLASS_CSV, e))?;
+        }
+    }
+    w.into_inner().map_err(|e| csv_err(PER_CLASS_CSV, e))
+}

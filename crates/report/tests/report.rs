@@ -1,0 +1,171 @@
+//! Tables and charts from hand-made records.
+
+use segsweep_report::*;
+
+fn record(variant: &str, t: f64, miou: f64, person: f64) -> Record {
+    let classes = vec!["background".to_string(), "person".into(), "car".into()];
+    Record {
+        run_id: "run1".into(),
+        config_hash: format!("{variant}-{t}"),
+        variant: variant.into(),
+        swept: vec![SweptValue {
+            path: "cliptrase.correlation_temperature".into(),
+            value: format!("{t}"),
+            number: Some(t),
+        }],
+        dataset: "synthetic".into(),
+        data_kind: "synthetic".into(),
+        images: 4,
+        skipped: 0,
+        sample_ids: vec!["a".into(), "b".into()],
+        class_names: classes,
+        person_class: Some(1),
+        counts: Counts {
+            intersect: vec![10, 5, 0],
+            union: vec![20, 10, 3],
+            pred: vec![15, 7, 3],
+            label: vec![15, 8, 0],
+        },
+        metrics: Metrics {
+            miou_pct: Some(miou),
+            person_iou_pct: Some(person),
+            aacc_pct: Some(50.0),
+            macc_pct: Some(40.0),
+            fwiou_pct: Some(30.0),
+            per_class_iou_pct: vec![Some(50.0), Some(person), Some(0.0)],
+            per_class_acc_pct: vec![Some(66.7), Some(62.5), None],
+        },
+        seconds: 1.5,
+        ms_per_image: 375.0,
+        model_id: "builtin:tiny-random".into(),
+        model_file_hash: "abc".into(),
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        segsweep_version: "0.1.0".into(),
+        git_rev: "deadbeef".into(),
+        weights: "synthetic".into(),
+    }
+}
+
+fn records() -> Vec<Record> {
+    vec![
+        record("baseline", 0.01, 30.0, 40.0),
+        record("baseline", 0.1, 30.0, 40.0),
+        record("+cliptrase", 0.01, 32.5, 45.0),
+        record("+cliptrase", 0.1, 29.0, 38.0),
+    ]
+}
+
+#[test]
+fn summary_has_contract_columns_and_one_row_per_config() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path(), &records()).unwrap();
+    let mut rdr = csv::Reader::from_path(dir.path().join(SUMMARY_CSV)).unwrap();
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    for col in [
+        "run_id",
+        "config_hash",
+        "variant",
+        "cliptrase.correlation_temperature",
+        "dataset",
+        "images",
+        "miou_pct",
+        "person_iou_pct",
+        "aacc_pct",
+        "macc_pct",
+        "fwiou_pct",
+        "seconds",
+        "ms_per_image",
+        "model_id",
+        "model_file_hash",
+        "device",
+        "dtype",
+        "segsweep_version",
+        "git_rev",
+        "weights",
+    ] {
+        assert!(
+            header.iter().any(|h| h == col),
+            "missing column {col}: {header:?}"
+        );
+    }
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    let miou = header.iter().position(|h| h == "miou_pct").unwrap();
+    assert_eq!(&rows[2][miou], "32.5000");
+
+    let per_class = std::fs::read_to_string(dir.path().join(PER_CLASS_CSV)).unwrap();
+    assert_eq!(per_class.lines().count(), 1 + 4 * 3);
+    assert!(per_class.lines().next().unwrap().contains("iou_pct"));
+}
+
+#[test]
+fn every_chart_is_a_valid_nonempty_png_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = draw_charts(dir.path(), &records(), None).unwrap();
+    if let Ok(keep) = std::env::var("SEGSWEEP_KEEP_CHARTS") {
+        for p in &files.paths {
+            std::fs::copy(p, std::path::Path::new(&keep).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let names: Vec<String> = files
+        .paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for stem in [
+        "overall",
+        "per_class",
+        "delta",
+        "param_cliptrase_correlation_temperature",
+    ] {
+        assert!(names.contains(&format!("{stem}.png")), "{names:?}");
+        assert!(names.contains(&format!("{stem}.svg")), "{names:?}");
+    }
+    for p in &files.paths {
+        let bytes = std::fs::read(p).unwrap();
+        if p.extension().unwrap() == "png" {
+            let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            // Non-empty: a real chart has many non-white pixels (bars, text).
+            let ink = img.pixels().filter(|px| px.0 != [255, 255, 255]).count();
+            assert!(ink > 2000, "{} looks empty ({ink} ink pixels)", p.display());
+        } else {
+            let s = String::from_utf8(bytes).unwrap();
+            assert!(
+                s.starts_with("<svg") && s.contains("<text"),
+                "{}",
+                p.display()
+            );
+            assert!(
+                s.contains("NOT a benchmark result"),
+                "synthetic caveat missing"
+            );
+        }
+    }
+}
+
+#[test]
+fn records_round_trip_through_json_and_load_in_run_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = records();
+    for r in &recs {
+        let path = dir
+            .path()
+            .join("counts")
+            .join(format!("{}.json", r.config_hash));
+        write_atomic(&path, serde_json::to_string(r).unwrap().as_bytes()).unwrap();
+    }
+    let order: Vec<&str> = recs.iter().map(|r| r.config_hash.as_str()).collect();
+    std::fs::write(dir.path().join("order.txt"), order.join("\n")).unwrap();
+    let loaded = load_records(dir.path()).unwrap();
+    assert_eq!(loaded, recs);
+}
+
+#[test]
+fn corrupt_record_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("counts")).unwrap();
+    std::fs::write(dir.path().join("counts/bad.json"), "{not json").unwrap();
+    let msg = load_records(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("bad.json") && msg.contains("hint"), "{msg}");
+}
