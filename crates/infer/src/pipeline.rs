@@ -1,0 +1,757 @@
+//! The dense-inference pipeline, split at the backbone prefix so that one backbone pass can serve
+//! many configurations: [`prepare`] (resize, normalise, windows, batched prefix) and [`finish`]
+//! (last block, head, feature plugins, cosine logits, stitching, dense plugins, probabilities,
+//! thresholds, label plugins). [`segment`] is the two in a row.
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use segsweep_core::{
+    tensor::l2_normalise, AttentionCtx, Backbone, Classifier, DenseCtx, DenseMaps, FeatureCtx,
+    FeatureMap, InferConfig, LabelCtx, Mode, Needs, PrefixOut, Refiner, RgbImage, Stage,
+};
+
+use crate::error::{InferError, Result};
+use crate::interp::{resize_plane_into, resize_planes, Axis};
+use crate::post::{class_probs, threshold_labels};
+use crate::resize::{normalise_vec, resize_short_side};
+use crate::windows::{windows_for, Window};
+
+/// mmseg's `Resize(scale=(2048, S), keep_ratio=True)`: the long side is capped at 2048 pixels.
+pub const LONG_SIDE_CAP: usize = 2048;
+
+/// A plugin attached to a stage of the pipeline, in pipeline order.
+pub type Step<'a> = (Stage, &'a dyn Refiner);
+
+/// The result for one image, at its original size.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// Class probabilities `(C, h, w)` f32 on the CPU, after the synonym max and before
+    /// `area_thd`/`prob_thd` (what `segsweep predict` writes as `.probs.npy`).
+    pub probs: Tensor,
+    /// Labels `(h, w)` u32 on the CPU, after the thresholds and the label-stage plugins.
+    pub labels: Tensor,
+}
+
+/// Intermediate results of [`finish_traced`], for parity tests and debugging.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// Per prefix chunk, the cosine crop logits `(B, Q, h', w')` before upsampling.
+    pub crop_logits: Vec<Tensor>,
+    /// Slide mode: the averaged canvas `(Q, H, W)` at the resized size.
+    pub canvas: Option<Tensor>,
+    /// Dense logits `(Q, h, w)` at the original size, before dense-stage plugins.
+    pub dense_logits: Option<Tensor>,
+}
+
+/// The settings [`prepare`] depends on; [`finish`] refuses a configuration that differs in them.
+#[derive(Debug, Clone, PartialEq)]
+struct PrepareKey {
+    mode: Mode,
+    crop: usize,
+    stride: usize,
+    short_side: Option<usize>,
+}
+
+impl PrepareKey {
+    fn of(cfg: &InferConfig) -> PrepareKey {
+        // Whole mode ignores crop and stride, so configurations may differ in them.
+        let slide = cfg.mode == Mode::Slide;
+        PrepareKey {
+            mode: cfg.mode,
+            crop: if slide { cfg.crop } else { 0 },
+            stride: if slide { cfg.stride } else { 0 },
+            short_side: cfg.short_side,
+        }
+    }
+}
+
+/// Backbone prefix outputs for windows `start..start + prefix.tokens.dim(0)` of one image.
+#[derive(Debug, Clone)]
+struct Chunk {
+    start: usize,
+    prefix: PrefixOut,
+}
+
+/// One image after the expensive part: the backbone prefix of every window, ready for any
+/// number of [`finish`] calls with configurations that differ only after the prefix.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    image: RgbImage,
+    resized: (usize, usize),
+    /// The resized image normalised, `(3, H, W)` row-major, to cut crops for plugins.
+    norm: Vec<f32>,
+    windows: Vec<Window>,
+    chunks: Vec<Chunk>,
+    needs: Needs,
+    key: PrepareKey,
+    dtype: DType,
+}
+
+impl Prepared {
+    /// The original image.
+    pub fn image(&self) -> &RgbImage {
+        &self.image
+    }
+    /// `(h, w)` of the original image.
+    pub fn original_size(&self) -> (usize, usize) {
+        (self.image.h, self.image.w)
+    }
+    /// `(H, W)` of the resized image the windows are cut from.
+    pub fn resized_size(&self) -> (usize, usize) {
+        self.resized
+    }
+    /// The windows, in the order SCLIP visits them.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+    /// What the prefix recorded.
+    pub fn needs(&self) -> &Needs {
+        &self.needs
+    }
+    /// Bytes held by the prefix outputs (tokens and recorded attention/qkv), for cache budgets.
+    pub fn prefix_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.chunks
+            .iter()
+            .map(|c| {
+                let p = &c.prefix;
+                bytes(&p.tokens)
+                    + p.attn_probs.values().map(bytes).sum::<usize>()
+                    + p.qkv
+                        .values()
+                        .map(|(q, k, v)| bytes(q) + bytes(k) + bytes(v))
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// The normalised crops of windows `start..start + len`: `(len, 3, h, w)`.
+    fn crops(&self, start: usize, len: usize, device: &Device) -> Result<Tensor> {
+        let ws = &self.windows[start..start + len];
+        let (h, w) = (ws[0].h, ws[0].w);
+        let mut data = Vec::with_capacity(len * 3 * h * w);
+        let (ih, iw) = self.resized;
+        for win in ws {
+            for c in 0..3 {
+                let plane = &self.norm[c * ih * iw..(c + 1) * ih * iw];
+                for y in win.y..win.y + h {
+                    data.extend_from_slice(&plane[y * iw + win.x..y * iw + win.x + w]);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(data, (len, 3, h, w), device)?.to_dtype(self.dtype)?)
+    }
+}
+
+/// The union of what the plugins of a pipeline need the prefix to record.
+pub fn needs_of(pipeline: &[Step<'_>]) -> Needs {
+    pipeline
+        .iter()
+        .fold(Needs::default(), |acc, (_, r)| acc.union(&r.needs()))
+}
+
+fn backbone_dtype(backbone: &dyn Backbone) -> Result<DType> {
+    match backbone.info().dtype.as_str() {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(InferError::Config {
+            key: "dtype",
+            msg: format!("backbone reports dtype `{other}`; expected f32, f16 or bf16"),
+        }),
+    }
+}
+
+fn validate(cfg: &InferConfig) -> Result<()> {
+    let bad = |key, msg: &str| {
+        Err(InferError::Config {
+            key,
+            msg: msg.to_string(),
+        })
+    };
+    if cfg.batch_size == 0 {
+        return bad("batch_size", "must be at least 1");
+    }
+    if !(cfg.logit_scale.is_finite() && cfg.logit_scale > 0.0) {
+        return bad("logit_scale", "must be a positive finite number");
+    }
+    if !cfg.prob_thd.is_finite() {
+        return bad("prob_thd", "must be finite");
+    }
+    if cfg.area_thd.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+        return bad("area_thd", "must lie in 0..=1");
+    }
+    Ok(())
+}
+
+/// Resize, normalise and cut the windows of one image (no backbone work yet).
+fn stage_image(
+    img: &RgbImage,
+    cfg: &InferConfig,
+    backbone: &dyn Backbone,
+    needs: &Needs,
+) -> Result<Prepared> {
+    let info = backbone.info();
+    let resized = match cfg.short_side {
+        Some(s) => resize_short_side(img, s, LONG_SIDE_CAP)?,
+        None => img.clone(),
+    };
+    let windows = windows_for(resized.h, resized.w, cfg)?;
+    if let Some(w) = windows
+        .iter()
+        .find(|w| w.h < info.patch_size || w.w < info.patch_size)
+    {
+        return Err(InferError::Config {
+            key: "short_side",
+            msg: format!(
+                "a {}×{} window is smaller than the {}-pixel patch (image {}×{} resized to {}×{})",
+                w.h, w.w, info.patch_size, img.h, img.w, resized.h, resized.w
+            ),
+        });
+    }
+    Ok(Prepared {
+        image: img.clone(),
+        resized: (resized.h, resized.w),
+        norm: normalise_vec(&resized, info.mean, info.std),
+        windows,
+        chunks: Vec::new(),
+        needs: needs.clone(),
+        key: PrepareKey::of(cfg),
+        dtype: backbone_dtype(backbone)?,
+    })
+}
+
+/// Run the backbone prefix on one image: resize (mmcv `imrescale`, cv2 bilinear on u8),
+/// normalise, cut the windows and push their crops through `backbone.prefix` in batches of
+/// `cfg.batch_size`, recording what `needs` asks (give the union over every configuration that
+/// will [`finish`] this image).
+pub fn prepare(
+    backbone: &dyn Backbone,
+    image: &RgbImage,
+    cfg: &InferConfig,
+    needs: &Needs,
+) -> Result<Prepared> {
+    prepare_many(backbone, &[image], cfg, needs)?
+        .pop()
+        .ok_or_else(|| InferError::Pipeline("prepare produced no image".into()))
+}
+
+/// [`prepare`] for several images at once: batches are filled with crops of the same size from
+/// consecutive images, so small images and last windows do not leave batches half empty.
+/// Returns one [`Prepared`] per image, in order.
+pub fn prepare_many(
+    backbone: &dyn Backbone,
+    images: &[&RgbImage],
+    cfg: &InferConfig,
+    needs: &Needs,
+) -> Result<Vec<Prepared>> {
+    validate(cfg)?;
+    let mut preps: Vec<Prepared> = images
+        .iter()
+        .map(|img| stage_image(img, cfg, backbone, needs))
+        .collect::<Result<_>>()?;
+    let order: Vec<((usize, usize), (usize, usize))> = preps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            p.windows
+                .iter()
+                .enumerate()
+                .map(move |(k, w)| ((w.h, w.w), (i, k)))
+        })
+        .collect();
+    // One pending batch per crop size; a full batch runs at once, the rest at the end.
+    let mut pending: Vec<PendingBatch> = Vec::new();
+    for (size, item) in order {
+        let slot = match pending.iter().position(|(s, _)| *s == size) {
+            Some(slot) => slot,
+            None => {
+                pending.push((size, Vec::new()));
+                pending.len() - 1
+            }
+        };
+        pending[slot].1.push(item);
+        if pending[slot].1.len() == cfg.batch_size {
+            let batch = std::mem::take(&mut pending[slot].1);
+            run_batch(backbone, &mut preps, &batch, needs)?;
+        }
+    }
+    for (_, batch) in pending.into_iter().filter(|(_, b)| !b.is_empty()) {
+        run_batch(backbone, &mut preps, &batch, needs)?;
+    }
+    for p in &mut preps {
+        p.chunks.sort_by_key(|c| c.start);
+    }
+    Ok(preps)
+}
+
+/// Crops of one size `(h, w)` waiting for a full batch, as `(image, window)` pairs.
+type PendingBatch = ((usize, usize), Vec<(usize, usize)>);
+
+/// Run the prefix on a batch of `(image, window)` pairs (same crop size; each image's windows
+/// consecutive and in order) and hand each image its rows.
+fn run_batch(
+    backbone: &dyn Backbone,
+    preps: &mut [Prepared],
+    batch: &[(usize, usize)],
+    needs: &Needs,
+) -> Result<()> {
+    // Consecutive runs of the same image: (image, first window, count).
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for &(i, k) in batch {
+        match runs.last_mut() {
+            Some((ri, rk, n)) if *ri == i && *rk + *n == k => *n += 1,
+            _ => runs.push((i, k, 1)),
+        }
+    }
+    let device = backbone.device();
+    let crops: Vec<Tensor> = runs
+        .iter()
+        .map(|&(i, k, n)| preps[i].crops(k, n, device))
+        .collect::<Result<_>>()?;
+    let crops = if crops.len() == 1 {
+        crops[0].clone()
+    } else {
+        Tensor::cat(&crops, 0)?
+    };
+    let prefix = backbone.prefix(&crops, needs)?;
+    let mut row = 0;
+    for (i, k, n) in runs {
+        let part = if n == batch.len() {
+            prefix.clone()
+        } else {
+            prefix.narrow(row, n)?
+        };
+        preps[i].chunks.push(Chunk {
+            start: k,
+            prefix: part,
+        });
+        row += n;
+    }
+    Ok(())
+}
+
+/// The plugins of a pipeline, by stage.
+struct Plan<'a> {
+    attention: Option<&'a dyn Refiner>,
+    features: Vec<&'a dyn Refiner>,
+    dense: Vec<&'a dyn Refiner>,
+    labels: Vec<&'a dyn Refiner>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        pipeline: &[Step<'a>],
+        backbone: &dyn Backbone,
+        cfg: &InferConfig,
+        prepared: &Prepared,
+    ) -> Result<Plan<'a>> {
+        let mut plan = Plan {
+            attention: None,
+            features: vec![],
+            dense: vec![],
+            labels: vec![],
+        };
+        for pair in pipeline.windows(2) {
+            if pair[1].0 < pair[0].0 {
+                return Err(InferError::Pipeline(format!(
+                    "plugin `{}` ({} stage) is listed after `{}` ({} stage); list plugins in pipeline order",
+                    pair[1].1.name(),
+                    pair[1].0,
+                    pair[0].1.name(),
+                    pair[0].0
+                )));
+            }
+        }
+        for &(stage, r) in pipeline {
+            check_needs(r, &prepared.needs)?;
+            match stage {
+                Stage::Attention => {
+                    if let Some(first) = plan.attention {
+                        return Err(InferError::Pipeline(format!(
+                            "two attention-stage plugins (`{}` and `{}`); the last block has one attention",
+                            first.name(),
+                            r.name()
+                        )));
+                    }
+                    plan.attention = Some(r);
+                }
+                Stage::Features => plan.features.push(r),
+                Stage::DenseLogits => plan.dense.push(r),
+                Stage::Labels => plan.labels.push(r),
+            }
+        }
+        let names = backbone.builtin_attention_names();
+        if plan.attention.is_none() && !names.contains(&cfg.attention.as_str()) {
+            return Err(InferError::Config {
+                key: "attention",
+                msg: format!(
+                    "unknown built-in attention `{}`; known: {}",
+                    cfg.attention,
+                    names.join(", ")
+                ),
+            });
+        }
+        Ok(plan)
+    }
+}
+
+fn check_needs(r: &dyn Refiner, have: &Needs) -> Result<()> {
+    let want = r.needs();
+    let missing = |w: &std::collections::BTreeSet<usize>, h: &std::collections::BTreeSet<usize>| {
+        w.difference(h).copied().collect::<Vec<_>>()
+    };
+    for (what, m) in [
+        (
+            "the attention probabilities of layers",
+            missing(&want.attn_probs, &have.attn_probs),
+        ),
+        ("q, k, v of layers", missing(&want.qkv, &have.qkv)),
+    ] {
+        if !m.is_empty() {
+            return Err(InferError::MissingNeeds {
+                plugin: r.name().to_string(),
+                what: format!("{what} {m:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Cosine logits: features `(B, E, h, w)` (L2-normalised) against text `(Q, E)` → `(B, Q, h, w)`,
+/// in f32 whatever the backbone dtype.
+fn cosine_logits(feats: &Tensor, text: &Tensor) -> Result<Tensor> {
+    let (b, e, h, w) = feats.dims4()?;
+    let (q, te) = text.dims2()?;
+    if te != e {
+        return Err(InferError::Shape {
+            what: "text classifier",
+            expected: format!("(Q, {e})"),
+            got: vec![q, te],
+        });
+    }
+    let f = feats.to_dtype(DType::F32)?.reshape((b, e, h * w))?;
+    let t = text.to_dtype(DType::F32)?.to_device(feats.device())?;
+    let t = t.unsqueeze(0)?.broadcast_as((b, q, e))?.contiguous()?;
+    Ok(t.matmul(&f)?.reshape((b, q, h, w))?)
+}
+
+/// The last block, head, feature plugins and cosine for one chunk: `(B, Q, h', w')` logits.
+fn chunk_logits(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    chunk: &Chunk,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+) -> Result<Tensor> {
+    let p = &chunk.prefix;
+    let b = p.tokens.dim(0)?;
+    let crops = prepared.crops(chunk.start, b, backbone.device())?;
+    let ctx = AttentionCtx {
+        backbone,
+        x: &p.tokens,
+        grid: p.grid,
+        prefix: p,
+        crops: &crops,
+        text: &classifier.text,
+    };
+    let out = match plan.attention {
+        Some(r) => r.attention(&ctx)?,
+        None => backbone.builtin_attention(&cfg.attention, &ctx)?,
+    };
+    let mut fm = FeatureMap {
+        feats: backbone.head(&out, p.grid)?,
+        normalised: false,
+    };
+    let fctx = FeatureCtx {
+        backbone,
+        prefix: p,
+        crops: &crops,
+        text: &classifier.text,
+    };
+    for r in &plan.features {
+        fm = r.features(fm, &fctx)?;
+    }
+    // The normalisation runs in f32 whatever the backbone dtype.
+    let feats = fm.feats.to_dtype(DType::F32)?;
+    let feats = if fm.normalised {
+        feats
+    } else {
+        l2_normalise(&feats, 1)?
+    };
+    cosine_logits(&feats, &classifier.text)
+}
+
+/// Sum of upsampled crop logits and the per-pixel window count at the resized size.
+struct Canvas {
+    q: usize,
+    h: usize,
+    w: usize,
+    sum: Vec<f32>,
+    count: Vec<f32>,
+}
+
+impl Canvas {
+    fn new(q: usize, h: usize, w: usize) -> Canvas {
+        Canvas {
+            q,
+            h,
+            w,
+            sum: vec![0.0; q * h * w],
+            count: vec![0.0; h * w],
+        }
+    }
+
+    /// Upsample one crop's `(Q, gh, gw)` logits to its window (bilinear, `align_corners=False`)
+    /// and add them in, planes in parallel.
+    fn add(&mut self, logits: &[f32], (gh, gw): (usize, usize), win: Window) {
+        let (ay, ax) = (Axis::new(gh, win.h), Axis::new(gw, win.w));
+        let w = self.w;
+        self.sum
+            .par_chunks_mut(self.h * self.w)
+            .zip(logits.par_chunks(gh * gw))
+            .for_each(|(plane, src)| {
+                resize_plane_into(src, (gh, gw), &ay, &ax, plane, w, (win.y, win.x), true)
+            });
+        for y in win.y..win.y + win.h {
+            for c in &mut self.count[y * w + win.x..y * w + win.x + win.w] {
+                *c += 1.0;
+            }
+        }
+    }
+
+    /// The average over windows, `(Q, H, W)`.
+    fn average(mut self) -> Result<Vec<f32>> {
+        if self.count.contains(&0.0) {
+            return Err(InferError::Pipeline(
+                "a pixel of the resized image is in no window".into(),
+            ));
+        }
+        let count = &self.count;
+        self.sum
+            .par_chunks_mut(self.h * self.w)
+            .for_each(|plane| plane.iter_mut().zip(count).for_each(|(v, &c)| *v /= c));
+        debug_assert_eq!(self.sum.len(), self.q * self.h * self.w);
+        Ok(self.sum)
+    }
+}
+
+/// Run every configuration-dependent stage on a prepared image. `pipeline` lists the plugins in
+/// pipeline order with their stages; `background` is the background class index, where the
+/// class list has one. Results are identical to [`segment`] with the same arguments.
+pub fn finish(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+) -> Result<Segmentation> {
+    finish_impl(
+        backbone, prepared, classifier, cfg, pipeline, background, None,
+    )
+}
+
+/// [`finish`], also returning the intermediate tensors (crop logits, canvas, dense logits).
+pub fn finish_traced(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+) -> Result<(Segmentation, Trace)> {
+    let mut trace = Trace::default();
+    let seg = finish_impl(
+        backbone,
+        prepared,
+        classifier,
+        cfg,
+        pipeline,
+        background,
+        Some(&mut trace),
+    )?;
+    Ok((seg, trace))
+}
+
+fn check_key(prepared: &Prepared, cfg: &InferConfig) -> Result<()> {
+    let (have, want) = (&prepared.key, PrepareKey::of(cfg));
+    let mismatch = |key, a: String, b: String| {
+        Err(InferError::PreparedMismatch {
+            key,
+            prepared: a,
+            asked: b,
+        })
+    };
+    if have.mode != want.mode {
+        return mismatch(
+            "mode",
+            format!("{:?}", have.mode),
+            format!("{:?}", want.mode),
+        );
+    }
+    if have.crop != want.crop {
+        return mismatch("crop", have.crop.to_string(), want.crop.to_string());
+    }
+    if have.stride != want.stride {
+        return mismatch("stride", have.stride.to_string(), want.stride.to_string());
+    }
+    if have.short_side != want.short_side {
+        return mismatch(
+            "short_side",
+            format!("{:?}", have.short_side),
+            format!("{:?}", want.short_side),
+        );
+    }
+    Ok(())
+}
+
+fn finish_impl(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+    mut trace: Option<&mut Trace>,
+) -> Result<Segmentation> {
+    validate(cfg)?;
+    check_key(prepared, cfg)?;
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    let (q, n_classes) = (classifier.query_class.len(), classifier.n_classes());
+    if classifier.text.dim(0)? != q {
+        return Err(InferError::Shape {
+            what: "classifier text",
+            expected: format!("({q}, E) (one row per query)"),
+            got: classifier.text.dims().to_vec(),
+        });
+    }
+    if background.is_some_and(|b| b >= n_classes) {
+        return Err(InferError::Config {
+            key: "background",
+            msg: format!("class index ≥ {n_classes} classes"),
+        });
+    }
+    let (h, w) = prepared.original_size();
+    let (rh, rw) = prepared.resized;
+    let mut canvas = Canvas::new(q, rh, rw);
+    let mut whole: Option<(Vec<f32>, (usize, usize))> = None;
+    for chunk in &prepared.chunks {
+        let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, &plan)?;
+        let (b, _, gh, gw) = logits.dims4()?;
+        if let Some(t) = trace.as_deref_mut() {
+            t.crop_logits.push(logits.to_device(&Device::Cpu)?);
+        }
+        let data: Vec<f32> = logits.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        match prepared.key.mode {
+            Mode::Slide => {
+                for (i, plane) in data.chunks(q * gh * gw).enumerate().take(b) {
+                    canvas.add(plane, (gh, gw), prepared.windows[chunk.start + i]);
+                }
+            }
+            // SCLIP's whole mode upsamples the grid logits straight to the original size.
+            Mode::Whole => whole = Some((data, (gh, gw))),
+        }
+    }
+    let logits = match whole {
+        Some((grid_logits, grid)) => resize_planes(&grid_logits, q, grid, (h, w)),
+        None => {
+            let avg = canvas.average()?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.canvas = Some(Tensor::from_slice(&avg, (q, rh, rw), &Device::Cpu)?);
+            }
+            resize_planes(&avg, q, (rh, rw), (h, w))
+        }
+    };
+    if let Some(t) = trace {
+        t.dense_logits = Some(Tensor::from_slice(&logits, (q, h, w), &Device::Cpu)?);
+    }
+    let probs = dense_stage(backbone, prepared, classifier, cfg, &plan, logits)?;
+    let labels = threshold_labels(&probs, n_classes, cfg.area_thd, cfg.prob_thd, background);
+    let probs = Tensor::from_vec(probs, (n_classes, h, w), &Device::Cpu)?;
+    let mut labels = Tensor::from_vec(labels, (h, w), &Device::Cpu)?;
+    let lctx = LabelCtx {
+        image: &prepared.image,
+        probs: &probs,
+        background,
+    };
+    for r in &plan.labels {
+        labels = r
+            .labels(labels, &lctx)?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::U32)?;
+        if labels.dims() != [h, w] {
+            return Err(InferError::Shape {
+                what: "labels from a label-stage plugin",
+                expected: format!("({h}, {w})"),
+                got: labels.dims().to_vec(),
+            });
+        }
+    }
+    Ok(Segmentation { probs, labels })
+}
+
+/// Dense-stage plugins, then class probabilities `(C, h, w)` as a flat vector.
+fn dense_stage(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+    logits: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let (q, n_classes) = (classifier.query_class.len(), classifier.n_classes());
+    let (h, w) = prepared.original_size();
+    if plan.dense.is_empty() {
+        return class_probs(&logits, cfg.logit_scale, &classifier.query_class, n_classes);
+    }
+    let device = backbone.device();
+    let mut maps =
+        DenseMaps::Logits(Tensor::from_vec(logits, (q, h, w), &Device::Cpu)?.to_device(device)?);
+    let ctx = DenseCtx {
+        image: &prepared.image,
+        logit_scale: cfg.logit_scale,
+        query_class: &classifier.query_class,
+        n_classes,
+        device,
+    };
+    for r in &plan.dense {
+        maps = r.dense(maps, &ctx)?;
+    }
+    let flat = |t: &Tensor, rows: usize, what: &'static str| -> Result<Vec<f32>> {
+        if t.dims() != [rows, h, w] {
+            return Err(InferError::Shape {
+                what,
+                expected: format!("({rows}, {h}, {w})"),
+                got: t.dims().to_vec(),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?)
+    };
+    match maps {
+        DenseMaps::Logits(t) => class_probs(
+            &flat(&t, q, "dense logits")?,
+            cfg.logit_scale,
+            &classifier.query_class,
+            n_classes,
+        ),
+        DenseMaps::Probs(t) => flat(&t, n_classes, "dense probabilities"),
+    }
+}
+
+/// [`prepare`] then [`finish`] for one image and one configuration.
+pub fn segment(
+    backbone: &dyn Backbone,
+    image: &RgbImage,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+) -> Result<Segmentation> {
+    let prepared = prepare(backbone, image, cfg, &needs_of(pipeline))?;
+    finish(backbone, &prepared, classifier, cfg, pipeline, background)
+}

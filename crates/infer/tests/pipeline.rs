@@ -1,0 +1,361 @@
+//! Pipeline behaviour on the fake backbone: cached vs uncached, batch sizes, batching across
+//! images, plugins at every stage, and the errors a user can provoke.
+
+use candle_core::{Device, Tensor};
+use segsweep_core::{
+    Backbone, Classifier, CoreError, DenseCtx, DenseMaps, FeatureCtx, FeatureMap, InferConfig,
+    LabelCtx, Mode, Needs, Refiner, RgbImage, Stage,
+};
+use segsweep_infer::{
+    fake::FakeBackbone, finish, finish_traced, prepare, prepare_many, segment, InferError,
+    Segmentation, Step,
+};
+
+/// A smooth non-square test image with some structure.
+fn image(h: usize, w: usize, seed: usize) -> RgbImage {
+    let mut data = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let v = |k: usize| (((x * (3 + k + seed)) ^ (y * (5 + 2 * k))) % 256) as u8;
+            data.extend([v(0), v(1), v(2)]);
+        }
+    }
+    RgbImage::new(h, w, data).unwrap()
+}
+
+/// Background with two synonyms, then three classes (one with a synonym).
+fn classifier(bb: &FakeBackbone) -> Classifier {
+    let queries: Vec<String> = ["sky", "wall", "cat", "dog", "puppy", "car"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    Classifier {
+        text: bb.encode_text(&queries).unwrap(),
+        query_class: vec![0, 0, 1, 2, 2, 3],
+        queries,
+        class_names: ["background", "cat", "dog", "car"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    }
+}
+
+fn cfg(short: usize, batch: usize) -> InferConfig {
+    InferConfig {
+        short_side: Some(short),
+        batch_size: batch,
+        crop: 64,
+        stride: 32,
+        ..InferConfig::default()
+    }
+}
+
+fn vec3(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    vec3(a)
+        .iter()
+        .zip(vec3(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn labels(s: &Segmentation) -> Vec<u32> {
+    s.labels.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Scales features: a feature-stage plugin with an observable effect.
+struct Sharpen;
+impl Refiner for Sharpen {
+    fn name(&self) -> &str {
+        "sharpen"
+    }
+    fn features(&self, f: FeatureMap, _ctx: &FeatureCtx<'_>) -> segsweep_core::Result<FeatureMap> {
+        let feats = (f.feats.sqr()? * f.feats.sign()?)?;
+        Ok(FeatureMap {
+            feats,
+            normalised: false,
+        })
+    }
+}
+
+/// Blurs logits horizontally by averaging with the right neighbour, and needs layer 6's attention.
+struct Blur;
+impl Refiner for Blur {
+    fn name(&self) -> &str {
+        "blur"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            attn_probs: [6].into(),
+            qkv: Default::default(),
+        }
+    }
+    fn dense(&self, maps: DenseMaps, _ctx: &DenseCtx<'_>) -> segsweep_core::Result<DenseMaps> {
+        let DenseMaps::Logits(l) = maps else {
+            return Err(CoreError::plugin("blur", "wants logits"));
+        };
+        let w = l.dim(2)?;
+        let right = Tensor::cat(&[l.narrow(2, 1, w - 1)?, l.narrow(2, w - 1, 1)?], 2)?;
+        Ok(DenseMaps::Logits(((l + right)? * 0.5)?))
+    }
+}
+
+/// Turns the logits into probabilities itself (uniform): the finish must take them as they are.
+struct Uniform;
+impl Refiner for Uniform {
+    fn name(&self) -> &str {
+        "uniform"
+    }
+    fn dense(&self, maps: DenseMaps, ctx: &DenseCtx<'_>) -> segsweep_core::Result<DenseMaps> {
+        let DenseMaps::Logits(l) = maps else {
+            unreachable!()
+        };
+        let (_, h, w) = l.dims3()?;
+        Ok(DenseMaps::Probs(
+            (Tensor::ones((ctx.n_classes, h, w), candle_core::DType::F32, ctx.device)?
+                / ctx.n_classes as f64)?,
+        ))
+    }
+}
+
+/// Sets every label to 3.
+struct AllCar;
+impl Refiner for AllCar {
+    fn name(&self) -> &str {
+        "all-car"
+    }
+    fn labels(&self, l: Tensor, _ctx: &LabelCtx<'_>) -> segsweep_core::Result<Tensor> {
+        Ok(l.ones_like()?.affine(3.0, 0.0)?)
+    }
+}
+
+#[test]
+fn issue_7_prepare_once_finish_many_equals_segment_per_configuration() {
+    let bb = FakeBackbone::new(1).unwrap();
+    let cls = classifier(&bb);
+    let img = image(70, 115, 0);
+    let (sharpen, blur, car) = (Sharpen, Blur, AllCar);
+    let base = cfg(80, 4);
+    // Configurations that differ only after the prefix.
+    let configs: Vec<(InferConfig, Vec<Step<'_>>)> = vec![
+        (base.clone(), vec![]),
+        (
+            InferConfig {
+                attention: "vanilla".into(),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            InferConfig {
+                logit_scale: 65.0,
+                prob_thd: 0.3,
+                area_thd: Some(0.1),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            base.clone(),
+            vec![(Stage::Features, &sharpen as &dyn Refiner)],
+        ),
+        (
+            base.clone(),
+            vec![(Stage::DenseLogits, &blur as &dyn Refiner)],
+        ),
+        (
+            base.clone(),
+            vec![
+                (Stage::Features, &sharpen as &dyn Refiner),
+                (Stage::Labels, &car as &dyn Refiner),
+            ],
+        ),
+    ];
+    let needs = configs.iter().fold(Needs::default(), |n, (_, p)| {
+        n.union(&segsweep_infer::needs_of(p))
+    });
+    let prepared = prepare(&bb, &img, &base, &needs).unwrap();
+    let mut outputs = vec![];
+    for (c, p) in &configs {
+        let cached = finish(&bb, &prepared, &cls, c, p, Some(0)).unwrap();
+        let alone = segment(&bb, &img, &cls, c, p, Some(0)).unwrap();
+        assert_eq!(cached.probs.dims(), &[4, 70, 115]);
+        assert_eq!(max_abs_diff(&cached.probs, &alone.probs), 0.0);
+        assert_eq!(labels(&cached), labels(&alone));
+        outputs.push(cached);
+    }
+    // The configurations really differ from each other (else this test proves nothing).
+    for i in 1..outputs.len() {
+        let differ = max_abs_diff(&outputs[0].probs, &outputs[i].probs) > 1e-4
+            || labels(&outputs[0]) != labels(&outputs[i]);
+        assert!(differ, "configuration {i} equals configuration 0");
+    }
+    assert!(labels(&outputs[5]).iter().all(|&l| l == 3));
+}
+
+#[test]
+fn batch_size_one_and_eight_give_the_same_probabilities() {
+    let bb = FakeBackbone::new(2).unwrap();
+    let cls = classifier(&bb);
+    let img = image(90, 150, 1);
+    let a = segment(&bb, &img, &cls, &cfg(96, 1), &[], Some(0)).unwrap();
+    let b = segment(&bb, &img, &cls, &cfg(96, 8), &[], Some(0)).unwrap();
+    let c = segment(&bb, &img, &cls, &cfg(96, 3), &[], Some(0)).unwrap();
+    assert!(max_abs_diff(&a.probs, &b.probs) <= 1e-5);
+    assert!(max_abs_diff(&a.probs, &c.probs) <= 1e-5);
+    assert_eq!(labels(&a), labels(&b));
+}
+
+#[test]
+fn batching_across_images_equals_one_image_at_a_time() {
+    let bb = FakeBackbone::new(3).unwrap();
+    let cls = classifier(&bb);
+    // Different aspect ratios: the 40×300 image is narrower than the crop vertically.
+    let imgs = [image(70, 115, 0), image(40, 300, 2), image(120, 64, 3)];
+    let c = cfg(64, 5);
+    let many = prepare_many(&bb, &imgs.iter().collect::<Vec<_>>(), &c, &Needs::default()).unwrap();
+    for (img, p) in imgs.iter().zip(&many) {
+        let alone = segment(&bb, img, &cls, &c, &[], Some(0)).unwrap();
+        let batched = finish(&bb, p, &cls, &c, &[], Some(0)).unwrap();
+        assert!(max_abs_diff(&alone.probs, &batched.probs) <= 1e-5);
+        assert_eq!(labels(&alone), labels(&batched));
+    }
+}
+
+#[test]
+fn probabilities_are_at_the_original_size_and_sum_to_at_most_one() {
+    let bb = FakeBackbone::new(4).unwrap();
+    let cls = classifier(&bb);
+    let img = image(53, 97, 5);
+    for mode in [Mode::Slide, Mode::Whole] {
+        let c = InferConfig { mode, ..cfg(64, 8) };
+        let (seg, trace) = finish_traced(
+            &bb,
+            &prepare(&bb, &img, &c, &Needs::default()).unwrap(),
+            &cls,
+            &c,
+            &[],
+            Some(0),
+        )
+        .unwrap();
+        assert_eq!(seg.probs.dims(), &[4, 53, 97]);
+        assert_eq!(seg.labels.dims(), &[53, 97]);
+        // Synonym max of a softmax: each pixel's class probabilities sum to ≤ 1.
+        let p = vec3(&seg.probs);
+        let n = 53 * 97;
+        for i in 0..n {
+            let s: f32 = (0..4).map(|c| p[c * n + i]).sum();
+            assert!(s <= 1.0 + 1e-5 && s > 0.0);
+        }
+        assert_eq!(trace.canvas.is_some(), mode == Mode::Slide);
+        assert_eq!(trace.dense_logits.unwrap().dims(), &[6, 53, 97]);
+    }
+}
+
+#[test]
+fn dense_plugin_returning_probabilities_is_taken_as_is() {
+    let bb = FakeBackbone::new(5).unwrap();
+    let cls = classifier(&bb);
+    let u = Uniform;
+    let s = segment(
+        &bb,
+        &image(64, 80, 0),
+        &cls,
+        &cfg(64, 8),
+        &[(Stage::DenseLogits, &u)],
+        Some(0),
+    )
+    .unwrap();
+    assert!(vec3(&s.probs).iter().all(|&v| (v - 0.25).abs() < 1e-7));
+    // All tied: argmax goes to class 0.
+    assert!(labels(&s).iter().all(|&l| l == 0));
+}
+
+#[test]
+fn user_errors_are_reported_with_the_key() {
+    let bb = FakeBackbone::new(6).unwrap();
+    let cls = classifier(&bb);
+    let img = image(64, 80, 0);
+    let c = cfg(64, 8);
+    let prepared = prepare(&bb, &img, &c, &Needs::default()).unwrap();
+    // A plugin needing attention maps the prefix did not record.
+    let blur = Blur;
+    let err = finish(
+        &bb,
+        &prepared,
+        &cls,
+        &c,
+        &[(Stage::DenseLogits, &blur)],
+        Some(0),
+    )
+    .unwrap_err();
+    assert!(matches!(err, InferError::MissingNeeds { .. }), "{err}");
+    // A configuration that changes the windows cannot reuse the prepared image.
+    let err = finish(
+        &bb,
+        &prepared,
+        &cls,
+        &InferConfig {
+            stride: 16,
+            ..c.clone()
+        },
+        &[],
+        Some(0),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("stride"), "{err}");
+    // Unknown built-in attention lists the known ones.
+    let err = finish(
+        &bb,
+        &prepared,
+        &cls,
+        &InferConfig {
+            attention: "nope".into(),
+            ..c.clone()
+        },
+        &[],
+        Some(0),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("vanilla, sclip"), "{err}");
+    // Plugins out of pipeline order.
+    let (sharpen, car) = (Sharpen, AllCar);
+    let err = finish(
+        &bb,
+        &prepared,
+        &cls,
+        &c,
+        &[(Stage::Labels, &car), (Stage::Features, &sharpen)],
+        Some(0),
+    )
+    .unwrap_err();
+    assert!(matches!(err, InferError::Pipeline(_)), "{err}");
+    let err = prepare(
+        &bb,
+        &img,
+        &InferConfig {
+            batch_size: 0,
+            ..c.clone()
+        },
+        &Needs::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("batch_size"), "{err}");
+    // A crop smaller than a patch.
+    let err = prepare(
+        &bb,
+        &image(4, 9, 0),
+        &InferConfig {
+            short_side: None,
+            ..c
+        },
+        &Needs::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("patch"), "{err}");
+    let _ = Device::Cpu;
+}
