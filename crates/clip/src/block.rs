@@ -1,0 +1,205 @@
+//! One pre-LN transformer block (`encoder.layers.N`), shared by both towers.
+//!
+//! Reference: transformers `CLIPEncoderLayer` / OpenAI `ResidualAttentionBlock`:
+//! `x = x + out_proj(attn(ln_1 x)); x = x + fc2(act(fc1(ln_2 x)))`.
+//! q, k and v are computed by one fused `(3D, D)` matmul (loaded from the separate HF
+//! `q_proj`/`k_proj`/`v_proj`), which is exact and saves two passes over the activations.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::config::Act;
+use crate::error::Result;
+
+/// LayerNorm that always runs in f32 (weights kept in f32), whatever the model dtype,
+/// as OpenAI's `LayerNorm` subclass does for fp16 models.
+#[derive(Debug, Clone)]
+pub(crate) struct Ln {
+    w: Tensor,
+    b: Tensor,
+    eps: f32,
+}
+
+impl Ln {
+    pub(crate) fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Ln> {
+        Ok(Ln {
+            w: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            b: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `(..., D) → (..., D)` in the input's dtype.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dt = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        candle_nn::ops::layer_norm(&x32, &self.w, &self.b, self.eps)?.to_dtype(dt)
+    }
+}
+
+pub(crate) fn linear(
+    vb: &VarBuilder,
+    out: usize,
+    inp: usize,
+    bias: bool,
+    dt: DType,
+) -> Result<Linear> {
+    let w = vb.get((out, inp), "weight")?.to_dtype(dt)?;
+    let b = if bias {
+        Some(vb.get(out, "bias")?.to_dtype(dt)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
+}
+
+/// Softmax over the last dimension, computed in f32 (as OpenAI/SCLIP and transformers do).
+pub(crate) fn softmax_f32(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?.contiguous()?)
+}
+
+/// `(B, heads, T, hd) → (B, T, heads·hd)`.
+pub(crate) fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, hd) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * hd))
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    ln_1: Ln,
+    /// Fused `[q; k; v]` projection `(3D, D)` with bias.
+    qkv: Linear,
+    out: Linear,
+    ln_2: Ln,
+    fc1: Linear,
+    fc2: Linear,
+    act: Act,
+    heads: usize,
+}
+
+impl Block {
+    pub(crate) fn load(
+        vb: &VarBuilder,
+        dim: usize,
+        inter: usize,
+        heads: usize,
+        eps: f64,
+        act: Act,
+        dt: DType,
+    ) -> Result<Block> {
+        let a = vb.pp("self_attn");
+        let get = |n: &str| -> Result<(Tensor, Tensor)> {
+            let p = a.pp(n);
+            Ok((p.get((dim, dim), "weight")?, p.get(dim, "bias")?))
+        };
+        let (qw, qb) = get("q_proj")?;
+        let (kw, kb) = get("k_proj")?;
+        let (vw, vbias) = get("v_proj")?;
+        let qkv = Linear::new(
+            Tensor::cat(&[qw, kw, vw], 0)?.to_dtype(dt)?,
+            Some(Tensor::cat(&[qb, kb, vbias], 0)?.to_dtype(dt)?),
+        );
+        Ok(Block {
+            ln_1: Ln::load(&vb.pp("layer_norm1"), dim, eps)?,
+            qkv,
+            out: linear(&a.pp("out_proj"), dim, dim, true, dt)?,
+            ln_2: Ln::load(&vb.pp("layer_norm2"), dim, eps)?,
+            fc1: linear(&vb.pp("mlp").pp("fc1"), inter, dim, true, dt)?,
+            fc2: linear(&vb.pp("mlp").pp("fc2"), dim, inter, true, dt)?,
+            act,
+            heads,
+        })
+    }
+
+    pub(crate) fn ln_1(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.ln_1.forward(x)
+    }
+
+    /// `(B, T, D) → 3 × (B, heads, T, hd)`, contiguous, with bias, unscaled.
+    pub(crate) fn qkv(&self, x_ln: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, d) = x_ln.dims3()?;
+        let hd = d / self.heads;
+        let y = self
+            .qkv
+            .forward(x_ln)?
+            .reshape((b, t, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        Ok((y.get(0)?, y.get(1)?, y.get(2)?))
+    }
+
+    pub(crate) fn out_proj(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.out.forward(x)
+    }
+
+    pub(crate) fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.fc1.forward(x)?;
+        let h = match self.act {
+            Act::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            Act::Gelu => h.gelu_erf()?,
+        };
+        self.fc2.forward(&h)
+    }
+
+    /// `x + mlp(ln_2 x)`.
+    pub(crate) fn ffn_residual(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x + self.mlp(&self.ln_2.forward(x)?)?
+    }
+
+    pub(crate) fn ln_2(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.ln_2.forward(x)
+    }
+
+    /// Standard block with optional additive mask `(T, T)` on the scores; returns the block
+    /// output and, when asked, the attention probabilities `(B, heads, T, T)` (f32) and q, k, v.
+    pub(crate) fn forward_recording(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        keep_probs: bool,
+        keep_qkv: bool,
+    ) -> candle_core::Result<BlockOut> {
+        let (q, k, v) = self.qkv(&self.ln_1(x)?)?;
+        let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
+        let mut s = q.affine(scale, 0.)?.matmul(&k.t()?)?;
+        if let Some(m) = mask {
+            s = s.broadcast_add(m)?;
+        }
+        let p = softmax_f32(&s)?;
+        let o = p.to_dtype(v.dtype())?.matmul(&v)?;
+        let x = (x + self.out.forward(&merge_heads(&o)?)?)?;
+        let x = self.ffn_residual(&x)?;
+        Ok(BlockOut {
+            x,
+            probs: keep_probs.then_some(p),
+            qkv: keep_qkv.then_some((q, k, v)),
+        })
+    }
+}
+
+pub(crate) struct BlockOut {
+    pub x: Tensor,
+    pub probs: Option<Tensor>,
+    pub qkv: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl segsweep_core::LastBlock for Block {
+    fn heads(&self) -> usize {
+        self.heads
+    }
+    fn ln_1(&self, x: &Tensor) -> segsweep_core::Result<Tensor> {
+        Ok(Block::ln_1(self, x)?)
+    }
+    fn qkv(&self, x_ln: &Tensor) -> segsweep_core::Result<(Tensor, Tensor, Tensor)> {
+        Ok(Block::qkv(self, x_ln)?)
+    }
+    fn out_proj(&self, x: &Tensor) -> segsweep_core::Result<Tensor> {
+        Ok(Block::out_proj(self, x)?)
+    }
+    fn ln_2(&self, x: &Tensor) -> segsweep_core::Result<Tensor> {
+        Ok(Block::ln_2(self, x)?)
+    }
+    fn mlp(&self, x: &Tensor) -> segsweep_core::Result<Tensor> {
+        Ok(Block::mlp(self, x)?)
+    }
+}

@@ -1,0 +1,302 @@
+//! [`ClipModel`]: loading, and the [`Backbone`] implementation the pipeline runs on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, DeviceLocation, Tensor};
+use candle_nn::VarBuilder;
+use segsweep_core::{
+    AttentionCtx, Backbone, BackboneInfo, LastBlock, Needs, PrefixOut, WeightsKind,
+};
+
+use crate::attention;
+use crate::config::ClipConfig;
+use crate::error::{ClipError, Result};
+use crate::source::{self, HubEnv, ModelFiles};
+use crate::text::Text;
+use crate::tokenizer::{ClipTokenizer, VOCAB_SIZE};
+use crate::vision::Vision;
+
+/// CLIP's mean on the 0..=1 scale.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's std on the 0..=1 scale.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Name of the generated tiny model (see [`crate::synthetic`]).
+pub const BUILTIN_TINY: &str = "builtin:tiny-random";
+
+/// A CLIP model (vision and text towers) in candle.
+pub struct ClipModel {
+    info: BackboneInfo,
+    config: ClipConfig,
+    device: Device,
+    vision: Vision,
+    text: Text,
+    tokenizer: ClipTokenizer,
+    /// (gh, gw) → NACLIP prior for the built-in `naclip` strategy.
+    priors: Mutex<HashMap<(usize, usize), Tensor>>,
+}
+
+impl std::fmt::Debug for ClipModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClipModel {
+    /// Load from `source`: a local directory (`config.json` + `model.safetensors`, or
+    /// `pytorch_model.bin`), a Hugging Face repo id such as `openai/clip-vit-base-patch16`
+    /// (cache first, honouring `HF_HOME` and `HF_HUB_OFFLINE`; otherwise downloaded once with a
+    /// progress bar), or `builtin:tiny-random`.
+    ///
+    /// `dtype`: f32 (default everywhere), f16 or bf16 (weights cast; LayerNorm and softmax stay
+    /// in f32).
+    pub fn load(source: &str, device: &Device, dtype: DType) -> Result<ClipModel> {
+        Self::load_with_hub(source, device, dtype, &HubEnv::from_env())
+    }
+
+    /// [`ClipModel::load`] with an explicit Hugging Face environment (tests use a fake cache).
+    pub fn load_with_hub(
+        source: &str,
+        device: &Device,
+        dtype: DType,
+        hub: &HubEnv,
+    ) -> Result<ClipModel> {
+        check_dtype(dtype)?;
+        if let Some(name) = source.strip_prefix("builtin:") {
+            return Self::builtin(name, device, dtype);
+        }
+        let path = Path::new(source);
+        let files = if path.is_dir() {
+            source::local_files(path)?
+        } else if source::looks_like_repo_id(source) {
+            source::hub_files(source, hub)?
+        } else {
+            return Err(ClipError::Source {
+                spec: source.to_string(),
+                msg: "not a directory, not a Hugging Face repo id (`org/name`) and not `builtin:tiny-random`".into(),
+            });
+        };
+        Self::from_files(source, &files, device, dtype)
+    }
+
+    /// Load from resolved files.
+    pub fn from_files(
+        model_id: &str,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<ClipModel> {
+        check_dtype(dtype)?;
+        let config = ClipConfig::from_file(&files.config)?;
+        if config.text_config.vocab_size != VOCAB_SIZE {
+            return Err(ClipError::Config {
+                path: files.config.clone(),
+                msg: format!(
+                    "text_config.vocab_size is {}, but the built-in tokenizer is OpenAI CLIP's ({VOCAB_SIZE})",
+                    config.text_config.vocab_size
+                ),
+            });
+        }
+        let w = &files.weights;
+        let is_pth = w.extension().is_some_and(|e| e == "bin");
+        let vb = if is_pth {
+            VarBuilder::from_pth(w, DType::F32, device)
+        } else {
+            // SAFETY: the file is memory-mapped read-only; segsweep never writes weights files
+            // while a model is loaded.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[w], DType::F32, device) }
+        }
+        .map_err(|e| ClipError::Weights {
+            path: w.clone(),
+            msg: e.to_string(),
+        })?;
+        let info = BackboneInfo {
+            model_id: model_id.to_string(),
+            file_hash: source::file_hash(w)?,
+            weights: source::weights_kind(&files.dir),
+            ..base_info(&config, device, dtype)
+        };
+        Self::build(vb, config, info, device, dtype).map_err(|e| match e {
+            ClipError::Candle(c) => ClipError::Weights {
+                path: w.clone(),
+                msg: c.to_string(),
+            },
+            other => other,
+        })
+    }
+
+    fn builtin(name: &str, device: &Device, dtype: DType) -> Result<ClipModel> {
+        if name != "tiny-random" {
+            return Err(ClipError::Source {
+                spec: format!("builtin:{name}"),
+                msg: format!("unknown built-in model; available: {BUILTIN_TINY}"),
+            });
+        }
+        let config = ClipConfig::tiny();
+        let tensors = crate::synthetic::synthetic_tensors(&config, 0, device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let info = BackboneInfo {
+            model_id: BUILTIN_TINY.to_string(),
+            // Identifies the generator, not a file: bump when synthetic.rs changes its output.
+            file_hash: "synthetic-tiny-v1".to_string(),
+            weights: WeightsKind::Synthetic,
+            ..base_info(&config, device, dtype)
+        };
+        Self::build(vb, config, info, device, dtype)
+    }
+
+    fn build(
+        vb: VarBuilder,
+        config: ClipConfig,
+        info: BackboneInfo,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<ClipModel> {
+        Ok(ClipModel {
+            vision: Vision::load(&vb, &config, dtype)?,
+            text: Text::load(&vb, &config, dtype)?,
+            tokenizer: ClipTokenizer::new(config.text_config.max_position_embeddings),
+            config,
+            info,
+            device: device.clone(),
+            priors: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// The tokenizer (context = `text_config.max_position_embeddings`).
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// Position embedding used for a patch grid `(gh, gw)`: `(1 + gh·gw, D)`.
+    pub fn pos_embed(&self, grid: (usize, usize)) -> Result<Tensor> {
+        self.vision.pos_embed(grid)
+    }
+
+    /// The outputs of vision blocks 1..L−1 (the prefix's per-layer tokens), each
+    /// `(B, 1 + gh·gw, D)`, for `crops: (B, 3, H, W)`. For inspection and tests; the pipeline
+    /// uses [`Backbone::prefix`].
+    pub fn hidden_states(&self, crops: &Tensor) -> Result<Vec<Tensor>> {
+        self.vision.hidden_states(crops)
+    }
+
+    /// The text tower run on the full 77-token context (reference for the shortened runs of
+    /// [`Backbone::encode_text`]; slower, same result): `(P, E)` L2-normalised.
+    pub fn encode_text_full_context(&self, prompts: &[String]) -> Result<Tensor> {
+        let seqs = self.tokenize(prompts)?;
+        self.text.encode_ids(&seqs, Some(self.text.context))
+    }
+
+    fn tokenize(&self, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
+        prompts.iter().map(|p| self.tokenizer.encode(p)).collect()
+    }
+
+    fn prior(&self, grid: (usize, usize)) -> Result<Tensor> {
+        let mut cache = self
+            .priors
+            .lock()
+            .map_err(|_| ClipError::Invalid("NACLIP prior cache poisoned".into()))?;
+        if let Some(p) = cache.get(&grid) {
+            return Ok(p.clone());
+        }
+        let p = attention::gaussian_prior(grid, attention::NACLIP_SIGMA, &self.device)?;
+        cache.insert(grid, p.clone());
+        Ok(p)
+    }
+
+    fn last(&self) -> &crate::block::Block {
+        // `validate` guarantees at least one layer.
+        &self.vision.layers[self.vision.layers.len() - 1]
+    }
+}
+
+fn check_dtype(dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => Err(ClipError::Invalid(format!(
+            "dtype {other:?} is not supported (f32, f16, bf16)"
+        ))),
+    }
+}
+
+fn base_info(c: &ClipConfig, device: &Device, dtype: DType) -> BackboneInfo {
+    let v = &c.vision_config;
+    BackboneInfo {
+        model_id: String::new(),
+        file_hash: String::new(),
+        weights: WeightsKind::Real,
+        patch_size: v.patch_size,
+        image_size: v.image_size,
+        width: v.hidden_size,
+        embed_dim: c.projection_dim,
+        layers: v.num_hidden_layers,
+        heads: v.num_attention_heads,
+        mean: CLIP_MEAN,
+        std: CLIP_STD,
+        dtype: dtype.as_str().to_string(),
+        device: match device.location() {
+            DeviceLocation::Cpu => "cpu".to_string(),
+            DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        },
+    }
+}
+
+impl Backbone for ClipModel {
+    fn info(&self) -> &BackboneInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn prefix(&self, crops: &Tensor, needs: &Needs) -> segsweep_core::Result<PrefixOut> {
+        Ok(self.vision.prefix(crops, needs)?)
+    }
+
+    fn last_block(&self) -> &dyn LastBlock {
+        self.last()
+    }
+
+    fn builtin_attention(
+        &self,
+        name: &str,
+        ctx: &AttentionCtx<'_>,
+    ) -> segsweep_core::Result<Tensor> {
+        let b = self.last();
+        match name {
+            "vanilla" => attention::vanilla(b, ctx.x),
+            "sclip" => attention::sclip(b, ctx.x),
+            "naclip" => attention::naclip_with_prior(b, ctx.x, &self.prior(ctx.grid)?),
+            "maskclip" => attention::maskclip(b, ctx.x),
+            other => Err(ClipError::Invalid(format!(
+                "unknown attention strategy `{other}`; built-in strategies: {}",
+                attention::BUILTIN.join(", ")
+            ))
+            .into()),
+        }
+    }
+
+    fn builtin_attention_names(&self) -> &'static [&'static str] {
+        attention::BUILTIN
+    }
+
+    fn head(&self, tokens: &Tensor, grid: (usize, usize)) -> segsweep_core::Result<Tensor> {
+        Ok(self.vision.head(tokens, grid)?)
+    }
+
+    fn encode_text(&self, prompts: &[String]) -> segsweep_core::Result<Tensor> {
+        let seqs = self.tokenize(prompts)?;
+        Ok(self.text.encode_ids(&seqs, None)?)
+    }
+}

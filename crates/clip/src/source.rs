@@ -1,0 +1,262 @@
+//! Where weights come from: a local directory, a Hugging Face repo id (through `hf-hub`'s cache
+//! and API), or a generated built-in model; plus the weights-file hash that keys caches.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{ClipError, Result};
+
+/// The files a model is loaded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// Directory holding `config.json` (for a hub snapshot: `snapshots/<rev>/`).
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// `model.safetensors`, or `pytorch_model.bin` when no safetensors file exists.
+    pub weights: PathBuf,
+}
+
+/// Weights file names, in order of preference.
+pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+/// The files of a local model directory.
+pub fn local_files(dir: &Path) -> Result<ModelFiles> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(ClipError::Source {
+            spec: dir.display().to_string(),
+            msg:
+                "the directory has no config.json (a Hugging Face CLIPModel directory is expected)"
+                    .into(),
+        });
+    }
+    let weights = WEIGHT_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ClipError::Source {
+            spec: dir.display().to_string(),
+            msg: format!("the directory has neither {}", WEIGHT_FILES.join(" nor ")),
+        })?;
+    Ok(ModelFiles {
+        dir: dir.to_path_buf(),
+        config,
+        weights,
+    })
+}
+
+/// The Hugging Face environment a repo id is resolved in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubEnv {
+    /// `$HF_HOME` (default `~/.cache/huggingface`); the cache is `<home>/hub`.
+    pub home: PathBuf,
+    /// `HF_HUB_OFFLINE` is set to a true value: never touch the network.
+    pub offline: bool,
+    /// `HF_ENDPOINT`, if set.
+    pub endpoint: Option<String>,
+}
+
+impl HubEnv {
+    /// Read `HF_HOME`, `HF_HUB_OFFLINE` and `HF_ENDPOINT`. (hf-hub 0.5 ignores
+    /// `HF_HUB_OFFLINE`, so it is honoured here.)
+    pub fn from_env() -> HubEnv {
+        let home = std::env::var_os("HF_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface"))
+            })
+            .unwrap_or_else(|| PathBuf::from(".cache/huggingface"));
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        HubEnv {
+            home,
+            offline,
+            endpoint: std::env::var("HF_ENDPOINT").ok(),
+        }
+    }
+
+    fn cache(&self) -> hf_hub::Cache {
+        hf_hub::Cache::new(self.home.join("hub"))
+    }
+}
+
+/// Whether `source` looks like `org/name` (and is not an existing path).
+pub fn looks_like_repo_id(source: &str) -> bool {
+    let mut parts = source.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// Resolve a repo id: the local cache first (no network on a hit); then, unless offline, a
+/// download with a progress bar into the same cache.
+pub fn hub_files(repo: &str, env: &HubEnv) -> Result<ModelFiles> {
+    let cached = env.cache().model(repo.to_string());
+    let config = cached.get("config.json");
+    let weights = WEIGHT_FILES.iter().find_map(|f| cached.get(f));
+    if let (Some(config), Some(weights)) = (config, weights) {
+        return files_in_snapshot(config, weights);
+    }
+    if env.offline {
+        return Err(ClipError::Offline {
+            repo: repo.to_string(),
+            cache: env.home.join("hub"),
+        });
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(env.cache()).with_progress(true);
+    if let Some(e) = &env.endpoint {
+        builder = builder.with_endpoint(e.clone());
+    }
+    let hub_err = |file: &str, e: &dyn std::fmt::Display| ClipError::Hub {
+        repo: repo.to_string(),
+        file: file.to_string(),
+        msg: e.to_string(),
+    };
+    let api = builder
+        .build()
+        .map_err(|e| hub_err("-", &e))?
+        .model(repo.to_string());
+    let config = api
+        .get("config.json")
+        .map_err(|e| hub_err("config.json", &e))?;
+    let weights = match api.get(WEIGHT_FILES[0]) {
+        Ok(p) => p,
+        Err(first) => api
+            .get(WEIGHT_FILES[1])
+            .map_err(|_| hub_err(WEIGHT_FILES[0], &first))?,
+    };
+    files_in_snapshot(config, weights)
+}
+
+fn files_in_snapshot(config: PathBuf, weights: PathBuf) -> Result<ModelFiles> {
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(ModelFiles {
+        dir,
+        config,
+        weights,
+    })
+}
+
+/// Short (16 hex digits) sha256 of a weights file.
+///
+/// A file in a Hugging Face cache is a link to `blobs/<sha256>` for LFS files, so its name already
+/// is the hash and nothing is read. Otherwise the file is hashed in 1 MiB chunks; for files over
+/// 64 MiB the result is cached in a sidecar `.<name>.sha256` (keyed by size and mtime) when the
+/// directory is writable, so that a multi-GB checkpoint is hashed once.
+pub fn file_hash(path: &Path) -> Result<String> {
+    let real = std::fs::canonicalize(path).map_err(|e| ClipError::io(path, e))?;
+    let in_blobs = real
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "blobs");
+    if let Some(name) = real.file_name().and_then(|n| n.to_str()) {
+        if in_blobs && name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(name[..16].to_ascii_lowercase());
+        }
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| ClipError::io(&real, e))?;
+    let stamp = format!(
+        "{} {}",
+        meta.len(),
+        meta.modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let big = meta.len() > 64 << 20;
+    let sidecar = real.with_file_name(format!(
+        ".{}.sha256",
+        real.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("weights")
+    ));
+    if big {
+        if let Ok(s) = std::fs::read_to_string(&sidecar) {
+            if let Some((st, hash)) = s.trim().rsplit_once(' ') {
+                if st == stamp && hash.len() == 16 {
+                    return Ok(hash.to_string());
+                }
+            }
+        }
+    }
+    let mut f = std::fs::File::open(&real).map_err(|e| ClipError::io(&real, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ClipError::io(&real, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if big {
+        // Best effort: a read-only model directory just means hashing again next time.
+        let _ = std::fs::write(&sidecar, format!("{stamp} {hex}\n"));
+    }
+    Ok(hex)
+}
+
+/// `WeightsKind` from `segsweep-fixture.json` in the model directory (written by the fixture
+/// script); `Real` without one.
+pub fn weights_kind(dir: &Path) -> segsweep_core::WeightsKind {
+    let p = dir.join("segsweep-fixture.json");
+    let Ok(text) = std::fs::read_to_string(p) else {
+        return segsweep_core::WeightsKind::Real;
+    };
+    match serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v.get("weights")
+                .and_then(|w| w.as_str())
+                .map(str::to_string)
+        })
+        .as_deref()
+    {
+        Some("random-fixture") => segsweep_core::WeightsKind::RandomFixture,
+        Some("synthetic") => segsweep_core::WeightsKind::Synthetic,
+        _ => segsweep_core::WeightsKind::Real,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids_are_recognised() {
+        assert!(looks_like_repo_id("openai/clip-vit-base-patch16"));
+        assert!(!looks_like_repo_id("openai"));
+        assert!(!looks_like_repo_id("a/b/c"));
+        assert!(!looks_like_repo_id("../x"));
+        assert!(!looks_like_repo_id("/abs/path"));
+    }
+
+    #[test]
+    fn hash_of_a_small_file_is_its_sha256_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.bin");
+        std::fs::write(&p, b"abc").unwrap();
+        // sha256("abc") = ba7816bf8f01cfea...
+        assert_eq!(file_hash(&p).unwrap(), "ba7816bf8f01cfea");
+    }
+}
