@@ -2,7 +2,6 @@
 //!
 //! One chart kind per function; shared style constants; every drawing call returns `Result`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -202,21 +201,19 @@ impl Bars {
     /// Each non-baseline configuration against the baseline configuration with the same swept
     /// values (grid × variants); `None` if there is no baseline variant.
     fn delta(records: &[Record], baseline: &str, note: Option<String>) -> Option<Bars> {
-        let key = |r: &Record| {
-            r.swept
-                .iter()
-                .map(|s| format!("{}={}", s.path, s.value))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let bases: BTreeMap<String, &Record> = records
-            .iter()
-            .filter(|r| r.variant == baseline)
-            .map(|r| (key(r), r))
-            .collect();
+        let bases: Vec<&Record> = records.iter().filter(|r| r.variant == baseline).collect();
         if bases.is_empty() {
             return None;
         }
+        // The baseline row of a configuration: the one whose swept values are all shared by
+        // it (a baseline without a plugin has none of that plugin's swept keys).
+        let base_of = |r: &Record| -> Option<&Record> {
+            bases
+                .iter()
+                .filter(|b| b.swept.iter().all(|s| r.swept.contains(s)))
+                .max_by_key(|b| b.swept.len())
+                .copied()
+        };
         let diff = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
         let mut bars = Bars {
             title: format!("Change against the `{baseline}` variant (percentage points)"),
@@ -227,9 +224,7 @@ impl Bars {
             x_desc: "Δ IoU (points)".into(),
         };
         for r in records.iter().filter(|r| r.variant != baseline) {
-            let Some(b) = bases.get(&key(r)) else {
-                continue;
-            };
+            let Some(b) = base_of(r) else { continue };
             bars.labels.push(r.label());
             bars.person
                 .push(diff(r.metrics.person_iou_pct, b.metrics.person_iou_pct));

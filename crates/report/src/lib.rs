@@ -12,6 +12,7 @@
 //! machine with no fontconfig.
 
 mod charts;
+pub mod overlay;
 mod records;
 mod tables;
 

@@ -1,0 +1,260 @@
+//! `segsweep data prepare|check|list`, `segsweep eval` and `segsweep densecrf`: thin wrappers
+//! over `segsweep-data` and the DenseCRF plugin's library.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use segsweep_data::{dataset_spec, EvalOptions, GtSource, ProgressBar};
+use segsweep_report::{Record, SweptValue};
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Convert an extracted official release into the layout segsweep reads.
+    Prepare {
+        /// Dataset name (voc21, voc20, context60, context59, coco-stuff164k, coco-object,
+        /// ade20k, cityscapes).
+        name: String,
+        /// The extracted release.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// Where to write the prepared layout (default: `--from`).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Count images and labels, list missing pairs, the label-id histogram and bad ids.
+    Check {
+        name: String,
+        /// Dataset root (default: data/<mmseg layout root>).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Where registered datasets live when --root is not given.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// The registered datasets with their layout root, classes and expected size.
+    List,
+}
+
+pub fn data(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Prepare { name, from, root } => {
+            let root = root.unwrap_or_else(|| from.clone());
+            let bar = ProgressBar::new(format!("prepare {name}"));
+            let report = segsweep_data::prepare(&name, &from, &root, &|d, t| bar.report(d, t))?;
+            print!("{report}");
+        }
+        DataCommand::Check {
+            name,
+            root,
+            data_dir,
+        } => {
+            let spec = dataset_spec(&name)?;
+            let root = root.unwrap_or_else(|| spec.root_under(&data_dir));
+            let bar = ProgressBar::new(format!("check {name}"));
+            let report = segsweep_data::check(&name, &root, &|d, t| bar.report(d, t))?;
+            print!("{report}");
+            if !report.is_ok() {
+                bail!(
+                    "dataset {name} at {} has problems (listed above)",
+                    root.display()
+                );
+            }
+        }
+        DataCommand::List => {
+            println!(
+                "{:<16} {:>7} {:>6}  {:<28} summary",
+                "name", "classes", "val", "root (under data/)"
+            );
+            for d in segsweep_data::DATASETS {
+                println!(
+                    "{:<16} {:>7} {:>6}  {:<28} {}",
+                    d.name, d.n_classes, d.val_size, d.default_root, d.summary
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Registered dataset whose labels to score against.
+    #[arg(long, conflicts_with = "gt")]
+    pub dataset: Option<String>,
+    /// Dataset root (default: data/<mmseg layout root>).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Directory of prediction PNGs named after sample ids.
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// A bare directory of label PNGs (with --classes) instead of a registered dataset.
+    #[arg(long, requires = "classes")]
+    pub gt: Option<PathBuf>,
+    /// Class-name file for --gt.
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Warn about and count bad files instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Where to write summary.csv and per_class.csv (default: the prediction directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where registered datasets live when --root is not given.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let gt = match (&args.dataset, &args.gt, &args.classes) {
+        (Some(name), None, _) => {
+            let spec = dataset_spec(name)?;
+            GtSource::Registered {
+                name: spec.name.to_string(),
+                root: args
+                    .root
+                    .clone()
+                    .unwrap_or_else(|| spec.root_under(&args.data_dir)),
+            }
+        }
+        (None, Some(dir), Some(classes)) => GtSource::dir(dir, classes),
+        _ => bail!("give --dataset NAME, or --gt DIR with --classes FILE"),
+    };
+    let opts = EvalOptions {
+        skip_bad: args.skip_bad,
+        ..EvalOptions::default()
+    };
+    let bar = ProgressBar::new("eval");
+    let report = segsweep_data::eval_dir(&gt, &args.pred, &opts, &|d, t| bar.report(d, t))?;
+    let s = &report.summary;
+    let pct = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into());
+    println!(
+        "{}: {} images scored, {} skipped, {} without prediction\n  mIoU {}  person IoU {}  aAcc {}  mAcc {}  fwIoU {}",
+        report.dataset,
+        report.scored.len(),
+        report.skipped.len(),
+        report.without_prediction,
+        pct(s.miou_pct),
+        pct(s.person_iou_pct),
+        pct(s.aacc_pct),
+        pct(s.macc_pct),
+        pct(s.fwiou_pct)
+    );
+    for sk in &report.skipped {
+        println!("  skipped {}: {}", sk.path.display(), sk.reason);
+    }
+    let out = args.out.clone().unwrap_or_else(|| args.pred.clone());
+    let record = Record {
+        run_id: "eval".into(),
+        config_hash: "eval".into(),
+        variant: "eval".into(),
+        swept: Vec::<SweptValue>::new(),
+        dataset: report.dataset.clone(),
+        data_kind: if args.dataset.is_some() {
+            "benchmark".into()
+        } else {
+            "custom".into()
+        },
+        images: report.scored.len(),
+        skipped: report.skipped.len(),
+        sample_ids: report.scored.clone(),
+        class_names: report.class_names.clone(),
+        person_class: report.person_class,
+        counts: segsweep_runner::counts_of(&report.counts),
+        metrics: segsweep_runner::metrics_of(s),
+        seconds: 0.0,
+        ms_per_image: 0.0,
+        model_id: "(external predictions)".into(),
+        model_file_hash: String::new(),
+        device: String::new(),
+        dtype: String::new(),
+        segsweep_version: env!("CARGO_PKG_VERSION").into(),
+        git_rev: segsweep_runner::git_rev(),
+        weights: "unknown".into(),
+    };
+    segsweep_report::write_tables(&out, &[record]).with_context(|| {
+        format!(
+            "{}: cannot write summary.csv / per_class.csv",
+            out.display()
+        )
+    })?;
+    println!("wrote {}/summary.csv and per_class.csv", out.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DenseCrfArgs {
+    /// The RGB image the probabilities belong to.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Probabilities, float32 .npy of shape (C, H, W) (e.g. `segsweep predict`'s .probs.npy).
+    #[arg(long)]
+    pub probs: PathBuf,
+    /// Output: refined probabilities Q, float32 .npy (C, H, W).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Parameter preset: pydensecrf (3/3, 80/13/10, 5 iterations) or deeplab (1/3, 67/3/4, 10).
+    #[arg(long, default_value = "pydensecrf")]
+    pub preset: String,
+    /// Mean-field iterations (default: the preset's).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Gaussian kernel: spatial std in pixels, and weight.
+    #[arg(long)]
+    pub gauss_sxy: Option<f32>,
+    #[arg(long)]
+    pub gauss_compat: Option<f32>,
+    /// Bilateral kernel: spatial std in pixels, colour std, and weight.
+    #[arg(long)]
+    pub bilateral_sxy: Option<f32>,
+    #[arg(long)]
+    pub bilateral_srgb: Option<f32>,
+    #[arg(long)]
+    pub bilateral_compat: Option<f32>,
+}
+
+pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
+    use segsweep_plugin_densecrf::{npy, refine_probs, CrfParams, Preset};
+    let preset: Preset = args.preset.parse()?;
+    let mut p = CrfParams::preset(preset);
+    if let Some(v) = args.iterations {
+        p.iterations = v;
+    }
+    let set = |dst: &mut f32, v: Option<f32>| {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    };
+    set(&mut p.gauss_sxy, args.gauss_sxy);
+    set(&mut p.gauss_compat, args.gauss_compat);
+    set(&mut p.bilateral_sxy, args.bilateral_sxy);
+    set(&mut p.bilateral_srgb, args.bilateral_srgb);
+    set(&mut p.bilateral_compat, args.bilateral_compat);
+    p.validate()?;
+    let image = segsweep_data::load_rgb(&args.image)?;
+    let probs = npy::read_map_npy(&args.probs)?;
+    let (c, h, w) = probs.shape;
+    if (h, w) != (image.h, image.w) {
+        bail!(
+            "{}: probabilities are {h}×{w} but {} is {}×{} (hint: the map must be at the image's size)",
+            args.probs.display(),
+            args.image.display(),
+            image.h,
+            image.w
+        );
+    }
+    let q = refine_probs(&image, &probs.data, c, h, w, &p)?;
+    npy::write_map_npy(
+        &args.out,
+        &npy::Map3 {
+            data: q,
+            shape: (c, h, w),
+        },
+    )?;
+    println!(
+        "refined {c}×{h}×{w} probabilities ({preset}, {} iterations) → {}",
+        p.iterations,
+        args.out.display()
+    );
+    Ok(())
+}

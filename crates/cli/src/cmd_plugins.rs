@@ -1,0 +1,47 @@
+//! `segsweep plugins [NAME]`.
+
+use anyhow::Result;
+use clap::Args;
+use segsweep_core::registry;
+
+#[derive(Args, Debug)]
+pub struct PluginsArgs {
+    /// Show one plugin in full: stage, documentation and every parameter.
+    pub name: Option<String>,
+}
+
+pub fn run(args: PluginsArgs) -> Result<()> {
+    let reg = registry()?;
+    match args.name {
+        None => {
+            println!("{:<12} {:<22} summary", "plugin", "stage");
+            for p in reg.iter() {
+                println!("{:<12} {:<22} {}", p.name, p.stage.describe(), p.summary);
+            }
+            println!("\n`segsweep plugins NAME` shows a plugin's parameters and documentation.");
+        }
+        Some(name) => {
+            let p = reg.get(&name)?;
+            println!(
+                "{} — {}\nstage: {} ({})\n",
+                p.name,
+                p.summary,
+                p.stage.describe(),
+                p.stage
+            );
+            println!("{}\n", p.doc.trim());
+            if p.params.is_empty() {
+                println!("parameters: none");
+            } else {
+                println!("parameters:");
+                for s in p.params {
+                    println!("  {:<24} {}  (default {})", s.name, s.ty, s.default);
+                    for line in s.doc.lines() {
+                        println!("      {}", line.trim());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! `segsweep predict`: segment single images with the same code the runner uses.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use segsweep_core::{Refiner, Stage};
+use segsweep_runner::{expand, load_text, parse_set, Config};
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Model: Hugging Face repo id, local directory, or builtin:tiny-random.
+    #[arg(long, default_value = "openai/clip-vit-base-patch16")]
+    pub model: String,
+    /// Class-name file (SCLIP format: one class per line, synonyms split by ", ").
+    #[arg(long)]
+    pub classes: PathBuf,
+    /// Images to segment.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Multiplier on cosine logits before the softmax (SCLIP default 40).
+    #[arg(long)]
+    pub logit_scale: Option<f64>,
+    /// Pixels whose max probability is below this become class 0.
+    #[arg(long)]
+    pub prob_thd: Option<f64>,
+    /// Drop foreground classes covering at most this share of foreground pixels.
+    #[arg(long)]
+    pub area_thd: Option<f64>,
+    /// `slide` (default) or `whole`.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Resize so the short side is this many pixels (default 336).
+    #[arg(long)]
+    pub short_side: Option<usize>,
+    /// Window size and stride in pixels (default 224 / 112).
+    #[arg(long)]
+    pub crop: Option<usize>,
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Built-in last-block attention: vanilla, sclip (default), naclip, maskclip.
+    #[arg(long)]
+    pub attention: Option<String>,
+    /// Crops per backbone batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Refiner plugins in pipeline order, e.g. `cliptrase,clip-rc`.
+    #[arg(long, value_delimiter = ',')]
+    pub pipeline: Vec<String>,
+    /// Override a value: PLUGIN.PARAM=VALUE or inference.KEY=VALUE (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Take model, inference settings and pipeline from a spec instead (its first
+    /// configuration; command-line flags still override).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Device: cpu or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, f16 or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Class 0 is not a background class (area_thd then counts every class).
+    #[arg(long)]
+    pub no_background: bool,
+}
+
+/// Build the spec text the flags describe, so predict validates exactly like a sweep.
+fn spec_text(args: &PredictArgs) -> Result<String> {
+    let mut tree: toml::Table = match &args.spec {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("{}: cannot read spec", p.display()))?
+            .parse()
+            .with_context(|| format!("{}: malformed TOML", p.display()))?,
+        None => toml::Table::new(),
+    };
+    tree.remove("sweep");
+    let section = |tree: &mut toml::Table, name: &str| -> toml::Table {
+        tree.remove(name)
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default()
+    };
+    let mut model = section(&mut tree, "model");
+    if args.spec.is_none() || args.model != "openai/clip-vit-base-patch16" {
+        model.insert("source".into(), args.model.clone().into());
+    }
+    if let Some(d) = &args.device {
+        model.insert("device".into(), d.clone().into());
+    }
+    if let Some(d) = &args.dtype {
+        model.insert("dtype".into(), d.clone().into());
+    }
+    tree.insert("model".into(), model.into());
+    let mut inf = section(&mut tree, "inference");
+    let mut put = |k: &str, v: Option<toml::Value>| {
+        if let Some(v) = v {
+            inf.insert(k.into(), v);
+        }
+    };
+    put("logit_scale", args.logit_scale.map(Into::into));
+    put("prob_thd", args.prob_thd.map(Into::into));
+    put("area_thd", args.area_thd.map(Into::into));
+    put("mode", args.mode.clone().map(Into::into));
+    put("crop", args.crop.map(|v| (v as i64).into()));
+    put("stride", args.stride.map(|v| (v as i64).into()));
+    put("attention", args.attention.clone().map(Into::into));
+    put("batch_size", args.batch_size.map(|v| (v as i64).into()));
+    tree.insert("inference".into(), inf.into());
+    let mut ds = section(&mut tree, "dataset");
+    if args.short_side.is_some() || args.spec.is_none() {
+        ds.insert(
+            "short_side".into(),
+            (args.short_side.unwrap_or(336) as i64).into(),
+        );
+    }
+    tree.insert("dataset".into(), ds.into());
+    if !args.pipeline.is_empty() {
+        let entries: Vec<toml::Value> = args
+            .pipeline
+            .iter()
+            .map(|p| {
+                let mut t = toml::Table::new();
+                t.insert("plugin".into(), p.trim().to_string().into());
+                t.into()
+            })
+            .collect();
+        tree.insert("pipeline".into(), entries.into());
+    }
+    Ok(toml::to_string(&tree)?)
+}
+
+fn config(args: &PredictArgs) -> Result<Config> {
+    let sets: Vec<(String, toml::Value)> = args
+        .set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<segsweep_runner::Result<_>>()?;
+    let label = args
+        .spec
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(predict flags)"));
+    let spec = load_text(&label, spec_text(args)?, &sets)?;
+    let mut exp = expand(spec, &sets)?;
+    Ok(exp.configs.remove(0))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("SEGSWEEP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/segsweep")))
+        .unwrap_or_else(|| PathBuf::from(".segsweep-cache"))
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let cfg = config(&args)?;
+    let classes = segsweep_data::ClassNames::from_file(&args.classes)?;
+    let device = match cfg.model.device.as_str() {
+        "cpu" => candle_core::Device::Cpu,
+        d => candle_core::Device::new_cuda(d.trim_start_matches("cuda:").parse().unwrap_or(0))
+            .with_context(|| {
+                format!("cannot open {d} (GPU runs need a `just build-cuda` binary)")
+            })?,
+    };
+    let dtype = match cfg.model.dtype.as_str() {
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    };
+    let model = segsweep_clip::ClipModel::load(&cfg.model.source, &device, dtype)?;
+    let classifier = segsweep_clip::build_classifier(
+        &model,
+        &classes.classes,
+        &segsweep_clip::IMAGENET_TEMPLATES,
+        Some(&cache_dir()),
+    )?;
+    let refiners: Vec<Box<dyn Refiner>> = cfg
+        .pipeline
+        .iter()
+        .map(|s| (s.plugin.build)(&s.params))
+        .collect::<segsweep_core::Result<_>>()?;
+    let steps: Vec<(Stage, &dyn Refiner)> = cfg
+        .pipeline
+        .iter()
+        .zip(&refiners)
+        .map(|(s, r)| (s.plugin.stage, r.as_ref()))
+        .collect();
+    let background = (!args.no_background).then_some(0);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    let info = segsweep_core::Backbone::info(&model);
+    if info.weights != segsweep_core::WeightsKind::Real {
+        eprintln!(
+            "note: {} weights ({}): predictions are not meaningful segmentations",
+            info.weights, info.model_id
+        );
+    }
+    for path in &args.images {
+        let image = segsweep_data::load_rgb(path)?;
+        let seg = segsweep_infer::segment(
+            &model,
+            &image,
+            &classifier,
+            &cfg.inference,
+            &steps,
+            background,
+        )
+        .with_context(|| format!("{}: segmentation failed", path.display()))?;
+        write_outputs(&args.out, path, &image, &seg)?;
+    }
+    println!(
+        "wrote {} image(s) to {}",
+        args.images.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn write_outputs(
+    out: &Path,
+    path: &Path,
+    image: &segsweep_core::RgbImage,
+    seg: &segsweep_infer::Segmentation,
+) -> Result<()> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let (c, h, w) = seg.probs.dims3()?;
+    if (h, w) != (image.h, image.w) {
+        bail!(
+            "{}: probabilities are {h}×{w}, the image {}×{}",
+            path.display(),
+            image.h,
+            image.w
+        );
+    }
+    let probs: Vec<f32> = seg
+        .probs
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let arr = ndarray::Array3::from_shape_vec((c, h, w), probs)?;
+    let npy = out.join(format!("{stem}.probs.npy"));
+    ndarray_npy::write_npy(&npy, &arr)
+        .with_context(|| format!("{}: cannot write", npy.display()))?;
+    let labels: Vec<u32> = seg.labels.flatten_all()?.to_vec1()?;
+    segsweep_report::overlay::save_label_ids(&out.join(format!("{stem}.pred.png")), h, w, &labels)?;
+    segsweep_report::overlay::save_overlay(
+        &out.join(format!("{stem}.overlay.png")),
+        h,
+        w,
+        &image.data,
+        &labels,
+    )?;
+    Ok(())
+}

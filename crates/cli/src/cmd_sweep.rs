@@ -1,0 +1,155 @@
+//! `segsweep sweep`, `validate` and `plot`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use segsweep_runner::{load_experiment, run, run_dir, RunOptions};
+
+#[derive(Args, Debug)]
+pub struct SpecArgs {
+    /// The experiment spec (TOML).
+    pub spec: PathBuf,
+    /// Override a value: SECTION.KEY=VALUE or PIPELINE_ID.PARAM=VALUE (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Run directory name under <output_dir>/<experiment>/ (default: derived from the
+    /// configurations, so re-running the same spec resumes).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Where registered datasets live when [dataset] root is unset.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Hide progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// A run directory (results/<experiment>/<run-id>).
+    pub results_dir: PathBuf,
+    /// Variant the delta chart compares against (default: the spec's, else `baseline`).
+    #[arg(long)]
+    pub baseline: Option<String>,
+}
+
+pub fn validate(args: ValidateArgs) -> Result<()> {
+    let exp = load_experiment(&args.spec.spec, &args.spec.set)?;
+    let e = &exp.spec.raw.experiment;
+    println!(
+        "{}: experiment `{}`, {} configuration(s), results in {}",
+        exp.spec.file(),
+        e.name,
+        exp.configs.len(),
+        run_dir(&exp, &RunOptions::default()).display()
+    );
+    for (i, c) in exp.configs.iter().enumerate() {
+        let pipe: Vec<String> = c.pipeline.iter().map(|s| s.id.clone()).collect();
+        println!(
+            "  #{:<3} {}  {:<40} pipeline: [{}]  {:?} attention={} logit_scale={} prob_thd={}",
+            i + 1,
+            c.hash,
+            c.label(),
+            pipe.join(", "),
+            c.inference.mode,
+            c.inference.attention,
+            c.inference.logit_scale,
+            c.inference.prob_thd
+        );
+    }
+    Ok(())
+}
+
+pub fn sweep(args: SweepArgs) -> Result<()> {
+    let exp = load_experiment(&args.spec.spec, &args.spec.set)?;
+    let opts = RunOptions {
+        run_id: args.run_id,
+        data_dir: args.data_dir,
+        progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ..RunOptions::default()
+    };
+    let cancel = opts.cancel.clone();
+    // First Ctrl-C: finish the image in flight, checkpoint, exit. Second: exit at once (the
+    // checkpoints written so far are atomic, so nothing finished is lost either way).
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after the image in flight (Ctrl-C again to quit now)");
+    });
+    let summary =
+        run(&exp, &opts).with_context(|| format!("sweep {}", args.spec.spec.display()))?;
+    println!(
+        "{} configuration(s): {} computed, {} already finished. Results: {}",
+        summary.records.len(),
+        summary.ran,
+        summary.resumed,
+        summary.run_dir.display()
+    );
+    for r in &summary.records {
+        let caveat = if r.is_not_benchmark() {
+            format!(
+                "  [{} weights, {} data: not a benchmark result]",
+                r.weights, r.data_kind
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  {} {:<40} mIoU {:>7}  person IoU {:>7}{}",
+            r.config_hash,
+            r.label(),
+            pct(r.metrics.miou_pct),
+            pct(r.metrics.person_iou_pct),
+            caveat
+        );
+    }
+    Ok(())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into())
+}
+
+pub fn plot(args: PlotArgs) -> Result<()> {
+    let dir = &args.results_dir;
+    let records = segsweep_report::load_records(dir).with_context(|| {
+        format!(
+            "{}: not a segsweep run directory (expected counts/*.json)",
+            dir.display()
+        )
+    })?;
+    anyhow::ensure!(
+        !records.is_empty(),
+        "{}: no finished configuration to plot (counts/ has no record)",
+        dir.display()
+    );
+    let baseline = args.baseline.or_else(|| {
+        let spec = std::fs::read_to_string(dir.join("spec.toml")).ok()?;
+        let t: toml::Table = spec.parse().ok()?;
+        t.get("sweep")?.get("baseline")?.as_str().map(String::from)
+    });
+    segsweep_report::write_tables(dir, &records)?;
+    let files = segsweep_report::draw_charts(dir, &records, baseline.as_deref())?;
+    println!(
+        "redrew {} tables and {} chart files in {}",
+        2,
+        files.paths.len(),
+        dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! The runner's error type: every variant names the spec file, the key path or the plugin.
+
+use std::path::PathBuf;
+
+/// Errors while reading a spec, expanding a sweep or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The spec is malformed or a value is invalid.
+    #[error("{file}: {key}: {msg}{}", hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+    Spec {
+        file: String,
+        key: String,
+        msg: String,
+        hint: Option<String>,
+    },
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}{}", path.display(), hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        hint: Option<String>,
+    },
+    #[error(transparent)]
+    Core(#[from] segsweep_core::CoreError),
+    #[error(transparent)]
+    Clip(#[from] segsweep_clip::ClipError),
+    #[error(transparent)]
+    Data(#[from] segsweep_data::DataError),
+    #[error(transparent)]
+    Infer(#[from] segsweep_infer::InferError),
+    #[error(transparent)]
+    Report(#[from] segsweep_report::ReportError),
+    #[error("configuration {hash} ({label}), image {image}: {source}")]
+    InConfig {
+        hash: String,
+        label: String,
+        image: String,
+        #[source]
+        source: Box<RunnerError>,
+    },
+    #[error("interrupted; finished configurations are saved, re-run the same command to resume")]
+    Interrupted,
+}
+
+pub type Result<T, E = RunnerError> = std::result::Result<T, E>;
+
+impl RunnerError {
+    pub(crate) fn spec(
+        file: &str,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+        hint: Option<String>,
+    ) -> Self {
+        RunnerError::Spec {
+            file: file.to_string(),
+            key: key.into(),
+            msg: msg.into(),
+            hint,
+        }
+    }
+}

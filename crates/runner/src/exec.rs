@@ -1,0 +1,599 @@
+//! Step 3: run the configurations, image-major, and save a record per configuration.
+//!
+//! Configurations that share the model, the dataset and every setting before the last block
+//! (resize, windows, batch) form a group: each image's backbone prefix is computed once and every
+//! configuration's tail runs on it (`segsweep_infer::prepare` / `finish`). Counts are additive
+//! integers, so a configuration's partial counts are checkpointed after every image
+//! (`counts/<hash>.partial.json`, written atomically): an interrupted run loses at most the image
+//! in flight and resumes to identical numbers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use segsweep_clip::{build_classifier, ClipModel, IMAGENET_TEMPLATES};
+use segsweep_core::{Backbone, Refiner, Stage};
+use segsweep_data::{ClassNames, CustomConfig, Dataset, IouCounts, Subset};
+use segsweep_report::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RunnerError};
+use crate::spec::{DatasetSection, ModelSection};
+use crate::sweep::{hex12, Config, Experiment};
+
+/// How to run an experiment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run directory name under `<output_dir>/<experiment>/`; default: derived from the
+    /// configurations' hashes, so re-running the same spec resumes the same run.
+    pub run_id: Option<String>,
+    /// Where registered datasets live when `[dataset] root` is not set (default `data`).
+    pub data_dir: PathBuf,
+    /// Where text-classifier embeddings are cached (default: `<output_dir>/.cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Set to stop after the image in flight (Ctrl-C).
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            run_id: None,
+            data_dir: "data".into(),
+            cache_dir: None,
+            progress: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    /// Every record of the run, in configuration order (finished earlier or now).
+    pub records: Vec<Record>,
+    /// Configurations skipped because an earlier run had finished them.
+    pub resumed: usize,
+    /// Configurations computed by this call.
+    pub ran: usize,
+}
+
+/// The default run id: a hash over the configuration hashes, so the same spec maps to the
+/// same run directory.
+pub fn default_run_id(exp: &Experiment) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for c in &exp.configs {
+        h.update(c.hash.as_bytes());
+    }
+    format!("run-{}", hex12(&h.finalize()))
+}
+
+/// The run directory of an experiment.
+pub fn run_dir(exp: &Experiment, opts: &RunOptions) -> PathBuf {
+    let e = &exp.spec.raw.experiment;
+    let id = opts.run_id.clone().unwrap_or_else(|| default_run_id(exp));
+    e.output_dir.join(&e.name).join(id)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Partial {
+    next_image: usize,
+    counts: IouCounts,
+    seconds: f64,
+    skipped: usize,
+}
+
+fn partial_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join("counts").join(format!("{hash}.partial.json"))
+}
+
+fn record_path(dir: &Path, hash: &str) -> PathBuf {
+    dir.join("counts").join(format!("{hash}.json"))
+}
+
+/// Run every configuration not finished yet, writing results as they complete.
+pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
+    let dir = run_dir(exp, opts);
+    prepare_run_dir(exp, &dir)?;
+    let mut pending: Vec<&Config> = Vec::new();
+    let mut resumed = 0;
+    for c in &exp.configs {
+        if record_path(&dir, &c.hash).exists() {
+            resumed += 1;
+        } else {
+            pending.push(c);
+        }
+    }
+    if resumed > 0 {
+        tracing::info!(
+            "{resumed} configuration(s) already finished in {}; skipping them",
+            dir.display()
+        );
+    }
+    let ran = pending.len();
+    let mut models: HashMap<ModelSection, Arc<ClipModel>> = HashMap::new();
+    for group in groups(&pending) {
+        run_group(exp, opts, &dir, &group, &mut models)?;
+    }
+    let records = finalize(exp, &dir)?;
+    Ok(RunSummary {
+        run_dir: dir,
+        records,
+        resumed,
+        ran,
+    })
+}
+
+fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {
+    let unwritable = |p: &Path, e: std::io::Error| RunnerError::Io {
+        path: p.to_path_buf(),
+        source: e,
+        hint: Some(
+            "choose a writable [experiment] output_dir (or --set experiment.output_dir=...)".into(),
+        ),
+    };
+    for sub in ["configs", "counts", "charts"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| unwritable(&dir.join(sub), e))?;
+    }
+    let spec_copy = dir.join("spec.toml");
+    write_atomic(&spec_copy, exp.spec.text.as_bytes()).map_err(|e| RunnerError::Io {
+        path: spec_copy.clone(),
+        source: std::io::Error::other(e.to_string()),
+        hint: Some("choose a writable [experiment] output_dir".into()),
+    })?;
+    for c in &exp.configs {
+        let header = format!(
+            "# segsweep resolved configuration {}\n# variant: {}\n# swept: {}\n\n",
+            c.hash,
+            c.variant,
+            c.swept
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        write_atomic(
+            &dir.join("configs").join(format!("{}.toml", c.hash)),
+            (header + &c.resolved).as_bytes(),
+        )?;
+    }
+    let order: Vec<&str> = exp.configs.iter().map(|c| c.hash.as_str()).collect();
+    write_atomic(&dir.join("order.txt"), order.join("\n").as_bytes())?;
+    Ok(())
+}
+
+/// Group configurations that can share each image's backbone prefix.
+fn groups<'a>(pending: &[&'a Config]) -> Vec<Vec<&'a Config>> {
+    let key = |c: &Config| {
+        let i = &c.inference;
+        format!(
+            "{:?}|{}|{:?}|{}|{}|{:?}|{}",
+            c.model,
+            serde_json::to_string(&c.dataset).unwrap_or_default(),
+            i.mode,
+            i.crop,
+            i.stride,
+            i.short_side,
+            i.batch_size
+        )
+    };
+    let mut out: Vec<(String, Vec<&Config>)> = Vec::new();
+    for c in pending {
+        let k = key(c);
+        match out.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(c),
+            None => out.push((k, vec![c])),
+        }
+    }
+    out.into_iter().map(|(_, v)| v).collect()
+}
+
+fn device_of(m: &ModelSection) -> Result<Device> {
+    if m.device == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let n: usize = m.device.trim_start_matches("cuda:").parse().unwrap_or(0);
+    Device::new_cuda(n).map_err(|e| {
+        RunnerError::spec(
+            "[model]",
+            "model.device",
+            format!("cannot open {}: {e}", m.device),
+            Some(
+                "GPU runs need a binary built with `just build-cuda` (cargo feature `cuda`)".into(),
+            ),
+        )
+    })
+}
+
+fn dtype_of(m: &ModelSection) -> DType {
+    match m.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+fn load_model(
+    m: &ModelSection,
+    cache: &mut HashMap<ModelSection, Arc<ClipModel>>,
+) -> Result<Arc<ClipModel>> {
+    if let Some(model) = cache.get(m) {
+        return Ok(model.clone());
+    }
+    tracing::info!("loading model {} ({}, {})", m.source, m.dtype, m.device);
+    let model = Arc::new(ClipModel::load(&m.source, &device_of(m)?, dtype_of(m))?);
+    cache.insert(m.clone(), model.clone());
+    Ok(model)
+}
+
+/// Open the dataset of a configuration, with its subset applied.
+pub fn open_dataset(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<Dataset> {
+    let ds = match d.name.as_str() {
+        "synthetic" => Dataset::synthetic(d.synthetic_images, seed),
+        "custom" => {
+            let cfg: &CustomConfig = d
+                .custom
+                .as_ref()
+                .ok_or_else(|| RunnerError::spec("[dataset]", "dataset.custom", "missing", None))?;
+            Dataset::custom(cfg)?
+        }
+        name => {
+            let spec = segsweep_data::dataset_spec(name)?;
+            let root = d.root.clone().unwrap_or_else(|| spec.root_under(data_dir));
+            Dataset::registered(name, &root)?
+        }
+    };
+    let subset = match (d.num_samples, d.subset.as_str()) {
+        (None, _) => Subset::All,
+        (Some(n), "random") => Subset::Random { n, seed },
+        (Some(n), _) => Subset::First { n },
+    };
+    Ok(ds.subset(&subset))
+}
+
+fn class_names(d: &DatasetSection, ds: &Dataset) -> Result<ClassNames> {
+    match &d.classes {
+        Some(path) => Ok(ClassNames::from_file(path)?),
+        None => Ok(ds.info.classes.clone()),
+    }
+}
+
+struct Job<'a> {
+    config: &'a Config,
+    refiners: Vec<Box<dyn Refiner>>,
+    partial: Partial,
+}
+
+fn run_group(
+    exp: &Experiment,
+    opts: &RunOptions,
+    dir: &Path,
+    group: &[&Config],
+    models: &mut HashMap<ModelSection, Arc<ClipModel>>,
+) -> Result<()> {
+    let first = group[0];
+    let seed = exp.spec.raw.experiment.seed;
+    let ds = open_dataset(&first.dataset, seed, &opts.data_dir)?;
+    if ds.is_empty() {
+        return Err(RunnerError::spec(
+            &exp.spec.file(),
+            "dataset",
+            format!("dataset `{}` has no samples", ds.info.name),
+            Some("check [dataset] root and `segsweep data check NAME`".into()),
+        ));
+    }
+    let classes = class_names(&first.dataset, &ds)?;
+    let model = load_model(&first.model, models)?;
+    let cache_dir = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| exp.spec.raw.experiment.output_dir.join(".cache"));
+    let classifier = build_classifier(
+        model.as_ref(),
+        &classes.classes,
+        &IMAGENET_TEMPLATES,
+        Some(&cache_dir),
+    )?;
+    let person = match &first.dataset.classes {
+        Some(_) => classes.find("person"),
+        None => ds.info.person_class,
+    };
+    let background = ds.info.background_class;
+
+    let mut jobs: Vec<Job> = Vec::new();
+    for c in group {
+        let refiners = c
+            .pipeline
+            .iter()
+            .map(|s| (s.plugin.build)(&s.params))
+            .collect::<segsweep_core::Result<Vec<_>>>()?;
+        let partial = read_partial(dir, &c.hash, classes.len())?;
+        jobs.push(Job {
+            config: c,
+            refiners,
+            partial,
+        });
+    }
+    let needs = jobs
+        .iter()
+        .flat_map(|j| j.refiners.iter())
+        .fold(segsweep_core::Needs::default(), |acc, r| {
+            acc.union(&r.needs())
+        });
+    let start = jobs.iter().map(|j| j.partial.next_image).min().unwrap_or(0);
+    let bar = progress_bar(
+        opts,
+        ds.len() as u64,
+        &format!("{} config(s) on {}", jobs.len(), ds.info.name),
+    );
+    bar.set_position(start as u64);
+    let vis = exp.spec.raw.experiment.save_visualisations;
+    let max_vis = exp.spec.raw.experiment.max_visualisations;
+
+    for i in start..ds.len() {
+        if opts.cancel.load(Ordering::SeqCst) {
+            return Err(RunnerError::Interrupted);
+        }
+        let id = ds.id(i).unwrap_or("?").to_string();
+        let sample = match ds.load(i) {
+            Ok(s) => s,
+            Err(e) if first.dataset.skip_bad => {
+                tracing::warn!("skipping sample {id}: {e}");
+                for j in jobs.iter_mut().filter(|j| j.partial.next_image <= i) {
+                    j.partial.skipped += 1;
+                    j.partial.next_image = i + 1;
+                    write_partial(dir, &j.config.hash, &j.partial)?;
+                }
+                bar.inc(1);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let t0 = Instant::now();
+        let prepared =
+            segsweep_infer::prepare(model.as_ref(), &sample.image, &first.inference, &needs)?;
+        let shared = t0.elapsed().as_secs_f64();
+        let active = jobs
+            .iter()
+            .filter(|j| j.partial.next_image <= i)
+            .count()
+            .max(1);
+        for job in jobs.iter_mut().filter(|j| j.partial.next_image <= i) {
+            let t1 = Instant::now();
+            let steps: Vec<(Stage, &dyn Refiner)> = job
+                .config
+                .pipeline
+                .iter()
+                .zip(&job.refiners)
+                .map(|(s, r)| (s.plugin.stage, r.as_ref()))
+                .collect();
+            let seg = segsweep_infer::finish(
+                model.as_ref(),
+                &prepared,
+                &classifier,
+                &job.config.inference,
+                &steps,
+                background,
+            )
+            .map_err(|e| in_config(job.config, &id, e.into()))?;
+            let pred: Vec<u32> = seg
+                .labels
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<u32>())
+                .map_err(|e| {
+                    in_config(job.config, &id, segsweep_core::CoreError::from(e).into())
+                })?;
+            job.partial
+                .counts
+                .add(&pred, &sample.label.data, ds.info.ignore_index)
+                .map_err(|e| in_config(job.config, &id, e.into()))?;
+            if vis && i < max_vis {
+                let path = dir
+                    .join("visualisations")
+                    .join(&job.config.hash)
+                    .join(format!("{}.png", sanitize(&id)));
+                segsweep_report::overlay::save_overlay(
+                    &path,
+                    sample.image.h,
+                    sample.image.w,
+                    &sample.image.data,
+                    &pred,
+                )?;
+            }
+            job.partial.seconds += shared / active as f64 + t1.elapsed().as_secs_f64();
+            job.partial.next_image = i + 1;
+            write_partial(dir, &job.config.hash, &job.partial)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let ids = ds.ids();
+    for job in &jobs {
+        let record = make_record(dir, job, &ids, &classes, person, model.as_ref());
+        write_atomic(
+            &record_path(dir, &job.config.hash),
+            serde_json::to_string_pretty(&record)
+                .map_err(|e| RunnerError::spec("record", "json", e.to_string(), None))?
+                .as_bytes(),
+        )?;
+        let _ = std::fs::remove_file(partial_path(dir, &job.config.hash));
+        tracing::info!(
+            "finished {} [{}]: mIoU {} person IoU {} ({} weights)",
+            job.config.hash,
+            job.config.label(),
+            fmt_pct(record.metrics.miou_pct),
+            fmt_pct(record.metrics.person_iou_pct),
+            record.weights
+        );
+    }
+    // Tables and charts after each group, so a later failure leaves them current.
+    finalize(exp, dir)?;
+    Ok(())
+}
+
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}%"))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn in_config(c: &Config, image: &str, source: RunnerError) -> RunnerError {
+    RunnerError::InConfig {
+        hash: c.hash.clone(),
+        label: c.label(),
+        image: image.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn read_partial(dir: &Path, hash: &str, n_classes: usize) -> Result<Partial> {
+    let p = partial_path(dir, hash);
+    match std::fs::read_to_string(&p) {
+        Ok(text) => {
+            let partial: Partial = serde_json::from_str(&text).map_err(|e| {
+                RunnerError::spec(
+                    &p.display().to_string(),
+                    "(checkpoint)",
+                    e.to_string(),
+                    Some("delete the file to recompute this configuration from the start".into()),
+                )
+            })?;
+            tracing::info!("resuming {hash} at image {}", partial.next_image);
+            Ok(partial)
+        }
+        Err(_) => Ok(Partial {
+            next_image: 0,
+            counts: IouCounts::new(n_classes),
+            seconds: 0.0,
+            skipped: 0,
+        }),
+    }
+}
+
+fn write_partial(dir: &Path, hash: &str, p: &Partial) -> Result<()> {
+    let json = serde_json::to_string(p)
+        .map_err(|e| RunnerError::spec("checkpoint", "json", e.to_string(), None))?;
+    write_atomic(&partial_path(dir, hash), json.as_bytes())?;
+    Ok(())
+}
+
+fn make_record(
+    dir: &Path,
+    job: &Job,
+    ids: &[String],
+    classes: &ClassNames,
+    person: Option<usize>,
+    model: &dyn Backbone,
+) -> Record {
+    let c = job.config;
+    let info = model.info();
+    let s = job.partial.counts.summary(person);
+    let images = job.partial.next_image - job.partial.skipped;
+    let data_kind = match c.dataset.name.as_str() {
+        "synthetic" => "synthetic",
+        "custom" => "custom",
+        _ => "benchmark",
+    };
+    Record {
+        run_id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        config_hash: c.hash.clone(),
+        variant: c.variant.clone(),
+        swept: c
+            .swept
+            .iter()
+            .map(|(k, v)| SweptValue {
+                path: k.clone(),
+                value: v.to_string(),
+                number: v.as_float().or_else(|| v.as_integer().map(|i| i as f64)),
+            })
+            .collect(),
+        dataset: c.dataset.name.clone(),
+        data_kind: data_kind.into(),
+        images,
+        skipped: job.partial.skipped,
+        sample_ids: ids.to_vec(),
+        class_names: classes.display_names(),
+        person_class: person,
+        counts: counts_of(&job.partial.counts),
+        metrics: metrics_of(&s),
+        seconds: job.partial.seconds,
+        ms_per_image: if images > 0 {
+            1000.0 * job.partial.seconds / images as f64
+        } else {
+            0.0
+        },
+        model_id: info.model_id.clone(),
+        model_file_hash: info.file_hash.clone(),
+        device: info.device.clone(),
+        dtype: info.dtype.clone(),
+        segsweep_version: env!("CARGO_PKG_VERSION").into(),
+        git_rev: crate::git_rev(),
+        weights: info.weights.to_string(),
+    }
+}
+
+/// The report's copy of the metric state.
+pub fn counts_of(c: &IouCounts) -> Counts {
+    Counts {
+        intersect: c.intersect.clone(),
+        union: c.union.clone(),
+        pred: c.pred.clone(),
+        label: c.label.clone(),
+    }
+}
+
+/// The report's copy of the derived metrics.
+pub fn metrics_of(s: &segsweep_data::IouSummary) -> Metrics {
+    Metrics {
+        miou_pct: s.miou_pct,
+        person_iou_pct: s.person_iou_pct,
+        aacc_pct: s.aacc_pct,
+        macc_pct: s.macc_pct,
+        fwiou_pct: s.fwiou_pct,
+        per_class_iou_pct: s.iou_pct.clone(),
+        per_class_acc_pct: s.acc_pct.clone(),
+    }
+}
+
+/// Rewrite `summary.csv`, `per_class.csv` and the charts from every saved record.
+pub fn finalize(exp: &Experiment, dir: &Path) -> Result<Vec<Record>> {
+    let records = load_records(dir)?;
+    segsweep_report::write_tables(dir, &records)?;
+    segsweep_report::draw_charts(dir, &records, exp.spec.raw.sweep.baseline.as_deref())?;
+    Ok(records)
+}
+
+fn progress_bar(opts: &RunOptions, len: u64, msg: &str) -> indicatif::ProgressBar {
+    if !opts.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} images ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(msg.to_string());
+    bar
+}

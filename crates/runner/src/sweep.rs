@@ -1,0 +1,695 @@
+//! Step 2 of reading a spec: expand the sweep and validate every configuration into a
+//! [`Config`] before any weights load.
+//!
+//! Expansion order is deterministic: variants (in spec order) × grid (keys sorted, last key
+//! fastest) × zip rows × list rows. Each configuration is the spec tree with its overrides
+//! applied, validated like a spec of its own, and hashed over its fully resolved settings.
+
+use std::collections::BTreeMap;
+
+use segsweep_core::{registry, InferConfig, Mode, Params, PluginSpec, Stage};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, RunnerError};
+use crate::spec::{DatasetSection, LoadedSpec, ModelSection, RawSpec, SECTIONS};
+
+/// Built-in last-block strategies of the CLIP backbone.
+pub const ATTENTIONS: [&str; 4] = ["vanilla", "sclip", "naclip", "maskclip"];
+
+/// One refiner of a configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The entry's id (default: the plugin name); sweep paths address `id.param`.
+    pub id: String,
+    pub plugin: &'static PluginSpec,
+    pub params: Params,
+}
+
+/// One fully resolved configuration of a sweep.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Variant name (empty when the spec has no variants).
+    pub variant: String,
+    /// The swept values that made this configuration, in sweep order.
+    pub swept: Vec<(String, toml::Value)>,
+    pub model: ModelSection,
+    pub dataset: DatasetSection,
+    pub inference: InferConfig,
+    pub pipeline: Vec<Step>,
+    /// The resolved settings as TOML (saved as `configs/<hash>.toml`).
+    pub resolved: String,
+    /// First 12 hex digits of the SHA-256 of `resolved`.
+    pub hash: String,
+}
+
+impl Config {
+    /// A short human label: variant plus swept values.
+    pub fn label(&self) -> String {
+        let mut parts: Vec<String> = vec![self.variant.clone()];
+        parts.extend(self.swept.iter().map(|(k, v)| format!("{k}={v}")));
+        parts.retain(|p| !p.is_empty());
+        if parts.is_empty() {
+            "default".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// The validated experiment: every configuration, in run order.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub spec: LoadedSpec,
+    pub configs: Vec<Config>,
+}
+
+type Overrides = Vec<(String, toml::Value)>;
+
+/// Expand and validate. `pipeline_sets` are `--set` values addressing pipeline entries.
+pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experiment> {
+    let file = spec.file();
+    let raw = &spec.raw;
+    let mut base = spec.tree.clone();
+    base.remove("sweep");
+    // --set on pipeline entries (section sets were layered by figment already).
+    for (key, value) in sets {
+        let section = key.split('.').next().unwrap_or("");
+        if !SECTIONS[..4].contains(&section) {
+            apply(&mut base, key, value, &file, "--set")?;
+        }
+    }
+    let variants: Vec<(String, Option<Vec<String>>, Overrides)> = if raw.sweep.variants.is_empty() {
+        vec![(String::new(), None, vec![])]
+    } else {
+        raw.sweep
+            .variants
+            .iter()
+            .map(|v| {
+                let set = v.set.iter().map(|(k, x)| (k.clone(), x.clone())).collect();
+                (v.name.clone(), v.pipeline.clone(), set)
+            })
+            .collect()
+    };
+    let mut seen_names = BTreeMap::new();
+    for (name, _, _) in &variants {
+        if seen_names.insert(name.clone(), ()).is_some() {
+            return Err(RunnerError::spec(
+                &file,
+                "sweep.variants",
+                format!("variant `{name}` is defined twice"),
+                Some("give every variant a distinct name".into()),
+            ));
+        }
+    }
+    let grid = grid_rows(&raw.sweep.grid, &file)?;
+    let zip = zip_rows(&raw.sweep.zip, &file)?;
+    let list: Vec<Overrides> = if raw.sweep.list.is_empty() {
+        vec![vec![]]
+    } else {
+        raw.sweep
+            .list
+            .iter()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .collect()
+    };
+
+    let mut configs: Vec<Config> = Vec::new();
+    for (vname, vpipe, vset) in &variants {
+        for g in &grid {
+            for z in &zip {
+                for l in &list {
+                    let mut tree = base.clone();
+                    if let Some(ids) = vpipe {
+                        select_pipeline(&mut tree, ids, vname, &file)?;
+                    }
+                    let key = format!("sweep.variants.{vname}.set");
+                    for (k, v) in vset {
+                        apply(&mut tree, k, v, &file, &key)?;
+                    }
+                    // A swept key of a pipeline entry that this variant switches off does not
+                    // apply to it (the `baseline` row of an ablation has no cliptrase
+                    // temperature); such rows collapse into one below.
+                    let live = pipeline_ids(&tree);
+                    let all_ids = pipeline_ids(&base);
+                    let mut swept: Overrides = Vec::new();
+                    let mut not_applicable = false;
+                    for (k, v) in g.iter().chain(z).chain(l) {
+                        let head = k.split('.').next().unwrap_or("");
+                        if all_ids.iter().any(|i| i == head) && !live.iter().any(|i| i == head) {
+                            not_applicable = true;
+                            continue;
+                        }
+                        apply(&mut tree, k, v, &file, &format!("sweep `{k}`"))?;
+                        swept.push((k.clone(), v.clone()));
+                    }
+                    let config = resolve(&tree, vname, swept, &file)?;
+                    let same = configs.iter().find(|c| c.hash == config.hash);
+                    if not_applicable && same.is_some_and(|c| c.variant == config.variant) {
+                        continue;
+                    }
+                    if let Some(dup) = same {
+                        return Err(RunnerError::spec(
+                            &file,
+                            "sweep",
+                            format!(
+                                "configurations `{}` and `{}` resolve to identical settings (hash {})",
+                                dup.label(),
+                                config.label(),
+                                config.hash
+                            ),
+                            Some("a sweep must not contain duplicates: remove the repeated values or variants".into()),
+                        ));
+                    }
+                    configs.push(config);
+                }
+            }
+        }
+    }
+    if configs.is_empty() {
+        return Err(RunnerError::spec(
+            &file,
+            "sweep",
+            "the sweep expands to no configuration",
+            Some("a grid or zip list is empty; give each swept key at least one value".into()),
+        ));
+    }
+    Ok(Experiment { spec, configs })
+}
+
+fn grid_rows(grid: &BTreeMap<String, Vec<toml::Value>>, file: &str) -> Result<Vec<Overrides>> {
+    let mut rows: Vec<Overrides> = vec![vec![]];
+    for (k, vals) in grid {
+        if vals.is_empty() {
+            return Err(RunnerError::spec(
+                file,
+                format!("sweep.grid.\"{k}\""),
+                "empty list: the sweep would expand to nothing",
+                Some("give at least one value, or remove the key".into()),
+            ));
+        }
+        check_distinct(vals, file, &format!("sweep.grid.\"{k}\""))?;
+        rows = rows
+            .into_iter()
+            .flat_map(|r| {
+                vals.iter().map(move |v| {
+                    let mut r = r.clone();
+                    r.push((k.clone(), v.clone()));
+                    r
+                })
+            })
+            .collect();
+    }
+    Ok(rows)
+}
+
+fn zip_rows(zip: &BTreeMap<String, Vec<toml::Value>>, file: &str) -> Result<Vec<Overrides>> {
+    let Some(n) = zip.values().next().map(Vec::len) else {
+        return Ok(vec![vec![]]);
+    };
+    if n == 0 {
+        return Err(RunnerError::spec(
+            file,
+            "sweep.zip",
+            "empty lists: the sweep would expand to nothing",
+            None,
+        ));
+    }
+    if let Some((k, v)) = zip.iter().find(|(_, v)| v.len() != n) {
+        let lens: Vec<String> = zip
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.len()))
+            .collect();
+        return Err(RunnerError::spec(
+            file,
+            format!("sweep.zip.\"{k}\""),
+            format!(
+                "has {} values but the zip lists must all have the same length ({})",
+                v.len(),
+                lens.join(", ")
+            ),
+            Some("zip advances all lists together; use [sweep.grid] for a product".into()),
+        ));
+    }
+    Ok((0..n)
+        .map(|i| zip.iter().map(|(k, v)| (k.clone(), v[i].clone())).collect())
+        .collect())
+}
+
+fn check_distinct(vals: &[toml::Value], file: &str, key: &str) -> Result<()> {
+    for (i, a) in vals.iter().enumerate() {
+        if vals[..i].contains(a) {
+            return Err(RunnerError::spec(
+                file,
+                key,
+                format!("value {a} appears twice"),
+                Some("a sweep must not contain duplicate configurations".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn entry_id(entry: &toml::Table) -> Option<String> {
+    entry
+        .get("id")
+        .or_else(|| entry.get("plugin"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+fn pipeline_ids(tree: &toml::Table) -> Vec<String> {
+    tree.get("pipeline")
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_table().and_then(entry_id))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn select_pipeline(
+    tree: &mut toml::Table,
+    ids: &[String],
+    variant: &str,
+    file: &str,
+) -> Result<()> {
+    let known = pipeline_ids(tree);
+    if let Some(bad) = ids.iter().find(|i| !known.contains(i)) {
+        return Err(RunnerError::spec(
+            file,
+            format!("sweep.variants.{variant}.pipeline"),
+            format!("`{bad}` is not a pipeline entry"),
+            Some(format!(
+                "pipeline entries: {}",
+                if known.is_empty() {
+                    "(none)".into()
+                } else {
+                    known.join(", ")
+                }
+            )),
+        ));
+    }
+    if let Some(toml::Value::Array(entries)) = tree.get_mut("pipeline") {
+        entries.retain(|e| {
+            e.as_table()
+                .and_then(entry_id)
+                .is_some_and(|id| ids.contains(&id))
+        });
+    }
+    Ok(())
+}
+
+/// Set a dotted path (`inference.prob_thd`, `cliptrase.correlation_temperature`) in the tree.
+fn apply(
+    tree: &mut toml::Table,
+    path: &str,
+    value: &toml::Value,
+    file: &str,
+    origin: &str,
+) -> Result<()> {
+    let (head, rest) = path.split_once('.').ok_or_else(|| {
+        RunnerError::spec(
+            file,
+            origin,
+            format!("`{path}` is not a dotted path"),
+            Some("write SECTION.KEY (e.g. inference.prob_thd) or PIPELINE_ID.PARAM (e.g. cliptrase.correlation_temperature)".into()),
+        )
+    })?;
+    if SECTIONS[..4].contains(&head) {
+        let mut table = tree
+            .entry(head.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let parts: Vec<&str> = rest.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            let t = table.as_table_mut().ok_or_else(|| {
+                RunnerError::spec(
+                    file,
+                    origin,
+                    format!("`{path}` crosses a non-table value"),
+                    None,
+                )
+            })?;
+            table = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+        let t = table.as_table_mut().ok_or_else(|| {
+            RunnerError::spec(
+                file,
+                origin,
+                format!("`{path}` crosses a non-table value"),
+                None,
+            )
+        })?;
+        t.insert(parts[parts.len() - 1].to_string(), value.clone());
+        return Ok(());
+    }
+    let ids = pipeline_ids(tree);
+    let entries = match tree.get_mut("pipeline") {
+        Some(toml::Value::Array(a)) => a,
+        _ => &mut Vec::new(),
+    };
+    let entry = entries
+        .iter_mut()
+        .filter_map(|e| e.as_table_mut())
+        .find(|e| entry_id(e).as_deref() == Some(head));
+    match entry {
+        Some(e) => {
+            if rest == "plugin" || rest == "id" {
+                return Err(RunnerError::spec(file, origin, format!("`{path}`: the plugin and id of an entry cannot be swept"), Some("use [[sweep.variants]] with `pipeline = [...]` to switch entries on and off".into())));
+            }
+            e.insert(rest.to_string(), value.clone());
+            Ok(())
+        }
+        None => Err(RunnerError::spec(
+            file,
+            origin,
+            format!("`{path}`: `{head}` is neither a section nor a pipeline entry of this configuration"),
+            Some(format!(
+                "sections: {}; pipeline entries: {} (an entry switched off by a variant cannot be set)",
+                SECTIONS[..4].join(", "),
+                if ids.is_empty() { "(none)".into() } else { ids.join(", ") }
+            )),
+        )),
+    }
+}
+
+/// Validate one configuration tree into a [`Config`].
+fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> Result<Config> {
+    let raw: RawSpec =
+        toml::Value::Table(tree.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                RunnerError::spec(
+                    file,
+                    "(after sweep overrides)",
+                    e.message().to_string(),
+                    Some("a swept value has the wrong type for its key".into()),
+                )
+            })?;
+    let inference = resolve_inference(&raw, file)?;
+    let pipeline = resolve_pipeline(&raw.pipeline, file)?;
+    check_model(&raw.model, file)?;
+    check_dataset(&raw.dataset, file)?;
+
+    // Canonical resolved settings: everything that can change a number, nothing that cannot
+    // (names, descriptions, output paths).
+    let mut doc = toml::Table::new();
+    doc.insert(
+        "model".into(),
+        toml::Value::try_from(&raw.model).map_err(|e| internal(file, e))?,
+    );
+    doc.insert(
+        "dataset".into(),
+        toml::Value::try_from(&raw.dataset).map_err(|e| internal(file, e))?,
+    );
+    doc.insert(
+        "inference".into(),
+        toml::Value::try_from(&inference).map_err(|e| internal(file, e))?,
+    );
+    let steps: Vec<toml::Value> = pipeline
+        .iter()
+        .map(|s| {
+            let mut t = s.params.to_toml();
+            t.insert("plugin".into(), toml::Value::String(s.plugin.name.into()));
+            t.insert("id".into(), toml::Value::String(s.id.clone()));
+            toml::Value::Table(t)
+        })
+        .collect();
+    doc.insert("pipeline".into(), toml::Value::Array(steps));
+    let resolved = toml::to_string(&doc).map_err(|e| internal(file, e))?;
+    let hash = hex12(&Sha256::digest(resolved.as_bytes()));
+    Ok(Config {
+        variant: variant.to_string(),
+        swept,
+        model: raw.model,
+        dataset: raw.dataset,
+        inference,
+        pipeline,
+        resolved,
+        hash,
+    })
+}
+
+fn internal(file: &str, e: impl std::fmt::Display) -> RunnerError {
+    RunnerError::spec(file, "(internal)", e.to_string(), None)
+}
+
+pub(crate) fn hex12(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Dataset SCLIP defaults < `[dataset] short_side` < `[inference]`.
+fn resolve_inference(raw: &RawSpec, file: &str) -> Result<InferConfig> {
+    let mut cfg = InferConfig::default();
+    match segsweep_data::dataset_spec(&raw.dataset.name).ok() {
+        Some(spec) => spec.defaults.apply(&mut cfg),
+        None => cfg.short_side = Some(224),
+    }
+    if let Some(s) = raw.dataset.short_side {
+        cfg.short_side = Some(s);
+    }
+    let i = &raw.inference;
+    let bad = |key: &str, msg: String, hint: &str| {
+        RunnerError::spec(
+            file,
+            format!("inference.{key}"),
+            msg,
+            Some(hint.to_string()),
+        )
+    };
+    if let Some(m) = &i.mode {
+        cfg.mode = match m.as_str() {
+            "slide" => Mode::Slide,
+            "whole" => Mode::Whole,
+            other => {
+                return Err(bad(
+                    "mode",
+                    format!("`{other}` is not a mode"),
+                    "use \"slide\" or \"whole\"",
+                ))
+            }
+        };
+    }
+    if let Some(c) = i.crop {
+        cfg.crop = c;
+    }
+    if let Some(s) = i.stride {
+        cfg.stride = s;
+    }
+    if cfg.crop < 16 || cfg.stride == 0 || cfg.stride > cfg.crop {
+        return Err(bad(
+            "stride",
+            format!("crop {} / stride {} is invalid", cfg.crop, cfg.stride),
+            "crop ≥ 16 and 0 < stride ≤ crop (SCLIP: 224 / 112)",
+        ));
+    }
+    if let Some(v) = i.logit_scale {
+        if !(v > 0.0 && v <= 1000.0) {
+            return Err(bad(
+                "logit_scale",
+                format!("{v} is out of range (0, 1000]"),
+                "SCLIP uses 40 (VOC21: 65, Context60/COCO-Object: 50)",
+            ));
+        }
+        cfg.logit_scale = v as f32;
+    }
+    if let Some(v) = i.prob_thd {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(bad(
+                "prob_thd",
+                format!("{v} is out of range [0, 1]"),
+                "a probability threshold; 0 switches it off",
+            ));
+        }
+        cfg.prob_thd = v as f32;
+    }
+    if let Some(v) = i.area_thd {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(bad(
+                "area_thd",
+                format!("{v} is out of range [0, 1]"),
+                "a share of foreground pixels, e.g. 0.1",
+            ));
+        }
+        cfg.area_thd = Some(v as f32);
+    }
+    if let Some(a) = &i.attention {
+        if !ATTENTIONS.contains(&a.as_str()) {
+            return Err(bad("attention", format!("`{a}` is not a built-in attention"), &format!("one of {}; method-specific attention (resclip, cliptrase paper) comes from a pipeline plugin", ATTENTIONS.join(", "))));
+        }
+        cfg.attention = a.clone();
+    }
+    if let Some(b) = i.batch_size {
+        if b == 0 || b > 4096 {
+            return Err(bad(
+                "batch_size",
+                format!("{b} is out of range [1, 4096]"),
+                "crops per backbone batch, e.g. 8",
+            ));
+        }
+        cfg.batch_size = b;
+    }
+    Ok(cfg)
+}
+
+fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
+    let reg = registry()?;
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = format!("pipeline[{i}]");
+        let name = entry
+            .get("plugin")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                RunnerError::spec(
+                    file,
+                    &key,
+                    "missing `plugin = \"name\"`",
+                    Some(format!("registered plugins: {}", reg.names().join(", "))),
+                )
+            })?;
+        let plugin = reg.get(name).map_err(|e| {
+            RunnerError::spec(
+                file,
+                format!("{key}.plugin"),
+                e.to_string(),
+                Some("`segsweep plugins` lists them with their parameters".into()),
+            )
+        })?;
+        let id = entry_id(entry).unwrap_or_else(|| name.to_string());
+        if steps.iter().any(|s| s.id == id) {
+            return Err(RunnerError::spec(
+                file,
+                format!("{key}.id"),
+                format!("pipeline id `{id}` is used twice"),
+                Some("give a repeated plugin a distinct `id = \"...\"`".into()),
+            ));
+        }
+        let params_raw: BTreeMap<String, toml::Value> = entry
+            .iter()
+            .filter(|(k, _)| *k != "plugin" && *k != "id")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let params = plugin
+            .resolve(&params_raw)
+            .map_err(|e| RunnerError::spec(file, format!("{key} ({id})"), e.to_string(), None))?;
+        if let Some(prev) = steps.last() {
+            if plugin.stage < prev.plugin.stage {
+                return Err(RunnerError::spec(
+                    file,
+                    &key,
+                    format!(
+                        "`{}` ({} stage) is listed after `{}` ({} stage), against the data flow",
+                        id,
+                        plugin.stage.describe(),
+                        prev.id,
+                        prev.plugin.stage.describe()
+                    ),
+                    Some("order: attention → features → dense logits → labels".into()),
+                ));
+            }
+            if plugin.stage == Stage::Attention && prev.plugin.stage == Stage::Attention {
+                return Err(RunnerError::spec(
+                    file,
+                    &key,
+                    format!(
+                        "`{}` and `{}` both replace the last-block attention; only one can",
+                        prev.id, id
+                    ),
+                    None,
+                ));
+            }
+        }
+        steps.push(Step { id, plugin, params });
+    }
+    Ok(steps)
+}
+
+fn check_model(m: &ModelSection, file: &str) -> Result<()> {
+    if !["f32", "f16", "bf16"].contains(&m.dtype.as_str()) {
+        return Err(RunnerError::spec(
+            file,
+            "model.dtype",
+            format!("`{}` is not a dtype", m.dtype),
+            Some("use \"f32\", \"f16\" or \"bf16\"".into()),
+        ));
+    }
+    let ok = m.device == "cpu"
+        || m.device
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    if !ok {
+        return Err(RunnerError::spec(
+            file,
+            "model.device",
+            format!("`{}` is not a device", m.device),
+            Some("use \"cpu\" or \"cuda:0\"".into()),
+        ));
+    }
+    if m.source.trim().is_empty() {
+        return Err(RunnerError::spec(
+            file,
+            "model.source",
+            "empty",
+            Some("a Hugging Face repo id, a local directory or builtin:tiny-random".into()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_dataset(d: &DatasetSection, file: &str) -> Result<()> {
+    let known = segsweep_data::dataset_names();
+    let ok =
+        d.name == "synthetic" || d.name == "custom" || segsweep_data::dataset_spec(&d.name).is_ok();
+    if !ok {
+        let mut all: Vec<&str> = known.iter().map(String::as_str).collect();
+        all.extend(["synthetic", "custom"]);
+        let near = segsweep_core::registry::nearest(&d.name, all.iter().copied());
+        return Err(RunnerError::spec(
+            file,
+            "dataset.name",
+            format!(
+                "unknown dataset `{}`{}",
+                d.name,
+                near.map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default()
+            ),
+            Some(format!("known: {}", all.join(", "))),
+        ));
+    }
+    if d.name == "custom" && d.custom.is_none() {
+        return Err(RunnerError::spec(
+            file,
+            "dataset.custom",
+            "missing for `name = \"custom\"`",
+            Some("add a [dataset.custom] table with root and classes".into()),
+        ));
+    }
+    if d.split != "val" {
+        return Err(RunnerError::spec(
+            file,
+            "dataset.split",
+            format!("`{}` has no registered layout", d.split),
+            Some("only \"val\" is supported; use a custom dataset for other splits".into()),
+        ));
+    }
+    if !["first", "random"].contains(&d.subset.as_str()) {
+        return Err(RunnerError::spec(
+            file,
+            "dataset.subset",
+            format!("`{}` is not a subset mode", d.subset),
+            Some("use \"first\" or \"random\"".into()),
+        ));
+    }
+    if d.num_samples == Some(0) {
+        return Err(RunnerError::spec(
+            file,
+            "dataset.num_samples",
+            "0 samples",
+            Some("omit it to use every sample".into()),
+        ));
+    }
+    Ok(())
+}
