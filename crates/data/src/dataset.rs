@@ -74,6 +74,7 @@ pub struct Dataset {
     entries: Entries,
     /// Problems found while listing (missing files, unexpected count), one line each.
     pub warnings: Vec<String>,
+    orphans: Vec<PathBuf>,
 }
 
 /// A custom dataset declared in a spec: a directory of images and label PNGs plus a class file.
@@ -169,10 +170,10 @@ impl Layout {
 
     /// List samples in split order (split file) or sorted by image path (directory scan).
     ///
-    /// Returns the samples and the problems found: split entries whose image or label is
-    /// missing, and (directory scan) labels without an image. Missing files stay in the list so
-    /// that loading them fails with the file's name instead of silently shrinking the set.
-    pub fn list(&self, dataset: &str) -> Result<(Vec<SampleRef>, Vec<PathBuf>)> {
+    /// Also returns the problems found: split entries whose image or label is missing, and
+    /// (directory scan) labels without an image. Missing files stay in the list so that loading
+    /// them fails with the file's name instead of silently shrinking the set.
+    pub fn list(&self, dataset: &str) -> Result<Listing> {
         let missing_dir = |what: &str, path: &Path, hint: &str| DataError::Missing {
             dataset: dataset.to_string(),
             what: what.to_string(),
@@ -241,6 +242,7 @@ impl Layout {
                 }
             }
         }
+        let mut orphans = Vec::new();
         if self.split_file.is_none() {
             // Labels whose image is absent (the directory scan only sees images).
             let mut labels = Vec::new();
@@ -249,13 +251,28 @@ impl Layout {
                 if let Some(id) = rel_id(&self.label_dir, &l, &self.label_suffix) {
                     let img = self.img_dir.join(format!("{id}{}", self.img_suffix));
                     if !img.is_file() {
-                        missing.push(img);
+                        orphans.push(img);
                     }
                 }
             }
         }
-        Ok((samples, missing))
+        Ok(Listing {
+            samples,
+            missing,
+            orphans,
+        })
     }
+}
+
+/// What [`Layout::list`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Samples in split order.
+    pub samples: Vec<SampleRef>,
+    /// Images or labels of listed samples that do not exist.
+    pub missing: Vec<PathBuf>,
+    /// Image paths expected for labels that have no image (directory scan only).
+    pub orphans: Vec<PathBuf>,
 }
 
 /// Every file under `dir`, recursively (symlinks followed).
@@ -318,7 +335,7 @@ impl Dataset {
         }
         let spec = dataset_spec(name)?;
         let layout = Layout::of_spec(spec, root);
-        let (samples, missing) = layout.list(spec.name)?;
+        let listing = layout.list(spec.name)?;
         let info = DatasetInfo {
             name: spec.name.to_string(),
             classes: spec.classes(),
@@ -330,7 +347,7 @@ impl Dataset {
             expected_len: Some(spec.val_size),
             root: Some(root.to_path_buf()),
         };
-        Ok(Dataset::from_files(info, samples, &missing))
+        Ok(Dataset::from_files(info, listing))
     }
 
     /// A custom dataset (see [`CustomConfig`]).
@@ -360,7 +377,7 @@ impl Dataset {
             .map(|b| find("background_class", b))
             .transpose()?;
         let layout = Layout::of_custom(cfg);
-        let (samples, missing) = layout.list(&cfg.name)?;
+        let listing = layout.list(&cfg.name)?;
         let info = DatasetInfo {
             name: cfg.name.clone(),
             classes,
@@ -372,7 +389,7 @@ impl Dataset {
             expected_len: None,
             root: Some(cfg.root.clone()),
         };
-        Ok(Dataset::from_files(info, samples, &missing))
+        Ok(Dataset::from_files(info, listing))
     }
 
     /// The in-memory synthetic set of `n` images from `seed` (see [`crate::synthetic`]).
@@ -381,11 +398,20 @@ impl Dataset {
             info: crate::synthetic::synthetic_info(),
             entries: Entries::Memory(crate::synthetic::synthetic_dataset(n, seed)),
             warnings: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
-    fn from_files(info: DatasetInfo, samples: Vec<SampleRef>, missing: &[PathBuf]) -> Dataset {
-        let mut warnings: Vec<String> = missing_warning(&info.name, missing).into_iter().collect();
+    fn from_files(info: DatasetInfo, listing: Listing) -> Dataset {
+        let Listing {
+            samples,
+            missing,
+            orphans,
+        } = listing;
+        let mut warnings: Vec<String> = missing_warning(&info.name, &missing).into_iter().collect();
+        if let Some(w) = missing_warning(&info.name, &orphans) {
+            warnings.push(format!("{w} (labels exist for these images)"));
+        }
         if let Some(expected) = info.expected_len {
             if samples.len() != expected {
                 warnings.push(format!(
@@ -402,7 +428,13 @@ impl Dataset {
             info,
             entries: Entries::Files(samples),
             warnings,
+            orphans,
         }
+    }
+
+    /// Image paths expected for labels that have no image (directory-scanned datasets).
+    pub fn orphans(&self) -> &[PathBuf] {
+        &self.orphans
     }
 
     /// Number of samples.

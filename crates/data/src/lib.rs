@@ -16,20 +16,28 @@
 //! ([`IouCounts`]), never a running mIoU. mmseg defines mIoU on dataset-level sums, and integer
 //! sums make shards and resumed runs add up bit-exactly.
 
+pub mod check;
 pub mod classes;
 pub mod dataset;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod metric;
+pub mod prepare;
+pub mod progress;
 pub mod registry;
 pub mod subset;
 pub mod synthetic;
 
+pub use check::{check, check_dataset, CheckReport, SizeMismatch};
 pub use classes::ClassNames;
 pub use dataset::{CustomConfig, Dataset, DatasetInfo, Layout, Sample, SampleRef};
 pub use error::{DataError, Result};
+pub use eval::{eval_dir, EvalOptions, EvalReport, GtSource, SkippedFile};
 pub use io::{load_label, load_rgb, save_label_png, save_rgb_png, LabelMap, IGNORE_INDEX};
 pub use metric::{IouCounts, IouSummary};
+pub use prepare::{prepare, PrepareReport};
+pub use progress::{no_progress, ProgressBar, ProgressFn};
 pub use registry::{
     dataset_names, dataset_spec, DatasetDefaults, DatasetSpec, PrepareKind, DATASETS,
 };

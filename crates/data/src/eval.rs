@@ -1,0 +1,305 @@
+//! `segsweep eval`: score a directory of prediction PNGs with the benchmark metric.
+//!
+//! Predictions are label PNGs (palette or grayscale ids) at the label's resolution, named
+//! `<id>.png` after the dataset's sample id (`2007_000033.png`; Cityscapes
+//! `frankfurt/frankfurt_000000_000294.png`), or `<basename of id>.png` in a flat directory.
+//! Samples without a prediction are not scored and are counted in the report, so a directory
+//! holding the predictions of a subset scores that subset.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::classes::ClassNames;
+use crate::dataset::{check_ids, rel_id, walk, CustomConfig, Dataset};
+use crate::error::{DataError, Result};
+use crate::io::{load_label, LabelMap, IGNORE_INDEX};
+use crate::metric::{IouCounts, IouSummary};
+use crate::progress::ProgressFn;
+
+/// Where the ground truth comes from.
+#[derive(Debug, Clone)]
+pub enum GtSource {
+    /// A registered dataset under `root`.
+    Registered { name: String, root: PathBuf },
+    /// A custom dataset.
+    Custom(CustomConfig),
+    /// A bare directory of label PNGs `<id><label_suffix>` and a class-name file
+    /// (`--gt DIR --classes FILE`).
+    Dir {
+        gt_dir: PathBuf,
+        classes: PathBuf,
+        label_suffix: String,
+        ignore_index: u32,
+        reduce_zero_label: bool,
+    },
+}
+
+impl GtSource {
+    /// `--gt DIR --classes FILE` with mmseg's defaults: `.png`, ignore 255, no zero reduction.
+    pub fn dir(gt_dir: impl Into<PathBuf>, classes: impl Into<PathBuf>) -> GtSource {
+        GtSource::Dir {
+            gt_dir: gt_dir.into(),
+            classes: classes.into(),
+            label_suffix: ".png".into(),
+            ignore_index: IGNORE_INDEX,
+            reduce_zero_label: false,
+        }
+    }
+}
+
+/// Options of [`eval_dir`].
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// On a bad file (unreadable, wrong size, bad ids), warn, count it and go on instead of
+    /// failing.
+    pub skip_bad: bool,
+    /// Suffix of prediction files (default `.png`).
+    pub pred_suffix: String,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            skip_bad: false,
+            pred_suffix: ".png".into(),
+        }
+    }
+}
+
+/// A file left out by `skip_bad`, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// What [`eval_dir`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    /// One display name per class.
+    pub class_names: Vec<String>,
+    pub person_class: Option<usize>,
+    /// The additive metric state.
+    pub counts: IouCounts,
+    pub summary: IouSummary,
+    /// Ids of the samples scored, in order.
+    pub scored: Vec<String>,
+    /// Samples of the dataset with no prediction file.
+    pub without_prediction: usize,
+    /// Files skipped with `skip_bad`.
+    pub skipped: Vec<SkippedFile>,
+}
+
+struct Pair {
+    id: String,
+    pred: PathBuf,
+    gt: PathBuf,
+}
+
+struct Scoring {
+    name: String,
+    classes: ClassNames,
+    ignore: u32,
+    reduce_zero_label: bool,
+    person: Option<usize>,
+}
+
+/// Score every prediction in `pred_dir` against `gt` (see the module doc for file naming).
+///
+/// Errors (without `skip_bad`, or when nothing could be scored) name the file: a missing root or
+/// prediction directory, an unreadable or truncated PNG, a prediction of another size than its
+/// label, ids that are neither a class nor the ignore index. With `skip_bad` a bad pair is
+/// logged and listed in [`EvalReport::skipped`]; what was accumulated is kept.
+pub fn eval_dir(
+    gt: &GtSource,
+    pred_dir: &Path,
+    opts: &EvalOptions,
+    progress: ProgressFn<'_>,
+) -> Result<EvalReport> {
+    if !pred_dir.is_dir() {
+        return Err(DataError::Missing {
+            dataset: "predictions".into(),
+            what: "prediction directory".into(),
+            path: pred_dir.to_path_buf(),
+            hint: None,
+        });
+    }
+    let (scoring, pairs, without) = pairs(gt, pred_dir, &opts.pred_suffix)?;
+    if pairs.is_empty() {
+        return Err(DataError::Missing {
+            dataset: scoring.name.clone(),
+            what: format!("any prediction `<id>{}` matching a label", opts.pred_suffix),
+            path: pred_dir.to_path_buf(),
+            hint: Some("predictions are named after sample ids, e.g. 2007_000033.png".into()),
+        });
+    }
+    let n = scoring.classes.len();
+    let mut counts = IouCounts::new(n);
+    let mut scored = Vec::new();
+    let mut skipped = Vec::new();
+    for (k, p) in pairs.iter().enumerate() {
+        match score_pair(&scoring, p) {
+            Ok((pred, label)) => {
+                counts.add(&pred.data, &label.data, scoring.ignore)?;
+                scored.push(p.id.clone());
+            }
+            Err(e) if opts.skip_bad => {
+                tracing::warn!("skipped: {e}");
+                let path = e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| p.pred.clone());
+                skipped.push(SkippedFile {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        progress(k + 1, pairs.len());
+    }
+    let summary = counts.summary(scoring.person);
+    Ok(EvalReport {
+        dataset: scoring.name,
+        class_names: scoring.classes.display_names(),
+        person_class: scoring.person,
+        counts,
+        summary,
+        scored,
+        without_prediction: without,
+        skipped,
+    })
+}
+
+fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {
+    let mut label = load_label(&p.gt)?;
+    if s.reduce_zero_label {
+        label.reduce_zero_label();
+    }
+    check_ids(&label, s.classes.len(), s.ignore, &p.gt)?;
+    let pred = load_label(&p.pred)?;
+    if (pred.h, pred.w) != (label.h, label.w) {
+        return Err(DataError::SizeMismatch {
+            path: p.pred.clone(),
+            got: (pred.h, pred.w),
+            other: format!("its label {}", p.gt.display()),
+            expected: (label.h, label.w),
+        });
+    }
+    // A prediction may use the ignore index for "no class" (counted nowhere, as in mmseg).
+    check_ids(&pred, s.classes.len(), s.ignore, &p.pred)?;
+    Ok((pred, label))
+}
+
+/// The (prediction, label) pairs to score, and how many samples lack a prediction.
+fn pairs(gt: &GtSource, pred_dir: &Path, pred_suffix: &str) -> Result<(Scoring, Vec<Pair>, usize)> {
+    match gt {
+        GtSource::Registered { name, root } => {
+            from_dataset(&Dataset::registered(name, root)?, pred_dir, pred_suffix)
+        }
+        GtSource::Custom(cfg) => from_dataset(&Dataset::custom(cfg)?, pred_dir, pred_suffix),
+        GtSource::Dir {
+            gt_dir,
+            classes,
+            label_suffix,
+            ignore_index,
+            reduce_zero_label,
+        } => {
+            if !gt_dir.is_dir() {
+                return Err(DataError::Missing {
+                    dataset: "--gt".into(),
+                    what: "label directory".into(),
+                    path: gt_dir.clone(),
+                    hint: None,
+                });
+            }
+            let classes = ClassNames::from_file(classes)?;
+            let mut files = Vec::new();
+            walk(pred_dir, &mut files)?;
+            let mut pairs: Vec<Pair> = files
+                .iter()
+                .filter_map(|f| rel_id(pred_dir, f, pred_suffix).map(|id| (id, f)))
+                .map(|(id, f)| Pair {
+                    gt: gt_dir.join(format!("{id}{label_suffix}")),
+                    pred: f.clone(),
+                    id,
+                })
+                .collect();
+            pairs.sort_by(|a, b| a.id.cmp(&b.id));
+            let person = classes.find("person");
+            let scoring = Scoring {
+                name: gt_dir.display().to_string(),
+                classes,
+                ignore: *ignore_index,
+                reduce_zero_label: *reduce_zero_label,
+                person,
+            };
+            Ok((scoring, pairs, 0))
+        }
+    }
+}
+
+fn from_dataset(
+    ds: &Dataset,
+    pred_dir: &Path,
+    pred_suffix: &str,
+) -> Result<(Scoring, Vec<Pair>, usize)> {
+    let mut pairs = Vec::new();
+    let mut without = 0;
+    for i in 0..ds.len() {
+        let Some(r) = ds.sample_ref(i) else { continue };
+        let nested = pred_dir.join(format!("{}{pred_suffix}", r.id));
+        let base = r.id.rsplit('/').next().unwrap_or(&r.id);
+        let flat = pred_dir.join(format!("{base}{pred_suffix}"));
+        let pred = [nested, flat].into_iter().find(|p| p.is_file());
+        match pred {
+            Some(pred) => pairs.push(Pair {
+                id: r.id.clone(),
+                pred,
+                gt: r.label.clone(),
+            }),
+            None => without += 1,
+        }
+    }
+    let info = &ds.info;
+    let scoring = Scoring {
+        name: info.name.clone(),
+        classes: info.classes.clone(),
+        ignore: info.ignore_index,
+        reduce_zero_label: info.reduce_zero_label,
+        person: info.person_class,
+    };
+    Ok((scoring, pairs, without))
+}
+
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into());
+        let s = &self.summary;
+        writeln!(
+            f,
+            "{}: {} images scored, {} without prediction, {} skipped",
+            self.dataset,
+            self.scored.len(),
+            self.without_prediction,
+            self.skipped.len()
+        )?;
+        writeln!(
+            f,
+            "mIoU {}  aAcc {}  mAcc {}  fwIoU {}  person IoU {}  ({} of {} classes scored)",
+            pct(s.miou_pct),
+            pct(s.aacc_pct),
+            pct(s.macc_pct),
+            pct(s.fwiou_pct),
+            pct(s.person_iou_pct),
+            s.classes_scored,
+            self.class_names.len()
+        )?;
+        for sk in &self.skipped {
+            writeln!(f, "skipped {}: {}", sk.path.display(), sk.reason)?;
+        }
+        Ok(())
+    }
+}

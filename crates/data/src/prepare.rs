@@ -1,0 +1,384 @@
+//! `segsweep data prepare NAME --from PATH`: turn an extracted official release into the
+//! MMSegmentation layout that [`Dataset::registered`](crate::Dataset::registered) reads.
+//!
+//! | dataset | `--from` must contain | what is written under the root |
+//! |---|---|---|
+//! | coco-stuff164k | `images/val2017/*.jpg`, `annotations/val2017/*.png` (stuffthingmaps) | `annotations/val2017/*_labelTrainIds.png` (0–170, 255) |
+//! | coco-object | the same | `annotations/val2017/*_instanceTrainIds.png` (0 bg, 1–80) |
+//! | cityscapes | `leftImg8bit/val/<city>/`, `gtFine/val/<city>/*_gtFine_labelIds.png` | `*_gtFine_labelTrainIds.png` (19 ids, 255) |
+//! | voc21, voc20, context60, context59, ade20k | the final layout | nothing converted; the layout is verified |
+//!
+//! When the root differs from `--from`, the needed inputs (images, split files, as-is labels)
+//! are hard-linked into the root, or copied where linking fails. Outputs are written atomically
+//! (temporary name, then rename), so re-running skips finished files and never trusts a
+//! half-written one.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::dataset::{rel_id, walk, Layout};
+use crate::error::{DataError, Result};
+use crate::io::{load_label, save_label_png, IGNORE_INDEX};
+use crate::progress::ProgressFn;
+use crate::registry::{dataset_spec, DatasetSpec, PrepareKind};
+
+/// What [`prepare`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrepareReport {
+    pub dataset: String,
+    /// Where the prepared layout is.
+    pub root: PathBuf,
+    /// Label files converted in this run.
+    pub converted: usize,
+    /// Outputs that already existed and were left alone.
+    pub skipped_existing: usize,
+    /// Input files linked or copied into the root.
+    pub copied: usize,
+    /// Samples in the prepared split.
+    pub samples: usize,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for PrepareReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "dataset {} prepared at {}",
+            self.dataset,
+            self.root.display()
+        )?;
+        writeln!(
+            f,
+            "labels converted: {}, already done: {}, files linked/copied: {}, samples: {}",
+            self.converted, self.skipped_existing, self.copied, self.samples
+        )?;
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Prepare dataset `name` from the extracted release at `from` into `root` (may equal `from`).
+pub fn prepare(
+    name: &str,
+    from: &Path,
+    root: &Path,
+    progress: ProgressFn<'_>,
+) -> Result<PrepareReport> {
+    let spec = dataset_spec(name)?;
+    if !from.is_dir() {
+        return Err(DataError::Missing {
+            dataset: spec.name.into(),
+            what: "--from directory".into(),
+            path: from.to_path_buf(),
+            hint: Some(
+                "extract the official archives first (see the README's dataset table)".into(),
+            ),
+        });
+    }
+    let mut report = PrepareReport {
+        dataset: spec.name.into(),
+        root: root.to_path_buf(),
+        ..PrepareReport::default()
+    };
+    match spec.prepare {
+        PrepareKind::AsIs => prepare_as_is(spec, from, root, progress, &mut report)?,
+        PrepareKind::CocoStuff | PrepareKind::CocoObject => {
+            let table = if spec.prepare == PrepareKind::CocoStuff {
+                coco_stuff_table()
+            } else {
+                coco_object_table()
+            };
+            convert_tree(
+                spec,
+                from,
+                root,
+                &ConvertPlan::coco(spec),
+                &table,
+                progress,
+                &mut report,
+            )?
+        }
+        PrepareKind::Cityscapes => convert_tree(
+            spec,
+            from,
+            root,
+            &ConvertPlan::cityscapes(),
+            &cityscapes_table(),
+            progress,
+            &mut report,
+        )?,
+    }
+    let ds = crate::Dataset::registered(spec.name, root)?;
+    report.samples = ds.len();
+    report.warnings.extend(ds.warnings.iter().cloned());
+    Ok(report)
+}
+
+/// The 0-based COCO-Stuff ids (0–181) of the 11 thing ids that COCO defines but never uses.
+const COCO_UNUSED: [u32; 11] = [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90];
+
+/// stuffthingmaps id → COCO-Stuff-171 train id (mmseg `coco_stuff164k.py`): the used ids keep
+/// their order, the 11 unused ones are removed, 255 stays 255.
+// Deviation: mmseg leaves the 11 unused ids unchanged (they never occur in the released maps);
+// we map them to 255 so a stray one can never land on another class.
+pub fn coco_stuff_table() -> [u8; 256] {
+    let mut t = [IGNORE_INDEX as u8; 256];
+    let mut next = 0u8;
+    for id in 0..=181u32 {
+        if !COCO_UNUSED.contains(&id) {
+            t[id as usize] = next;
+            next += 1;
+        }
+    }
+    t
+}
+
+/// stuffthingmaps id → COCO-Object id (SCLIP/GroupViT `cvt_coco_object.py`): things → their
+/// train id + 1 (1–80), stuff (91–181) → 0, and unlabeled 255 → 0 too (the script adds 1,
+/// giving 256, which its `k > 90` rule resets to background).
+pub fn coco_object_table() -> [u8; 256] {
+    let stuff = coco_stuff_table();
+    let mut t = [0u8; 256];
+    for (id, out) in t.iter_mut().enumerate() {
+        *out = match id {
+            0..=90 if stuff[id] != IGNORE_INDEX as u8 => stuff[id] + 1,
+            0..=90 => IGNORE_INDEX as u8, // unused thing ids: see coco_stuff_table
+            _ => 0,
+        };
+    }
+    t
+}
+
+/// Cityscapes label id (0–33) → train id (0–18), everything else 255 (cityscapesscripts
+/// `labels.py`, the table mmseg's `cityscapes.py` converter uses).
+pub fn cityscapes_table() -> [u8; 256] {
+    const PAIRS: [(usize, u8); 19] = [
+        (7, 0),
+        (8, 1),
+        (11, 2),
+        (12, 3),
+        (13, 4),
+        (17, 5),
+        (19, 6),
+        (20, 7),
+        (21, 8),
+        (22, 9),
+        (23, 10),
+        (24, 11),
+        (25, 12),
+        (26, 13),
+        (27, 14),
+        (28, 15),
+        (31, 16),
+        (32, 17),
+        (33, 18),
+    ];
+    let mut t = [IGNORE_INDEX as u8; 256];
+    for (id, train) in PAIRS {
+        t[id] = train;
+    }
+    t
+}
+
+/// Where a converter finds its inputs, relative to `--from` and the root.
+struct ConvertPlan {
+    /// Directory of raw label files (same relative path in `from` and the output root).
+    label_dir: &'static str,
+    /// Raw label suffix, and files to leave out (earlier outputs living beside the inputs).
+    raw_suffix: &'static str,
+    raw_exclude: &'static [&'static str],
+}
+
+impl ConvertPlan {
+    fn coco(spec: &DatasetSpec) -> ConvertPlan {
+        ConvertPlan {
+            label_dir: spec.label_dir,
+            raw_suffix: ".png",
+            raw_exclude: &["TrainIds"],
+        }
+    }
+
+    fn cityscapes() -> ConvertPlan {
+        ConvertPlan {
+            label_dir: "gtFine/val",
+            raw_suffix: "_gtFine_labelIds.png",
+            raw_exclude: &[],
+        }
+    }
+}
+
+fn convert_tree(
+    spec: &DatasetSpec,
+    from: &Path,
+    root: &Path,
+    plan: &ConvertPlan,
+    table: &[u8; 256],
+    progress: ProgressFn<'_>,
+    report: &mut PrepareReport,
+) -> Result<()> {
+    let raw_dir = from.join(plan.label_dir);
+    let img_dir = from.join(spec.img_dir);
+    for (what, dir) in [
+        ("raw label directory", &raw_dir),
+        ("image directory", &img_dir),
+    ] {
+        if !dir.is_dir() {
+            return Err(DataError::Missing {
+                dataset: spec.name.into(),
+                what: what.into(),
+                path: dir.clone(),
+                hint: Some(format!(
+                    "--from must hold `{}` and `{}`",
+                    spec.img_dir, plan.label_dir
+                )),
+            });
+        }
+    }
+    if from != root {
+        link_tree(
+            &img_dir,
+            &root.join(spec.img_dir),
+            spec.img_suffix,
+            progress,
+            report,
+        )?;
+    }
+    let mut raws = Vec::new();
+    walk(&raw_dir, &mut raws)?;
+    let mut ids: Vec<String> = raws
+        .iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !plan.raw_exclude.iter().any(|x| name.contains(x))
+        })
+        .filter_map(|p| rel_id(&raw_dir, p, plan.raw_suffix))
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        report.warnings.push(format!(
+            "no `*{}` label files under {}",
+            plan.raw_suffix,
+            raw_dir.display()
+        ));
+    }
+    let out_dir = root.join(spec.label_dir);
+    for (k, id) in ids.iter().enumerate() {
+        let src = raw_dir.join(format!("{id}{}", plan.raw_suffix));
+        let dst = out_dir.join(format!("{id}{}", spec.label_suffix));
+        if dst.is_file() {
+            report.skipped_existing += 1;
+        } else {
+            let mut label = load_label(&src)?;
+            for v in &mut label.data {
+                *v = u32::from(table[(*v).min(255) as usize]);
+            }
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+            }
+            save_label_png(&dst, &label)?;
+            report.converted += 1;
+        }
+        progress(k + 1, ids.len());
+    }
+    Ok(())
+}
+
+/// VOC, Context and ADE20K are used as released: find the layout, link it into the root.
+fn prepare_as_is(
+    spec: &DatasetSpec,
+    from: &Path,
+    root: &Path,
+    progress: ProgressFn<'_>,
+    report: &mut PrepareReport,
+) -> Result<()> {
+    // Accept the layout's own directory or a parent of it (e.g. `VOCdevkit` or `data`).
+    let tail = Path::new(spec.default_root);
+    let candidates = [
+        from.to_path_buf(),
+        from.join(tail),
+        from.join(tail.file_name().unwrap_or_default()),
+    ];
+    let found = candidates
+        .iter()
+        .find(|c| c.join(spec.img_dir).is_dir() && c.join(spec.label_dir).is_dir());
+    let Some(src) = found else {
+        let hint = if spec.label_dir == "SegmentationClassContext" {
+            "Pascal Context needs the mmseg-converted SegmentationClassContext PNGs and \
+             ImageSets/SegmentationContext/val.txt (tools/dataset_converters/pascal_context.py)"
+                .to_string()
+        } else {
+            format!(
+                "expected `{}` and `{}` under it",
+                spec.img_dir, spec.label_dir
+            )
+        };
+        return Err(DataError::Missing {
+            dataset: spec.name.into(),
+            what: format!("{} layout", spec.name),
+            path: from.to_path_buf(),
+            hint: Some(hint),
+        });
+    };
+    if src.as_path() == root {
+        return Ok(());
+    }
+    let layout = Layout::of_spec(spec, src);
+    let listing = layout.list(spec.name)?;
+    if let Some(split) = spec.split_file {
+        link_file(&src.join(split), &root.join(split), report)?;
+    }
+    let n = listing.samples.len();
+    for (k, s) in listing.samples.iter().enumerate() {
+        for (p, dir) in [(&s.image, spec.img_dir), (&s.label, spec.label_dir)] {
+            if p.is_file() {
+                let rel = p.strip_prefix(src.join(dir)).unwrap_or(p);
+                link_file(p, &root.join(dir).join(rel), report)?;
+            }
+        }
+        progress(k + 1, n);
+    }
+    Ok(())
+}
+
+/// Link every `*suffix` file under `src` to the same relative path under `dst`.
+fn link_tree(
+    src: &Path,
+    dst: &Path,
+    suffix: &str,
+    progress: ProgressFn<'_>,
+    report: &mut PrepareReport,
+) -> Result<()> {
+    let mut files = Vec::new();
+    walk(src, &mut files)?;
+    let files: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|f| rel_id(src, f, suffix).is_some())
+        .collect();
+    for (k, f) in files.iter().enumerate() {
+        let rel = f.strip_prefix(src).unwrap_or(f);
+        link_file(f, &dst.join(rel), report)?;
+        progress(k + 1, files.len());
+    }
+    Ok(())
+}
+
+/// Hard-link `src` to `dst` (copy across file systems); an existing `dst` is left alone.
+fn link_file(src: &Path, dst: &Path, report: &mut PrepareReport) -> Result<()> {
+    if dst.is_file() {
+        report.skipped_existing += 1;
+        return Ok(());
+    }
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+    }
+    if std::fs::hard_link(src, dst).is_err() {
+        let tmp = crate::io::tmp_path(dst);
+        std::fs::copy(src, &tmp).map_err(|e| DataError::io(src, e))?;
+        std::fs::rename(&tmp, dst).map_err(|e| DataError::io(dst, e))?;
+    }
+    report.copied += 1;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! `data prepare` on tiny synthetic releases of the same structure as the official ones.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use segsweep_data::prepare::{cityscapes_table, coco_object_table, coco_stuff_table};
+use segsweep_data::{load_label, no_progress, prepare, Dataset, LabelMap};
+
+/// Raw stuffthingmap ids and what COCO-Stuff-171 and COCO-Object make of them.
+/// 0 person, 12 (after unused 11) → 11, 89 → 79, 91 (first stuff) → 80, 181 → 170, 255 unlabeled.
+const RAW: [u32; 6] = [0, 12, 89, 91, 181, 255];
+const STUFF: [u32; 6] = [0, 11, 79, 80, 170, 255];
+const OBJECT: [u32; 6] = [1, 12, 80, 0, 0, 0];
+
+/// `from/images/val2017/*.jpg` + `from/annotations/val2017/*.png` (stuffthingmaps_trainval2017
+/// extracted into annotations/, as mmseg's instructions say).
+fn coco_release(from: &Path) {
+    for (k, name) in ["000000000139", "000000000285"].iter().enumerate() {
+        write_image(
+            &from.join(format!("images/val2017/{name}.jpg")),
+            7,
+            12,
+            k as u8,
+        );
+        write_label(
+            &from.join(format!("annotations/val2017/{name}.png")),
+            &label_cycling(7, 12, &RAW),
+        );
+    }
+}
+
+#[test]
+fn coco_stuff_and_object_convert_and_rerun_skips() {
+    let from = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    coco_release(from.path());
+    let r = prepare("coco-stuff164k", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((r.converted, r.samples), (2, 2));
+    assert_eq!(r.copied, 2, "images linked into the new root");
+    let l = load_label(
+        root.path()
+            .join("annotations/val2017/000000000139_labelTrainIds.png"),
+    )
+    .unwrap();
+    assert_eq!(&l.data[..6], &STUFF);
+    let ds = Dataset::registered("coco-stuff164k", root.path()).unwrap();
+    assert_eq!(&ds.load(0).unwrap().label.data[..6], &STUFF);
+
+    let again = prepare("coco-stuff164k", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((again.converted, again.copied), (0, 0));
+    assert_eq!(again.skipped_existing, 4);
+
+    // In place (root == from): earlier *_labelTrainIds outputs are not taken for raw maps.
+    let r = prepare("coco-object", from.path(), from.path(), &no_progress).unwrap();
+    assert_eq!((r.converted, r.copied), (2, 0));
+    let ds = Dataset::registered("coco-object", from.path()).unwrap();
+    assert_eq!(&ds.load(1).unwrap().label.data[..6], &OBJECT);
+    let r = prepare("coco-stuff164k", from.path(), from.path(), &no_progress).unwrap();
+    assert_eq!(r.converted, 2);
+    let r = prepare("coco-object", from.path(), from.path(), &no_progress).unwrap();
+    assert_eq!((r.converted, r.skipped_existing), (0, 2));
+}
+
+#[test]
+fn coco_tables_follow_mmseg() {
+    let stuff = coco_stuff_table();
+    let used: Vec<u8> = (0..=181).map(|i| stuff[i]).filter(|&v| v != 255).collect();
+    // 171 classes in order, the 11 unused thing ids removed.
+    assert_eq!(used, (0..171).map(|v| v as u8).collect::<Vec<_>>());
+    for unused in [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90] {
+        assert_eq!(stuff[unused], 255);
+    }
+    assert_eq!(stuff[255], 255);
+    let obj = coco_object_table();
+    let things: Vec<u8> = (0..=90).map(|i| obj[i]).filter(|&v| v != 255).collect();
+    assert_eq!(things, (1..=80).collect::<Vec<u8>>());
+    assert!((91..=181).all(|i| obj[i] == 0));
+    assert_eq!(
+        obj[255], 0,
+        "unlabeled becomes background (cvt_coco_object.py)"
+    );
+}
+
+#[test]
+fn cityscapes_label_ids_to_train_ids() {
+    let from = tempfile::tempdir().unwrap();
+    let f = from.path();
+    for (city, frame) in [
+        ("frankfurt", "frankfurt_000000_000294"),
+        ("lindau", "lindau_000000_000019"),
+    ] {
+        write_image(
+            &f.join(format!("leftImg8bit/val/{city}/{frame}_leftImg8bit.png")),
+            5,
+            9,
+            1,
+        );
+        let gt = f.join(format!("gtFine/val/{city}"));
+        write_label(
+            &gt.join(format!("{frame}_gtFine_labelIds.png")),
+            &label_cycling(5, 9, &[7, 24, 33, 0, 1, 6, 26]),
+        );
+        write_label(
+            &gt.join(format!("{frame}_gtFine_instanceIds.png")),
+            &LabelMap::filled(5, 9, 26000),
+        );
+    }
+    let r = prepare("cityscapes", f, f, &no_progress).unwrap();
+    assert_eq!((r.converted, r.samples), (2, 2));
+    let ds = Dataset::registered("cityscapes", f).unwrap();
+    assert_eq!(
+        &ds.load(0).unwrap().label.data[..7],
+        &[0, 11, 18, 255, 255, 255, 13]
+    );
+    let t = cityscapes_table();
+    assert_eq!(t.iter().filter(|&&v| v != 255).count(), 19);
+    let again = prepare("cityscapes", f, f, &no_progress).unwrap();
+    assert_eq!((again.converted, again.skipped_existing), (0, 2));
+}
+
+#[test]
+fn voc_is_verified_and_linked_from_a_parent_directory() {
+    let from = tempfile::tempdir().unwrap();
+    let voc = from.path().join("VOCdevkit/VOC2012");
+    for name in ["2007_000033", "2007_000042"] {
+        write_image(&voc.join(format!("JPEGImages/{name}.jpg")), 6, 8, 0);
+        write_palette_label(
+            &voc.join(format!("SegmentationClass/{name}.png")),
+            &label_cycling(6, 8, &[0, 15]),
+        );
+    }
+    write_text(
+        &voc.join("ImageSets/Segmentation/val.txt"),
+        "2007_000033\n2007_000042\n",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let r = prepare("voc21", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((r.converted, r.copied, r.samples), (0, 5, 2));
+    let ds = Dataset::registered("voc21", root.path()).unwrap();
+    assert_eq!(&ds.load(1).unwrap().label.data[..2], &[0, 15]);
+    let again = prepare("voc21", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((again.copied, again.skipped_existing), (0, 5));
+}
+
+#[test]
+fn wrong_inputs_name_what_is_missing() {
+    let from = tempfile::tempdir().unwrap();
+    let e = prepare("coco-stuff164k", from.path(), from.path(), &no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("annotations/val2017"), "{e}");
+    let e = prepare("context59", from.path(), from.path(), &no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SegmentationClassContext"), "{e}");
+    let e = prepare(
+        "voc21",
+        Path::new("/nonexistent/x"),
+        from.path(),
+        &no_progress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("/nonexistent/x"), "{e}");
+}
