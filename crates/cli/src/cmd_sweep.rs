@@ -30,6 +30,9 @@ pub struct SweepArgs {
     /// Hide progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Stop as if interrupted after this many images (to try out resuming).
+    #[arg(long, value_name = "N")]
+    pub stop_after_images: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +83,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         run_id: args.run_id,
         data_dir: args.data_dir,
         progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        stop_after_images: args.stop_after_images,
         ..RunOptions::default()
     };
     let cancel = opts.cancel.clone();

@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Set to stop after the image in flight (Ctrl-C).
     pub cancel: Arc<AtomicBool>,
+    /// Stop as if interrupted after this many images (over all groups); used to test and
+    /// demonstrate resuming.
+    pub stop_after_images: Option<usize>,
 }
 
 impl Default for RunOptions {
@@ -48,6 +51,7 @@ impl Default for RunOptions {
             cache_dir: None,
             progress: false,
             cancel: Arc::new(AtomicBool::new(false)),
+            stop_after_images: None,
         }
     }
 }
@@ -119,8 +123,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     }
     let ran = pending.len();
     let mut models: HashMap<ModelSection, Arc<ClipModel>> = HashMap::new();
+    let mut images_done = 0usize;
     for group in groups(&pending) {
-        run_group(exp, opts, &dir, &group, &mut models)?;
+        run_group(exp, opts, &dir, &group, &mut models, &mut images_done)?;
     }
     let records = finalize(exp, &dir)?;
     Ok(RunSummary {
@@ -277,6 +282,7 @@ fn run_group(
     dir: &Path,
     group: &[&Config],
     models: &mut HashMap<ModelSection, Arc<ClipModel>>,
+    images_done: &mut usize,
 ) -> Result<()> {
     let first = group[0];
     let seed = exp.spec.raw.experiment.seed;
@@ -338,9 +344,11 @@ fn run_group(
     let max_vis = exp.spec.raw.experiment.max_visualisations;
 
     for i in start..ds.len() {
-        if opts.cancel.load(Ordering::SeqCst) {
+        let budget_spent = opts.stop_after_images.is_some_and(|n| *images_done >= n);
+        if opts.cancel.load(Ordering::SeqCst) || budget_spent {
             return Err(RunnerError::Interrupted);
         }
+        *images_done += 1;
         let id = ds.id(i).unwrap_or("?").to_string();
         let sample = match ds.load(i) {
             Ok(s) => s,

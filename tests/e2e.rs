@@ -1,0 +1,520 @@
+//! End-to-end tests of the `segsweep` binary on temporary directories, with the built-in tiny
+//! random-weight CLIP and the built-in synthetic dataset (every number they produce is labelled
+//! synthetic; they test the machinery, not segmentation quality).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run segsweep")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "segsweep failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// variants (baseline, +pamr) × one grid parameter (prob_thd): 2×2 configurations.
+const SPEC_2X2: &str = r#"
+[experiment]
+name = "e2e"
+output_dir = "out"
+
+[model]
+source = "builtin:tiny-random"
+
+[dataset]
+name = "synthetic"
+synthetic_images = 3
+short_side = 224
+
+[inference]
+batch_size = 4
+
+[[pipeline]]
+plugin = "pamr"
+steps = 2
+
+[sweep]
+baseline = "baseline"
+
+[sweep.grid]
+"inference.prob_thd" = [0.0, 0.2]
+
+[[sweep.variants]]
+name = "baseline"
+pipeline = []
+
+[[sweep.variants]]
+name = "+pamr"
+"#;
+
+fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_dir(root: &Path) -> PathBuf {
+    let exp = root.join("out/e2e");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&exp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.remove(0)
+}
+
+fn summary_rows(dir: &Path) -> Vec<csv::StringRecord> {
+    let mut r = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
+    r.records().map(|x| x.unwrap()).collect()
+}
+
+fn metric_columns(dir: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let cols = [
+        "config_hash",
+        "miou_pct",
+        "person_iou_pct",
+        "aacc_pct",
+        "macc_pct",
+        "fwiou_pct",
+    ];
+    let idx: Vec<usize> = cols
+        .iter()
+        .map(|c| h.iter().position(|x| x == *c).unwrap())
+        .collect();
+    r.records()
+        .map(|x| {
+            let x = x.unwrap();
+            idx.iter().map(|&i| x[i].to_string()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn sweep_2x2_writes_tables_counts_and_charts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "spec.toml", SPEC_2X2);
+    let stdout = ok(&run(
+        &["sweep", spec.to_str().unwrap(), "--quiet"],
+        tmp.path(),
+    ));
+    assert!(stdout.contains("not a benchmark result"), "{stdout}");
+    let dir = run_dir(tmp.path());
+
+    let mut r = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    for col in [
+        "run_id",
+        "config_hash",
+        "variant",
+        "inference.prob_thd",
+        "dataset",
+        "images",
+        "miou_pct",
+        "person_iou_pct",
+        "aacc_pct",
+        "macc_pct",
+        "fwiou_pct",
+        "seconds",
+        "ms_per_image",
+        "model_id",
+        "model_file_hash",
+        "device",
+        "dtype",
+        "segsweep_version",
+        "git_rev",
+        "weights",
+    ] {
+        assert!(
+            header.iter().any(|h| h == col),
+            "summary.csv lacks {col}: {header:?}"
+        );
+    }
+    let rows = summary_rows(&dir);
+    assert_eq!(rows.len(), 4);
+    let weights = header.iter().position(|h| h == "weights").unwrap();
+    let images = header.iter().position(|h| h == "images").unwrap();
+    let miou = header.iter().position(|h| h == "miou_pct").unwrap();
+    for row in &rows {
+        assert_eq!(&row[weights], "synthetic");
+        assert_eq!(&row[images], "3");
+        let m: f64 = row[miou].parse().unwrap();
+        assert!((0.0..=100.0).contains(&m));
+    }
+    // Thresholds change predictions: prob_thd 0.2 on random weights pushes pixels to class 0.
+    let variant = header.iter().position(|h| h == "variant").unwrap();
+    assert_eq!(rows.iter().filter(|r| &r[variant] == "baseline").count(), 2);
+
+    let per_class = std::fs::read_to_string(dir.join("per_class.csv")).unwrap();
+    let n_classes = per_class
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(&rows[0][1]))
+        .count();
+    assert!(n_classes >= 3);
+    assert_eq!(per_class.lines().count(), 1 + 4 * n_classes);
+
+    let counts: Vec<PathBuf> = std::fs::read_dir(dir.join("counts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    for c in &counts {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(c).unwrap()).unwrap();
+        let inter = v["counts"]["intersect"].as_array().unwrap();
+        let label = v["counts"]["label"].as_array().unwrap();
+        assert_eq!(inter.len(), n_classes);
+        let total: u64 = label.iter().map(|x| x.as_u64().unwrap()).sum();
+        assert!(total > 0, "no labelled pixel counted in {}", c.display());
+    }
+    assert_eq!(std::fs::read_dir(dir.join("configs")).unwrap().count(), 4);
+    assert!(dir.join("spec.toml").exists());
+
+    for stem in ["overall", "per_class", "delta", "param_inference_prob_thd"] {
+        let png = dir.join("charts").join(format!("{stem}.png"));
+        let img = image::open(&png)
+            .unwrap_or_else(|e| panic!("{}: {e}", png.display()))
+            .to_rgb8();
+        assert!(img.width() > 300 && img.height() > 200);
+        assert!(
+            img.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 2000,
+            "{} is blank",
+            png.display()
+        );
+        let svg = std::fs::read_to_string(dir.join("charts").join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<text"));
+    }
+}
+
+#[test]
+fn interrupted_sweep_resumes_to_identical_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "spec.toml", SPEC_2X2);
+    let spec = spec.to_str().unwrap();
+    // Uninterrupted reference run in another run directory.
+    ok(&run(
+        &["sweep", spec, "--quiet", "--run-id", "reference"],
+        tmp.path(),
+    ));
+    let reference = metric_columns(&tmp.path().join("out/e2e/reference"));
+
+    // Stop after 2 of the 3 images of the first group, as Ctrl-C would.
+    let err = fails(&run(
+        &[
+            "sweep",
+            spec,
+            "--quiet",
+            "--run-id",
+            "resumed",
+            "--stop-after-images",
+            "2",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("interrupted") && err.contains("resume"),
+        "{err}"
+    );
+    let dir = tmp.path().join("out/e2e/resumed");
+    let partials = std::fs::read_dir(dir.join("counts"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".partial.json")
+        })
+        .count();
+    assert!(
+        partials > 0,
+        "no checkpoint written before the interruption"
+    );
+    let out = ok(&run(
+        &["sweep", spec, "--quiet", "--run-id", "resumed"],
+        tmp.path(),
+    ));
+    assert!(out.contains("4 configuration(s)"), "{out}");
+    assert_eq!(metric_columns(&dir), reference);
+
+    // A third run finds everything finished and computes nothing.
+    let out = ok(&run(
+        &["sweep", spec, "--quiet", "--run-id", "resumed"],
+        tmp.path(),
+    ));
+    assert!(out.contains("0 computed, 4 already finished"), "{out}");
+}
+
+#[test]
+fn plot_redraws_charts_from_saved_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "spec.toml", SPEC_2X2);
+    ok(&run(
+        &["sweep", spec.to_str().unwrap(), "--quiet"],
+        tmp.path(),
+    ));
+    let dir = run_dir(tmp.path());
+    std::fs::remove_dir_all(dir.join("charts")).unwrap();
+    std::fs::remove_file(dir.join("summary.csv")).unwrap();
+    ok(&run(&["plot", dir.to_str().unwrap()], tmp.path()));
+    assert!(dir.join("charts/overall.png").exists() && dir.join("charts/delta.svg").exists());
+    assert_eq!(summary_rows(&dir).len(), 4);
+}
+
+#[test]
+fn plugins_lists_every_registered_plugin_sorted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(&run(&["plugins"], tmp.path()));
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "clip-rc",
+            "cliptrase",
+            "densecrf",
+            "loftup",
+            "pamr",
+            "resclip"
+        ]
+    );
+    let one = ok(&run(&["plugins", "cliptrase"], tmp.path()));
+    assert!(
+        one.contains("correlation_temperature") && one.contains("phase2a") && one.contains("paper"),
+        "{one}"
+    );
+    let err = fails(&run(&["plugins", "cliptrace"], tmp.path()));
+    assert!(err.contains("did you mean `cliptrase`"), "{err}");
+}
+
+#[test]
+fn every_shipped_experiment_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut n = 0;
+    for e in std::fs::read_dir(root.join("experiments")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let out = ok(&run(&["validate", p.to_str().unwrap()], &root));
+            assert!(out.contains("configuration(s)"), "{out}");
+            n += 1;
+        }
+    }
+    assert!(n >= 7, "expected the 7 shipped specs, found {n}");
+}
+
+#[test]
+fn predict_writes_probs_labels_and_overlay_for_a_non_square_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image::RgbImage::from_fn(150, 97, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    });
+    let path = tmp.path().join("photo.png");
+    img.save(&path).unwrap();
+    std::fs::write(
+        tmp.path().join("classes.txt"),
+        "sky, wall\nperson, person in shirt\ncar\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("pred");
+    ok(&bin()
+        .args([
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "classes.txt",
+            "photo.png",
+            "--out",
+            "pred",
+            "--short-side",
+            "224",
+            "--pipeline",
+            "pamr",
+            "--set",
+            "pamr.steps=1",
+        ])
+        .current_dir(tmp.path())
+        .env("SEGSWEEP_CACHE", tmp.path().join("cache"))
+        .output()
+        .unwrap());
+    let probs = std::fs::read(out.join("photo.probs.npy")).unwrap();
+    let header = String::from_utf8_lossy(&probs[..128]);
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("(3, 97, 150)"),
+        "{header}"
+    );
+    let pred = image::open(out.join("photo.pred.png")).unwrap().to_luma8();
+    assert_eq!(pred.dimensions(), (150, 97));
+    assert!(pred.pixels().all(|p| p.0[0] < 3));
+    assert_eq!(
+        image::open(out.join("photo.overlay.png")).unwrap().width(),
+        150
+    );
+}
+
+// ---- bad input: one test per case; each names the file, the key and a hint, writes no result.
+
+fn bad(spec_text: &str) -> (String, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap().keep();
+    let spec = write_spec(&tmp, "bad.toml", spec_text);
+    let err = fails(&run(&["sweep", spec.to_str().unwrap(), "--quiet"], &tmp));
+    assert!(
+        err.contains("bad.toml"),
+        "error does not name the file: {err}"
+    );
+    assert!(
+        !tmp.join("out/e2e").exists()
+            || std::fs::read_dir(tmp.join("out/e2e")).unwrap().all(|d| !d
+                .unwrap()
+                .path()
+                .join("summary.csv")
+                .exists()),
+        "a failed spec wrote results"
+    );
+    (err, tmp)
+}
+
+const HEAD: &str = "[experiment]\nname = \"e2e\"\noutput_dir = \"out\"\n[model]\nsource = \"builtin:tiny-random\"\n";
+
+#[test]
+fn bad_input_malformed_toml() {
+    let (err, _) = bad(&format!("{HEAD}[inference\nmode = \"slide\"\n"));
+    assert!(
+        err.contains("malformed TOML") && err.contains("line"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_unknown_key() {
+    let (err, _) = bad(&format!("{HEAD}[inference]\nprob_thrd = 0.1\n"));
+    assert!(
+        err.contains("inference") && err.contains("prob_thrd") && err.contains("hint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_unknown_plugin() {
+    let (err, _) = bad(&format!("{HEAD}[[pipeline]]\nplugin = \"cliptrace\"\n"));
+    assert!(
+        err.contains("pipeline[0].plugin") && err.contains("did you mean `cliptrase`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_wrong_type() {
+    let (err, _) = bad(&format!("{HEAD}[inference]\ncrop = \"big\"\n"));
+    assert!(
+        err.contains("inference.crop") && err.contains("hint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_out_of_range_plugin_value() {
+    let (err, _) = bad(&format!(
+        "{HEAD}[[pipeline]]\nplugin = \"cliptrase\"\ncorrelation_temperature = 50.0\n"
+    ));
+    assert!(
+        err.contains("correlation_temperature")
+            && err.contains("out of range")
+            && err.contains("cliptrase"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_empty_sweep() {
+    let (err, _) = bad(&format!(
+        "{HEAD}[sweep.grid]\n\"inference.prob_thd\" = []\n"
+    ));
+    assert!(
+        err.contains("inference.prob_thd") && err.contains("nothing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_duplicate_sweep() {
+    let (err, _) = bad(&format!(
+        "{HEAD}[sweep.grid]\n\"inference.prob_thd\" = [0.1, 0.1]\n"
+    ));
+    assert!(
+        err.contains("appears twice") && err.contains("duplicate"),
+        "{err}"
+    );
+    let (err, _) = bad(&format!(
+        "{HEAD}[[sweep.variants]]\nname = \"a\"\n[[sweep.variants]]\nname = \"b\"\n"
+    ));
+    assert!(err.contains("identical settings"), "{err}");
+}
+
+#[test]
+fn bad_input_stage_order_names_both_plugins() {
+    let (err, _) = bad(&format!(
+        "{HEAD}[[pipeline]]\nplugin = \"pamr\"\n[[pipeline]]\nplugin = \"cliptrase\"\n"
+    ));
+    assert!(
+        err.contains("`cliptrase`") && err.contains("`pamr`") && err.contains("data flow"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_unwritable_output_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("blocker"),
+        "a file where a directory should be",
+    )
+    .unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "bad.toml",
+        &format!("{HEAD}[dataset]\nsynthetic_images = 1\n")
+            .replace("output_dir = \"out\"", "output_dir = \"blocker/out\""),
+    );
+    let err = fails(&run(
+        &["sweep", spec.to_str().unwrap(), "--quiet"],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("blocker") && err.contains("output_dir"),
+        "{err}"
+    );
+}
