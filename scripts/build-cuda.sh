@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Build `segsweep` with candle's CUDA backend on a machine WITHOUT a GPU or a CUDA toolkit.
+#
+# Recipe (shared/research/rust-stack.md §1): nvcc 13.0.88 and the CUDA 13.0 runtime headers come
+# from PyPI wheels; cuBLAS, cuRAND, NVRTC and the driver library are only needed at link time, so
+# we link against generated stub libraries with the right sonames. The binary then runs on a
+# machine with an NVIDIA driver (580+) and CUDA 13 libraries:
+#     LD_LIBRARY_PATH=/usr/local/cuda/lib64 ./segsweep-cuda sweep SPEC --set model.device=cuda:0
+# nvcc 13.0 is required: a newer nvcc emits PTX that driver 580 cannot JIT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CAP="${CUDA_COMPUTE_CAP:-90}"          # 90 = Hopper (H100/H200); 80 also covers Ampere
+P="${CUDA_PREFIX:-$PWD/.cuda/cu13}"    # ignored by git
+WHEELS="$PWD/.cuda/wheels"
+
+if [ ! -x "$P/bin/nvcc" ]; then
+    mkdir -p "$WHEELS" "$P"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        --platform manylinux2014_x86_64 --python-version 3.11 -d "$WHEELS" \
+        nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+        nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+    tmp=$(mktemp -d)
+    for w in "$WHEELS"/*.whl; do unzip -q -o "$w" -d "$tmp"; done
+    cp -a "$tmp"/nvidia/cu13/. "$P"/
+    rm -rf "$tmp"
+    chmod +x "$P"/bin/* "$P"/nvvm/bin/* 2>/dev/null || true
+    ln -sf libcudart.so.13 "$P/lib/libcudart.so"
+fi
+
+export PATH="$P/bin:$PATH" CUDA_HOME="$P" CUDA_ROOT="$P" CUDA_COMPUTE_CAP="$CAP" CUDARC_CUDA_VERSION=13000
+
+# Stub libraries for the link: every undefined cu*/nvrtc*/curand*/cublas* symbol of the compiled
+# rlibs becomes an empty function in a shared object with the real soname. They are never loaded
+# at run time (the real libraries are).
+make_stubs() {
+    local stubs="$P/lib/stubs"
+    mkdir -p "$stubs"
+    local syms
+    syms=$(nm -u target/release/deps/lib{cudarc,candle_core,candle_kernels}-*.rlib 2>/dev/null \
+        | awk '{print $2}' | sort -u || true)
+    gen() { # name soname regex
+        local c="$stubs/$1.c"
+        : > "$c"
+        echo "$syms" | grep -E "$3" | while read -r s; do echo "void $s(void){}" >> "$c"; done
+        gcc -shared -fPIC -Wl,-soname,"$2" -o "$stubs/$1.so" "$c"
+        ln -sf "$1.so" "$stubs/$2"
+    }
+    gen libcuda libcuda.so.1 '^cu[A-Z]'
+    gen libnvrtc libnvrtc.so.13 '^nvrtc'
+    gen libcurand libcurand.so.10 '^curand'
+    gen libcublasLt libcublasLt.so.13 '^cublasLt'
+    gen libcublas libcublas.so.13 '^cublas[^L]'
+}
+
+# First pass compiles the kernels (the final link may fail without stubs), then stubs, then link.
+cargo build --release -p segsweep --features cuda || true
+make_stubs
+cargo build --release -p segsweep --features cuda
+cp target/release/segsweep target/release/segsweep-cuda
+echo "built target/release/segsweep-cuda (compute capability $CAP)"
+ldd target/release/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true
