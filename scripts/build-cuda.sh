@@ -28,6 +28,8 @@ if [ ! -x "$P/bin/nvcc" ]; then
     ln -sf libcudart.so.13 "$P/lib/libcudart.so"
 fi
 
+# A separate target dir, so the CPU build is not rebuilt with other features.
+export CARGO_TARGET_DIR="$PWD/target/cuda"
 export PATH="$P/bin:$PATH" CUDA_HOME="$P" CUDA_ROOT="$P" CUDA_COMPUTE_CAP="$CAP" CUDARC_CUDA_VERSION=13000
 
 # Stub libraries for the link: every undefined cu*/nvrtc*/curand*/cublas* symbol of the compiled
@@ -37,7 +39,7 @@ make_stubs() {
     local stubs="$P/lib/stubs"
     mkdir -p "$stubs"
     local syms
-    syms=$(nm -u target/release/deps/lib{cudarc,candle_core,candle_kernels}-*.rlib 2>/dev/null \
+    syms=$(nm -u $CARGO_TARGET_DIR/release/deps/lib{cudarc,candle_core,candle_kernels}-*.rlib 2>/dev/null \
         | awk '{print $2}' | sort -u || true)
     gen() { # name soname regex
         local c="$stubs/$1.c"
@@ -57,6 +59,6 @@ make_stubs() {
 cargo build --release -p segsweep --features cuda || true
 make_stubs
 cargo build --release -p segsweep --features cuda
-cp target/release/segsweep target/release/segsweep-cuda
-echo "built target/release/segsweep-cuda (compute capability $CAP)"
-ldd target/release/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true
+cp "$CARGO_TARGET_DIR/release/segsweep" target/segsweep-cuda
+echo "built target/segsweep-cuda (compute capability $CAP)"
+ldd target/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true

@@ -6,6 +6,8 @@ Run by hand (never by CI):
     python3 tests/reference/make_tiny_clip.py            # tests/fixtures/{tiny-clip,clip}/
     python3 tests/reference/make_tiny_clip.py --full /tmp/clip-b16-random
                                                          # seeded random full ViT-B/16 (not committed)
+    python3 tests/reference/make_tiny_clip.py --speed /tmp/clip-b16-random
+                                                         # PyTorch timing (vs the clip_speed example)
 
 Needs torch + transformers (PyPI) and, for the token goldens, the `open_clip_torch` wheel (its
 `tokenizer.py` is loaded directly, so torchvision is not needed) plus `ftfy`:
@@ -332,10 +334,52 @@ def make_goldens():
         print(f"{k:16s} {tuple(v.shape)}")
 
 
+def speed(model_dir: str, batch: int) -> None:
+    """PyTorch counterpart of `cargo run --release -p segsweep-clip --example clip_speed`:
+    prefix + SCLIP last block + head per 224² crop, and the 56×80-prompt text classifier, f32,
+    all cores (torch's default thread count)."""
+    import time
+    model = CLIPModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.inference_mode():
+        def run():
+            r = vision_run(model, x)
+            return head(model, strategy("sclip", r["last"], r["x"], r["heads"], r["grid"]), r["grid"])
+        run()
+        reps = 3
+        t = time.perf_counter()
+        for _ in range(reps):
+            run()
+        ms = (time.perf_counter() - t) * 1e3 / (reps * batch)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"vision: {ms:.1f} ms per 224² crop (batch {batch}, prefix + sclip + head)")
+        tokenize = load_open_clip_tokenizer()
+        prompts = [t.format(f"class name {i}") for i in range(56) for t in TEMPLATES_FOR_SPEED]
+        t = time.perf_counter()
+        ids = tokenize(prompts).long()
+        for chunk in ids.split(256):
+            f = text_features(model, chunk)
+            f = f / f.norm(dim=-1, keepdim=True)
+        print(f"text: {time.perf_counter() - t:.2f} s for 56 queries × 80 templates (cold, 77 tokens)")
+
+
+# Only the count and lengths matter for timing; these are the first 8 OpenAI templates × 10.
+TEMPLATES_FOR_SPEED = [
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
+    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
+    "graffiti of a {}.", "a bad photo of the {}.",
+] * 10
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", metavar="DIR", help="write a seeded random full ViT-B/16 (f32) to DIR")
+    ap.add_argument("--speed", metavar="DIR", help="time the PyTorch reference on the model in DIR")
+    ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
+    if args.speed:
+        speed(args.speed, args.batch)
+        return
     if args.full:
         build(FULL_B16, Path(args.full), torch.float32, "random-fixture")
         print(f"wrote {args.full}")

@@ -3,7 +3,10 @@
 use segsweep_core::{ParamDefault, ParamSpec, ParamType};
 
 /// Values of `variant`.
-pub const VARIANTS: &[&str] = &["phase2a"];
+pub const VARIANTS: &[&str] = &["phase2a", "paper"];
+
+/// Values of `vote` (paper variant).
+pub const VOTES: &[&str] = &["mean-logits", "majority"];
 
 /// Defaults, shared by the schema and by the check that a variant's foreign keys stay unset.
 pub const DEFAULT_TEMPERATURE: f64 = 0.05;
@@ -15,7 +18,9 @@ pub const PARAMS: &[ParamSpec] = &[
         ty: ParamType::Choice(VARIANTS),
         default: ParamDefault::Str("phase2a"),
         doc: "`phase2a`: the project's design notes (feature self-correlation softmax, blended \
-              with the input); not the published method.",
+              with the input); not the published method. `paper`: CLIPtrase (ECCV'24): \
+              qq+kk+vv last block, layer-11 self-correlation clusters (DBSCAN), median-filtered \
+              cluster regions, per-region vote.",
     },
     ParamSpec {
         name: "correlation_temperature",
@@ -33,5 +38,41 @@ pub const PARAMS: &[ParamSpec] = &[
         default: ParamDefault::Float(DEFAULT_STRENGTH),
         doc: "phase2a: α in out = (1 − α)·f̂ + α·W f̂ (design notes: 0.5). 0 leaves the \
               features' directions unchanged.",
+    },
+    ParamSpec {
+        name: "eps",
+        ty: ParamType::Float {
+            min: 1e-6,
+            max: 1e3,
+        },
+        default: ParamDefault::None,
+        doc: "paper: DBSCAN ε (Euclidean, on rows of the global-removed self-correlation). \
+              Unset: 0.7 for grids up to 318 patches (224 px crops), else 1.1 (336 px), as \
+              upstream.",
+    },
+    ParamSpec {
+        name: "min_samples",
+        ty: ParamType::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: ParamDefault::None,
+        doc: "paper: DBSCAN min_samples, the point itself included. Unset: 3 for grids up to \
+              318 patches (224 px crops), else 7 (336 px), as upstream.",
+    },
+    ParamSpec {
+        name: "vote",
+        ty: ParamType::Choice(VOTES),
+        default: ParamDefault::Str("mean-logits"),
+        doc: "paper: `mean-logits` (the d2 version: a region's pixels take the mean of its \
+              upsampled logits; averages across windows) or `majority` (per-window majority \
+              query, output as that query's text embedding).",
+    },
+    ParamSpec {
+        name: "correlation_layer",
+        ty: ParamType::Int { min: 1, max: 64 },
+        default: ParamDefault::Int(11),
+        doc: "paper: 1-based layer whose q, k, v give the self-correlation (upstream: 11, the \
+              penultimate layer of ViT-B/16).",
     },
 ];

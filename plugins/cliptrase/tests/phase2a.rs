@@ -88,3 +88,31 @@ fn unknown_keys_and_ranges_are_rejected_before_building() {
     assert!(bad("temperature", toml::Value::Float(0.1)).contains("correlation_temperature"));
     assert!(bad("variant", toml::Value::String("cliptrase".into())).contains("phase2a"));
 }
+
+#[test]
+fn keys_of_the_other_variant_are_rejected() {
+    let spec = registry().unwrap().get("cliptrase").unwrap();
+    let build = |pairs: &[(&str, toml::Value)]| {
+        let raw: BTreeMap<String, toml::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        spec.instantiate(&raw).err().map(|e| e.to_string())
+    };
+    let paper = toml::Value::String("paper".into());
+    let e = build(&[
+        ("variant", paper.clone()),
+        ("correlation_temperature", toml::Value::Float(0.1)),
+    ]);
+    assert!(e.unwrap_or_default().contains("phase2a"));
+    let e = build(&[("eps", toml::Value::Float(0.7))]);
+    assert!(e
+        .unwrap_or_default()
+        .contains("only used by variant = \"paper\""));
+    let e = build(&[("vote", toml::Value::String("majority".into()))]);
+    assert!(e.unwrap_or_default().contains("paper"));
+    assert_eq!(
+        build(&[("variant", paper), ("eps", toml::Value::Float(0.7))]),
+        None
+    );
+}

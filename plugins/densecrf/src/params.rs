@@ -219,3 +219,54 @@ pub const PARAMS: &[ParamSpec] = &[
         doc: "Appearance kernel weight w⁽¹⁾, Potts (default: from the preset, 10 or 4); 0 disables it.",
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn resolve(pairs: &[(&str, toml::Value)]) -> segsweep_core::Result<Params> {
+        let raw: BTreeMap<String, toml::Value> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Params::resolve("densecrf", PARAMS, &raw)
+    }
+
+    #[test]
+    fn presets_resolve_and_fields_override() {
+        let p = resolve(&[]).unwrap();
+        assert_eq!(CrfParams::from_params(&p).unwrap(), CrfParams::preset(Preset::Pydensecrf));
+
+        let p = resolve(&[
+            ("preset", toml::Value::String("deeplab".into())),
+            ("iterations", toml::Value::Integer(2)),
+            ("bilateral_srgb", toml::Value::Float(5.5)),
+            ("gauss_compat", toml::Value::Integer(0)),
+        ])
+        .unwrap();
+        let c = CrfParams::from_params(&p).unwrap();
+        let want = CrfParams {
+            iterations: 2,
+            bilateral_srgb: 5.5,
+            gauss_compat: 0.0,
+            ..CrfParams::preset(Preset::Deeplab)
+        };
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_with_the_key() {
+        let e = resolve(&[("bilateral_sxy", toml::Value::Float(0.0))]).unwrap_err();
+        assert!(e.to_string().contains("bilateral_sxy"), "{e}");
+        let e = resolve(&[("preset", toml::Value::String("crfasrnn".into()))]).unwrap_err();
+        assert!(e.to_string().contains("preset"), "{e}");
+        let bad = CrfParams {
+            gauss_sxy: f32::NAN,
+            ..CrfParams::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().contains("gauss_sxy"), "{e}");
+        assert!("nope".parse::<Preset>().is_err());
+        assert_eq!("deeplab".parse::<Preset>().unwrap(), Preset::Deeplab);
+    }
+}
