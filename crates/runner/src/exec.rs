@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Set to stop after the image in flight (Ctrl-C).
     pub cancel: Arc<AtomicBool>,
+    /// Share each image's backbone prefix across the configurations that can (default true);
+    /// false runs every configuration on its own (same numbers, more time).
+    pub share_prefix: bool,
     /// Stop as if interrupted after this many images (over all groups); used to test and
     /// demonstrate resuming.
     pub stop_after_images: Option<usize>,
@@ -52,6 +55,7 @@ impl Default for RunOptions {
             progress: false,
             cancel: Arc::new(AtomicBool::new(false)),
             stop_after_images: None,
+            share_prefix: true,
         }
     }
 }
@@ -124,7 +128,12 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     let ran = pending.len();
     let mut models: HashMap<ModelSection, Arc<ClipModel>> = HashMap::new();
     let mut images_done = 0usize;
-    for group in groups(&pending) {
+    let groups = if opts.share_prefix {
+        groups(&pending)
+    } else {
+        pending.iter().map(|c| vec![*c]).collect()
+    };
+    for group in groups {
         run_group(exp, opts, &dir, &group, &mut models, &mut images_done)?;
     }
     let records = finalize(exp, &dir)?;
