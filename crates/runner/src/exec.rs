@@ -305,6 +305,22 @@ fn run_group(
         ));
     }
     let classes = class_names(&first.dataset, &ds)?;
+    // Build every refiner before loading weights, so a missing checkpoint or a bad parameter
+    // fails in seconds.
+    let mut jobs: Vec<Job> = Vec::new();
+    for c in group {
+        let refiners = c
+            .pipeline
+            .iter()
+            .map(|s| (s.plugin.build)(&s.params))
+            .collect::<segsweep_core::Result<Vec<_>>>()?;
+        let partial = read_partial(dir, &c.hash, classes.len())?;
+        jobs.push(Job {
+            config: c,
+            refiners,
+            partial,
+        });
+    }
     let model = load_model(&first.model, models)?;
     let cache_dir = opts
         .cache_dir
@@ -322,20 +338,6 @@ fn run_group(
     };
     let background = ds.info.background_class;
 
-    let mut jobs: Vec<Job> = Vec::new();
-    for c in group {
-        let refiners = c
-            .pipeline
-            .iter()
-            .map(|s| (s.plugin.build)(&s.params))
-            .collect::<segsweep_core::Result<Vec<_>>>()?;
-        let partial = read_partial(dir, &c.hash, classes.len())?;
-        jobs.push(Job {
-            config: c,
-            refiners,
-            partial,
-        });
-    }
     let needs = jobs
         .iter()
         .flat_map(|j| j.refiners.iter())
