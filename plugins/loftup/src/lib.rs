@@ -55,9 +55,10 @@ pub use params::PARAMS;
 /// normalisation.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// CLIP's mean/std on the 0..=1 scale.
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// CLIP's mean/std on the 0..=1 scale (0.48145466, 0.4578275, 0.40821073) /
+/// (0.26862954, 0.26130258, 0.27577711), as f32.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_7];
+pub const CLIP_STD: [f32; 3] = [0.268_629_5, 0.261_302_6, 0.275_777_1];
 
 /// Attention heads of the released checkpoints (`LoftUp(num_heads=4)`); not stored in weights.
 pub const HEADS: usize = 4;
@@ -258,18 +259,20 @@ impl Refiner for LoftUpRefiner {
             let s = self.output_stride;
             guidance = area_resize(&guidance, hc.div_ceil(s), wc.div_ceil(s))?;
         }
-        // One crop at a time: min-max scaling is per image (see the crate doc).
-        let out = (0..b)
-            .map(|i| {
-                model.forward_tiled(
-                    &lr.narrow(0, i, 1)?,
-                    &guidance.narrow(0, i, 1)?,
-                    self.tile_rows,
-                )
-            })
-            .collect::<Result<Vec<_>, LoftUpError>>()?;
+        // One crop at a time: min-max scaling is per image (see the crate doc). Written in
+        // place, since at full resolution a batch of 8 crops is already 8·512·224² f32 = 822 MB.
+        let (_, _, ho, wo) = guidance.dims4()?;
+        let out = Tensor::zeros((b, e, ho, wo), DType::F32, model.device())?;
+        for i in 0..b {
+            let y = model.forward_tiled(
+                &lr.narrow(0, i, 1)?,
+                &guidance.narrow(0, i, 1)?,
+                self.tile_rows,
+            )?;
+            out.slice_set(&y, 0, i)?;
+        }
         Ok(FeatureMap {
-            feats: Tensor::cat(&out, 0)?.to_dtype(feats.feats.dtype())?,
+            feats: out.to_dtype(feats.feats.dtype())?,
             normalised: false,
         })
     }

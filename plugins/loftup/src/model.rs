@@ -109,7 +109,7 @@ impl LoftUpConfig {
             mlp_hidden,
             depth,
         };
-        if heads == 0 || cfg.channels() % heads != 0 {
+        if heads == 0 || !cfg.channels().is_multiple_of(heads) {
             return Err(LoftUpError::Config(format!(
                 "transformer width {} is not divisible by {heads} heads",
                 cfg.channels()
@@ -599,7 +599,8 @@ impl LoftUp {
             .collect::<Result<Vec<_>>>()?;
 
         let scaled = min_max_scale(&guidance)?;
-        let mut bands = Vec::with_capacity(h.div_ceil(tile_rows));
+        // Bands are written in place: concatenating them would hold the output twice.
+        let out = Tensor::zeros((b, self.cfg.dim, h, w), DType::F32, &self.device)?;
         for r0 in (0..h).step_by(tile_rows) {
             let r1 = (r0 + tile_rows).min(h);
             let q = self.query_features(&scaled, r0, r1)?;
@@ -610,9 +611,10 @@ impl LoftUp {
             let x = self.final_norm.forward(&x)?;
             // final_conv: a 1×1 conv (a per-pixel linear map), then the channel LN (eps 1e-6).
             let y = self.final_ln.forward(&self.final_proj.forward(&x)?)?;
-            bands.push(y.transpose(1, 2)?.reshape((b, self.cfg.dim, r1 - r0, w))?);
+            let band = y.transpose(1, 2)?.reshape((b, self.cfg.dim, r1 - r0, w))?;
+            out.slice_set(&band.contiguous()?, 2, r0)?;
         }
-        Ok(Tensor::cat(&bands, 2)?)
+        Ok(out)
     }
 
     /// `first_conv(fourier_feat(img))` for output rows `r0..r1` of the min-max scaled image
