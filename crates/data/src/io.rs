@@ -67,12 +67,95 @@ impl LabelMap {
     }
 }
 
-/// Load a PNG or JPEG as `(h, w, 3)` RGB bytes, with EXIF orientation applied (as cv2's
-/// `IMREAD_COLOR` does in mmseg's `LoadImageFromFile`). Errors name the file.
+/// Load a PNG or JPEG as `(h, w, 3)` RGB bytes, with EXIF orientation applied. Errors name
+/// the file.
+///
+/// This reproduces cv2's `imdecode(IMREAD_COLOR)` as mmseg's `LoadImageFromFile` calls it:
+/// JPEGs are decoded by libjpeg-turbo's code (via mozjpeg, islow IDCT, fancy upsampling), which
+/// is bit-identical to cv2 on the files we tried (`crates/data/README.md`); grey images are
+/// replicated to RGB; alpha is dropped; the EXIF orientation is applied.
+///
+// Deviation: libjpeg (and so cv2) decodes a truncated JPEG with a warning and grey fill; we
+// reject a JPEG with no end-of-image marker after its last scan, so that a broken download is
+// an error naming the file instead of a silently wrong sample.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
-    let reader = ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        if !jpeg_is_complete(&bytes) {
+            return Err(DataError::decode(
+                path,
+                "JPEG",
+                "truncated: no end-of-image marker after the last scan",
+            ));
+        }
+        match decode_jpeg_libjpeg(&bytes) {
+            Ok(img) => return Ok(img),
+            // CMYK/YCCK JPEGs cannot be converted to RGB by libjpeg; the `image` crate can.
+            Err(e) => tracing::debug!(
+                "{}: libjpeg decode failed ({e}); using the image crate",
+                path.display()
+            ),
+        }
+    }
+    load_rgb_image_crate(path, &bytes)
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan (FF DA).
+///
+/// Entropy-coded data never holds FF DA or FF D9 (FF bytes are stuffed as FF 00), and EXIF
+/// thumbnails come before the main image's scans, so this catches files cut short.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
+/// Decode a JPEG with libjpeg (mozjpeg) to RGB and apply its EXIF orientation.
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let run =
+        || -> std::io::Result<(usize, usize, Vec<u8>, Option<image::metadata::Orientation>)> {
+            let d =
+                mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)]).from_mem(bytes)?;
+            let orientation = d
+                .markers()
+                .filter_map(|m| m.data.strip_prefix(b"Exif\0\0"))
+                .find_map(image::metadata::Orientation::from_exif_chunk);
+            let mut img = d.rgb()?;
+            let (w, h) = (img.width(), img.height());
+            let px: Vec<[u8; 3]> = img.read_scanlines()?;
+            img.finish()?;
+            Ok((h, w, px.into_iter().flatten().collect(), orientation))
+        };
+    // mozjpeg reports libjpeg's fatal errors by unwinding; keep them as errors.
+    let (h, w, data, orientation) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .map_err(|_| "libjpeg error".to_string())?
+        .map_err(|e| e.to_string())?;
+    if data.len() != h * w * 3 {
+        return Err(format!("decoded {} bytes for {h}×{w}×3", data.len()));
+    }
+    match orientation {
+        None | Some(image::metadata::Orientation::NoTransforms) => Ok(RgbImage { h, w, data }),
+        Some(o) => {
+            let buf = image::RgbImage::from_raw(w as u32, h as u32, data).ok_or("bad buffer")?;
+            let mut dynimg = image::DynamicImage::ImageRgb8(buf);
+            dynimg.apply_orientation(o);
+            let rgb = dynimg.to_rgb8();
+            let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+            Ok(RgbImage {
+                h,
+                w,
+                data: rgb.into_raw(),
+            })
+        }
+    }
+}
+
+/// Decode with the `image` crate (PNG, and JPEGs libjpeg cannot convert).
+fn load_rgb_image_crate(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
     let mut decoder = reader
