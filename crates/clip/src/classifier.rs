@@ -97,10 +97,11 @@ pub const IMAGENET_TEMPLATES: [&str; 80] = [
 ];
 
 /// Parse a class-name file in SCLIP's format: one class per line, synonyms separated by
-/// exactly `", "`; every synonym becomes its own query. As Python's `readlines()` + `split(', ')`
-/// + `replace('\n', '')`: spaces are kept (context60's `wood ` keeps its trailing space), a final
-/// newline does not add a class. Deviation: a `\r` before the newline is dropped too, so CRLF
-/// files give the same classes.
+/// exactly `", "`; every synonym becomes its own query. Like Python's `readlines()`, then
+/// `split(', ')` and `replace('\n', '')`: spaces are kept (context60's `wood ` keeps its trailing
+/// space) and a final newline does not add a class.
+///
+/// Deviation: a `\r` before the newline is dropped too, so CRLF files give the same classes.
 pub fn parse_class_names(text: &str) -> Vec<Vec<String>> {
     let body = text.strip_suffix('\n').unwrap_or(text);
     if body.is_empty() && text.len() <= 1 {

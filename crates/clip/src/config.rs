@@ -190,7 +190,7 @@ impl ClipConfig {
         if v.num_hidden_layers == 0 {
             return Err("vision_config.num_hidden_layers must be at least 1".into());
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "vision_config.image_size ({}) must be a multiple of patch_size ({})",
                 v.image_size, v.patch_size

@@ -18,9 +18,11 @@ use crate::text::Text;
 use crate::tokenizer::{ClipTokenizer, VOCAB_SIZE};
 use crate::vision::Vision;
 
-/// CLIP's mean on the 0..=1 scale.
+/// CLIP's mean on the 0..=1 scale (digits as published by OpenAI).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP's std on the 0..=1 scale.
+/// CLIP's std on the 0..=1 scale (digits as published by OpenAI).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Name of the generated tiny model (see [`crate::synthetic`]).
