@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use segsweep_core::RgbImage;
 
 use crate::error::{CrfError, Result};
-use crate::lattice::{Lattice, PIXEL_BLOCK};
+use crate::lattice::{multiversion, padded, Lattice, LANES, PIXEL_BLOCK};
 use crate::params::CrfParams;
 
 /// Lower clip of the probabilities before the log (pydensecrf `unary_from_softmax(clip=1e-5)`).
@@ -36,8 +36,9 @@ pub fn refine_probs(
 ) -> Result<Vec<f32>> {
     check_shapes(image, probs.len(), c, h, w, "probabilities")?;
     let n = h * w;
-    // −U = log(clip(P)), stored pixel-major.
-    let mut neg_u = vec![0f32; n * c];
+    let cp = padded(c);
+    // −U = log(clip(P)), stored pixel-major with rows padded to `cp`.
+    let mut neg_u = vec![0f32; n * cp];
     for (k, plane) in probs.chunks_exact(n).enumerate() {
         for (i, &p) in plane.iter().enumerate() {
             if !(p.is_finite() && p >= 0.0) {
@@ -49,7 +50,7 @@ pub fn refine_probs(
                 });
             }
             // −U = −(−log p) = log p exactly, so store the log directly.
-            neg_u[i * c + k] = p.clamp(PROB_CLIP, 1.0).ln();
+            neg_u[i * cp + k] = p.clamp(PROB_CLIP, 1.0).ln();
         }
     }
     let q = mean_field(image, &neg_u, c, params)?;
@@ -70,10 +71,11 @@ pub fn refine_unary(
 ) -> Result<Vec<f32>> {
     check_shapes(image, unary.len(), c, h, w, "unary")?;
     let n = h * w;
-    let mut neg_u = vec![0f32; n * c];
+    let cp = padded(c);
+    let mut neg_u = vec![0f32; n * cp];
     for (k, plane) in unary.chunks_exact(n).enumerate() {
         for (i, &u) in plane.iter().enumerate() {
-            neg_u[i * c + k] = -u;
+            neg_u[i * cp + k] = -u;
         }
     }
     let q = mean_field(image, &neg_u, c, params)?;
@@ -110,10 +112,11 @@ fn check_shapes(
     Ok(())
 }
 
+/// `(n, padded(c))` pixel-major → `(c, n)` planar.
 fn to_planar(q: &[f32], c: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; c * n];
-    for (i, row) in q.chunks_exact(c).enumerate() {
-        for (k, &v) in row.iter().enumerate() {
+    for (i, row) in q.chunks_exact(padded(c)).enumerate() {
+        for (k, &v) in row[..c].iter().enumerate() {
             out[k * n + i] = v;
         }
     }
@@ -133,18 +136,20 @@ impl Kernel {
     fn new(features: &[f32], d: usize, compat: f32) -> Kernel {
         let lattice = Lattice::new(features, d);
         let n = lattice.n();
-        let ones = vec![1f32; n];
-        let mut values = vec![0f32; lattice.values_len(1)];
+        // K·1 through the one-value (`seqCompute`) path; only lane 0 carries the ones.
+        let mut ones = vec![0f32; n * LANES];
+        ones.iter_mut().step_by(LANES).for_each(|v| *v = 1.0);
+        let mut values = vec![0f32; lattice.values_len(LANES)];
         let mut scratch = values.clone();
-        lattice.splat(1, &ones, None, &mut values);
-        let blurred = lattice.blur(1, &mut values, &mut scratch);
+        lattice.splat(LANES, &ones, &vec![1.0; n], &mut values);
+        let blurred = lattice.blur(LANES, &mut values, &mut scratch);
         let mut norm = vec![0f32; n];
         norm.par_chunks_mut(PIXEL_BLOCK)
             .enumerate()
             .for_each(|(blk, out)| {
                 for (r, o) in out.iter_mut().enumerate() {
-                    let mut s = [0f32];
-                    lattice.slice(blk * PIXEL_BLOCK + r, 1, blurred, &mut s);
+                    let mut s = [0f32; LANES];
+                    lattice.slice(blk * PIXEL_BLOCK + r, LANES, true, blurred, &mut s);
                     // Computed in double in the reference (`1.0 / sqrt(norm + 1e-20)`).
                     *o = (1.0 / (s[0] as f64 + 1e-20).sqrt()) as f32;
                 }
@@ -158,25 +163,33 @@ impl Kernel {
 
     /// tmp ← tmp − (−compat · D^-½ K D^-½ Q), the reference's `PairwisePotential::apply`
     /// followed by `tmp1 -= tmp2`.
+    ///
+    /// `q` and `tmp` are `(n, cp)` with `cp = padded(c)`.
     fn apply(&self, q: &[f32], c: usize, tmp: &mut [f32], values: &mut [f32], scratch: &mut [f32]) {
-        let len = self.lattice.values_len(c);
+        let cp = padded(c);
+        let len = self.lattice.values_len(cp);
         let (values, scratch) = (&mut values[..len], &mut scratch[..len]);
-        self.lattice.splat(c, q, Some(&self.norm), values);
-        let blurred = self.lattice.blur(c, values, scratch);
-        let neg_w = -self.compat;
-        tmp.par_chunks_mut(PIXEL_BLOCK * c)
+        self.lattice.splat(cp, q, &self.norm, values);
+        let blurred = self.lattice.blur(cp, values, scratch);
+        tmp.par_chunks_mut(PIXEL_BLOCK * cp)
             .enumerate()
-            .for_each(|(blk, rows)| {
-                let mut acc = vec![0f32; c];
-                for (r, t) in rows.chunks_mut(c).enumerate() {
-                    let i = blk * PIXEL_BLOCK + r;
-                    self.lattice.slice(i, c, blurred, &mut acc);
-                    let ni = self.norm[i];
-                    for (tk, &a) in t.iter_mut().zip(&acc) {
-                        *tk -= neg_w * (a * ni);
-                    }
-                }
-            });
+            .for_each(|(blk, rows)| slice_rows(self, blk * PIXEL_BLOCK, c, blurred, rows));
+    }
+}
+
+multiversion! {
+    fn slice_rows(k: &Kernel, first: usize, c: usize, blurred: &[f32], rows: &mut [f32]) {
+        let cp = padded(c);
+        let neg_w = -k.compat;
+        let mut acc = vec![0f32; cp];
+        for (r, t) in rows.chunks_exact_mut(cp).enumerate() {
+            let i = first + r;
+            k.lattice.slice(i, cp, c <= 2, blurred, &mut acc);
+            let ni = k.norm[i];
+            for (tk, &a) in t.iter_mut().zip(&acc) {
+                *tk -= neg_w * (a * ni);
+            }
+        }
     }
 }
 
@@ -210,7 +223,7 @@ fn bilateral_features(image: &RgbImage, sxy: f32, srgb: f32) -> Vec<f32> {
     f
 }
 
-/// The mean-field loop on −U `(n, c)` pixel-major; returns Q `(n, c)`.
+/// The mean-field loop on −U `(n, padded(c))` pixel-major (zero padding); returns Q, same layout.
 fn mean_field(image: &RgbImage, neg_u: &[f32], c: usize, params: &CrfParams) -> Result<Vec<f32>> {
     params.validate()?;
     let (h, w) = (image.h, image.w);
@@ -231,7 +244,7 @@ fn mean_field(image: &RgbImage, neg_u: &[f32], c: usize, params: &CrfParams) -> 
     }
     let len = kernels
         .iter()
-        .map(|k| k.lattice.values_len(c))
+        .map(|k| k.lattice.values_len(padded(c)))
         .max()
         .unwrap_or(0);
     let mut values = vec![0f32; len];
@@ -247,22 +260,28 @@ fn mean_field(image: &RgbImage, neg_u: &[f32], c: usize, params: &CrfParams) -> 
     Ok(q)
 }
 
-/// Per-pixel softmax of `input` `(n, c)` into `out`, as the reference's `expAndNormalize`:
-/// subtract the max, exponentiate, divide by the sum.
+/// Per-pixel softmax of the first `c` values of each `(n, padded(c))` row of `input` into
+/// `out`, as the reference's `expAndNormalize`: subtract the max, exponentiate, divide by the sum.
 fn exp_normalize(input: &[f32], out: &mut [f32], c: usize) {
-    out.par_chunks_mut(PIXEL_BLOCK * c)
-        .zip(input.par_chunks(PIXEL_BLOCK * c))
-        .for_each(|(o, x)| {
-            for (ob, xb) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                softmax_row(xb, ob);
-            }
-        });
+    let cp = padded(c);
+    out.par_chunks_mut(PIXEL_BLOCK * cp)
+        .zip(input.par_chunks(PIXEL_BLOCK * cp))
+        .for_each(|(o, x)| softmax_rows(c, x, o));
+}
+
+multiversion! {
+    fn softmax_rows(c: usize, x: &[f32], o: &mut [f32]) {
+        let cp = padded(c);
+        for (ob, xb) in o.chunks_exact_mut(cp).zip(x.chunks_exact(cp)) {
+            softmax_row(&xb[..c], &mut ob[..c]);
+        }
+    }
 }
 
 /// Softmax of one label vector, mirroring Eigen 3.3's SSE evaluation in pydensecrf: the first
 /// ⌊c/4⌋·4 values go through the vectorised Cephes `pexp`, the rest through libm `exp`, and the
 /// sum is Eigen's packet reduction.
-#[inline]
+#[inline(always)]
 fn softmax_row(x: &[f32], out: &mut [f32]) {
     let c = x.len();
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -282,7 +301,7 @@ fn softmax_row(x: &[f32], out: &mut [f32]) {
 /// Sum in the order of Eigen 3.3's `redux` with 4-float packets on an aligned vector: two packet
 /// accumulators over 8-float strides, one optional extra packet, a (0+2)+(1+3) horizontal add,
 /// then the scalar tail.
-#[inline]
+#[inline(always)]
 fn eigen_sum(b: &[f32]) -> f32 {
     let n = b.len();
     let size = n / 4 * 4;
@@ -320,13 +339,13 @@ fn eigen_sum(b: &[f32]) -> f32 {
 /// exp(x) by the Cephes single-precision method that Eigen's SSE `pexp<Packet4f>` uses
 /// (range reduction by n·ln 2 split in two constants, degree-5 polynomial, 2ⁿ built in the
 /// exponent bits), with the same operation order and no fused multiply-add.
-#[inline]
+#[inline(always)]
 #[allow(clippy::excessive_precision)]
 fn cephes_exp(x0: f32) -> f32 {
     // Cephes `expf` constants, spelled as in Eigen so that they can be compared.
     const HI: f32 = 88.3762626647950;
     const LO: f32 = -88.3762626647949;
-    const LOG2EF: f32 = 1.44269504088896341;
+    const LOG2EF: f32 = std::f32::consts::LOG2_E; // Cephes: 1.44269504088896341
     const C1: f32 = 0.693359375;
     const C2: f32 = -2.12194440e-4;
     const P: [f32; 6] = [
@@ -337,9 +356,13 @@ fn cephes_exp(x0: f32) -> f32 {
         1.6666665459e-1,
         5.0000001201e-1,
     ];
+    // Not `clamp`: min/max map NaN into the range, which the unchecked truncation needs.
+    #[allow(clippy::manual_clamp)]
     let x = x0.min(HI).max(LO);
     let fx = x * LOG2EF + 0.5;
-    let t = (fx as i32) as f32;
+    // |fx| ≤ 128 after the clamp (Rust's min/max also map NaN into the range), so the plain
+    // truncation of `t_int` is in range; unlike `as`, it lets the loop vectorise.
+    let t = t_int(fx) as f32;
     let fx = if t > fx { t - 1.0 } else { t };
     let x = x - fx * C1;
     let x = x - fx * C2;
@@ -349,8 +372,15 @@ fn cephes_exp(x0: f32) -> f32 {
         y = y * x + p;
     }
     let y = y * z + x + 1.0;
-    let pow2n = f32::from_bits((((fx as i32) + 127) as u32) << 23);
+    let pow2n = f32::from_bits(((t_int(fx) + 127) as u32) << 23);
     (y * pow2n).max(x0)
+}
+
+/// `fx` (a float in [-128, 129]) truncated to i32, as SSE's `cvttps_epi32`.
+#[inline(always)]
+fn t_int(fx: f32) -> i32 {
+    // SAFETY: callers pass finite values far inside i32's range (see `cephes_exp`).
+    unsafe { fx.to_int_unchecked::<i32>() }
 }
 
 #[cfg(test)]

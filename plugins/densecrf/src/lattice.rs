@@ -12,6 +12,30 @@
 
 use rayon::prelude::*;
 
+/// Define a function twice, generically and compiled for AVX2, and pick at run time. Only the
+/// vector width changes: FMA is not enabled and Rust never contracts `a * b + c`, so every
+/// value is rounded exactly as in the SSE build of the reference.
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            fn avx2($($arg: $ty),*) {
+                generic($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            generic($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
 /// Pixels per rayon task in the per-pixel loops; large enough to amortise task overhead.
 pub(crate) const PIXEL_BLOCK: usize = 512;
 
@@ -39,7 +63,8 @@ pub(crate) struct Lattice {
     alpha: f32,
 }
 
-/// Open-addressing table from `d`-component integer keys to vertex indices.
+/// Open-addressing table from `d`-component integer keys to local vertex indices; one shard of
+/// the lattice's vertex set (shards are chosen by hash bits and filled in parallel).
 struct KeyTable {
     d: usize,
     keys: Vec<i32>,
@@ -48,6 +73,27 @@ struct KeyTable {
 }
 
 const EMPTY: u32 = u32::MAX;
+/// Number of hash shards; a power of two, and more than the cores we expect.
+const SHARD_BITS: u32 = 3;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+fn hash_key(key: &[i32]) -> u64 {
+    let mut h: u64 = 0;
+    for &k in key {
+        h = (h ^ (k as u32 as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 29;
+    }
+    h
+}
+
+fn shard_of(h: u64) -> usize {
+    (h >> (64 - SHARD_BITS)) as usize
+}
+
+#[inline]
+fn same(a: &[i32], b: &[i32]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
 
 impl KeyTable {
     fn with_capacity(d: usize, expected: usize) -> KeyTable {
@@ -61,16 +107,7 @@ impl KeyTable {
     }
 
     fn len(&self) -> usize {
-        self.keys.len() / self.d.max(1)
-    }
-
-    fn hash(key: &[i32]) -> usize {
-        let mut h: u64 = 0;
-        for &k in key {
-            h = (h ^ (k as u32 as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            h ^= h >> 29;
-        }
-        h as usize
+        self.keys.len() / self.d
     }
 
     fn key(&self, e: u32) -> &[i32] {
@@ -78,37 +115,37 @@ impl KeyTable {
         &self.keys[e * self.d..(e + 1) * self.d]
     }
 
-    fn find(&self, key: &[i32]) -> Option<u32> {
-        let mut h = Self::hash(key) & self.mask;
+    fn find(&self, key: &[i32], h: u64) -> Option<u32> {
+        let mut s = h as usize & self.mask;
         loop {
-            let e = self.slots[h];
+            let e = self.slots[s];
             if e == EMPTY {
                 return None;
             }
-            if self.key(e) == key {
+            if same(self.key(e), key) {
                 return Some(e);
             }
-            h = (h + 1) & self.mask;
+            s = (s + 1) & self.mask;
         }
     }
 
-    fn find_or_insert(&mut self, key: &[i32]) -> u32 {
+    fn find_or_insert(&mut self, key: &[i32], h: u64) -> u32 {
         if 2 * (self.len() + 1) > self.slots.len() {
             self.grow();
         }
-        let mut h = Self::hash(key) & self.mask;
+        let mut s = h as usize & self.mask;
         loop {
-            let e = self.slots[h];
+            let e = self.slots[s];
             if e == EMPTY {
                 let id = self.len() as u32;
                 self.keys.extend_from_slice(key);
-                self.slots[h] = id;
+                self.slots[s] = id;
                 return id;
             }
-            if self.key(e) == key {
+            if same(self.key(e), key) {
                 return e;
             }
-            h = (h + 1) & self.mask;
+            s = (s + 1) & self.mask;
         }
     }
 
@@ -117,12 +154,43 @@ impl KeyTable {
         self.slots = vec![EMPTY; cap];
         self.mask = cap - 1;
         for e in 0..self.len() as u32 {
-            let mut h = Self::hash(self.key(e)) & self.mask;
-            while self.slots[h] != EMPTY {
-                h = (h + 1) & self.mask;
+            let mut s = hash_key(self.key(e)) as usize & self.mask;
+            while self.slots[s] != EMPTY {
+                s = (s + 1) & self.mask;
             }
-            self.slots[h] = e;
+            self.slots[s] = e;
         }
+    }
+}
+
+/// All lattice vertices: [`SHARDS`] tables, and the map between (shard, local index) and the
+/// global vertex index.
+struct Vertices {
+    shards: Vec<KeyTable>,
+    /// `global[s][e]`: global index of shard s's vertex e.
+    global: Vec<Vec<u32>>,
+    /// `local[v]`: (shard, local index) of global vertex v.
+    local: Vec<(u8, u32)>,
+}
+
+impl Vertices {
+    /// Global index of `key`, if it is a vertex.
+    fn find(&self, key: &[i32]) -> Option<u32> {
+        let h = hash_key(key);
+        let s = shard_of(h);
+        self.shards[s]
+            .find(key, h)
+            .map(|e| self.global[s][e as usize])
+    }
+
+    /// The key of global vertex `v`.
+    fn key(&self, v: u32) -> &[i32] {
+        let (s, e) = self.local[v as usize];
+        self.shards[s as usize].key(e)
+    }
+
+    fn len(&self) -> usize {
+        self.local.len()
     }
 }
 
@@ -237,6 +305,30 @@ impl Embedder {
 /// Largest feature dimension supported (pydensecrf's bilateral kernel uses 5).
 pub(crate) const MAX_D: usize = 8;
 
+/// Value vectors are padded to a multiple of this many floats so that every inner loop runs
+/// on fixed-size chunks the compiler turns into SIMD without remainder code. Padding lanes hold
+/// zeros and never mix with real ones (every operation is per lane).
+pub(crate) const LANES: usize = 8;
+
+/// `n` rounded up to a multiple of [`LANES`].
+pub(crate) fn padded(n: usize) -> usize {
+    n.div_ceil(LANES) * LANES
+}
+
+type Lane = [f32; LANES];
+
+#[inline(always)]
+fn lanes(x: &[f32]) -> impl Iterator<Item = &Lane> {
+    x.chunks_exact(LANES)
+        .map(|c| c.try_into().expect("chunk of LANES"))
+}
+
+#[inline(always)]
+fn lanes_mut(x: &mut [f32]) -> impl Iterator<Item = &mut Lane> {
+    x.chunks_exact_mut(LANES)
+        .map(|c| c.try_into().expect("chunk of LANES"))
+}
+
 impl Lattice {
     /// Build the lattice for `features`, `(n, d)` pixel-major. `d` must be in `1..=MAX_D`.
     pub(crate) fn new(features: &[f32], d: usize) -> Lattice {
@@ -248,30 +340,72 @@ impl Lattice {
         let dp1 = d + 1;
         let emb = Embedder::new(d);
 
-        // Per-pixel simplex, in parallel; the vertex numbering below stays serial so that it is
-        // deterministic (it does not change any value, only where a vertex lives).
+        // Per-pixel simplex and key hashes, in parallel.
         let mut keys = vec![0i32; n * dp1 * d];
         let mut bary = vec![0f32; n * dp1];
+        let mut hashes = vec![0u64; n * dp1];
         keys.par_chunks_mut(PIXEL_BLOCK * dp1 * d)
             .zip(bary.par_chunks_mut(PIXEL_BLOCK * dp1))
+            .zip(hashes.par_chunks_mut(PIXEL_BLOCK * dp1))
             .enumerate()
-            .for_each(|(blk, (kc, bc))| {
+            .for_each(|(blk, ((kc, bc), hc))| {
                 let first = blk * PIXEL_BLOCK;
                 for (p, (k, b)) in kc.chunks_mut(dp1 * d).zip(bc.chunks_mut(dp1)).enumerate() {
                     let i = first + p;
                     emb.embed(&features[i * d..(i + 1) * d], k, b);
                 }
+                for (h, k) in hc.iter_mut().zip(kc.chunks(d)) {
+                    *h = hash_key(k);
+                }
             });
 
-        let mut table = KeyTable::with_capacity(d, n);
-        let offset: Vec<u32> = keys
-            .chunks(d)
-            .map(|k| table.find_or_insert(k) + 1)
+        // Deduplicate the keys shard by shard, in parallel; then number the vertices in order
+        // of first appearance in pixel order, as the reference's single table does. The
+        // numbering changes no value (splat order is pixel order, blur is per vertex) but keeps
+        // lattice neighbours close in memory, which the blur's speed depends on.
+        let shard_ids: Vec<(KeyTable, Vec<u32>)> = (0..SHARDS)
+            .into_par_iter()
+            .map(|s| {
+                let mut table = KeyTable::with_capacity(d, n * dp1 / SHARDS / 4);
+                let mut ids = Vec::new();
+                for (k, &h) in keys.chunks(d).zip(&hashes) {
+                    if shard_of(h) == s {
+                        ids.push(table.find_or_insert(k, h));
+                    }
+                }
+                (table, ids)
+            })
             .collect();
         drop(keys);
-        let m = table.len();
+        let mut global: Vec<Vec<u32>> = shard_ids
+            .iter()
+            .map(|(t, _)| vec![EMPTY; t.len()])
+            .collect();
+        let mut local = Vec::with_capacity(global.iter().map(Vec::len).sum());
+        let mut cursor = [0usize; SHARDS];
+        let offset: Vec<u32> = hashes
+            .iter()
+            .map(|&h| {
+                let s = shard_of(h);
+                let id = shard_ids[s].1[cursor[s]];
+                cursor[s] += 1;
+                let g = &mut global[s][id as usize];
+                if *g == EMPTY {
+                    *g = local.len() as u32;
+                    local.push((s as u8, id));
+                }
+                *g + 1
+            })
+            .collect();
+        drop(hashes);
+        let vertices = Vertices {
+            shards: shard_ids.into_iter().map(|(t, _)| t).collect(),
+            global,
+            local,
+        };
+        let m = vertices.len();
 
-        let neighbours = Self::neighbours(&table, d, m);
+        let neighbours = Self::neighbours(&vertices, d, m);
         let (splat_start, splat_pixel, splat_weight) = Self::splat_csr(&offset, &bary, dp1, m);
         Lattice {
             d,
@@ -288,15 +422,16 @@ impl Lattice {
     }
 
     /// For each axis j and vertex, the vertices one step along ±(the j-th lattice direction).
-    fn neighbours(table: &KeyTable, d: usize, m: usize) -> Vec<[u32; 2]> {
+    fn neighbours(vertices: &Vertices, d: usize, m: usize) -> Vec<[u32; 2]> {
         let mut out = vec![[0u32; 2]; (d + 1) * m];
-        out.par_chunks_mut(m.max(1))
+        out.par_chunks_mut(PIXEL_BLOCK)
             .enumerate()
-            .for_each(|(j, axis)| {
+            .for_each(|(blk, slots)| {
                 let mut n1 = [0i32; MAX_D];
                 let mut n2 = [0i32; MAX_D];
-                for (v, slot) in axis.iter_mut().enumerate() {
-                    let key = table.key(v as u32);
+                for (r, slot) in slots.iter_mut().enumerate() {
+                    let (j, v) = ((blk * PIXEL_BLOCK + r) / m, (blk * PIXEL_BLOCK + r) % m);
+                    let key = vertices.key(v as u32);
                     for k in 0..d {
                         n1[k] = key[k] - 1;
                         n2[k] = key[k] + 1;
@@ -306,7 +441,7 @@ impl Lattice {
                         n1[j] = key[j] + d as i32;
                         n2[j] = key[j] - d as i32;
                     }
-                    let look = |k: &[i32]| table.find(k).map_or(0, |e| e + 1);
+                    let look = |k: &[i32]| vertices.find(k).map_or(0, |e| e + 1);
                     *slot = [look(&n1[..d]), look(&n2[..d])];
                 }
             });
@@ -349,48 +484,41 @@ impl Lattice {
     }
 
     /// Splat pixel values onto the lattice vertices: vertex v receives Σ w · (input[i] · scale[i])
-    /// over its pixels i, in increasing i (the reference's order). `input` is `(n, vs)`,
-    /// `scale` is `(n)` or absent; row 0 of `values` (`(m+1, vs)`) stays zero.
-    pub(crate) fn splat(
+    /// over its pixels i, in increasing i (the reference's order). `input` is `(n, vs)` with
+    /// `vs` a multiple of [`LANES`], `scale` is `(n)`; row 0 of `values` (`(m+1, vs)`) stays zero.
+    ///
+    /// Two schedules give the same sums in the same order: a scatter in pixel order, parallel
+    /// over groups of [`LANES`] values (cache-friendly when the vertex values are small, i.e.
+    /// few vertices), and a gather over each vertex's pixel list, parallel over vertices (better
+    /// when there are many vertices, each with a few nearby pixels).
+    pub(crate) fn splat(&self, vs: usize, input: &[f32], scale: &[f32], values: &mut [f32]) {
+        self.splat_with(2 * self.m >= self.n, vs, input, scale, values)
+    }
+
+    fn splat_with(
         &self,
+        gather: bool,
         vs: usize,
         input: &[f32],
-        scale: Option<&[f32]>,
+        scale: &[f32],
         values: &mut [f32],
     ) {
+        debug_assert_eq!(vs % LANES, 0);
         values[..vs].fill(0.0);
-        values[vs..]
-            .par_chunks_mut(vs * 64)
-            .enumerate()
-            .for_each(|(blk, rows)| {
-                for (r, acc) in rows.chunks_mut(vs).enumerate() {
-                    let v = blk * 64 + r + 1;
-                    acc.fill(0.0);
-                    let (s, e) = (
-                        self.splat_start[v] as usize,
-                        self.splat_start[v + 1] as usize,
-                    );
-                    for (&p, &w) in self.splat_pixel[s..e].iter().zip(&self.splat_weight[s..e]) {
-                        let p = p as usize;
-                        let row = &input[p * vs..(p + 1) * vs];
-                        match scale {
-                            // The reference scales the input first (`in * norm.asDiagonal()`),
-                            // then multiplies by the weight: keep both roundings.
-                            Some(sc) => {
-                                let np = sc[p];
-                                for (a, &x) in acc.iter_mut().zip(row) {
-                                    *a += w * (x * np);
-                                }
-                            }
-                            None => {
-                                for (a, &x) in acc.iter_mut().zip(row) {
-                                    *a += w * x;
-                                }
-                            }
-                        }
-                    }
-                }
-            });
+        if gather {
+            values[vs..]
+                .par_chunks_mut(vs * 64)
+                .enumerate()
+                .for_each(|(blk, rows)| splat_gather(self, blk * 64 + 1, vs, input, scale, rows));
+        } else {
+            values[vs..]
+                .par_chunks_mut(vs * 256)
+                .for_each(|c| c.fill(0.0));
+            let dst = SharedValues(values.as_mut_ptr(), values.len());
+            (0..vs / LANES)
+                .into_par_iter()
+                .for_each(|g| splat_scatter(self, g, vs, input, scale, &dst));
+        }
     }
 
     /// Blur along the d+1 lattice axes in order 0..=d with weights (0.5, 1, 0.5), each axis
@@ -410,18 +538,7 @@ impl Lattice {
             next[vs..]
                 .par_chunks_mut(vs * 256)
                 .enumerate()
-                .for_each(|(blk, rows)| {
-                    for (r, new) in rows.chunks_mut(vs).enumerate() {
-                        let v = blk * 256 + r;
-                        let [a, b] = nb[v];
-                        let o = &old[(v + 1) * vs..(v + 2) * vs];
-                        let n1 = &old[a as usize * vs..(a as usize + 1) * vs];
-                        let n2 = &old[b as usize * vs..(b as usize + 1) * vs];
-                        for k in 0..vs {
-                            new[k] = o[k] + 0.5 * (n1[k] + n2[k]);
-                        }
-                    }
-                });
+                .for_each(|(blk, rows)| blur_rows(&nb[blk * 256..], blk * 256, vs, old, rows));
             std::mem::swap(&mut cur, &mut next);
         }
         cur
@@ -430,28 +547,101 @@ impl Lattice {
     /// Slice the blurred `values` back to pixel `i`, writing its `vs` values to `out`.
     ///
     /// The reference scales by alpha in two orders: `(w·v)·alpha` in `seqCompute` (used for
-    /// ≤ 2 values) and `(w·alpha)·v` in `sseCompute`; both are kept for float parity.
-    #[inline]
-    pub(crate) fn slice(&self, i: usize, vs: usize, values: &[f32], out: &mut [f32]) {
+    /// ≤ 2 real values, `seq`) and `(w·alpha)·v` in `sseCompute`; both are kept for parity.
+    #[inline(always)]
+    pub(crate) fn slice(&self, i: usize, vs: usize, seq: bool, values: &[f32], out: &mut [f32]) {
         let dp1 = self.d + 1;
         out.fill(0.0);
         let offs = &self.offset[i * dp1..(i + 1) * dp1];
         let ws = &self.bary[i * dp1..(i + 1) * dp1];
-        let seq = vs <= 2;
         for (&o, &w) in offs.iter().zip(ws) {
             let row = &values[o as usize * vs..(o as usize + 1) * vs];
             if seq {
-                for (a, &v) in out.iter_mut().zip(row) {
-                    *a += w * v * self.alpha;
+                for (a, v) in lanes_mut(out).zip(lanes(row)) {
+                    for l in 0..LANES {
+                        a[l] += w * v[l] * self.alpha;
+                    }
                 }
             } else {
                 let wa = w * self.alpha;
-                for (a, &v) in out.iter_mut().zip(row) {
-                    *a += wa * v;
+                for (a, v) in lanes_mut(out).zip(lanes(row)) {
+                    for l in 0..LANES {
+                        a[l] += wa * v[l];
+                    }
                 }
             }
         }
     }
+}
+
+/// The value buffer shared by the scatter tasks; each task touches only its own group of lanes.
+pub(crate) struct SharedValues(*mut f32, usize);
+// SAFETY: tasks write disjoint lanes (see `splat_scatter`), and the buffer outlives them.
+unsafe impl Sync for SharedValues {}
+
+multiversion! {
+    fn splat_scatter(lat: &Lattice, g: usize, vs: usize, input: &[f32], scale: &[f32], dst: &SharedValues) {
+        let dp1 = lat.d + 1;
+        let l0 = g * LANES;
+        for i in 0..lat.n {
+            let np = scale[i];
+            let x: &Lane = input[i * vs + l0..i * vs + l0 + LANES].try_into().expect("lane group");
+            let mut xs = [0f32; LANES];
+            for l in 0..LANES {
+                xs[l] = x[l] * np;
+            }
+            for j in 0..dp1 {
+                let o = lat.offset[i * dp1 + j] as usize;
+                let w = lat.bary[i * dp1 + j];
+                let at = o * vs + l0;
+                assert!(at + LANES <= dst.1);
+                // SAFETY: in bounds (asserted); task g is the only writer of lanes
+                // l0..l0+LANES of every row, and nothing reads the buffer meanwhile.
+                let a = unsafe { &mut *(dst.0.add(at) as *mut Lane) };
+                for l in 0..LANES {
+                    a[l] += w * xs[l];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn splat_gather(lat: &Lattice, first: usize, vs: usize, input: &[f32], scale: &[f32], rows: &mut [f32]) {
+        for (r, acc) in rows.chunks_exact_mut(vs).enumerate() {
+            let v = first + r;
+            acc.fill(0.0);
+            let (s, e) = (lat.splat_start[v] as usize, lat.splat_start[v + 1] as usize);
+            for (&p, &w) in lat.splat_pixel[s..e].iter().zip(&lat.splat_weight[s..e]) {
+                let p = p as usize;
+                let np = scale[p];
+                // The reference scales the input first (`in * norm.asDiagonal()`), then
+                // multiplies by the weight: keep both roundings.
+                for (a, x) in lanes_mut(acc).zip(lanes(&input[p * vs..(p + 1) * vs])) {
+                    for l in 0..LANES {
+                        a[l] += w * (x[l] * np);
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+fn blur_rows(nb: &[[u32; 2]], first: usize, vs: usize, old: &[f32], rows: &mut [f32]) {
+    for (r, new) in rows.chunks_exact_mut(vs).enumerate() {
+        let v = first + r;
+        let [a, b] = nb[r];
+        let o = &old[(v + 1) * vs..(v + 2) * vs];
+        let n1 = &old[a as usize * vs..(a as usize + 1) * vs];
+        let n2 = &old[b as usize * vs..(b as usize + 1) * vs];
+        for (((nw, o), x), y) in lanes_mut(new).zip(lanes(o)).zip(lanes(n1)).zip(lanes(n2)) {
+            for l in 0..LANES {
+                nw[l] = o[l] + 0.5 * (x[l] + y[l]);
+            }
+        }
+    }
+}
 }
 
 #[cfg(test)]
@@ -466,14 +656,17 @@ mod tests {
         let n = 41;
         let feats: Vec<f32> = (0..n).map(|i| i as f32 / 2.0).collect();
         let lat = Lattice::new(&feats, 1);
-        let mut values = vec![0f32; lat.values_len(1)];
+        let mut values = vec![0f32; lat.values_len(LANES)];
         let mut scratch = values.clone();
-        let impulse: Vec<f32> = (0..n).map(|i| if i == 20 { 1.0 } else { 0.0 }).collect();
-        lat.splat(1, &impulse, None, &mut values);
-        let values = lat.blur(1, &mut values, &mut scratch);
+        let mut impulse = vec![0f32; n * LANES];
+        impulse[20 * LANES] = 1.0;
+        lat.splat(LANES, &impulse, &vec![1.0; n], &mut values);
+        let values = lat.blur(LANES, &mut values, &mut scratch);
         let mut out = vec![0f32; n];
-        for i in 0..n {
-            lat.slice(i, 1, values, &mut out[i..i + 1]);
+        let mut px = [0f32; LANES];
+        for (i, o) in out.iter_mut().enumerate() {
+            lat.slice(i, LANES, true, values, &mut px);
+            *o = px[0];
         }
         assert!(out[20] > 0.5);
         for k in 1..6 {
@@ -514,5 +707,30 @@ mod tests {
             assert!((s - 1.0).abs() < 1e-5, "pixel {i}: sum {s}");
             assert!(ws.iter().all(|&b| (-1e-6..=1.0 + 1e-6).contains(&b)));
         }
+    }
+
+    /// The gather and the scatter schedules of the splat give bit-identical sums.
+    #[test]
+    fn splat_schedules_agree_bitwise() {
+        let (h, w, vs) = (9, 13, 2 * LANES);
+        let mut feats = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let g = ((x * 53 + y * 29) % 97) as f32;
+                feats.extend_from_slice(&[x as f32 / 2.0, y as f32 / 2.0, g / 7.0]);
+            }
+        }
+        let lat = Lattice::new(&feats, 3);
+        let n = h * w;
+        let input: Vec<f32> = (0..n * vs)
+            .map(|i| ((i * 7919) % 1000) as f32 / 999.0)
+            .collect();
+        let scale: Vec<f32> = (0..n).map(|i| 0.5 + (i % 5) as f32 / 10.0).collect();
+        let mut a = vec![f32::NAN; lat.values_len(vs)];
+        let mut b = vec![f32::NAN; lat.values_len(vs)];
+        lat.splat_with(true, vs, &input, &scale, &mut a);
+        lat.splat_with(false, vs, &input, &scale, &mut b);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(a[vs..].iter().any(|&v| v > 0.0));
     }
 }

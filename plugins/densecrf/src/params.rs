@@ -227,15 +227,20 @@ mod tests {
     use super::*;
 
     fn resolve(pairs: &[(&str, toml::Value)]) -> segsweep_core::Result<Params> {
-        let raw: BTreeMap<String, toml::Value> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let raw: BTreeMap<String, toml::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         Params::resolve("densecrf", PARAMS, &raw)
     }
 
     #[test]
     fn presets_resolve_and_fields_override() {
         let p = resolve(&[]).unwrap();
-        assert_eq!(CrfParams::from_params(&p).unwrap(), CrfParams::preset(Preset::Pydensecrf));
+        assert_eq!(
+            CrfParams::from_params(&p).unwrap(),
+            CrfParams::preset(Preset::Pydensecrf)
+        );
 
         let p = resolve(&[
             ("preset", toml::Value::String("deeplab".into())),
