@@ -152,7 +152,7 @@ def postprocess(logits, qclass, n_cls, case):
         area = pred[:, :, 1:].sum((0, 1), keepdim=True)
         area = (area > case["area_thd"] * area.sum()).to(seg.dtype)
         seg[1:] *= area.transpose(0, -1)
-        print(f"  area_thd keeps foreground classes {area.flatten().tolist()}")
+        print(f"  area_thd keeps foreground classes {area.flatten().tolist()}", file=sys.stderr)
     labels = seg.argmax(0)
     labels[seg.max(0)[0] < case["prob_thd"]] = 0
     return probs, labels

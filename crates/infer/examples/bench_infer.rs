@@ -1,0 +1,204 @@
+//! Benchmark of segsweep's dense inference (not a test; `bench/infer_speed.sh` runs it next to
+//! the PyTorch reference).
+//!
+//! ```text
+//! cargo run --release -p segsweep-infer --example bench_infer -- \
+//!     --model DIR --classes FILE [--out DIR] [--reps N] IMAGE.ppm...
+//! ```
+//!
+//! Loads the model in f32 on the CPU, times the text classifier (all names × 80 templates) cold
+//! and cached, then images/s with SCLIP's VOC21 settings (short side 336, slide 224/112,
+//! logit_scale 65, prob_thd 0.1, area_thd 0.1) at batch 1 and 8, batching across images, and a
+//! 16-configuration sweep on one prepared image. With `--out`, writes each image's probabilities
+//! as `<stem>.probs.npy` (f32, C × H × W) for the parity check. Prints one JSON object.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use segsweep_clip::{build_classifier, parse_class_names, ClipModel, IMAGENET_TEMPLATES};
+use segsweep_core::{InferConfig, Needs, RgbImage};
+use segsweep_infer::{finish, prepare, prepare_many, segment};
+
+/// A binary PPM (P6, maxval 255) as written by the bench script.
+fn read_ppm(path: &Path) -> Result<RgbImage, Box<dyn Error>> {
+    let bytes = std::fs::read(path)?;
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(String::from_utf8(bytes[start..i].to_vec())?);
+    }
+    if fields[0] != "P6" || fields[3] != "255" {
+        return Err(format!("{}: not a P6 PPM with maxval 255", path.display()).into());
+    }
+    let (w, h): (usize, usize) = (fields[1].parse()?, fields[2].parse()?);
+    Ok(RgbImage::new(
+        h,
+        w,
+        bytes[i + 1..i + 1 + h * w * 3].to_vec(),
+    )?)
+}
+
+struct Args {
+    model: String,
+    classes: PathBuf,
+    out: Option<PathBuf>,
+    reps: usize,
+    images: Vec<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, Box<dyn Error>> {
+    let mut it = std::env::args().skip(1);
+    let (mut model, mut classes, mut out, mut reps, mut images) = (None, None, None, 1, vec![]);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--model" => model = Some(val()?),
+            "--classes" => classes = Some(PathBuf::from(val()?)),
+            "--out" => out = Some(PathBuf::from(val()?)),
+            "--reps" => reps = val()?.parse()?,
+            _ => images.push(PathBuf::from(a)),
+        }
+    }
+    Ok(Args {
+        model: model.ok_or("--model DIR is required")?,
+        classes: classes.ok_or("--classes FILE is required")?,
+        out,
+        reps,
+        images,
+    })
+}
+
+fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed().as_secs_f64())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = parse_args()?;
+    if args.images.is_empty() {
+        return Err("give at least one IMAGE.ppm".into());
+    }
+    let (model, load_s) = secs(|| ClipModel::load(&args.model, &Device::Cpu, DType::F32));
+    let model = model?;
+    let names = parse_class_names(&std::fs::read_to_string(&args.classes)?);
+    let n_queries: usize = names.iter().map(Vec::len).sum();
+    let (cls, text_cold_s) = secs(|| build_classifier(&model, &names, &IMAGENET_TEMPLATES, None));
+    let cls = cls?;
+    let cache = std::env::temp_dir().join(format!("segsweep-bench-text-{}", std::process::id()));
+    std::fs::create_dir_all(&cache)?;
+    build_classifier(&model, &names, &IMAGENET_TEMPLATES, Some(&cache))?;
+    let (cached, text_cached_s) =
+        secs(|| build_classifier(&model, &names, &IMAGENET_TEMPLATES, Some(&cache)));
+    let cached = cached?;
+    let cache_diff = (cached.text - &cls.text)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    std::fs::remove_dir_all(&cache)?;
+
+    let images: Vec<RgbImage> = args
+        .images
+        .iter()
+        .map(|p| read_ppm(p))
+        .collect::<Result<_, _>>()?;
+    let cfg = |batch_size| InferConfig {
+        logit_scale: 65.0,
+        prob_thd: 0.1,
+        area_thd: Some(0.1),
+        batch_size,
+        ..InferConfig::default()
+    };
+    let crops: usize = images
+        .iter()
+        .map(|im| {
+            let (h, w) =
+                segsweep_infer::rescale_size(im.h, im.w, 336, segsweep_infer::LONG_SIDE_CAP);
+            segsweep_infer::slide_windows(h, w, 224, 112).len()
+        })
+        .sum();
+    // Warm-up (allocator, rayon pool, page cache).
+    segment(&model, &images[0], &cls, &cfg(8), &[], Some(0))?;
+
+    let per_image = |bs: usize| -> Result<f64, Box<dyn Error>> {
+        let mut best = f64::INFINITY;
+        for _ in 0..args.reps {
+            let t = Instant::now();
+            for im in &images {
+                segment(&model, im, &cls, &cfg(bs), &[], Some(0))?;
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best / images.len() as f64)
+    };
+    let s_bs1 = per_image(1)?;
+    let s_bs8 = per_image(8)?;
+
+    // Across images: one prepare_many (batches filled across images), then finish each.
+    let refs: Vec<&RgbImage> = images.iter().collect();
+    let (_, across_s) = secs(|| -> Result<(), Box<dyn Error>> {
+        for p in prepare_many(&model, &refs, &cfg(8), &Needs::default())? {
+            finish(&model, &p, &cls, &cfg(8), &[], Some(0))?;
+        }
+        Ok(())
+    });
+
+    // Split of one image's time, and a 16-configuration sweep sharing one prepare.
+    let (prepared, prepare_s) = secs(|| prepare(&model, &images[0], &cfg(8), &Needs::default()));
+    let prepared = prepared?;
+    let (_, finish_s) = secs(|| finish(&model, &prepared, &cls, &cfg(8), &[], Some(0)));
+    let sweep: Vec<InferConfig> = (0..16)
+        .map(|i| InferConfig {
+            attention: ["sclip", "vanilla", "naclip", "maskclip"][i % 4].to_string(),
+            logit_scale: [40.0, 50.0, 65.0, 80.0][i / 4],
+            ..cfg(8)
+        })
+        .collect();
+    let (_, sweep_s) = secs(|| -> Result<(), Box<dyn Error>> {
+        let p = prepare(&model, &images[0], &cfg(8), &Needs::default())?;
+        for c in &sweep {
+            finish(&model, &p, &cls, c, &[], Some(0))?;
+        }
+        Ok(())
+    });
+
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        for (im, path) in images.iter().zip(&args.images) {
+            let seg = segment(&model, im, &cls, &cfg(8), &[], Some(0))?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            seg.probs.write_npy(out.join(format!("{stem}.probs.npy")))?;
+            let labels: Tensor = seg.labels.to_dtype(DType::I64)?;
+            labels.write_npy(out.join(format!("{stem}.labels.npy")))?;
+        }
+    }
+
+    let json = serde_json::json!({
+        "threads": rayon::current_num_threads(),
+        "images": images.len(),
+        "crops_per_image": crops as f64 / images.len() as f64,
+        "load_s": load_s,
+        "queries": n_queries,
+        "text_cold_s": text_cold_s,
+        "text_cached_s": text_cached_s,
+        "text_cache_max_abs_diff": cache_diff,
+        "s_per_image_bs1": s_bs1,
+        "s_per_image_bs8": s_bs8,
+        "s_per_image_across_images_bs8": across_s / images.len() as f64,
+        "prepare_s": prepare_s,
+        "finish_s": finish_s,
+        "sweep16_s": sweep_s,
+        "single_config_s": prepare_s + finish_s,
+    });
+    println!("{json}");
+    Ok(())
+}
