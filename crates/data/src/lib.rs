@@ -16,6 +16,7 @@
 //! ([`IouCounts`]), never a running mIoU. mmseg defines mIoU on dataset-level sums, and integer
 //! sums make shards and resumed runs add up bit-exactly.
 
+pub mod archive;
 pub mod check;
 pub mod classes;
 pub mod dataset;

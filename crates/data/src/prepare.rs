@@ -8,6 +8,10 @@
 //! | cityscapes | `leftImg8bit/val/<city>/`, `gtFine/val/<city>/*_gtFine_labelIds.png` | `*_gtFine_labelTrainIds.png` (19 ids, 255) |
 //! | voc21, voc20, context60, context59, ade20k | the final layout | nothing converted; the layout is verified |
 //!
+//! `--from` may instead be a directory holding the official `.zip` archives (`val2017.zip` +
+//! `stuffthingmaps_trainval2017.zip`; `leftImg8bit_trainvaltest.zip` + `gtFine_trainvaltest.zip`;
+//! `ADEChallengeData2016.zip`): their validation members are extracted into the root first.
+//!
 //! When the root differs from `--from`, the needed inputs (images, split files, as-is labels)
 //! are hard-linked into the root, or copied where linking fails. Outputs are written atomically
 //! (temporary name, then rename), so re-running skips finished files and never trusts a
@@ -35,6 +39,8 @@ pub struct PrepareReport {
     pub skipped_existing: usize,
     /// Input files linked or copied into the root.
     pub copied: usize,
+    /// Files extracted from official `.zip` archives.
+    pub extracted: usize,
     /// Samples in the prepared split.
     pub samples: usize,
     pub warnings: Vec<String>,
@@ -50,8 +56,8 @@ impl std::fmt::Display for PrepareReport {
         )?;
         writeln!(
             f,
-            "labels converted: {}, already done: {}, files linked/copied: {}, samples: {}",
-            self.converted, self.skipped_existing, self.copied, self.samples
+            "labels converted: {}, files extracted: {}, linked/copied: {}, already done: {}, samples: {}",
+            self.converted, self.extracted, self.copied, self.skipped_existing, self.samples
         )?;
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
@@ -60,7 +66,11 @@ impl std::fmt::Display for PrepareReport {
     }
 }
 
-/// Prepare dataset `name` from the extracted release at `from` into `root` (may equal `from`).
+/// Prepare dataset `name` from the release at `from` into `root` (may equal `from`).
+///
+/// `from` is either the extracted release (see the module table) or a directory holding the
+/// official `.zip` archives ([`crate::archive::archive_parts`]), whose validation members are
+/// then extracted into `root` first.
 pub fn prepare(
     name: &str,
     from: &Path,
@@ -82,6 +92,12 @@ pub fn prepare(
         dataset: spec.name.into(),
         root: root.to_path_buf(),
         ..PrepareReport::default()
+    };
+    // From archives: extract into the root, then prepare the root in place.
+    let from = if crate::archive::extract_release(spec, from, root, progress, &mut report)? {
+        root
+    } else {
+        from
     };
     match spec.prepare {
         PrepareKind::AsIs => prepare_as_is(spec, from, root, progress, &mut report)?,

@@ -165,3 +165,121 @@ fn wrong_inputs_name_what_is_missing() {
     .to_string();
     assert!(e.contains("/nonexistent/x"), "{e}");
 }
+
+/// Zip every file under `src` as `<prefix><relative path>` (Deflate, as the releases are).
+fn zip_tree(zip_path: &Path, src: &Path, prefix: &str) {
+    use std::io::Write;
+    let mut files = Vec::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut zw = zip::ZipWriter::new(std::fs::File::create(zip_path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    // A README at the top, as the Cityscapes archives have, must be ignored.
+    zw.start_file("README", opts).unwrap();
+    zw.write_all(b"readme").unwrap();
+    for f in files {
+        let rel = f.strip_prefix(src).unwrap().to_str().unwrap().to_string();
+        zw.start_file(format!("{prefix}{rel}"), opts).unwrap();
+        zw.write_all(&std::fs::read(&f).unwrap()).unwrap();
+    }
+    zw.finish().unwrap();
+}
+
+#[test]
+fn coco_from_the_official_zip_archives() {
+    let stage = tempfile::tempdir().unwrap();
+    coco_release(stage.path());
+    // A train member that must not be extracted.
+    write_label(
+        &stage.path().join("annotations/train2017/000000000009.png"),
+        &label_cycling(3, 4, &[0]),
+    );
+    let from = tempfile::tempdir().unwrap();
+    zip_tree(
+        &from.path().join("val2017.zip"),
+        &stage.path().join("images/val2017"),
+        "val2017/",
+    );
+    zip_tree(
+        &from.path().join("stuffthingmaps_trainval2017.zip"),
+        &stage.path().join("annotations"),
+        "",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let r = prepare("coco-object", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((r.extracted, r.converted, r.samples), (4, 2, 2), "{r}");
+    assert!(!root.path().join("annotations/train2017").exists());
+    let ds = Dataset::registered("coco-object", root.path()).unwrap();
+    assert_eq!(&ds.load(0).unwrap().label.data[..6], &OBJECT);
+    let again = prepare("coco-object", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((again.extracted, again.converted), (0, 0));
+}
+
+#[test]
+fn cityscapes_and_ade_from_zip_archives() {
+    let stage = tempfile::tempdir().unwrap();
+    let s = stage.path();
+    write_image(
+        &s.join("leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png"),
+        5,
+        9,
+        1,
+    );
+    write_image(
+        &s.join("leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"),
+        5,
+        9,
+        1,
+    );
+    write_label(
+        &s.join("gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"),
+        &label_cycling(5, 9, &[26, 4]),
+    );
+    let from = tempfile::tempdir().unwrap();
+    zip_tree(
+        &from.path().join("leftImg8bit_trainvaltest.zip"),
+        &s.join("leftImg8bit"),
+        "leftImg8bit/",
+    );
+    zip_tree(
+        &from.path().join("gtFine_trainvaltest.zip"),
+        &s.join("gtFine"),
+        "gtFine/",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let r = prepare("cityscapes", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((r.extracted, r.converted, r.samples), (2, 1, 1), "{r}");
+    let ds = Dataset::registered("cityscapes", root.path()).unwrap();
+    assert_eq!(&ds.load(0).unwrap().label.data[..2], &[13, 255]);
+
+    let ade = tempfile::tempdir().unwrap();
+    let a = ade.path().join("ADEChallengeData2016");
+    write_image(&a.join("images/validation/ADE_val_00000001.jpg"), 6, 7, 0);
+    write_label(
+        &a.join("annotations/validation/ADE_val_00000001.png"),
+        &label_cycling(6, 7, &[0, 13]),
+    );
+    write_image(&a.join("images/training/ADE_train_00000001.jpg"), 6, 7, 0);
+    let from = tempfile::tempdir().unwrap();
+    zip_tree(
+        &from.path().join("ADEChallengeData2016.zip"),
+        ade.path(),
+        "",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let r = prepare("ade20k", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((r.extracted, r.samples), (2, 1), "{r}");
+    let ds = Dataset::registered("ade20k", root.path()).unwrap();
+    assert_eq!(&ds.load(0).unwrap().label.data[..2], &[255, 12]);
+}
