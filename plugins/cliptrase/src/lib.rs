@@ -26,7 +26,8 @@
 //!    `A = softmax(q qᵀ·s) + softmax(k kᵀ·s) + softmax(v vᵀ·s)` per head (rows sum to 3), residual
 //!    and FFN kept, then the head, then L2 normalisation ([`paper::trase_last_block`]). The
 //!    features the pipeline passes in (from the configured attention) are discarded, so this
-//!    variant must be the first feature refiner; an attention plugin before it has no effect.
+//!    variant must be the first feature refiner (features off the patch grid are an error); an
+//!    attention plugin before it has no effect.
 //! 2. **Global-patch removal**: `C` = head mean of `(cos(q,q) + cos(k,k) + cos(v,v))/3` of layer
 //!    `correlation_layer` (11), recorded by the prefix ([`Refiner::needs`]); `C' = relu(C_patch −
 //!    C_cls_row)` ([`paper::self_correlation`], [`paper::remove_global`]).
@@ -249,7 +250,20 @@ impl Refiner for ClipTrase {
                 vote,
                 layer,
             } => {
-                let (b, _, _, _) = feats.feats.dims4()?;
+                let (b, _, h, w) = feats.feats.dims4()?;
+                if (h, w) != ctx.prefix.grid {
+                    // The variant recomputes the patch features; an upsampler's (or any
+                    // resolution-changing refiner's) work before it would be silently lost.
+                    return Err(CoreError::plugin(
+                        NAME,
+                        format!(
+                            "variant \"paper\" recomputes the patch features and must be the \
+                             first feature refiner, but it received features at {h}×{w} \
+                             instead of the patch grid {}×{}",
+                            ctx.prefix.grid.0, ctx.prefix.grid.1
+                        ),
+                    ));
+                }
                 if b != ctx.prefix.tokens.dim(0)? {
                     return Err(CoreError::plugin(
                         NAME,

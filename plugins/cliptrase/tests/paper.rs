@@ -408,3 +408,38 @@ fn dbscan_by_hand() {
     let pts = [1.0f32, 0.5, 1.5];
     assert_eq!(dbscan(&pts, 3, 1, 0.5, 4), vec![-1, -1, -1]);
 }
+
+#[test]
+fn paper_variant_refuses_features_not_on_the_patch_grid() {
+    let c = crop("a");
+    let raw: BTreeMap<String, toml::Value> =
+        [("variant".to_string(), toml::Value::String("paper".into()))]
+            .into_iter()
+            .collect();
+    let plugin = registry()
+        .unwrap()
+        .get("cliptrase")
+        .unwrap()
+        .instantiate(&raw)
+        .unwrap();
+    let text = gold("text").clone();
+    let ctx = FeatureCtx {
+        backbone: model(),
+        prefix: &c.prefix,
+        crops: &c.crops,
+        text: &text,
+    };
+    // Per-pixel features, as an upsampler before it would produce.
+    let feats = Tensor::zeros((1, 16, 224, 224), DType::F32, &Device::Cpu).unwrap();
+    let e = plugin
+        .features(
+            FeatureMap {
+                feats,
+                normalised: true,
+            },
+            &ctx,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("first feature refiner"), "{e}");
+}
