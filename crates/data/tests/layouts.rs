@@ -116,20 +116,22 @@ fn coco_stuff_and_coco_object_share_a_tree() {
     assert_eq!(ds.info.person_class, Some(1));
 }
 
+/// ADE20K image `ADE_val_<k>.jpg` (size of `label`) and its annotation.
+fn ade_sample(root: &Path, k: usize, label: &LabelMap) {
+    let name = format!("ADE_val_{k:08}");
+    let (h, w) = (label.h as u32, label.w as u32);
+    write_image(&root.join(format!("images/validation/{name}.jpg")), h, w, 1);
+    write_label(
+        &root.join(format!("annotations/validation/{name}.png")),
+        label,
+    );
+}
+
 #[test]
 fn ade20k_reduces_zero_label() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write_image(
-        &root.join("images/validation/ADE_val_00000001.jpg"),
-        8,
-        11,
-        1,
-    );
-    write_label(
-        &root.join("annotations/validation/ADE_val_00000001.png"),
-        &label_cycling(8, 11, &[0, 13, 150]),
-    );
+    ade_sample(root, 1, &label_cycling(8, 11, &[0, 13, 150]));
     let ds = Dataset::registered("ade20k", root).unwrap();
     assert_eq!(&ds.load(0).unwrap().label.data[..3], &[255, 12, 149]);
 }
@@ -267,16 +269,7 @@ fn truncated_label_is_named() {
 fn orphan_labels_are_reported_for_scanned_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write_image(
-        &root.join("images/validation/ADE_val_00000001.jpg"),
-        8,
-        11,
-        1,
-    );
-    write_label(
-        &root.join("annotations/validation/ADE_val_00000001.png"),
-        &LabelMap::filled(8, 11, 1),
-    );
+    ade_sample(root, 1, &LabelMap::filled(8, 11, 1));
     write_label(
         &root.join("annotations/validation/ADE_val_00000002.png"),
         &LabelMap::filled(8, 11, 1),
