@@ -103,6 +103,16 @@ def make_pamr():
     out["b.image"] = imgs
     out["b.mask"] = probs
     out["b.out"] = pamr(imgs, probs, 3, [1, 3])
+    # Case 3: the reference harness's guide: the image resized to short side 28 (bilinear, uint8
+    # levels rounded half to even), bilinearly resized back; 40×60 image, 3 planes.
+    h, w = 40, 60
+    img = blocky_image(g, h, w)
+    mask = torch.randn(3, h, w, generator=g) * 0.1
+    small = F.interpolate(img[None], size=(28, 42), mode="bilinear", align_corners=False)
+    small = small.round().clamp(0, 255)
+    guide = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    out["c.image"], out["c.mask"], out["c.guide"] = img, mask, guide[0]
+    out["c.out"] = pamr(guide, mask[None], 10, [8, 16])[0]
     # PAMR is invariant to a per-channel affine map of the image (up to its 1e-8): the Rust test
     # checks this on its own; here it is only printed.
     norm = (out["a.image"] / 255.0 - CLIP_MEAN[:, None, None]) / CLIP_STD[:, None, None]

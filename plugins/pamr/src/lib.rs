@@ -25,15 +25,20 @@
 //! - SCLIP/NACLIP/ResCLIP first resize M to the image size with `align_corners=True`. In segsweep
 //!   the dense maps reaching this stage are already at the image size (the error says so if
 //!   not), so there is nothing to resize.
-//! - `// Deviation:` SCLIP's harness feeds PAMR the *resized* input (short side 336, uint8
-//!   rounding) bilinearly resized back to the original size, i.e. a slightly blurred image; we
-//!   feed the original image. Its effect on mIoU has not been measured (needs real weights and a
-//!   dataset); on the golden case the affinities are exactly the reference's for the same image.
+//! - The guide image ([`Guide`], parameter `guide`). SCLIP's harness feeds PAMR the *resized*
+//!   input (short side 336, uint8) bilinearly resized back to the original size, a slightly
+//!   blurred image. `guide = "resized"` reproduces that (set `guide_short_side` to the spec's
+//!   short side; the uint8 rounding can differ from cv2's fixed-point resize by one level).
+//!   `// Deviation:` the default is `original` (the image itself). Measured on three
+//!   scikit-image photos (astronaut, chelsea, coffee) with structured proxy logits (k-means
+//!   colour regions at the patch grid + noise, not CLIP logits): 5–7 % of pixels change their
+//!   argmax between the two guides, while PAMR itself changes 22–33 %.
 //!
 //! Parity: `tests/parity.rs` compares with a PyTorch port of the reference
 //! (`tests/reference/pamr_resclip_reference.py pamr`, checked equal to the upstream conv-kernel
-//! formulation to 0.0) on a non-square 36×56 image and a batch of two 33×20 images; tolerance
-//! 1e-5 absolute on values of order 0.1–1.
+//! formulation to 0.0) on a non-square 36×56 image, a batch of two 33×20 images and the resized
+//! guide of a 40×60 image; tolerance 1e-5 absolute on values of order 0.1–1 (1e-3 through the
+//! resized guide, whose uint8 levels may differ by one).
 
 mod params;
 mod refine;
@@ -41,8 +46,10 @@ mod refine;
 pub use params::PARAMS;
 pub use refine::pamr;
 
-use candle_core::Tensor;
-use segsweep_core::{CoreError, DenseCtx, DenseMaps, Params, PluginSpec, Refiner, Result, Stage};
+use candle_core::{Device, Tensor};
+use segsweep_core::{
+    CoreError, DenseCtx, DenseMaps, Params, PluginSpec, Refiner, Result, RgbImage, Stage,
+};
 
 /// Long documentation shown by `segsweep plugins pamr`.
 const DOC: &str = "\
@@ -51,14 +58,27 @@ dense logits (Q, H, W) or probabilities (C, H, W) at the original image size by 
 of M_i <- sum_j a_ij M_j over the 8 neighbours per dilation (replicate padding), with \
 a_ij = softmax_j(mean_c -|I_c(i)-I_c(j)| / (1e-8 + 0.1 std_c(i))) computed from the original \
 RGB image (PAMR is invariant to per-channel normalisation). Reference defaults: SCLIP steps 0 \
-(off); NACLIP/ResCLIP PAMR numbers steps 10, dilations [8, 16]. Deviation: the reference feeds \
-the resized image bilinearly resized back to the original size; segsweep feeds the original.";
+(off); NACLIP/ResCLIP PAMR numbers steps 10, dilations [8, 16]. guide = \"original\" (default) \
+uses the image itself; guide = \"resized\" reproduces the reference harness, which feeds the \
+image resized to guide_short_side (uint8) and bilinearly resized back (5-7 % of pixels differ \
+between the two on proxy logits).";
+
+/// Which image guides PAMR's affinities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guide {
+    /// The original image, as given to the dense stage.
+    Original,
+    /// The reference harness's guide: the image resized so its short side is this many pixels
+    /// (bilinear, rounded to uint8 levels), then bilinearly resized back to the original size.
+    Resized(usize),
+}
 
 /// The PAMR refiner (stage `dense-logits`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pamr {
     steps: usize,
     dilations: Vec<usize>,
+    guide: Guide,
 }
 
 impl Pamr {
@@ -72,7 +92,17 @@ impl Pamr {
                 hint: Some("the reference uses [8, 16]".into()),
             });
         }
-        Ok(Pamr { steps, dilations })
+        Ok(Pamr {
+            steps,
+            dilations,
+            guide: Guide::Original,
+        })
+    }
+
+    /// The same refiner with another guide image.
+    pub fn with_guide(mut self, guide: Guide) -> Pamr {
+        self.guide = guide;
+        self
     }
 
     /// Build from validated parameters (see [`PARAMS`]).
@@ -82,7 +112,33 @@ impl Pamr {
             .iter()
             .map(|&d| usize::try_from(d).unwrap_or(0))
             .collect();
-        Pamr::new(p.usize("steps")?, dilations)
+        let guide = match p.str("guide")? {
+            "resized" => Guide::Resized(p.usize("guide_short_side")?),
+            _ => Guide::Original,
+        };
+        Ok(Pamr::new(p.usize("steps")?, dilations)?.with_guide(guide))
+    }
+
+    /// The guide image `(3, h, w)` f32 on the 0..=255 scale (see [`Guide`]).
+    pub fn guide_image(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        let t = image.to_tensor(device)?;
+        let Guide::Resized(short) = self.guide else {
+            return Ok(t);
+        };
+        let (h, w) = (image.h, image.w);
+        let (nh, nw) = rescale_size(h, w, short);
+        let small = t.unsqueeze(0)?.upsample_bilinear2d(nh, nw, false)?;
+        // uint8 levels, half to even as the reference script's `torch.round` (cv2's fixed-point
+        // resize rounds half up and differs by at most one level).
+        let levels: Vec<f32> = small
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| v.round_ties_even().clamp(0.0, 255.0))
+            .collect();
+        let small = Tensor::from_vec(levels, (1, 3, nh, nw), device)?;
+        Ok(small.upsample_bilinear2d(h, w, false)?.squeeze(0)?)
     }
 
     /// Refine one map `(K, H, W)` with the image `(3, H, W)`.
@@ -108,12 +164,19 @@ impl Refiner for Pamr {
     }
 
     fn dense(&self, maps: DenseMaps, ctx: &DenseCtx<'_>) -> Result<DenseMaps> {
-        let image = ctx.image.to_tensor(ctx.device)?;
+        let image = self.guide_image(ctx.image, ctx.device)?;
         Ok(match maps {
             DenseMaps::Logits(l) => DenseMaps::Logits(self.refine(&image, &l)?),
             DenseMaps::Probs(p) => DenseMaps::Probs(self.refine(&image, &p)?),
         })
     }
+}
+
+/// mmcv `imrescale(scale=(2048, short))`: the `(h, w)` after scaling by
+/// `min(2048 / long side, short / short side)`, rounded half up.
+fn rescale_size(h: usize, w: usize, short: usize) -> (usize, usize) {
+    let f = (2048.0 / h.max(w) as f64).min(short as f64 / h.min(w) as f64);
+    ((h as f64 * f + 0.5) as usize, (w as f64 * f + 0.5) as usize)
 }
 
 segsweep_core::register_plugin!(PluginSpec {
