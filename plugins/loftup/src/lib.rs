@@ -286,8 +286,9 @@ per-pixel cosine with the text. Runs the released checkpoint haiwen/loftup-clip 
 MaskCLIP-style last-block features of ImageNet-normalised crops: use feature_source = \
 \"maskclip\" with [model] normalisation = \"imagenet\", or feature_source = \"maskclip-rerun\". \
 With SCLIP's CSA attention (feature_source = \"pipeline\" under attention = \"sclip\") the input \
-is outside LoftUp's training distribution. Cost on a 2-core CPU is seconds per 224 crop at \
-output_stride 1; see the README's benchmark.";
+is outside LoftUp's training distribution. Cost: about 645 GFLOP per 224² crop at \
+output_stride 1 (16× less at output_stride 4); on a loaded 2-core CPU that was 25 s per crop \
+(bench/loftup.sh).";
 
 segsweep_core::register_plugin!(PluginSpec {
     name: "loftup",
