@@ -205,18 +205,26 @@ impl ClipTrase {
         let (preset_eps, preset_min) = paper::dbscan_preset(n);
         let eps = eps.unwrap_or(preset_eps);
         let min_samples = min_samples.unwrap_or(preset_min);
-        let mut out = Vec::with_capacity(f_hat.dim(0)?);
-        for b in 0..f_hat.dim(0)? {
+        let (batch, e, _, _) = f_hat.dims4()?;
+        // One buffer for the batch: stacking per-crop tensors would copy E·Hc·Wc floats again.
+        let mut out = Vec::with_capacity(batch * e * hc * wc);
+        for b in 0..batch {
             let cb: Vec<f32> = c_prime.get(b)?.flatten_all()?.to_vec1()?;
             let clusters = paper::cluster_regions(&cb, grid, crop, eps, min_samples);
             let fb = f_hat.get(b)?;
-            out.push(match (clusters.count, vote) {
-                (0, _) => paper::upsample_features(&fb, crop)?,
-                (_, Vote::MeanLogits) => paper::region_mean_features(&fb, &clusters, crop)?,
-                (_, Vote::Majority) => paper::majority_features(&fb, ctx.text, &clusters, crop)?,
-            });
+            match (clusters.count, vote) {
+                (0, _) => paper::upsample_into(&fb, crop, &mut out)?,
+                (_, Vote::MeanLogits) => paper::region_mean_into(&fb, &clusters, crop, &mut out)?,
+                (_, Vote::Majority) => {
+                    paper::majority_into(&fb, ctx.text, &clusters, crop, &mut out)?
+                }
+            }
         }
-        Ok(Tensor::stack(&out, 0)?)
+        Ok(Tensor::from_vec(
+            out,
+            (batch, e, hc, wc),
+            ctx.crops.device(),
+        )?)
     }
 }
 

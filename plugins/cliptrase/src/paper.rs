@@ -9,7 +9,7 @@
 //!               ─► per region: mean of the upsampled f̂ (d2 vote) or majority query
 //! ```
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use segsweep_core::tensor::{l2_normalise, softmax};
 use segsweep_core::{CoreError, LastBlock, Result};
 
@@ -151,6 +151,22 @@ pub fn region_mean_features(
     clusters: &Clusters,
     crop: (usize, usize),
 ) -> Result<Tensor> {
+    let mut out = Vec::new();
+    region_mean_into(f_hat, clusters, crop, &mut out)?;
+    Ok(Tensor::from_vec(
+        out,
+        (f_hat.dim(0)?, crop.0, crop.1),
+        f_hat.device(),
+    )?)
+}
+
+/// [`region_mean_features`], appending the `(E, Hc, Wc)` values to `out`.
+pub fn region_mean_into(
+    f_hat: &Tensor,
+    clusters: &Clusters,
+    crop: (usize, usize),
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let (e, gh, gw) = f_hat.dims3()?;
     let n = gh * gw;
     let k = clusters.count;
@@ -172,7 +188,7 @@ pub fn region_mean_features(
     let w = Tensor::from_vec(weights, (k, n), dev)?;
     let f = f_hat.to_dtype(DType::F32)?.reshape((e, n))?;
     let region_feats = w.matmul(&f.t()?)?; // (K, E)
-    expand_regions(&region_feats, &clusters.region, crop, dev)
+    expand_regions_into(&region_feats, &clusters.region, out)
 }
 
 /// The per-window majority vote as features: argmax query per pixel over the bilinearly
@@ -184,6 +200,23 @@ pub fn majority_features(
     clusters: &Clusters,
     crop: (usize, usize),
 ) -> Result<Tensor> {
+    let mut out = Vec::new();
+    majority_into(f_hat, text, clusters, crop, &mut out)?;
+    Ok(Tensor::from_vec(
+        out,
+        (text.dim(1)?, crop.0, crop.1),
+        f_hat.device(),
+    )?)
+}
+
+/// [`majority_features`], appending the `(E, Hc, Wc)` values to `out`.
+pub fn majority_into(
+    f_hat: &Tensor,
+    text: &Tensor,
+    clusters: &Clusters,
+    crop: (usize, usize),
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let (e, gh, gw) = f_hat.dims3()?;
     let (q, _) = text.dims2()?;
     let text = text.to_dtype(DType::F32)?;
@@ -224,42 +257,47 @@ pub fn majority_features(
         .collect();
     let winners = Tensor::new(winners.as_slice(), text.device())?;
     let region_feats = text.index_select(&winners, 0)?; // (K, E)
-    expand_regions(&region_feats, &clusters.region, crop, f_hat.device())
+    expand_regions_into(&region_feats, &clusters.region, out)
 }
 
-/// `(K, E)` region features and a `(Hc, Wc)` region map → `(E, Hc, Wc)`.
+/// Append `(E, Hc, Wc)` values to `out` from `(K, E)` region features and a `(Hc, Wc)` region
+/// map.
 ///
 /// Written as a plain gather into the output layout: candle's `index_select` followed by a
 /// transposed copy took about a second per 224² crop at E = 512, this takes milliseconds.
-fn expand_regions(
-    region_feats: &Tensor,
-    region: &[u32],
-    crop: (usize, usize),
-    dev: &Device,
-) -> Result<Tensor> {
-    let (_, e) = region_feats.dims2()?;
+fn expand_regions_into(region_feats: &Tensor, region: &[u32], out: &mut Vec<f32>) -> Result<()> {
     // (E, K): one short row per channel, gathered by region index.
     let by_channel: Vec<Vec<f32>> = region_feats.t()?.to_dtype(DType::F32)?.to_vec2()?;
-    let mut out = Vec::with_capacity(e * region.len());
+    out.reserve(by_channel.len() * region.len());
     for row in &by_channel {
         out.extend(region.iter().map(|&r| row[r as usize]));
     }
-    Ok(Tensor::from_vec(out, (e, crop.0, crop.1), dev)?)
+    Ok(())
 }
 
 /// Bilinear upsampling of `(E, gh, gw)` features to `(E, Hc, Wc)`: the crops without any
 /// cluster, so that a batch has one shape; the logits equal the pipeline's upsampled logits.
 pub fn upsample_features(f_hat: &Tensor, crop: (usize, usize)) -> Result<Tensor> {
+    let mut out = Vec::new();
+    upsample_into(f_hat, crop, &mut out)?;
+    Ok(Tensor::from_vec(
+        out,
+        (f_hat.dim(0)?, crop.0, crop.1),
+        f_hat.device(),
+    )?)
+}
+
+/// [`upsample_features`], appending the `(E, Hc, Wc)` values to `out`.
+pub fn upsample_into(f_hat: &Tensor, crop: (usize, usize), out: &mut Vec<f32>) -> Result<()> {
     let (e, gh, gw) = f_hat.dims3()?;
     let planes: Vec<Vec<f32>> = f_hat
         .to_dtype(DType::F32)?
         .reshape((e, gh * gw))?
         .to_vec2()?;
-    let data: Vec<f32> = planes
-        .iter()
-        .flat_map(|p| resize_bilinear(p, (gh, gw), crop))
-        .collect();
-    Ok(Tensor::from_vec(data, (e, crop.0, crop.1), f_hat.device())?)
+    for p in &planes {
+        out.extend(resize_bilinear(p, (gh, gw), crop));
+    }
+    Ok(())
 }
 
 /// Checks that the prefix recorded what the paper variant reads.
