@@ -15,9 +15,10 @@ BIN=target/release/examples/bench_crf
 python3 bench/densecrf_bench.py make "$DIR"
 
 peak() { grep "Maximum resident set size" "$1" | awk '{printf "%.0f MB", $6 / 1024}'; }
+cpu() { awk -F': ' '/User time|System time/ {s += $2} END {printf "%.2f s", s}' "$1"; }
 secs() { grep -o 'median [0-9.]*' "$1" | awk '{print $2}'; }
 
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for preset in pydensecrf deeplab; do
     /usr/bin/time -v "$BIN" "$DIR/image.npy" "$DIR/probs.npy" "$DIR/q_rs_$preset.npy" \
         "$preset" "$ITERS" "$REPEATS" >"$DIR/rs.out" 2>"$DIR/rs.time"
@@ -27,6 +28,7 @@ for preset in pydensecrf deeplab; do
     python3 bench/densecrf_bench.py compare "$DIR" "$preset"
     rs=$(secs "$DIR/rs.out"); py=$(secs "$DIR/py.out")
     echo "$preset: segsweep $rs s, pydensecrf $py s, speed-up $(python3 -c "print(f'{$py / $rs:.2f}')")x;" \
-        "peak RSS segsweep $(peak "$DIR/rs.time"), pydensecrf (python + numpy) $(peak "$DIR/py.time")"
+        "peak RSS segsweep $(peak "$DIR/rs.time"), pydensecrf (python + numpy) $(peak "$DIR/py.time");" \
+        "process CPU time (all $REPEATS runs + start-up) segsweep $(cpu "$DIR/rs.time"), pydensecrf $(cpu "$DIR/py.time")"
     echo
 done

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use segsweep_core::RgbImage;
 
 use crate::error::{CrfError, Result};
-use crate::lattice::{multiversion, padded, Lattice, LANES, PIXEL_BLOCK};
+use crate::lattice::{lanes, lanes_mut, multiversion, padded, Lattice, LANES, PIXEL_BLOCK};
 use crate::params::CrfParams;
 
 /// Lower clip of the probabilities before the log (pydensecrf `unary_from_softmax(clip=1e-5)`).
@@ -273,27 +273,44 @@ multiversion! {
     fn softmax_rows(c: usize, x: &[f32], o: &mut [f32]) {
         let cp = padded(c);
         for (ob, xb) in o.chunks_exact_mut(cp).zip(x.chunks_exact(cp)) {
-            softmax_row(&xb[..c], &mut ob[..c]);
+            softmax_row(c, xb, ob);
         }
     }
 }
 
-/// Softmax of one label vector, mirroring Eigen 3.3's SSE evaluation in pydensecrf: the first
-/// ⌊c/4⌋·4 values go through the vectorised Cephes `pexp`, the rest through libm `exp`, and the
-/// sum is Eigen's packet reduction.
+/// Softmax of the first `c` values of a padded row, mirroring Eigen 3.3's SSE evaluation in
+/// pydensecrf: the first ⌊c/4⌋·4 values go through the vectorised Cephes `pexp`, the rest
+/// through libm `exp`, and the sum is Eigen's packet reduction. Padding lanes are left at 0.
 #[inline(always)]
-fn softmax_row(x: &[f32], out: &mut [f32]) {
-    let c = x.len();
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let packed = c / 4 * 4;
-    for (o, &v) in out[..packed].iter_mut().zip(&x[..packed]) {
-        *o = cephes_exp(v - max);
+fn softmax_row(c: usize, x: &[f32], out: &mut [f32]) {
+    // The max is order-independent, so take it lane-wise (vectorised) and then reduce.
+    let mut lane_max = [f32::NEG_INFINITY; LANES];
+    for v in lanes(&x[..c / LANES * LANES]) {
+        for l in 0..LANES {
+            lane_max[l] = if v[l] > lane_max[l] {
+                v[l]
+            } else {
+                lane_max[l]
+            };
+        }
     }
-    for (o, &v) in out[packed..].iter_mut().zip(&x[packed..]) {
-        *o = (v - max).exp();
+    let max = x[c / LANES * LANES..c]
+        .iter()
+        .chain(&lane_max)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    // Whole lanes at once (lanes are independent, so this changes no value), then fix up the
+    // tail that Eigen evaluates with scalar `exp` and the padding.
+    for (o, v) in lanes_mut(out).zip(lanes(x)) {
+        for l in 0..LANES {
+            o[l] = cephes_exp(v[l] - max);
+        }
     }
-    let s = eigen_sum(out);
-    for o in out.iter_mut() {
+    for k in c / 4 * 4..c {
+        out[k] = (x[k] - max).exp();
+    }
+    out[c..].fill(0.0);
+    let s = eigen_sum(&out[..c]);
+    for o in &mut out[..c] {
         *o /= s;
     }
 }

@@ -318,13 +318,13 @@ pub(crate) fn padded(n: usize) -> usize {
 type Lane = [f32; LANES];
 
 #[inline(always)]
-fn lanes(x: &[f32]) -> impl Iterator<Item = &Lane> {
+pub(crate) fn lanes(x: &[f32]) -> impl Iterator<Item = &Lane> {
     x.chunks_exact(LANES)
         .map(|c| c.try_into().expect("chunk of LANES"))
 }
 
 #[inline(always)]
-fn lanes_mut(x: &mut [f32]) -> impl Iterator<Item = &mut Lane> {
+pub(crate) fn lanes_mut(x: &mut [f32]) -> impl Iterator<Item = &mut Lane> {
     x.chunks_exact_mut(LANES)
         .map(|c| c.try_into().expect("chunk of LANES"))
 }
