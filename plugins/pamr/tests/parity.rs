@@ -93,17 +93,7 @@ fn plugin_refines_logits_and_probs_through_the_registry() {
     let refiner = spec.instantiate(&BTreeMap::new()).unwrap();
     let img = &g["a.image"];
     let (_, h, w) = img.dims3().unwrap();
-    let bytes: Vec<u8> = img
-        .permute((1, 2, 0))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u8)
-        .collect();
-    let image = RgbImage::new(h, w, bytes).unwrap();
+    let image = rgb(img);
     let ctx = DenseCtx {
         image: &image,
         logit_scale: 40.0,

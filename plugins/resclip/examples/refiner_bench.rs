@@ -131,10 +131,9 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         row("prefix (blocks 1–11)", ms("prefix"));
         row("last block, SCLIP CSA", ms("last block SCLIP"));
         row("last block, NACLIP", ms("last block NACLIP"));
-        let rec_extra = ms("prefix recording layers 6–9") - ms("prefix");
         row(
-            "recording attention of layers 6–9 (prefix difference)",
-            rec_extra,
+            "prefix recording layers 6–9",
+            ms("prefix recording layers 6–9"),
         );
         row("resclip last block, RCS only", ms("resclip RCS only"));
         row(
@@ -142,9 +141,14 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             ms("resclip RCS + SFR"),
         );
         row("… of which the coarse-pass PAMR", ms("coarse-pass PAMR"));
+        let resclip = ms("prefix recording layers 6–9") + ms("resclip RCS + SFR") + ms("head");
         row(
-            "**resclip extra over the SCLIP last block**",
-            ms("resclip RCS + SFR") + rec_extra - ms("last block SCLIP"),
+            "ResCLIP pass = recording prefix + resclip block + head",
+            resclip,
+        );
+        row(
+            "**resclip extra cost = ResCLIP pass − backbone pass**",
+            resclip - backbone,
         );
         if mode.starts_with("slide") {
             row(

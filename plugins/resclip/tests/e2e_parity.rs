@@ -14,10 +14,10 @@ use segsweep_plugin_resclip::{Mix, PathRounding, ResClip, ResClipConfig, SfrConf
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
+mod common;
+
 fn golden() -> HashMap<String, Tensor> {
-    let path = format!("{FIX}/resclip/resclip_e2e.safetensors");
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{path}: {e} (regenerate with the reference script)"))
+    common::golden("resclip_e2e.safetensors")
 }
 
 fn model() -> ClipModel {
@@ -60,19 +60,7 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 fn labels(t: &Tensor) -> Vec<Vec<u32>> {
     let (b, _, _) = t.dims3().unwrap();
-    (0..b)
-        .map(|i| {
-            t.get(i)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<i64>()
-                .unwrap()
-                .iter()
-                .map(|&v| v as u32)
-                .collect()
-        })
-        .collect()
+    (0..b).map(|i| common::labels(&t.get(i).unwrap())).collect()
 }
 
 fn needs() -> Needs {

@@ -12,28 +12,15 @@ use segsweep_plugin_resclip::sfr::{
 };
 use segsweep_plugin_resclip::{Mix, PathRounding};
 
-const GOLDEN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/resclip/resclip_unit.safetensors"
-);
+mod common;
+use common::labels;
 
 fn golden() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(GOLDEN, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{GOLDEN}: {e} (regenerate with the reference script)"))
+    common::golden("resclip_unit.safetensors")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn labels(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u32)
-        .collect()
 }
 
 /// Max |a − b| relative to max |b|; panics above `tol`.
