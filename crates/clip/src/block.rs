@@ -53,6 +53,51 @@ pub(crate) fn linear(
     Ok(Linear::new(w, b))
 }
 
+/// QuickGELU `x · σ(1.702 x)`, `(...) → (...)`.
+///
+/// On CPU in f32 this is one fused, multi-threaded pass: composed of candle ops it was three
+/// single-threaded passes plus two temporaries, and took ~70 % as long as the fc1 matmul it
+/// follows (measured on ViT-B/16, 8 crops, 2 cores). Other devices/dtypes use the composed ops.
+pub(crate) fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        x.apply_op1_no_bwd(&QuickGeluOp)
+    } else {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+    }
+}
+
+struct QuickGeluOp;
+
+impl candle_core::CustomOp1 for QuickGeluOp {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(src), Some((a, b))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("quick-gelu: expected a contiguous f32 tensor");
+        };
+        let src = &src[a..b];
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(1 << 14)
+            .zip(src.par_chunks(1 << 14))
+            .for_each(|(d, s)| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    // x · 1/(1 + e^(−1.702x)); for very negative x, e^… = ∞ and the result is −0.
+                    *d = x / (1.0 + (-1.702 * x).exp());
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
 /// Softmax over the last dimension, computed in f32 (as OpenAI/SCLIP and transformers do).
 pub(crate) fn softmax_f32(x: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?.contiguous()?)
@@ -62,6 +107,24 @@ pub(crate) fn softmax_f32(x: &Tensor) -> candle_core::Result<Tensor> {
 pub(crate) fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, t, hd) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, t, h * hd))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn fused_quick_gelu_equals_composed_ops() {
+        let x = Tensor::new(&[-100f32, -3.0, -0.5, 0.0, 0.25, 2.0, 40.0], &Device::Cpu).unwrap();
+        let fused: Vec<f32> = super::quick_gelu(&x).unwrap().to_vec1().unwrap();
+        let sig = candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap();
+        let composed: Vec<f32> = (&x * sig).unwrap().to_vec1().unwrap();
+        for (f, c) in fused.iter().zip(&composed) {
+            assert!((f - c).abs() <= 1e-6 * c.abs().max(1.0), "{f} vs {c}");
+        }
+        assert_eq!(fused[3], 0.0);
+        assert!(fused[0].abs() < 1e-30);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +198,7 @@ impl Block {
     pub(crate) fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.fc1.forward(x)?;
         let h = match self.act {
-            Act::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            Act::QuickGelu => quick_gelu(&h)?,
             Act::Gelu => h.gelu_erf()?,
         };
         self.fc2.forward(&h)
