@@ -58,6 +58,12 @@
 //!
 //! What this crate must not do: know about the runner, datasets or files.
 //!
+//! Cost: phase2a is `O(N²·E)` per crop, negligible on the 14×14 grid (0.6 % of the backbone pass,
+//! see the README) but about 2.6 TFLOP per 224² crop on per-pixel features: put it before an
+//! upsampler. The paper variant recomputes the last block (the pipeline's own last block is then
+//! wasted), clusters on the CPU like upstream's sklearn/scipy, and returns `E·Hc·Wc` floats per
+//! crop (100 MB at E = 512, 224²).
+//!
 //! Design decision: the phase2a correlation is computed in row chunks, so the plugin also runs on
 //! per-pixel features after an upsampler without allocating N² floats at once.
 

@@ -443,3 +443,11 @@ fn paper_variant_refuses_features_not_on_the_patch_grid() {
         .to_string();
     assert!(e.contains("first feature refiner"), "{e}");
 }
+
+#[test]
+fn dbscan_presets_follow_the_resolution() {
+    assert_eq!(paper::dbscan_preset(14 * 14), (0.7, 3));
+    assert_eq!(paper::dbscan_preset(21 * 21), (1.1, 7));
+    assert_eq!(paper::dbscan_preset(11 * 16), (0.7, 3));
+    assert_eq!(paper::dbscan_preset(21 * 28), (1.1, 7));
+}
