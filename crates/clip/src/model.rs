@@ -94,11 +94,16 @@ impl ClipModel {
     ) -> Result<ClipModel> {
         check_dtype(dtype)?;
         let config = ClipConfig::from_file(&files.config)?;
-        if config.text_config.vocab_size != VOCAB_SIZE {
+        let context = config.text_config.max_position_embeddings;
+        let tokenizer = match &files.tokenizer {
+            Some(p) => ClipTokenizer::from_json(p, context)?,
+            None => ClipTokenizer::new(context),
+        };
+        if tokenizer.is_builtin() && config.text_config.vocab_size != VOCAB_SIZE {
             return Err(ClipError::Config {
                 path: files.config.clone(),
                 msg: format!(
-                    "text_config.vocab_size is {}, but the built-in tokenizer is OpenAI CLIP's ({VOCAB_SIZE})",
+                    "text_config.vocab_size is {}, but there is no tokenizer.json and the built-in tokenizer is OpenAI CLIP's ({VOCAB_SIZE})",
                     config.text_config.vocab_size
                 ),
             });
@@ -122,7 +127,7 @@ impl ClipModel {
             weights: source::weights_kind(&files.dir),
             ..base_info(&config, device, dtype)
         };
-        Self::build(vb, config, info, device, dtype).map_err(|e| match e {
+        Self::build(vb, config, tokenizer, info, device, dtype).map_err(|e| match e {
             ClipError::Candle(c) => ClipError::Weights {
                 path: w.clone(),
                 msg: c.to_string(),
@@ -148,12 +153,14 @@ impl ClipModel {
             weights: WeightsKind::Synthetic,
             ..base_info(&config, device, dtype)
         };
-        Self::build(vb, config, info, device, dtype)
+        let tokenizer = ClipTokenizer::new(config.text_config.max_position_embeddings);
+        Self::build(vb, config, tokenizer, info, device, dtype)
     }
 
     fn build(
         vb: VarBuilder,
         config: ClipConfig,
+        tokenizer: ClipTokenizer,
         info: BackboneInfo,
         device: &Device,
         dtype: DType,
@@ -161,7 +168,7 @@ impl ClipModel {
         Ok(ClipModel {
             vision: Vision::load(&vb, &config, dtype)?,
             text: Text::load(&vb, &config, dtype)?,
-            tokenizer: ClipTokenizer::new(config.text_config.max_position_embeddings),
+            tokenizer,
             config,
             info,
             device: device.clone(),

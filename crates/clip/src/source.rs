@@ -16,6 +16,8 @@ pub struct ModelFiles {
     pub config: PathBuf,
     /// `model.safetensors`, or `pytorch_model.bin` when no safetensors file exists.
     pub weights: PathBuf,
+    /// `tokenizer.json`, when the model ships one (else the built-in OpenAI vocabulary is used).
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Weights file names, in order of preference.
@@ -40,10 +42,12 @@ pub fn local_files(dir: &Path) -> Result<ModelFiles> {
             spec: dir.display().to_string(),
             msg: format!("the directory has neither {}", WEIGHT_FILES.join(" nor ")),
         })?;
+    let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
     Ok(ModelFiles {
         dir: dir.to_path_buf(),
         config,
         weights,
+        tokenizer,
     })
 }
 
@@ -105,7 +109,7 @@ pub fn hub_files(repo: &str, env: &HubEnv) -> Result<ModelFiles> {
     let config = cached.get("config.json");
     let weights = WEIGHT_FILES.iter().find_map(|f| cached.get(f));
     if let (Some(config), Some(weights)) = (config, weights) {
-        return files_in_snapshot(config, weights);
+        return files_in_snapshot(config, weights, cached.get("tokenizer.json"));
     }
     if env.offline {
         return Err(ClipError::Offline {
@@ -135,10 +139,16 @@ pub fn hub_files(repo: &str, env: &HubEnv) -> Result<ModelFiles> {
             .get(WEIGHT_FILES[1])
             .map_err(|_| hub_err(WEIGHT_FILES[0], &first))?,
     };
-    files_in_snapshot(config, weights)
+    // Optional: without it the built-in vocabulary is used.
+    let tokenizer = api.get("tokenizer.json").ok();
+    files_in_snapshot(config, weights, tokenizer)
 }
 
-fn files_in_snapshot(config: PathBuf, weights: PathBuf) -> Result<ModelFiles> {
+fn files_in_snapshot(
+    config: PathBuf,
+    weights: PathBuf,
+    tokenizer: Option<PathBuf>,
+) -> Result<ModelFiles> {
     let dir = config
         .parent()
         .map(Path::to_path_buf)
@@ -147,6 +157,7 @@ fn files_in_snapshot(config: PathBuf, weights: PathBuf) -> Result<ModelFiles> {
         dir,
         config,
         weights,
+        tokenizer,
     })
 }
 
