@@ -19,6 +19,7 @@
 pub mod archive;
 pub mod check;
 pub mod classes;
+pub mod context;
 pub mod dataset;
 pub mod error;
 pub mod eval;

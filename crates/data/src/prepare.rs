@@ -6,7 +6,8 @@
 //! | coco-stuff164k | `images/val2017/*.jpg`, `annotations/val2017/*.png` (stuffthingmaps) | `annotations/val2017/*_labelTrainIds.png` (0–170, 255) |
 //! | coco-object | the same | `annotations/val2017/*_instanceTrainIds.png` (0 bg, 1–80) |
 //! | cityscapes | `leftImg8bit/val/<city>/`, `gtFine/val/<city>/*_gtFine_labelIds.png` | `*_gtFine_labelTrainIds.png` (19 ids, 255) |
-//! | voc21, voc20, context60, context59, ade20k | the final layout | nothing converted; the layout is verified |
+//! | context60, context59 | the official release: `trainval/<id>.mat` + VOC2010 (`JPEGImages/`, `ImageSets/Main/val.txt`) | `SegmentationClassContext/<id>.png` (0 bg, 1–59), `ImageSets/SegmentationContext/val.txt` ([`crate::context`]) |
+//! | voc21, voc20, ade20k (and Context already converted by mmseg) | the final layout | nothing converted; the layout is verified |
 //!
 //! `--from` may instead be a directory holding the official `.zip` archives (`val2017.zip` +
 //! `stuffthingmaps_trainval2017.zip`; `leftImg8bit_trainvaltest.zip` + `gtFine_trainvaltest.zip`;
@@ -100,6 +101,12 @@ pub fn prepare(
         from
     };
     match spec.prepare {
+        PrepareKind::AsIs if spec.label_dir == CONTEXT_LABEL_DIR => {
+            match crate::context::ContextRelease::find(from) {
+                Some(release) => prepare_context(spec, &release, root, progress, &mut report)?,
+                None => prepare_as_is(spec, from, root, progress, &mut report)?,
+            }
+        }
         PrepareKind::AsIs => prepare_as_is(spec, from, root, progress, &mut report)?,
         PrepareKind::CocoStuff | PrepareKind::CocoObject => {
             let table = if spec.prepare == PrepareKind::CocoStuff {
@@ -321,9 +328,10 @@ fn prepare_as_is(
         .iter()
         .find(|c| c.join(spec.img_dir).is_dir() && c.join(spec.label_dir).is_dir());
     let Some(src) = found else {
-        let hint = if spec.label_dir == "SegmentationClassContext" {
-            "Pascal Context needs the mmseg-converted SegmentationClassContext PNGs and \
-             ImageSets/SegmentationContext/val.txt (tools/dataset_converters/pascal_context.py)"
+        let hint = if spec.label_dir == CONTEXT_LABEL_DIR {
+            "PASCAL Context needs the official release (trainval/<id>.mat from trainval.tar.gz \
+             next to VOC2010's JPEGImages/ and ImageSets/) or mmseg's converted \
+             SegmentationClassContext/ PNGs with ImageSets/SegmentationContext/val.txt"
                 .to_string()
         } else {
             format!(
@@ -353,6 +361,115 @@ fn prepare_as_is(
                 let rel = p.strip_prefix(src.join(dir)).unwrap_or(p);
                 link_file(p, &root.join(dir).join(rel), report)?;
             }
+        }
+        progress(k + 1, n);
+    }
+    Ok(())
+}
+
+/// The label directory of both Context datasets (they share one converted layout).
+const CONTEXT_LABEL_DIR: &str = "SegmentationClassContext";
+
+/// PASCAL Context from the official `.mat` release (see [`crate::context`]): choose the val
+/// ids, write the split file, link the val images, convert each `.mat` to a label PNG.
+fn prepare_context(
+    spec: &DatasetSpec,
+    release: &crate::context::ContextRelease,
+    root: &Path,
+    progress: ProgressFn<'_>,
+    report: &mut PrepareReport,
+) -> Result<()> {
+    use crate::context::{convert_context_mat, mat_ids, val_ids, CONTEXT_VAL_SIZE};
+    let Some(voc) = release.voc_dir.as_deref() else {
+        return Err(DataError::Missing {
+            dataset: spec.name.into(),
+            what: "VOC2010 images (JPEGImages/)".into(),
+            path: release.mat_dir.clone(),
+            hint: Some(
+                "PASCAL Context's labels need VOC2010's images and split: extract \
+                 VOCtrainval_03-May-2010.tar and pass its VOCdevkit/VOC2010 (or a parent) as --from"
+                    .into(),
+            ),
+        });
+    };
+    let split_rel = spec
+        .split_file
+        .unwrap_or("ImageSets/SegmentationContext/val.txt");
+    // An mmseg-made split (beside the images or already in the root) wins; otherwise VOC2010's
+    // val split, which is PASCAL Context's (5105 images).
+    let candidates = [
+        voc.join(split_rel),
+        root.join(split_rel),
+        voc.join("ImageSets/Main/val.txt"),
+    ];
+    let Some(split_src) = candidates.iter().find(|p| p.is_file()) else {
+        return Err(DataError::Missing {
+            dataset: spec.name.into(),
+            what: "validation split".into(),
+            path: voc.join("ImageSets/Main/val.txt"),
+            hint: Some("the VOC2010 release has ImageSets/Main/val.txt".into()),
+        });
+    };
+    let text = std::fs::read_to_string(split_src).map_err(|e| DataError::io(split_src, e))?;
+    let available = mat_ids(&release.mat_dir)?;
+    let (ids, missing) = val_ids(&text, &available);
+    if !missing.is_empty() {
+        report.warnings.push(format!(
+            "{} of the {} ids in {} have no .mat in {} (left out), e.g. {}",
+            missing.len(),
+            missing.len() + ids.len(),
+            split_src.display(),
+            release.mat_dir.display(),
+            missing
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if ids.len() != CONTEXT_VAL_SIZE {
+        report.warnings.push(format!(
+            "the validation split has {} images with labels, PASCAL Context's has {CONTEXT_VAL_SIZE} \
+             (split from {})",
+            ids.len(),
+            split_src.display()
+        ));
+    }
+    let split_dst = root.join(split_rel);
+    if split_dst.is_file() {
+        report.skipped_existing += 1;
+    } else {
+        if let Some(parent) = split_dst.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        }
+        let tmp = crate::io::tmp_path(&split_dst);
+        let body: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        std::fs::write(&tmp, body).map_err(|e| DataError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &split_dst).map_err(|e| DataError::io(&split_dst, e))?;
+    }
+    let n = ids.len();
+    for (k, id) in ids.iter().enumerate() {
+        if voc != root {
+            let img = voc
+                .join(spec.img_dir)
+                .join(format!("{id}{}", spec.img_suffix));
+            // A missing image is reported by the layout check after preparing.
+            if img.is_file() {
+                let dst = root
+                    .join(spec.img_dir)
+                    .join(format!("{id}{}", spec.img_suffix));
+                link_file(&img, &dst, report)?;
+            }
+        }
+        let dst = root
+            .join(spec.label_dir)
+            .join(format!("{id}{}", spec.label_suffix));
+        if dst.is_file() {
+            report.skipped_existing += 1;
+        } else {
+            convert_context_mat(&release.mat_dir.join(format!("{id}.mat")), &dst)?;
+            report.converted += 1;
         }
         progress(k + 1, n);
     }

@@ -1,0 +1,245 @@
+//! PASCAL Context from its official release: `trainval/<id>.mat` label maps (459 classes) →
+//! MMSegmentation's `SegmentationClassContext/<id>.png` (background 0 + 59 classes).
+//!
+//! The official `trainval.tar.gz` (<https://cs.stanford.edu/~roozbeh/pascal-context/>) holds one
+//! MATLAB v5 file per VOC2010 trainval image with a `uint16` (h, w) matrix `LabelMap` of the
+//! 1-based ids of `labels.txt` (0 = unlabeled), and `labels.txt` itself. mmseg's converter
+//! (`tools/dataset_converters/pascal_context.py`) instead reads `trainval_merged.json` through
+//! the Detail API, whose class masks already hold only the 59 kept categories (every other
+//! pixel is 0), and maps the sorted list of the 60 ids `[0, 2, 9, …, 458]` ([`CONTEXT59_IDS`])
+//! to their index with `np.digitize(…, right=True)`. Here an id of the list maps to its index
+//! in the sorted list (0 → 0, the others → 1–59, alphabetical, the order of
+//! `classnames/context60.txt`) and every other id of the 459 to background 0 — the pixels the
+//! JSON leaves at 0. mmseg's own mapping *asserts* on ids outside the list (they cannot occur
+//! in its input), so the two agree wherever mmseg runs.
+//!
+//! The validation split: mmseg lists `Detail(json, …, 'val').getImgs()`; the `.mat` release ships
+//! no split file. PASCAL Context uses VOC2010's train/val split (4998/5105 images), so the
+//! split here is VOC2010's `ImageSets/Main/val.txt` ∩ the ids that have a `.mat`, in file order
+//! (mmseg writes it sorted; VOC's `val.txt` is sorted too). An existing
+//! `ImageSets/SegmentationContext/val.txt` beside the images is used as it is.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Result};
+use crate::io::{save_label_png, LabelMap};
+
+/// The 459-class ids kept by the 59-class benchmark (plus 0), in the order of mmseg's
+/// `pascal_context.py` `_mapping` (it sorts them before use; see [`context59_table`]).
+pub const CONTEXT59_IDS: [u16; 60] = [
+    0, 2, 259, 260, 415, 324, 9, 258, 144, 18, 19, 22, 23, 397, 25, 284, 158, 159, 416, 33, 162,
+    420, 454, 295, 296, 427, 44, 45, 46, 308, 59, 440, 445, 31, 232, 65, 354, 424, 68, 326, 72,
+    458, 34, 207, 80, 355, 85, 347, 220, 349, 360, 98, 187, 104, 105, 366, 189, 368, 113, 115,
+];
+
+/// The largest id of the official `labels.txt` (459 classes, 1-based).
+pub const CONTEXT_MAX_ID: u16 = 459;
+
+/// Validation images of PASCAL Context (VOC2010 `val`).
+pub const CONTEXT_VAL_SIZE: usize = 5105;
+
+/// Official id (0–459) → Context60 label (0 background, 1–59), indexed by the official id.
+///
+/// Entry `id` is the index of `id` in the sorted [`CONTEXT59_IDS`] (mmseg's
+/// `_key[np.digitize(id, sorted_mapping, right=True)]`), or 0 for ids outside the list.
+pub fn context59_table() -> [u8; CONTEXT_MAX_ID as usize + 1] {
+    let mut sorted = CONTEXT59_IDS;
+    sorted.sort_unstable();
+    let mut t = [0u8; CONTEXT_MAX_ID as usize + 1];
+    for (k, &id) in sorted.iter().enumerate() {
+        t[usize::from(id)] = k as u8;
+    }
+    t
+}
+
+/// Read the `LabelMap` matrix of an official PASCAL Context `.mat` file as a (h, w) map of the
+/// 459-class ids (0 unlabeled).
+///
+/// MATLAB stores matrices column-major; the result is row-major (h, w) like every
+/// [`LabelMap`]. Integer classes (and `double` holding whole numbers, as hand-made files may)
+/// are accepted; ids must lie in 0–65535.
+pub fn read_context_mat(path: &Path) -> Result<LabelMap> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_context_mat(&bytes, path)
+}
+
+/// [`read_context_mat`] on bytes already in memory; `path` only names the source in errors.
+pub fn parse_context_mat(bytes: &[u8], path: &Path) -> Result<LabelMap> {
+    const WHAT: &str = "PASCAL Context .mat (MATLAB v5)";
+    let mat = matfile::MatFile::parse(bytes).map_err(|e| {
+        DataError::decode(
+            path,
+            WHAT,
+            format!("{e} (MATLAB v7.3/HDF5 files are not supported; the official release is v5)"),
+        )
+    })?;
+    let arr = mat.find_by_name("LabelMap").ok_or_else(|| {
+        let names: Vec<&str> = mat.arrays().iter().map(|a| a.name()).collect();
+        DataError::decode(
+            path,
+            WHAT,
+            format!("no numeric matrix `LabelMap` (found: {names:?})"),
+        )
+    })?;
+    let size = arr.size();
+    if size.len() != 2 || size[0] == 0 || size[1] == 0 {
+        return Err(DataError::decode(
+            path,
+            WHAT,
+            format!("`LabelMap` has size {size:?}, expected a non-empty h×w matrix"),
+        ));
+    }
+    let (h, w) = (size[0], size[1]);
+    let bad = |msg: String| DataError::decode(path, WHAT, msg);
+    let col_major: Vec<u32> = match arr.data() {
+        matfile::NumericData::UInt16 { real, .. } => real.iter().map(|&v| u32::from(v)).collect(),
+        matfile::NumericData::UInt8 { real, .. } => real.iter().map(|&v| u32::from(v)).collect(),
+        matfile::NumericData::Int16 { real, .. } => to_ids(real.iter().map(|&v| i64::from(v)))
+            .ok_or_else(|| bad("negative id in `LabelMap`".into()))?,
+        matfile::NumericData::Int32 { real, .. } => to_ids(real.iter().map(|&v| i64::from(v)))
+            .ok_or_else(|| bad("`LabelMap` id outside 0–65535".into()))?,
+        matfile::NumericData::UInt32 { real, .. } => to_ids(real.iter().map(|&v| i64::from(v)))
+            .ok_or_else(|| bad("`LabelMap` id outside 0–65535".into()))?,
+        matfile::NumericData::Double { real, .. } => {
+            if real.iter().any(|v| v.fract() != 0.0) {
+                return Err(bad("`LabelMap` holds non-integer values".into()));
+            }
+            to_ids(real.iter().map(|&v| v as i64))
+                .ok_or_else(|| bad("`LabelMap` id outside 0–65535".into()))?
+        }
+        other => {
+            return Err(bad(format!(
+                "`LabelMap` has an unsupported class ({:?})",
+                std::mem::discriminant(other)
+            )))
+        }
+    };
+    if col_major.len() != h * w {
+        return Err(bad(format!(
+            "`LabelMap` holds {} values for {h}×{w}",
+            col_major.len()
+        )));
+    }
+    // Column-major (MATLAB) → row-major: element (y, x) is at x * h + y.
+    let mut data = vec![0u32; h * w];
+    for x in 0..w {
+        for y in 0..h {
+            data[y * w + x] = col_major[x * h + y];
+        }
+    }
+    LabelMap::new(h, w, data)
+}
+
+fn to_ids(vals: impl Iterator<Item = i64>) -> Option<Vec<u32>> {
+    vals.map(|v| u16::try_from(v).ok().map(u32::from)).collect()
+}
+
+/// Map a (h, w) map of official ids to Context60 labels (0 background, 1–59) in place.
+///
+/// Errors on an id above 459 (not a PASCAL Context class: a wrong or corrupt file).
+pub fn map_to_context59(label: &mut LabelMap, path: &Path) -> Result<()> {
+    let table = context59_table();
+    for v in &mut label.data {
+        let Some(&out) = table.get(*v as usize) else {
+            return Err(DataError::IdOutOfRange {
+                path: path.to_path_buf(),
+                id: *v,
+                n_classes: usize::from(CONTEXT_MAX_ID) + 1,
+                ignore: 0,
+                hint: Some(
+                    "PASCAL Context's LabelMap holds ids 0–459 (labels.txt); is this the official \
+                     trainval release?"
+                        .into(),
+                ),
+            });
+        };
+        *v = u32::from(out);
+    }
+    Ok(())
+}
+
+/// Convert one official `.mat` into a Context60 label PNG (8-bit, 0–59), written atomically.
+pub fn convert_context_mat(mat: &Path, png: &Path) -> Result<()> {
+    let mut label = read_context_mat(mat)?;
+    map_to_context59(&mut label, mat)?;
+    if let Some(parent) = png.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+    }
+    save_label_png(png, &label)
+}
+
+/// Where the pieces of an official PASCAL Context release were found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextRelease {
+    /// Directory of the `<id>.mat` files (the release's `trainval/`).
+    pub mat_dir: PathBuf,
+    /// The VOC2010 directory (`JPEGImages/`, `ImageSets/`), where found.
+    pub voc_dir: Option<PathBuf>,
+}
+
+impl ContextRelease {
+    /// Look for the release under `from`. VOC2010 is `from` itself, `from/VOC2010` or
+    /// `from/VOCdevkit/VOC2010` (the first holding `JPEGImages/`); the `.mat` directory is
+    /// `from/trainval`, `<VOC2010>/trainval`, or `from` itself when it holds `.mat` files.
+    /// `None` when there are no `.mat` files (then `from` should be an already converted
+    /// layout).
+    pub fn find(from: &Path) -> Option<ContextRelease> {
+        let voc_dir = [
+            from.to_path_buf(),
+            from.join("VOC2010"),
+            from.join("VOCdevkit/VOC2010"),
+        ]
+        .into_iter()
+        .find(|d| d.join("JPEGImages").is_dir());
+        let mut mats = vec![from.join("trainval")];
+        if let Some(v) = &voc_dir {
+            mats.push(v.join("trainval"));
+        }
+        mats.push(from.to_path_buf());
+        let mat_dir = mats.into_iter().find(|d| has_mat(d))?;
+        Some(ContextRelease { mat_dir, voc_dir })
+    }
+}
+
+fn has_mat(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "mat"))
+        })
+        .unwrap_or(false)
+}
+
+/// The ids of the `<id>.mat` files directly in `mat_dir`.
+pub fn mat_ids(mat_dir: &Path) -> Result<BTreeSet<String>> {
+    let rd = std::fs::read_dir(mat_dir).map_err(|e| DataError::io(mat_dir, e))?;
+    let mut ids = BTreeSet::new();
+    for entry in rd {
+        let p = entry.map_err(|e| DataError::io(mat_dir, e))?.path();
+        if p.extension().is_some_and(|x| x == "mat") && p.is_file() {
+            if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                ids.insert(stem.to_string());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The validation ids: `split` (one id per line) ∩ `available`, in `split`'s order, without
+/// duplicates; also returns the ids of `split` that have no `.mat`.
+pub fn val_ids(split: &str, available: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    let mut seen = HashSet::new();
+    let (mut ids, mut missing) = (Vec::new(), Vec::new());
+    for id in split.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !seen.insert(id.to_string()) {
+            continue;
+        }
+        if available.contains(id) {
+            ids.push(id.to_string());
+        } else {
+            missing.push(id.to_string());
+        }
+    }
+    (ids, missing)
+}
