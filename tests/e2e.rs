@@ -518,3 +518,25 @@ fn bad_input_unwritable_output_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn imagenet_normalisation_changes_the_crops_and_is_part_of_the_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "spec.toml",
+        &SPEC_2X2.replace(
+            "[sweep.grid]\n\"inference.prob_thd\" = [0.0, 0.2]",
+            "[sweep.grid]\n\"model.normalisation\" = [\"clip\", \"imagenet\"]",
+        ),
+    );
+    ok(&run(
+        &["sweep", spec.to_str().unwrap(), "--quiet"],
+        tmp.path(),
+    ));
+    let rows = metric_columns(&run_dir(tmp.path()));
+    assert_eq!(rows.len(), 4);
+    // Same variant, other normalisation: another configuration with other numbers.
+    assert_ne!(rows[0][0], rows[1][0]);
+    assert_ne!(rows[0][1..], rows[1][1..], "normalisation had no effect");
+}

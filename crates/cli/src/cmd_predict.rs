@@ -157,19 +157,7 @@ fn cache_dir() -> PathBuf {
 pub fn run(args: PredictArgs) -> Result<()> {
     let cfg = config(&args)?;
     let classes = segsweep_data::ClassNames::from_file(&args.classes)?;
-    let device = match cfg.model.device.as_str() {
-        "cpu" => candle_core::Device::Cpu,
-        d => candle_core::Device::new_cuda(d.trim_start_matches("cuda:").parse().unwrap_or(0))
-            .with_context(|| {
-                format!("cannot open {d} (GPU runs need a `just build-cuda` binary)")
-            })?,
-    };
-    let dtype = match cfg.model.dtype.as_str() {
-        "f16" => candle_core::DType::F16,
-        "bf16" => candle_core::DType::BF16,
-        _ => candle_core::DType::F32,
-    };
-    let model = segsweep_clip::ClipModel::load(&cfg.model.source, &device, dtype)?;
+    let model = segsweep_runner::load_clip(&cfg.model)?;
     let classifier = segsweep_clip::build_classifier(
         &model,
         &classes.classes,

@@ -33,7 +33,7 @@ mod vision;
 pub use classifier::{build_classifier, parse_class_names, IMAGENET_TEMPLATES};
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use error::{ClipError, Result};
-pub use model::{ClipModel, BUILTIN_TINY, CLIP_MEAN, CLIP_STD};
+pub use model::{ClipModel, BUILTIN_TINY, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD};
 pub use source::{HubEnv, ModelFiles};
 pub use tokenizer::ClipTokenizer;
 pub use vision::interpolate_pos;

@@ -309,3 +309,19 @@ impl Backbone for ClipModel {
         Ok(self.text.encode_ids(&seqs, None)?)
     }
 }
+
+/// ImageNet's mean on the 0..=1 scale (what LoftUp's CLIP featurizer was trained with).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's std on the 0..=1 scale.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl ClipModel {
+    /// Normalise input crops with other statistics (e.g. ImageNet's, on which LoftUp's CLIP
+    /// features were trained). [`Backbone::info`] reports them, and the pipeline normalises crops
+    /// with what `info()` reports, so plugins that de-normalise stay correct.
+    pub fn with_input_normalisation(mut self, mean: [f32; 3], std: [f32; 3]) -> Self {
+        self.info.mean = mean;
+        self.info.std = std;
+        self
+    }
+}

@@ -242,9 +242,19 @@ fn load_model(
         return Ok(model.clone());
     }
     tracing::info!("loading model {} ({}, {})", m.source, m.dtype, m.device);
-    let model = Arc::new(ClipModel::load(&m.source, &device_of(m)?, dtype_of(m))?);
+    let model = Arc::new(load_clip(m)?);
     cache.insert(m.clone(), model.clone());
     Ok(model)
+}
+
+/// Load the CLIP model a `[model]` section describes (source, device, dtype, normalisation).
+pub fn load_clip(m: &ModelSection) -> Result<ClipModel> {
+    let model = ClipModel::load(&m.source, &device_of(m)?, dtype_of(m))?;
+    Ok(match m.normalisation.as_str() {
+        "imagenet" => model
+            .with_input_normalisation(segsweep_clip::IMAGENET_MEAN, segsweep_clip::IMAGENET_STD),
+        _ => model,
+    })
 }
 
 /// Open the dataset of a configuration, with its subset applied.

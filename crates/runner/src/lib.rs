@@ -21,8 +21,8 @@ pub mod sweep;
 
 pub use error::{Result, RunnerError};
 pub use exec::{
-    counts_of, default_run_id, finalize, metrics_of, open_dataset, run, run_dir, RunOptions,
-    RunSummary,
+    counts_of, default_run_id, finalize, load_clip, metrics_of, open_dataset, run, run_dir,
+    RunOptions, RunSummary,
 };
 pub use spec::{load, load_text, parse_set, LoadedSpec, RawSpec};
 pub use sweep::{expand, Config, Experiment, Step, ATTENTIONS};

@@ -65,6 +65,9 @@ pub struct ModelSection {
     pub dtype: String,
     /// `cpu` (default) or `cuda:N` (needs a build with `--features cuda`).
     pub device: String,
+    /// Input statistics: `clip` (default, CLIP's mean/std) or `imagenet` (what LoftUp's CLIP
+    /// features were trained with).
+    pub normalisation: String,
 }
 
 impl Default for ModelSection {
@@ -73,6 +76,7 @@ impl Default for ModelSection {
             source: "openai/clip-vit-base-patch16".into(),
             dtype: "f32".into(),
             device: "cpu".into(),
+            normalisation: "clip".into(),
         }
     }
 }

@@ -628,6 +628,14 @@ fn check_model(m: &ModelSection, file: &str) -> Result<()> {
             Some("use \"cpu\" or \"cuda:0\"".into()),
         ));
     }
+    if !["clip", "imagenet"].contains(&m.normalisation.as_str()) {
+        return Err(RunnerError::spec(
+            file,
+            "model.normalisation",
+            format!("`{}` is not a normalisation", m.normalisation),
+            Some("use \"clip\" or \"imagenet\"".into()),
+        ));
+    }
     if m.source.trim().is_empty() {
         return Err(RunnerError::spec(
             file,
