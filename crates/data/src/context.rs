@@ -13,6 +13,10 @@
 //! JSON leaves at 0. mmseg's own mapping *asserts* on ids outside the list (they cannot occur
 //! in its input), so the two agree wherever mmseg runs.
 //!
+//! The labels are read from the extracted `trainval/` or streamed from `trainval.tar.gz`
+//! ([`convert_from_archive`]); only the validation images are converted (mmseg converts train
+//! too; evaluation never reads them).
+//!
 //! The validation split: mmseg lists `Detail(json, …, 'val').getImgs()`; the `.mat` release ships
 //! no split file. PASCAL Context uses VOC2010's train/val split (4998/5105 images), so the
 //! split here is VOC2010's `ImageSets/Main/val.txt` ∩ the ids that have a `.mat`, in file order
@@ -169,21 +173,32 @@ pub fn convert_context_mat(mat: &Path, png: &Path) -> Result<()> {
     save_label_png(png, &label)
 }
 
+/// Where the official labels are: the extracted `trainval/` directory, or the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelSource {
+    /// A directory of `<id>.mat` files (the release's `trainval/`).
+    Dir(PathBuf),
+    /// The official `trainval.tar.gz`, read without extracting it.
+    TarGz(PathBuf),
+}
+
 /// Where the pieces of an official PASCAL Context release were found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextRelease {
-    /// Directory of the `<id>.mat` files (the release's `trainval/`).
-    pub mat_dir: PathBuf,
+    pub labels: LabelSource,
     /// The VOC2010 directory (`JPEGImages/`, `ImageSets/`), where found.
     pub voc_dir: Option<PathBuf>,
 }
 
+/// The official archive's file name.
+pub const CONTEXT_ARCHIVE: &str = "trainval.tar.gz";
+
 impl ContextRelease {
     /// Look for the release under `from`. VOC2010 is `from` itself, `from/VOC2010` or
-    /// `from/VOCdevkit/VOC2010` (the first holding `JPEGImages/`); the `.mat` directory is
-    /// `from/trainval`, `<VOC2010>/trainval`, or `from` itself when it holds `.mat` files.
-    /// `None` when there are no `.mat` files (then `from` should be an already converted
-    /// layout).
+    /// `from/VOCdevkit/VOC2010` (the first holding `JPEGImages/`). The labels are, in this
+    /// order: `from/trainval/`, `<VOC2010>/trainval/`, `from` itself when it holds `.mat`
+    /// files, then `from/trainval.tar.gz` or `<VOC2010>/trainval.tar.gz`. `None` when there
+    /// are none (then `from` should be an already converted layout).
     pub fn find(from: &Path) -> Option<ContextRelease> {
         let voc_dir = [
             from.to_path_buf(),
@@ -192,14 +207,85 @@ impl ContextRelease {
         ]
         .into_iter()
         .find(|d| d.join("JPEGImages").is_dir());
-        let mut mats = vec![from.join("trainval")];
+        let mut bases = vec![from.to_path_buf()];
         if let Some(v) = &voc_dir {
-            mats.push(v.join("trainval"));
+            bases.push(v.clone());
         }
-        mats.push(from.to_path_buf());
-        let mat_dir = mats.into_iter().find(|d| has_mat(d))?;
-        Some(ContextRelease { mat_dir, voc_dir })
+        let dir = bases
+            .iter()
+            .map(|b| b.join("trainval"))
+            .chain([from.to_path_buf()])
+            .find(|d| has_mat(d))
+            .map(LabelSource::Dir);
+        let labels = dir.or_else(|| {
+            bases
+                .iter()
+                .map(|b| b.join(CONTEXT_ARCHIVE))
+                .find(|p| p.is_file())
+                .map(LabelSource::TarGz)
+        })?;
+        Some(ContextRelease { labels, voc_dir })
     }
+}
+
+/// Stream the `.mat` members of a `trainval.tar.gz` and convert those whose id is in `wanted`
+/// into `out(id)` (skipping outputs that exist); returns the ids of every `.mat` member.
+///
+/// `on_done(converted)` is called after each wanted member (true: written now, false:
+/// already there). One pass, nothing extracted to disk: decompressing the whole archive is
+/// needed anyway to list it, and converting on the way avoids a second pass.
+pub fn convert_from_archive(
+    archive: &Path,
+    wanted: &HashSet<String>,
+    out: &dyn Fn(&str) -> PathBuf,
+    on_done: &mut dyn FnMut(bool),
+) -> Result<BTreeSet<String>> {
+    let bad = |e: std::io::Error| DataError::Io {
+        path: archive.to_path_buf(),
+        source: e,
+        hint: Some("reading the official PASCAL Context trainval.tar.gz".into()),
+    };
+    let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
+    let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+    let mut tar = tar::Archive::new(gz);
+    let mut seen = BTreeSet::new();
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(bad)?.into_owned();
+        if path.extension().is_none_or(|x| x != "mat") {
+            continue;
+        }
+        let Some(id) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if wanted.contains(&id) && !seen.contains(&id) {
+            let dst = out(&id);
+            if dst.is_file() {
+                on_done(false);
+            } else {
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(bad)?;
+                // Errors name the member inside the archive.
+                let member = archive.join(&path);
+                let mut label = parse_context_mat(&bytes, &member)?;
+                map_to_context59(&mut label, &member)?;
+                if let Some(parent) = dst.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+                }
+                save_label_png(&dst, &label)?;
+                on_done(true);
+            }
+        }
+        seen.insert(id);
+    }
+    Ok(seen)
 }
 
 fn has_mat(dir: &Path) -> bool {

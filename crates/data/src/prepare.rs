@@ -6,7 +6,7 @@
 //! | coco-stuff164k | `images/val2017/*.jpg`, `annotations/val2017/*.png` (stuffthingmaps) | `annotations/val2017/*_labelTrainIds.png` (0–170, 255) |
 //! | coco-object | the same | `annotations/val2017/*_instanceTrainIds.png` (0 bg, 1–80) |
 //! | cityscapes | `leftImg8bit/val/<city>/`, `gtFine/val/<city>/*_gtFine_labelIds.png` | `*_gtFine_labelTrainIds.png` (19 ids, 255) |
-//! | context60, context59 | the official release: `trainval/<id>.mat` + VOC2010 (`JPEGImages/`, `ImageSets/Main/val.txt`) | `SegmentationClassContext/<id>.png` (0 bg, 1–59), `ImageSets/SegmentationContext/val.txt` ([`crate::context`]) |
+//! | context60, context59 | the official release: `trainval/<id>.mat` (or `trainval.tar.gz`, read directly) + VOC2010 (`JPEGImages/`, `ImageSets/Main/val.txt`) | `SegmentationClassContext/<id>.png` (0 bg, 1–59), `ImageSets/SegmentationContext/val.txt` ([`crate::context`]) |
 //! | voc21, voc20, ade20k (and Context already converted by mmseg) | the final layout | nothing converted; the layout is verified |
 //!
 //! `--from` may instead be a directory holding the official `.zip` archives (`val2017.zip` +
@@ -371,7 +371,8 @@ fn prepare_as_is(
 const CONTEXT_LABEL_DIR: &str = "SegmentationClassContext";
 
 /// PASCAL Context from the official `.mat` release (see [`crate::context`]): choose the val
-/// ids, write the split file, link the val images, convert each `.mat` to a label PNG.
+/// ids, convert each `.mat` to a label PNG (from `trainval/` or straight from
+/// `trainval.tar.gz`), write the split file, link the val images.
 fn prepare_context(
     spec: &DatasetSpec,
     release: &crate::context::ContextRelease,
@@ -379,12 +380,15 @@ fn prepare_context(
     progress: ProgressFn<'_>,
     report: &mut PrepareReport,
 ) -> Result<()> {
-    use crate::context::{convert_context_mat, mat_ids, val_ids, CONTEXT_VAL_SIZE};
+    use crate::context::{
+        convert_context_mat, convert_from_archive, mat_ids, val_ids, LabelSource, CONTEXT_VAL_SIZE,
+    };
+    let (LabelSource::Dir(labels_at) | LabelSource::TarGz(labels_at)) = &release.labels;
     let Some(voc) = release.voc_dir.as_deref() else {
         return Err(DataError::Missing {
             dataset: spec.name.into(),
             what: "VOC2010 images (JPEGImages/)".into(),
-            path: release.mat_dir.clone(),
+            path: labels_at.clone(),
             hint: Some(
                 "PASCAL Context's labels need VOC2010's images and split: extract \
                  VOCtrainval_03-May-2010.tar and pass its VOCdevkit/VOC2010 (or a parent) as --from"
@@ -411,27 +415,49 @@ fn prepare_context(
         });
     };
     let text = std::fs::read_to_string(split_src).map_err(|e| DataError::io(split_src, e))?;
-    let available = mat_ids(&release.mat_dir)?;
-    let (ids, missing) = val_ids(&text, &available);
-    if !missing.is_empty() {
-        report.warnings.push(format!(
-            "{} of the {} ids in {} have no .mat in {} (left out), e.g. {}",
-            missing.len(),
-            missing.len() + ids.len(),
-            split_src.display(),
-            release.mat_dir.display(),
-            missing
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    let label_path = |id: &str| {
+        root.join(spec.label_dir)
+            .join(format!("{id}{}", spec.label_suffix))
+    };
+    let ids = match &release.labels {
+        LabelSource::Dir(mat_dir) => {
+            let (ids, missing) = val_ids(&text, &mat_ids(mat_dir)?);
+            warn_missing(report, &missing, ids.len(), split_src, mat_dir);
+            for (k, id) in ids.iter().enumerate() {
+                let dst = label_path(id);
+                if dst.is_file() {
+                    report.skipped_existing += 1;
+                } else {
+                    convert_context_mat(&mat_dir.join(format!("{id}.mat")), &dst)?;
+                    report.converted += 1;
+                }
+                progress(k + 1, ids.len());
+            }
+            ids
+        }
+        LabelSource::TarGz(archive) => {
+            // Every split id (against an empty set, all of them come back as "missing").
+            let (_, wanted) = val_ids(&text, &Default::default());
+            let want_set = wanted.iter().cloned().collect();
+            let (mut done, n) = (0usize, wanted.len());
+            let seen = convert_from_archive(archive, &want_set, &label_path, &mut |converted| {
+                if converted {
+                    report.converted += 1;
+                } else {
+                    report.skipped_existing += 1;
+                }
+                done += 1;
+                progress(done, n);
+            })?;
+            let (ids, missing) = val_ids(&text, &seen);
+            warn_missing(report, &missing, ids.len(), split_src, archive);
+            ids
+        }
+    };
     if ids.len() != CONTEXT_VAL_SIZE {
         report.warnings.push(format!(
-            "the validation split has {} images with labels, PASCAL Context's has {CONTEXT_VAL_SIZE} \
-             (split from {})",
+            "the validation split has {} images with labels, PASCAL Context's has \
+             {CONTEXT_VAL_SIZE} (split from {})",
             ids.len(),
             split_src.display()
         ));
@@ -448,32 +474,41 @@ fn prepare_context(
         std::fs::write(&tmp, body).map_err(|e| DataError::io(&tmp, e))?;
         std::fs::rename(&tmp, &split_dst).map_err(|e| DataError::io(&split_dst, e))?;
     }
-    let n = ids.len();
-    for (k, id) in ids.iter().enumerate() {
-        if voc != root {
-            let img = voc
-                .join(spec.img_dir)
-                .join(format!("{id}{}", spec.img_suffix));
+    if voc != root {
+        for id in &ids {
+            let name = format!("{id}{}", spec.img_suffix);
+            let img = voc.join(spec.img_dir).join(&name);
             // A missing image is reported by the layout check after preparing.
             if img.is_file() {
-                let dst = root
-                    .join(spec.img_dir)
-                    .join(format!("{id}{}", spec.img_suffix));
-                link_file(&img, &dst, report)?;
+                link_file(&img, &root.join(spec.img_dir).join(&name), report)?;
             }
         }
-        let dst = root
-            .join(spec.label_dir)
-            .join(format!("{id}{}", spec.label_suffix));
-        if dst.is_file() {
-            report.skipped_existing += 1;
-        } else {
-            convert_context_mat(&release.mat_dir.join(format!("{id}.mat")), &dst)?;
-            report.converted += 1;
-        }
-        progress(k + 1, n);
     }
     Ok(())
+}
+
+fn warn_missing(
+    report: &mut PrepareReport,
+    missing: &[String],
+    found: usize,
+    split: &Path,
+    labels: &Path,
+) {
+    if !missing.is_empty() {
+        report.warnings.push(format!(
+            "{} of the {} ids in {} have no .mat in {} (left out), e.g. {}",
+            missing.len(),
+            missing.len() + found,
+            split.display(),
+            labels.display(),
+            missing
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
 }
 
 /// Link every `*suffix` file under `src` to the same relative path under `dst`.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use common::write_image;
 use segsweep_data::context::{
     context59_table, map_to_context59, parse_context_mat, read_context_mat, ContextRelease,
-    CONTEXT59_IDS,
+    LabelSource, CONTEXT59_IDS,
 };
 use segsweep_data::{load_label, no_progress, prepare, DataError, Dataset, LabelMap};
 
@@ -236,7 +236,7 @@ fn prepare_converts_the_official_release_and_rerun_skips() {
     let root = tempfile::tempdir().unwrap();
     context_release(from.path());
     let found = ContextRelease::find(from.path()).unwrap();
-    assert_eq!(found.mat_dir, from.path().join("trainval"));
+    assert_eq!(found.labels, LabelSource::Dir(from.path().join("trainval")));
 
     let r = prepare("context60", from.path(), root.path(), &no_progress).unwrap();
     assert_eq!((r.converted, r.samples), (2, 2), "{r}");
@@ -301,4 +301,58 @@ fn prepare_in_place_under_voc2010_and_as_is_fallback() {
     assert_eq!((r.converted, r.samples), (0, 2));
     let err = prepare("context60", other.path(), &voc, &no_progress).unwrap_err();
     assert!(err.to_string().contains("trainval"), "{err}");
+}
+
+/// Pack `from/trainval/*.mat` (+ a labels.txt) into `from/trainval.tar.gz` as the official
+/// archive lays them out, then remove the directory.
+fn pack_release(from: &Path) {
+    let file = std::fs::File::create(from.join("trainval.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all("trainval", from.join("trainval"))
+        .unwrap();
+    let labels = b"1: accordion\n2: aeroplane\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(labels.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "labels.txt", &labels[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    std::fs::remove_dir_all(from.join("trainval")).unwrap();
+}
+
+#[test]
+fn prepare_reads_the_tar_gz_directly() {
+    let from = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    context_release(from.path());
+    pack_release(from.path());
+    let found = ContextRelease::find(from.path()).unwrap();
+    assert_eq!(
+        found.labels,
+        LabelSource::TarGz(from.path().join("trainval.tar.gz"))
+    );
+    let r = prepare("context60", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((r.converted, r.copied, r.samples), (2, 2, 2), "{r}");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("1 of the 3 ids")),
+        "{:?}",
+        r.warnings
+    );
+    let split =
+        std::fs::read_to_string(root.path().join("ImageSets/SegmentationContext/val.txt")).unwrap();
+    assert_eq!(split, "a\nb\n");
+    for (id, h, w, ids) in [("a", 4, 6, &IDS[3..]), ("b", 5, 7, &IDS[..])] {
+        let got = load_label(
+            root.path()
+                .join(format!("SegmentationClassContext/{id}.png")),
+        )
+        .unwrap();
+        assert_eq!((got.h, got.w), (h, w));
+        assert_eq!(got.data, mapped(&cycling(h, w, ids)), "{id}");
+    }
+    assert!(!root.path().join("SegmentationClassContext/e.png").exists());
+    let again = prepare("context60", from.path(), root.path(), &no_progress).unwrap();
+    assert_eq!((again.converted, again.skipped_existing), (0, 5), "{again}");
 }
