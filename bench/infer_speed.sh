@@ -60,8 +60,14 @@ print(f"| images/s, best | {1 / min(r['s_per_image_bs1'], r['s_per_image_bs8']):
 line(f"text classifier cold ({r['queries']} names × 80)", r["text_cold_s"], t["text_cold_s"])
 line("text classifier cached", r["text_cached_s"], None)
 print()
-print(f"one image = prepare {r['prepare_s']:.3f} s + finish {r['finish_s']:.3f} s; "
-      f"16 configurations on one prepare: {r['sweep16_s']:.3f} s = {r['sweep16_s'] / r['single_config_s']:.2f}× one configuration")
+one = r["single_config_s"]
+print(f"one image, one configuration = prepare {r['prepare_s']:.3f} s + finish {r['finish_s']:.3f} s")
+print(f"16 configurations on one prepared image (ratio to one configuration):")
+print(f"- 4 attentions × 4 post-processing settings, finish each: {r['sweep16_finish_each_s']:.3f} s = {r['sweep16_finish_each_s'] / one:.2f}×")
+print(f"- the same, dense logits shared per attention: {r['sweep16_shared_dense_s']:.3f} s = {r['sweep16_shared_dense_s'] / one:.2f}×")
+print(f"- 16 post-processing settings on one attention: {r['sweep16_post_only_s']:.3f} s = {r['sweep16_post_only_s'] / one:.2f}×")
+print(f"2048×1024 image: {r['big_2048x1024_s']:.2f} s; peak resident memory of the whole run "
+      f"(model weights included): {r['peak_rss_mb']:.0f} MB")
 if "parity_probs_max_rel_err" in t:
     print(f"full-size parity: probabilities max relative error {t['parity_probs_max_rel_err']:.2e}, "
           f"labels agree on {100 * t['parity_label_agreement']:.3f}% of pixels")

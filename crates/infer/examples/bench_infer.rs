@@ -8,9 +8,11 @@
 //!
 //! Loads the model in f32 on the CPU, times the text classifier (all names × 80 templates) cold
 //! and cached, then images/s with SCLIP's VOC21 settings (short side 336, slide 224/112,
-//! logit_scale 65, prob_thd 0.1, area_thd 0.1) at batch 1 and 8, batching across images, and a
-//! 16-configuration sweep on one prepared image. With `--out`, writes each image's probabilities
-//! as `<stem>.probs.npy` (f32, C × H × W) for the parity check. Prints one JSON object.
+//! logit_scale 65, prob_thd 0.1, area_thd 0.1) at batch 1 and 8, batching across images,
+//! 16-configuration sweeps on one prepared image, and a 2048×1024 image with the process's peak
+//! resident memory. With `--out`, writes each image's probabilities as `<stem>.probs.npy`
+//! (f32, C × H × W) and labels as `<stem>.labels.npy` for the parity check. Prints one JSON
+//! object.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use segsweep_clip::{build_classifier, parse_class_names, ClipModel, IMAGENET_TEMPLATES};
 use segsweep_core::{InferConfig, Needs, RgbImage};
-use segsweep_infer::{finish, prepare, prepare_many, segment};
+use segsweep_infer::{dense_logits, finish, postprocess, prepare, prepare_many, segment};
 
 /// A binary PPM (P6, maxval 255) as written by the bench script.
 fn read_ppm(path: &Path) -> Result<RgbImage, Box<dyn Error>> {
@@ -152,21 +154,46 @@ fn main() -> Result<(), Box<dyn Error>> {
         Ok(())
     });
 
-    // Split of one image's time, and a 16-configuration sweep sharing one prepare.
+    // Split of one image's time.
     let (prepared, prepare_s) = secs(|| prepare(&model, &images[0], &cfg(8), &Needs::default()));
     let prepared = prepared?;
     let (_, finish_s) = secs(|| finish(&model, &prepared, &cls, &cfg(8), &[], Some(0)));
-    let sweep: Vec<InferConfig> = (0..16)
-        .map(|i| InferConfig {
-            attention: ["sclip", "vanilla", "naclip", "maskclip"][i % 4].to_string(),
-            logit_scale: [40.0, 50.0, 65.0, 80.0][i / 4],
-            ..cfg(8)
-        })
-        .collect();
-    let (_, sweep_s) = secs(|| -> Result<(), Box<dyn Error>> {
+    // 16 configurations sharing one prepare: 4 last-block attentions × 4 post-processing
+    // settings (logit_scale, prob_thd, area_thd). (a) every configuration runs its own finish;
+    // (b) each attention's dense logits are computed once and shared by its 4 postprocesses;
+    // (c) 16 post-processing settings on one attention's dense logits.
+    let attn = ["sclip", "vanilla", "naclip", "maskclip"];
+    let tail = |i: usize, a: &str| InferConfig {
+        attention: a.to_string(),
+        logit_scale: [40.0, 50.0, 65.0, 80.0][i % 4],
+        prob_thd: [0.0, 0.1, 0.2, 0.3][(i / 4) % 4],
+        area_thd: [None, Some(0.1)][i % 2],
+        ..cfg(8)
+    };
+    let (_, sweep_finish_s) = secs(|| -> Result<(), Box<dyn Error>> {
         let p = prepare(&model, &images[0], &cfg(8), &Needs::default())?;
-        for c in &sweep {
-            finish(&model, &p, &cls, c, &[], Some(0))?;
+        for (j, a) in attn.iter().enumerate() {
+            for i in 0..4 {
+                finish(&model, &p, &cls, &tail(4 * j + i, a), &[], Some(0))?;
+            }
+        }
+        Ok(())
+    });
+    let (_, sweep_shared_s) = secs(|| -> Result<(), Box<dyn Error>> {
+        let p = prepare(&model, &images[0], &cfg(8), &Needs::default())?;
+        for (j, a) in attn.iter().enumerate() {
+            let d = dense_logits(&model, &p, &cls, &tail(4 * j, a), &[])?;
+            for i in 0..4 {
+                postprocess(&model, &p, &d, &cls, &tail(4 * j + i, a), &[], Some(0))?;
+            }
+        }
+        Ok(())
+    });
+    let (_, sweep_post_s) = secs(|| -> Result<(), Box<dyn Error>> {
+        let p = prepare(&model, &images[0], &cfg(8), &Needs::default())?;
+        let d = dense_logits(&model, &p, &cls, &cfg(8), &[])?;
+        for i in 0..16 {
+            postprocess(&model, &p, &d, &cls, &tail(i, "sclip"), &[], Some(0))?;
         }
         Ok(())
     });
@@ -182,6 +209,21 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     }
 
+    // A 2048×1024 image (short side 336 → 336×672, 10 crops): time and peak resident memory
+    // (VmHWM, which includes the model's weights).
+    let big = RgbImage::new(
+        1024,
+        2048,
+        (0..1024 * 2048 * 3).map(|i| (i % 251) as u8).collect(),
+    )?;
+    let (seg, big_s) = secs(|| segment(&model, &big, &cls, &cfg(8), &[], Some(0)));
+    drop(seg?);
+    let peak_rss_mb = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0);
+
     let json = serde_json::json!({
         "threads": rayon::current_num_threads(),
         "images": images.len(),
@@ -196,8 +238,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         "s_per_image_across_images_bs8": across_s / images.len() as f64,
         "prepare_s": prepare_s,
         "finish_s": finish_s,
-        "sweep16_s": sweep_s,
+        "sweep16_finish_each_s": sweep_finish_s,
+        "sweep16_shared_dense_s": sweep_shared_s,
+        "sweep16_post_only_s": sweep_post_s,
         "single_config_s": prepare_s + finish_s,
+        "big_2048x1024_s": big_s,
+        "peak_rss_mb": peak_rss_mb,
     });
     println!("{json}");
     Ok(())

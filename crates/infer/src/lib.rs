@@ -8,8 +8,10 @@
 //! max, and `area_thd`/`prob_thd`, then label plugins. It does not load models, build text
 //! classifiers, read datasets or write files.
 //!
-//! Central types: [`Prepared`] (one image after the backbone prefix), [`Segmentation`] (probs
-//! and labels) and the functions [`prepare`], [`prepare_many`], [`finish`] and [`segment`].
+//! Central types: [`Prepared`] (one image after the backbone prefix), [`DenseLogits`] (one
+//! image after the attention and feature stages), [`Segmentation`] (probs and labels), and the
+//! functions [`prepare`], [`prepare_many`], [`finish`] (= [`dense_logits`] + [`postprocess`])
+//! and [`segment`] (= `prepare` + `finish`).
 //!
 //! Design decision: the pipeline is split at the backbone prefix (layers 1..L−1, about 11/12 of
 //! the FLOPs). [`prepare`] keeps every window's prefix output, so a sweep can run all of its
@@ -30,8 +32,8 @@ mod windows;
 pub use error::{InferError, Result};
 pub use interp::resize_planes;
 pub use pipeline::{
-    finish, finish_traced, needs_of, prepare, prepare_many, segment, Prepared, Segmentation, Step,
-    Trace, LONG_SIDE_CAP,
+    dense_logits, finish, finish_traced, needs_of, postprocess, prepare, prepare_many, segment,
+    DenseLogits, Prepared, Segmentation, Step, Trace, LONG_SIDE_CAP,
 };
 pub use post::{class_probs, threshold_labels};
 pub use resize::{normalise, rescale_size, resize_short_side};

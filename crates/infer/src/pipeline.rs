@@ -607,18 +607,15 @@ fn check_key(prepared: &Prepared, cfg: &InferConfig) -> Result<()> {
     Ok(())
 }
 
-fn finish_impl(
-    backbone: &dyn Backbone,
+/// Checks shared by both halves of [`finish`].
+fn check_finish(
     prepared: &Prepared,
     classifier: &Classifier,
     cfg: &InferConfig,
-    pipeline: &[Step<'_>],
     background: Option<usize>,
-    mut trace: Option<&mut Trace>,
-) -> Result<Segmentation> {
+) -> Result<()> {
     validate(cfg)?;
     check_key(prepared, cfg)?;
-    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
     let (q, n_classes) = (classifier.query_class.len(), classifier.n_classes());
     if classifier.text.dim(0)? != q {
         return Err(InferError::Shape {
@@ -633,12 +630,115 @@ fn finish_impl(
             msg: format!("class index ≥ {n_classes} classes"),
         });
     }
+    Ok(())
+}
+
+fn finish_impl(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+    trace: Option<&mut Trace>,
+) -> Result<Segmentation> {
+    check_finish(prepared, classifier, cfg, background)?;
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    let dense = dense_logits_impl(backbone, prepared, classifier, cfg, &plan, trace)?;
+    postprocess_impl(
+        backbone, prepared, &dense, classifier, cfg, &plan, background,
+    )
+}
+
+/// Dense logits `(Q, h, w)` at the original image size: the output of the attention and
+/// feature stages, stitched and resized. The input of [`postprocess`].
+#[derive(Debug, Clone)]
+pub struct DenseLogits {
+    data: Vec<f32>,
+    queries: usize,
+    size: (usize, usize),
+}
+
+impl DenseLogits {
+    /// The logits as a `(Q, h, w)` f32 tensor on the CPU.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let (h, w) = self.size;
+        Ok(Tensor::from_slice(
+            &self.data,
+            (self.queries, h, w),
+            &Device::Cpu,
+        )?)
+    }
+    /// Bytes held, for cache budgets.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+}
+
+/// The first half of [`finish`]: last block (attention plugin or `cfg.attention`), head,
+/// feature-stage plugins, cosine logits, stitching and the resize to the original size.
+/// Dense- and label-stage plugins in `pipeline` are ignored here; thresholds and `logit_scale`
+/// are not used. Configurations that agree on everything up to here can share the result and
+/// differ only in [`postprocess`].
+pub fn dense_logits(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+) -> Result<DenseLogits> {
+    check_finish(prepared, classifier, cfg, None)?;
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    dense_logits_impl(backbone, prepared, classifier, cfg, &plan, None)
+}
+
+/// The second half of [`finish`]: dense-stage plugins, class probabilities (softmax of
+/// `logit_scale ·` logits, synonym max), `area_thd`, argmax, `prob_thd` and label-stage plugins.
+/// Attention- and feature-stage plugins in `pipeline` are ignored here.
+/// `dense_logits(..) + postprocess(..)` is [`finish`], to the bit.
+pub fn postprocess(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    dense: &DenseLogits,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+) -> Result<Segmentation> {
+    check_finish(prepared, classifier, cfg, background)?;
+    if dense.queries != classifier.query_class.len() || dense.size != prepared.original_size() {
+        return Err(InferError::Shape {
+            what: "dense logits for postprocess",
+            expected: format!(
+                "({}, {}, {}) (this classifier's queries, this image's size)",
+                classifier.query_class.len(),
+                prepared.image.h,
+                prepared.image.w
+            ),
+            got: vec![dense.queries, dense.size.0, dense.size.1],
+        });
+    }
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    postprocess_impl(
+        backbone, prepared, dense, classifier, cfg, &plan, background,
+    )
+}
+
+fn dense_logits_impl(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+    mut trace: Option<&mut Trace>,
+) -> Result<DenseLogits> {
+    let q = classifier.query_class.len();
     let (h, w) = prepared.original_size();
     let (rh, rw) = prepared.resized;
     let mut canvas = Canvas::new(q, rh, rw);
     let mut whole: Option<(Vec<f32>, (usize, usize))> = None;
     for chunk in &prepared.chunks {
-        let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, &plan)?;
+        let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, plan)?;
         let (b, _, gh, gw) = logits.dims4()?;
         if let Some(t) = trace.as_deref_mut() {
             t.crop_logits.push(logits.to_device(&Device::Cpu)?);
@@ -667,7 +767,25 @@ fn finish_impl(
     if let Some(t) = trace {
         t.dense_logits = Some(Tensor::from_slice(&logits, (q, h, w), &Device::Cpu)?);
     }
-    let probs = dense_stage(backbone, prepared, classifier, cfg, &plan, logits)?;
+    Ok(DenseLogits {
+        data: logits,
+        queries: q,
+        size: (h, w),
+    })
+}
+
+fn postprocess_impl(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    dense: &DenseLogits,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+    background: Option<usize>,
+) -> Result<Segmentation> {
+    let n_classes = classifier.n_classes();
+    let (h, w) = prepared.original_size();
+    let probs = dense_stage(backbone, prepared, classifier, cfg, plan, &dense.data)?;
     let labels = threshold_labels(&probs, n_classes, cfg.area_thd, cfg.prob_thd, background);
     let probs = Tensor::from_vec(probs, (n_classes, h, w), &Device::Cpu)?;
     let mut labels = Tensor::from_vec(labels, (h, w), &Device::Cpu)?;
@@ -699,16 +817,16 @@ fn dense_stage(
     classifier: &Classifier,
     cfg: &InferConfig,
     plan: &Plan<'_>,
-    logits: Vec<f32>,
+    logits: &[f32],
 ) -> Result<Vec<f32>> {
     let (q, n_classes) = (classifier.query_class.len(), classifier.n_classes());
     let (h, w) = prepared.original_size();
     if plan.dense.is_empty() {
-        return class_probs(&logits, cfg.logit_scale, &classifier.query_class, n_classes);
+        return class_probs(logits, cfg.logit_scale, &classifier.query_class, n_classes);
     }
     let device = backbone.device();
     let mut maps =
-        DenseMaps::Logits(Tensor::from_vec(logits, (q, h, w), &Device::Cpu)?.to_device(device)?);
+        DenseMaps::Logits(Tensor::from_slice(logits, (q, h, w), &Device::Cpu)?.to_device(device)?);
     let ctx = DenseCtx {
         image: &prepared.image,
         logit_scale: cfg.logit_scale,

@@ -7,8 +7,8 @@ use segsweep_core::{
     LabelCtx, Mode, Needs, Refiner, RgbImage, Stage,
 };
 use segsweep_infer::{
-    fake::FakeBackbone, finish, finish_traced, prepare, prepare_many, segment, InferError,
-    Segmentation, Step,
+    dense_logits, fake::FakeBackbone, finish, finish_traced, postprocess, prepare, prepare_many,
+    segment, InferError, Segmentation, Step,
 };
 
 /// A smooth non-square test image with some structure.
@@ -358,4 +358,54 @@ fn user_errors_are_reported_with_the_key() {
     .unwrap_err();
     assert!(err.to_string().contains("patch"), "{err}");
     let _ = Device::Cpu;
+}
+
+#[test]
+fn issue_7_shared_dense_logits_then_postprocess_equals_finish() {
+    let bb = FakeBackbone::new(7).unwrap();
+    let cls = classifier(&bb);
+    let img = image(66, 101, 4);
+    let base = cfg(72, 8);
+    let blur = Blur;
+    let prepared = prepare(
+        &bb,
+        &img,
+        &base,
+        &segsweep_infer::needs_of(&[(Stage::DenseLogits, &blur)]),
+    )
+    .unwrap();
+    let dense = dense_logits(&bb, &prepared, &cls, &base, &[]).unwrap();
+    assert_eq!(dense.to_tensor().unwrap().dims(), &[6, 66, 101]);
+    let tails: Vec<(InferConfig, Vec<Step<'_>>)> = vec![
+        (base.clone(), vec![]),
+        (
+            InferConfig {
+                logit_scale: 65.0,
+                prob_thd: 0.4,
+                area_thd: Some(0.2),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            base.clone(),
+            vec![(Stage::DenseLogits, &blur as &dyn Refiner)],
+        ),
+    ];
+    let mut labels_seen = vec![];
+    for (c, p) in &tails {
+        let shared = postprocess(&bb, &prepared, &dense, &cls, c, p, Some(0)).unwrap();
+        let alone = finish(&bb, &prepared, &cls, c, p, Some(0)).unwrap();
+        assert_eq!(max_abs_diff(&shared.probs, &alone.probs), 0.0);
+        assert_eq!(labels(&shared), labels(&alone));
+        labels_seen.push(labels(&shared));
+    }
+    assert!(labels_seen[0] != labels_seen[1] && labels_seen[0] != labels_seen[2]);
+    // Logits of another classifier (different Q) are refused.
+    let mut small = cls.clone();
+    small.text = small.text.narrow(0, 0, 4).unwrap();
+    small.query_class.truncate(4);
+    small.queries.truncate(4);
+    small.class_names.truncate(3);
+    assert!(postprocess(&bb, &prepared, &dense, &small, &base, &[], Some(0)).is_err());
 }
