@@ -3,6 +3,10 @@
 //!
 //! Errors are printed with their whole chain (`{:#}`) and a non-zero exit code.
 
+// Doc comments on clap arguments are the `--help` text users read, written for a terminal
+// (`<output_dir>/<experiment>`, `[dataset] root`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 // The linker drops plugin crates that nothing names, and their registrations with them
 // (inventory issue #50): name every plugin crate once, here.
 use segsweep_plugin_clip_rc as _;
@@ -42,7 +46,7 @@ enum Command {
     /// Redraw every chart and table of a run directory from its saved records.
     Plot(cmd_sweep::PlotArgs),
     /// Segment single images: probabilities (.npy), label PNG and overlay per image.
-    Predict(cmd_predict::PredictArgs),
+    Predict(Box<cmd_predict::PredictArgs>),
     /// Dataset tools: prepare, check, list.
     #[command(subcommand)]
     Data(cmd_data::DataCommand),
@@ -76,7 +80,7 @@ fn main() {
         Command::Validate(a) => cmd_sweep::validate(a),
         Command::Plugins(a) => cmd_plugins::run(a),
         Command::Plot(a) => cmd_sweep::plot(a),
-        Command::Predict(a) => cmd_predict::run(a),
+        Command::Predict(a) => cmd_predict::run(*a),
         Command::Data(c) => cmd_data::data(c),
         Command::Eval(a) => cmd_data::eval(a),
         Command::Densecrf(a) => cmd_data::densecrf(a),

@@ -3,7 +3,7 @@
 //! It defines the named stages of the data flow ([`Stage`]), what flows through each of them
 //! ([`AttentionCtx`], [`FeatureMap`], [`DenseMaps`], [`LabelCtx`]), the [`Backbone`] trait that a
 //! CLIP implementation (real or tiny-random) fulfils, the [`Refiner`] trait that plugins implement,
-//! typed plugin parameters ([`ParamSpec`], [`Params`]) and the plugin [`registry`].
+//! typed plugin parameters ([`ParamSpec`], [`Params`]) and the plugin [`registry()`](fn@registry).
 //!
 //! It must not know about datasets, sweeps, files or reports, and it never loads weights.
 //!
@@ -20,13 +20,14 @@ pub mod registry;
 pub mod stage;
 pub mod tensor;
 
-pub use config::{InferConfig, Mode};
 pub use backbone::{Backbone, BackboneInfo, LastBlock, Needs, PrefixOut, WeightsKind};
+pub use config::{InferConfig, Mode};
 pub use error::{CoreError, Result};
 pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params};
 pub use registry::{registry, PluginSpec, Registry};
 pub use stage::{
-    AttentionCtx, Classifier, DenseCtx, DenseMaps, FeatureCtx, FeatureMap, LabelCtx, Refiner, RgbImage, Stage,
+    AttentionCtx, Classifier, DenseCtx, DenseMaps, FeatureCtx, FeatureMap, LabelCtx, Refiner,
+    RgbImage, Stage,
 };
 
 /// Re-exported so that [`register_plugin!`] works in plugin crates without a direct dependency.

@@ -152,7 +152,9 @@ impl Params {
             if !schema.iter().any(|p| p.name == key) {
                 let names: Vec<&str> = schema.iter().map(|p| p.name).collect();
                 let hint = match crate::registry::nearest(key, names.iter().copied()) {
-                    Some(n) => format!("did you mean `{n}`? known parameters: {}", names.join(", ")),
+                    Some(n) => {
+                        format!("did you mean `{n}`? known parameters: {}", names.join(", "))
+                    }
                     None if names.is_empty() => "this plugin takes no parameters".to_string(),
                     None => format!("known parameters: {}", names.join(", ")),
                 };
@@ -370,7 +372,10 @@ mod tests {
     const SCHEMA: &[ParamSpec] = &[
         ParamSpec {
             name: "temperature",
-            ty: ParamType::Float { min: 1e-6, max: 10.0 },
+            ty: ParamType::Float {
+                min: 1e-6,
+                max: 10.0,
+            },
             default: ParamDefault::Float(0.05),
             doc: "softmax temperature",
         },
@@ -394,7 +399,10 @@ mod tests {
         },
         ParamSpec {
             name: "sigma",
-            ty: ParamType::Float { min: 0.0, max: 100.0 },
+            ty: ParamType::Float {
+                min: 0.0,
+                max: 100.0,
+            },
             default: ParamDefault::None,
             doc: "optional",
         },
@@ -425,13 +433,19 @@ mod tests {
     fn errors_name_plugin_key_and_hint() {
         let e = Params::resolve("x", SCHEMA, &raw("temprature = 0.1")).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("plugin `x`") && m.contains("`temprature`"), "{m}");
+        assert!(
+            m.contains("plugin `x`") && m.contains("`temprature`"),
+            "{m}"
+        );
         assert!(m.contains("did you mean `temperature`"), "{m}");
 
         let m = Params::resolve("x", SCHEMA, &raw("temperature = 50.0"))
             .unwrap_err()
             .to_string();
-        assert!(m.contains("out of range") && m.contains("temperature"), "{m}");
+        assert!(
+            m.contains("out of range") && m.contains("temperature"),
+            "{m}"
+        );
 
         let m = Params::resolve("x", SCHEMA, &raw("steps = \"many\""))
             .unwrap_err()

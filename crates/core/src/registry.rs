@@ -149,8 +149,14 @@ mod tests {
     #[test]
     fn nearest_finds_typos_only() {
         let names = ["cliptrase", "clip-rc", "pamr", "densecrf"];
-        assert_eq!(nearest("cliptrace", names.iter().copied()), Some("cliptrase"));
-        assert_eq!(nearest("dense-crf", names.iter().copied()), Some("densecrf"));
+        assert_eq!(
+            nearest("cliptrace", names.iter().copied()),
+            Some("cliptrase")
+        );
+        assert_eq!(
+            nearest("dense-crf", names.iter().copied()),
+            Some("densecrf")
+        );
         assert_eq!(nearest("zzzzzzzzzzzz", names.iter().copied()), None);
     }
 }

@@ -72,7 +72,11 @@ impl RgbImage {
     /// Wrap `(h, w, 3)` row-major bytes; errors if the length does not match.
     pub fn new(h: usize, w: usize, data: Vec<u8>) -> Result<RgbImage> {
         if data.len() != h * w * 3 {
-            return Err(CoreError::shape("RgbImage bytes", format!("{h}×{w}×3"), &[data.len()]));
+            return Err(CoreError::shape(
+                "RgbImage bytes",
+                format!("{h}×{w}×3"),
+                &[data.len()],
+            ));
         }
         Ok(RgbImage { h, w, data })
     }

@@ -330,13 +330,16 @@ impl Chart for Bars {
     }
 }
 
+/// One line of a parameter chart: its label and points (x, person IoU, mIoU).
+type Series = (String, Vec<(f64, Option<f64>, Option<f64>)>);
+
 /// Person IoU and mIoU against one numeric swept parameter, one line per combination of the
 /// other swept values (and variant).
 struct ParamLines {
     path: String,
     note: Option<String>,
     /// series label → points (x, person, overall)
-    series: Vec<(String, Vec<(f64, Option<f64>, Option<f64>)>)>,
+    series: Vec<Series>,
 }
 
 impl ParamLines {
@@ -353,7 +356,7 @@ impl ParamLines {
             if distinct.len() < 2 {
                 continue;
             }
-            let mut series: Vec<(String, Vec<(f64, Option<f64>, Option<f64>)>)> = Vec::new();
+            let mut series: Vec<Series> = Vec::new();
             for r in records {
                 let Some(x) = r
                     .swept

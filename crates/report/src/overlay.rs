@@ -14,7 +14,7 @@ pub fn palette(id: u32) -> [u8; 3] {
     let (mut r, mut g, mut b) = (0u8, 0u8, 0u8);
     let mut c = id;
     for j in 0..8 {
-        r |= (((c >> 0) & 1) as u8) << (7 - j);
+        r |= ((c & 1) as u8) << (7 - j);
         g |= (((c >> 1) & 1) as u8) << (7 - j);
         b |= (((c >> 2) & 1) as u8) << (7 - j);
         c >>= 3;
@@ -105,7 +105,7 @@ mod tests {
             back.as_raw().iter().map(|&v| v as u32).collect::<Vec<_>>(),
             labels
         );
-        save_overlay(&dir.path().join("o.png"), h, w, &vec![100; 45], &labels).unwrap();
+        save_overlay(&dir.path().join("o.png"), h, w, &[100; 45], &labels).unwrap();
         let o = image::open(dir.path().join("o.png")).unwrap().to_rgb8();
         assert_eq!(o.get_pixel(1, 0).0, [114, 50, 50]); // (100+128)/2, 100/2, 100/2
     }
