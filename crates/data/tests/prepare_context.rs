@@ -95,6 +95,12 @@ fn cycling(h: usize, w: usize, ids: &[u32]) -> LabelMap {
 
 /// A minimal uncompressed MATLAB v5 file with one `uint16` matrix `name` (column-major data).
 fn write_mat_v5(path: &Path, name: &str, label: &LabelMap) {
+    write_mat_v5_as(path, name, label, false)
+}
+
+/// [`write_mat_v5`]; with `as_u8`, the `uint16` matrix's data is stored as `miUINT8`, as
+/// MATLAB does when every value fits in a byte.
+fn write_mat_v5_as(path: &Path, name: &str, label: &LabelMap, as_u8: bool) {
     fn tag(out: &mut Vec<u8>, ty: u32, n: usize) {
         out.extend(ty.to_le_bytes());
         out.extend((n as u32).to_le_bytes());
@@ -114,10 +120,19 @@ fn write_mat_v5(path: &Path, name: &str, label: &LabelMap) {
     tag(&mut body, 1, name.len()); // miINT8 name
     body.extend(name.as_bytes());
     pad8(&mut body);
-    tag(&mut body, 4, 2 * label.h * label.w); // miUINT16 real part
+    if as_u8 {
+        tag(&mut body, 2, label.h * label.w); // miUINT8 real part
+    } else {
+        tag(&mut body, 4, 2 * label.h * label.w); // miUINT16 real part
+    }
     for x in 0..label.w {
         for y in 0..label.h {
-            body.extend((label.data[y * label.w + x] as u16).to_le_bytes());
+            let v = label.data[y * label.w + x] as u16;
+            if as_u8 {
+                body.push(v as u8);
+            } else {
+                body.extend(v.to_le_bytes());
+            }
         }
     }
     pad8(&mut body);
@@ -173,6 +188,14 @@ fn reads_uncompressed_mat_written_here() {
     let label = cycling(3, 5, &[0, 1, 300, 459, 7, 65535, 2]);
     write_mat_v5(&p, "LabelMap", &label);
     assert_eq!(read_context_mat(&p).unwrap(), label);
+
+    let small = cycling(4, 3, &[0, 2, 255, 9, 1]);
+    write_mat_v5_as(&p, "LabelMap", &small, true);
+    assert_eq!(
+        read_context_mat(&p).unwrap(),
+        small,
+        "uint16 stored as miUINT8"
+    );
 
     write_mat_v5(&p, "Other", &label);
     let err = read_context_mat(&p).unwrap_err();
