@@ -103,6 +103,9 @@ pub fn threshold_labels(
         for &l in &labels {
             count[l as usize] += 1;
         }
+        // Deviation: SCLIP always treats class 0 as background here; without a background
+        // class we count every class (identical for every SCLIP configuration that sets
+        // area_thd, all of which have background 0).
         let fg = |c: usize| Some(c) != background;
         let total: u64 = (0..n_classes).filter(|&c| fg(c)).map(|c| count[c]).sum();
         let limit = thd * total as f32;

@@ -124,6 +124,8 @@ pub(crate) fn normalise_vec(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Ve
     let n = img.h * img.w;
     let mut out = vec![0f32; 3 * n];
     for c in 0..3 {
+        // Deviation: SCLIP's config writes the 0..255 values rounded to 3 decimals
+        // (122.771, …); we scale CLIP's 0..1 values, a ≤ 1e-6 relative difference in the input.
         let (m, s) = (mean[c] * 255.0, std[c] * 255.0);
         let plane = &mut out[c * n..(c + 1) * n];
         for (p, o) in plane.iter_mut().enumerate() {
