@@ -27,6 +27,7 @@ mod interp;
 mod pipeline;
 mod post;
 mod resize;
+mod stitch;
 mod windows;
 
 pub use error::{InferError, Result};

@@ -4,16 +4,16 @@
 //! thresholds, label plugins). [`segment`] is the two in a row.
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use segsweep_core::{
     tensor::l2_normalise, AttentionCtx, Backbone, Classifier, DenseCtx, DenseMaps, FeatureCtx,
     FeatureMap, InferConfig, LabelCtx, Mode, Needs, PrefixOut, Refiner, RgbImage, Stage,
 };
 
 use crate::error::{InferError, Result};
-use crate::interp::{resize_plane_into, resize_planes, Axis};
+use crate::interp::resize_planes;
 use crate::post::{class_probs, threshold_labels};
 use crate::resize::{normalise_vec, resize_short_side};
+use crate::stitch::Canvas;
 use crate::windows::{windows_for, Window};
 
 /// mmseg's `Resize(scale=(2048, S), keep_ratio=True)`: the long side is capped at 2048 pixels.
@@ -481,60 +481,6 @@ fn chunk_logits(
         l2_normalise(&feats, 1)?
     };
     cosine_logits(&feats, &classifier.text)
-}
-
-/// Sum of upsampled crop logits and the per-pixel window count at the resized size.
-struct Canvas {
-    q: usize,
-    h: usize,
-    w: usize,
-    sum: Vec<f32>,
-    count: Vec<f32>,
-}
-
-impl Canvas {
-    fn new(q: usize, h: usize, w: usize) -> Canvas {
-        Canvas {
-            q,
-            h,
-            w,
-            sum: vec![0.0; q * h * w],
-            count: vec![0.0; h * w],
-        }
-    }
-
-    /// Upsample one crop's `(Q, gh, gw)` logits to its window (bilinear, `align_corners=False`)
-    /// and add them in, planes in parallel.
-    fn add(&mut self, logits: &[f32], (gh, gw): (usize, usize), win: Window) {
-        let (ay, ax) = (Axis::new(gh, win.h), Axis::new(gw, win.w));
-        let w = self.w;
-        self.sum
-            .par_chunks_mut(self.h * self.w)
-            .zip(logits.par_chunks(gh * gw))
-            .for_each(|(plane, src)| {
-                resize_plane_into(src, (gh, gw), &ay, &ax, plane, w, (win.y, win.x), true)
-            });
-        for y in win.y..win.y + win.h {
-            for c in &mut self.count[y * w + win.x..y * w + win.x + win.w] {
-                *c += 1.0;
-            }
-        }
-    }
-
-    /// The average over windows, `(Q, H, W)`.
-    fn average(mut self) -> Result<Vec<f32>> {
-        if self.count.contains(&0.0) {
-            return Err(InferError::Pipeline(
-                "a pixel of the resized image is in no window".into(),
-            ));
-        }
-        let count = &self.count;
-        self.sum
-            .par_chunks_mut(self.h * self.w)
-            .for_each(|plane| plane.iter_mut().zip(count).for_each(|(v, &c)| *v /= c));
-        debug_assert_eq!(self.sum.len(), self.q * self.h * self.w);
-        Ok(self.sum)
-    }
 }
 
 /// Run every configuration-dependent stage on a prepared image. `pipeline` lists the plugins in
