@@ -394,6 +394,9 @@ fn run_group(
             .filter(|j| j.partial.next_image <= i)
             .count()
             .max(1);
+        // Configurations that agree on everything before the dense stage (last block, feature
+        // refiners) share this image's dense logits too and differ only in the tail.
+        let mut shared_dense: HashMap<String, segsweep_infer::DenseLogits> = HashMap::new();
         for job in jobs.iter_mut().filter(|j| j.partial.next_image <= i) {
             let t1 = Instant::now();
             let steps: Vec<(Stage, &dyn Refiner)> = job
@@ -403,15 +406,30 @@ fn run_group(
                 .zip(&job.refiners)
                 .map(|(s, r)| (s.plugin.stage, r.as_ref()))
                 .collect();
-            let seg = segsweep_infer::finish(
+            let key = upstream_key(job.config);
+            let config = job.config;
+            let fail = |e: segsweep_infer::InferError| in_config(config, &id, e.into());
+            if !shared_dense.contains_key(&key) {
+                let dense = segsweep_infer::dense_logits(
+                    model.as_ref(),
+                    &prepared,
+                    &classifier,
+                    &config.inference,
+                    &steps,
+                )
+                .map_err(fail)?;
+                shared_dense.insert(key.clone(), dense);
+            }
+            let seg = segsweep_infer::postprocess(
                 model.as_ref(),
                 &prepared,
+                &shared_dense[&key],
                 &classifier,
-                &job.config.inference,
+                &config.inference,
                 &steps,
                 background,
             )
-            .map_err(|e| in_config(job.config, &id, e.into()))?;
+            .map_err(fail)?;
             let pred: Vec<u32> = seg
                 .labels
                 .flatten_all()
@@ -465,6 +483,22 @@ fn run_group(
     // Tables and charts after each group, so a later failure leaves them current.
     finalize(exp, dir)?;
     Ok(())
+}
+
+/// What a configuration's dense logits depend on beyond its group: the last block and every
+/// attention- and feature-stage plugin with its resolved parameters.
+fn upstream_key(c: &Config) -> String {
+    let mut key = c.inference.attention.clone();
+    for s in c
+        .pipeline
+        .iter()
+        .filter(|s| s.plugin.stage <= Stage::Features)
+    {
+        key.push('|');
+        key.push_str(&s.id);
+        key.push_str(&toml::to_string(&s.params.to_toml()).unwrap_or_default());
+    }
+    key
 }
 
 fn fmt_pct(v: Option<f64>) -> String {
