@@ -141,7 +141,7 @@ impl Kernel {
         ones.iter_mut().step_by(LANES).for_each(|v| *v = 1.0);
         let mut values = vec![0f32; lattice.values_len(LANES)];
         let mut scratch = values.clone();
-        lattice.splat(LANES, &ones, &vec![1.0; n], &mut values);
+        lattice.splat(LANES, &ones, &vec![1.0; n], &mut values, &mut scratch);
         let blurred = lattice.blur(LANES, &mut values, &mut scratch);
         let mut norm = vec![0f32; n];
         norm.par_chunks_mut(PIXEL_BLOCK)
@@ -169,7 +169,7 @@ impl Kernel {
         let cp = padded(c);
         let len = self.lattice.values_len(cp);
         let (values, scratch) = (&mut values[..len], &mut scratch[..len]);
-        self.lattice.splat(cp, q, &self.norm, values);
+        self.lattice.splat(cp, q, &self.norm, values, scratch);
         let blurred = self.lattice.blur(cp, values, scratch);
         tmp.par_chunks_mut(PIXEL_BLOCK * cp)
             .enumerate()

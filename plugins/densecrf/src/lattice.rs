@@ -484,15 +484,27 @@ impl Lattice {
     }
 
     /// Splat pixel values onto the lattice vertices: vertex v receives Σ w · (input[i] · scale[i])
-    /// over its pixels i, in increasing i (the reference's order). `input` is `(n, vs)` with
-    /// `vs` a multiple of [`LANES`], `scale` is `(n)`; row 0 of `values` (`(m+1, vs)`) stays zero.
+    /// over its pixels i. `input` is `(n, vs)` with `vs` a multiple of [`LANES`], `scale` is
+    /// `(n)`; `values` and `scratch` are `(m+1, vs)`, the result lands in `values` (row 0 stays
+    /// zero) and `scratch` is clobbered.
     ///
-    /// Two schedules give the same sums in the same order: a scatter in pixel order, parallel
-    /// over groups of [`LANES`] values (cache-friendly when the vertex values are small, i.e.
-    /// few vertices), and a gather over each vertex's pixel list, parallel over vertices (better
-    /// when there are many vertices, each with a few nearby pixels).
-    pub(crate) fn splat(&self, vs: usize, input: &[f32], scale: &[f32], values: &mut [f32]) {
-        self.splat_with(2 * self.m >= self.n, vs, input, scale, values)
+    /// Two schedules: a gather over each vertex's pixel list, parallel over vertices, adding in
+    /// increasing pixel order (the reference's order; better when there are many vertices,
+    /// each with a few nearby pixels), and a scatter in pixel order (cache-friendly when the
+    /// vertex values are small, i.e. few vertices). The scatter splits the pixels in two halves
+    /// accumulated into `values` and `scratch` and then added, so that each task (half × group
+    /// of [`LANES`] values) does the same work and both cores stay busy.
+    // Deviation: the scatter's two half-sums change the rounding order of the reference's
+    // serial sum (relative differences ~1e-7; max |ΔQ| vs pydensecrf stays ~1e-6, measured).
+    pub(crate) fn splat(
+        &self,
+        vs: usize,
+        input: &[f32],
+        scale: &[f32],
+        values: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        self.splat_with(2 * self.m >= self.n, vs, input, scale, values, scratch)
     }
 
     fn splat_with(
@@ -502,6 +514,7 @@ impl Lattice {
         input: &[f32],
         scale: &[f32],
         values: &mut [f32],
+        scratch: &mut [f32],
     ) {
         debug_assert_eq!(vs % LANES, 0);
         values[..vs].fill(0.0);
@@ -511,13 +524,27 @@ impl Lattice {
                 .enumerate()
                 .for_each(|(blk, rows)| splat_gather(self, blk * 64 + 1, vs, input, scale, rows));
         } else {
-            values[vs..]
+            let len = self.values_len(vs);
+            let (values, scratch) = (&mut values[..len], &mut scratch[..len]);
+            values
                 .par_chunks_mut(vs * 256)
+                .chain(scratch.par_chunks_mut(vs * 256))
                 .for_each(|c| c.fill(0.0));
-            let dst = SharedValues(values.as_mut_ptr(), values.len());
-            (0..vs / LANES)
-                .into_par_iter()
-                .for_each(|g| splat_scatter(self, g, vs, input, scale, &dst));
+            let half = self.n / 2;
+            let dst = [
+                SharedValues(values.as_mut_ptr(), len),
+                SharedValues(scratch.as_mut_ptr(), len),
+            ];
+            let groups = vs / LANES;
+            (0..2 * groups).into_par_iter().for_each(|t| {
+                let (part, g) = (t / groups, t % groups);
+                let pixels = if part == 0 { 0..half } else { half..self.n };
+                splat_scatter(self, g, pixels, vs, input, scale, &dst[part]);
+            });
+            values
+                .par_chunks_mut(vs * 256)
+                .zip(scratch.par_chunks(vs * 256))
+                .for_each(|(a, b)| add_into(a, b));
         }
     }
 
@@ -574,16 +601,24 @@ impl Lattice {
     }
 }
 
-/// The value buffer shared by the scatter tasks; each task touches only its own group of lanes.
+/// A value buffer shared by the scatter tasks; each task touches only its own group of lanes.
 pub(crate) struct SharedValues(*mut f32, usize);
 // SAFETY: tasks write disjoint lanes (see `splat_scatter`), and the buffer outlives them.
 unsafe impl Sync for SharedValues {}
 
 multiversion! {
-    fn splat_scatter(lat: &Lattice, g: usize, vs: usize, input: &[f32], scale: &[f32], dst: &SharedValues) {
+    fn splat_scatter(
+        lat: &Lattice,
+        g: usize,
+        pixels: std::ops::Range<usize>,
+        vs: usize,
+        input: &[f32],
+        scale: &[f32],
+        dst: &SharedValues,
+    ) {
         let dp1 = lat.d + 1;
         let l0 = g * LANES;
-        for i in 0..lat.n {
+        for i in pixels {
             let np = scale[i];
             let x: &Lane = input[i * vs + l0..i * vs + l0 + LANES].try_into().expect("lane group");
             let mut xs = [0f32; LANES];
@@ -595,12 +630,22 @@ multiversion! {
                 let w = lat.bary[i * dp1 + j];
                 let at = o * vs + l0;
                 assert!(at + LANES <= dst.1);
-                // SAFETY: in bounds (asserted); task g is the only writer of lanes
-                // l0..l0+LANES of every row, and nothing reads the buffer meanwhile.
+                // SAFETY: in bounds (asserted); task g of this buffer's half is the only writer
+                // of lanes l0..l0+LANES of every row, and nothing reads the buffer meanwhile.
                 let a = unsafe { &mut *(dst.0.add(at) as *mut Lane) };
                 for l in 0..LANES {
                     a[l] += w * xs[l];
                 }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn add_into(a: &mut [f32], b: &[f32]) {
+        for (x, y) in lanes_mut(a).zip(lanes(b)) {
+            for l in 0..LANES {
+                x[l] += y[l];
             }
         }
     }
@@ -660,7 +705,7 @@ mod tests {
         let mut scratch = values.clone();
         let mut impulse = vec![0f32; n * LANES];
         impulse[20 * LANES] = 1.0;
-        lat.splat(LANES, &impulse, &vec![1.0; n], &mut values);
+        lat.splat(LANES, &impulse, &vec![1.0; n], &mut values, &mut scratch);
         let values = lat.blur(LANES, &mut values, &mut scratch);
         let mut out = vec![0f32; n];
         let mut px = [0f32; LANES];
@@ -709,9 +754,10 @@ mod tests {
         }
     }
 
-    /// The gather and the scatter schedules of the splat give bit-identical sums.
+    /// The gather and the scatter schedules of the splat give the same sums up to the rounding
+    /// of the scatter's two half-sums.
     #[test]
-    fn splat_schedules_agree_bitwise() {
+    fn splat_schedules_agree() {
         let (h, w, vs) = (9, 13, 2 * LANES);
         let mut feats = Vec::new();
         for y in 0..h {
@@ -728,9 +774,13 @@ mod tests {
         let scale: Vec<f32> = (0..n).map(|i| 0.5 + (i % 5) as f32 / 10.0).collect();
         let mut a = vec![f32::NAN; lat.values_len(vs)];
         let mut b = vec![f32::NAN; lat.values_len(vs)];
-        lat.splat_with(true, vs, &input, &scale, &mut a);
-        lat.splat_with(false, vs, &input, &scale, &mut b);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let mut scratch = vec![f32::NAN; lat.values_len(vs)];
+        lat.splat_with(true, vs, &input, &scale, &mut a, &mut scratch);
+        lat.splat_with(false, vs, &input, &scale, &mut b, &mut scratch);
+        assert!(a
+            .iter()
+            .zip(&b)
+            .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0)));
         assert!(a[vs..].iter().any(|&v| v > 0.0));
     }
 }

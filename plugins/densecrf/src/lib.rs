@@ -17,10 +17,11 @@
 //! Design decision: the port follows the float order of the build people actually run —
 //! pydensecrf compiled for x86-64, which takes the SSE branch of `permutohedral.cpp` and Eigen's
 //! SSE `exp` and sum — rather than its scalar fallback. Every value is computed with the same
-//! operations in the same order as the reference (the splat keeps pixel order per vertex whether
-//! it runs as a scatter parallel over label groups or as a gather parallel over vertices; no
-//! FMA), so Q matches pydensecrf to ~1e-6 instead of the 1e-4 that the parity test allows,
-//! while splat, blur, slice and softmax run on all cores with AVX2 where the CPU has it.
+//! operations in the same order as the reference (no FMA), with one exception: the splat, when it
+//! runs as a scatter, sums the two halves of the image separately and then adds them, so that
+//! both cores share it evenly (the gather schedule keeps the reference's pixel order). Q matches
+//! pydensecrf to ~1e-6 instead of the 1e-4 that the parity test allows, while splat, blur,
+//! slice and softmax run on all cores with AVX2 where the CPU has it.
 
 use candle_core::{DType, Tensor};
 use segsweep_core::{DenseCtx, DenseMaps, Params, PluginSpec, Refiner, Stage};
