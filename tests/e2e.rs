@@ -540,3 +540,176 @@ fn imagenet_normalisation_changes_the_crops_and_is_part_of_the_hash() {
     assert_ne!(rows[0][0], rows[1][0]);
     assert_ne!(rows[0][1..], rows[1][1..], "normalisation had no effect");
 }
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn shipped_phase_specs_run_through_the_runner_on_synthetic_stand_ins() {
+    // The real specs need CLIP ViT-B/16, COCO-Stuff/VOC and LoftUp's checkpoint; here the same
+    // pipelines run on the tiny random model, the synthetic set and the tiny LoftUp fixture.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    let loftup = root.join("tests/fixtures/loftup/tiny_loftup.bin");
+    for (spec, loftup_set) in [("phase2a", false), ("phase1", true), ("full", true)] {
+        let path = root.join(format!("experiments/{spec}.toml"));
+        let mut args = vec![
+            "sweep".to_string(),
+            path.display().to_string(),
+            "--quiet".into(),
+            "--set".into(),
+            "model.source=builtin:tiny-random".into(),
+            "--set".into(),
+            "dataset.name=synthetic".into(),
+            "--set".into(),
+            "dataset.synthetic_images=1".into(),
+            "--set".into(),
+            format!("experiment.output_dir={}", tmp.path().join("out").display()),
+        ];
+        if loftup_set {
+            args.extend([
+                "--set".into(),
+                format!("loftup.checkpoint={}", loftup.display()),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ok(&run(&args, &root));
+        assert!(
+            out.contains("4 configuration(s)") || out.contains("5 configuration(s)"),
+            "{spec}: {out}"
+        );
+        assert!(out.contains("synthetic weights"), "{spec}: {out}");
+    }
+}
+
+#[test]
+fn predict_resolves_a_repo_id_from_the_local_hugging_face_cache_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp
+        .path()
+        .join("hf/hub/models--segsweep--tiny-clip/snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(tmp.path().join("hf/hub/models--segsweep--tiny-clip/refs")).unwrap();
+    std::fs::write(
+        tmp.path()
+            .join("hf/hub/models--segsweep--tiny-clip/refs/main"),
+        "0123abcd",
+    )
+    .unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            repo_root().join("tests/fixtures/tiny-clip").join(f),
+            snap.join(f),
+        )
+        .unwrap();
+    }
+    image::RgbImage::from_fn(90, 130, |x, y| image::Rgb([x as u8, y as u8, 40]))
+        .save(tmp.path().join("a.png"))
+        .unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    let out = bin()
+        .args([
+            "predict",
+            "--model",
+            "segsweep/tiny-clip",
+            "--classes",
+            "c.txt",
+            "a.png",
+            "--out",
+            "p",
+            "--short-side",
+            "224",
+        ])
+        .current_dir(tmp.path())
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("SEGSWEEP_CACHE", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(tmp.path().join("p/a.probs.npy").exists() && tmp.path().join("p/a.pred.png").exists());
+    // Absent from the cache while offline: a clear error that says how to get it.
+    let out = bin()
+        .args([
+            "predict",
+            "--model",
+            "segsweep/absent",
+            "--classes",
+            "c.txt",
+            "a.png",
+            "--out",
+            "p",
+        ])
+        .current_dir(tmp.path())
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(
+        err.contains("segsweep/absent") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_scores_a_directory_of_prediction_pngs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gt, pred) = (tmp.path().join("gt"), tmp.path().join("pred"));
+    std::fs::create_dir_all(&gt).unwrap();
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::write(tmp.path().join("classes.txt"), "background\nperson\ncar\n").unwrap();
+    // 2 images, 3×4 (non-square); the prediction gets one person pixel wrong.
+    let g = image::GrayImage::from_raw(4, 3, vec![0, 0, 1, 1, 0, 2, 1, 1, 255, 2, 2, 0]).unwrap();
+    g.save(gt.join("a.png")).unwrap();
+    g.save(gt.join("b.png")).unwrap();
+    g.save(pred.join("a.png")).unwrap();
+    let mut p = g.clone();
+    p.put_pixel(2, 0, image::Luma([0]));
+    p.save(pred.join("b.png")).unwrap();
+    let out = ok(&run(
+        &[
+            "eval",
+            "--gt",
+            "gt",
+            "--classes",
+            "classes.txt",
+            "--pred",
+            "pred",
+            "--out",
+            "scores",
+        ],
+        tmp.path(),
+    ));
+    assert!(out.contains("2 images scored"), "{out}");
+    let mut r = csv::Reader::from_path(tmp.path().join("scores/summary.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let row = r.records().next().unwrap().unwrap();
+    let get = |c: &str| {
+        row[h.iter().position(|x| x == c).unwrap()]
+            .parse::<f64>()
+            .unwrap()
+    };
+    // person: I = 4 + 3 = 7, U = 8 → 87.5 %; background: I = 8, U = 9; car: I = U = 6.
+    assert!((get("person_iou_pct") - 87.5).abs() < 1e-3);
+    let miou = (100.0 * 8.0 / 9.0 + 87.5 + 100.0) / 3.0;
+    assert!((get("miou_pct") - miou).abs() < 1e-3, "{}", get("miou_pct"));
+    // A prediction of another size is an error naming the file.
+    image::GrayImage::new(5, 3)
+        .save(pred.join("a.png"))
+        .unwrap();
+    let err = fails(&run(
+        &[
+            "eval",
+            "--gt",
+            "gt",
+            "--classes",
+            "classes.txt",
+            "--pred",
+            "pred",
+        ],
+        tmp.path(),
+    ));
+    assert!(err.contains("a.png"), "{err}");
+}
