@@ -1,6 +1,8 @@
 //! `variant = "phase2a"` against the PyTorch reference (random features, tolerance 1e-5),
 //! through the registry, on square, non-square and non-overlapping layouts.
 
+// The feature-stage test helpers are shared with the cliptrase plugin rather than copied.
+#[path = "../../cliptrase/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
