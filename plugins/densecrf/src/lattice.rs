@@ -77,6 +77,7 @@ const EMPTY: u32 = u32::MAX;
 const SHARD_BITS: u32 = 3;
 const SHARDS: usize = 1 << SHARD_BITS;
 
+#[inline(always)]
 fn hash_key(key: &[i32]) -> u64 {
     let mut h: u64 = 0;
     for &k in key {
@@ -231,6 +232,7 @@ impl Embedder {
     }
 
     /// Fill `keys` (`(d+1, d)`) and `bary` (`d+1`) for the feature vector `f` (`d`).
+    #[inline(always)]
     fn embed(&self, f: &[f32], keys: &mut [i32], bary: &mut [f32]) {
         let d = self.d;
         let mut elevated = [0f32; MAX_D + 1];
@@ -349,30 +351,33 @@ impl Lattice {
             .zip(hashes.par_chunks_mut(PIXEL_BLOCK * dp1))
             .enumerate()
             .for_each(|(blk, ((kc, bc), hc))| {
-                let first = blk * PIXEL_BLOCK;
-                for (p, (k, b)) in kc.chunks_mut(dp1 * d).zip(bc.chunks_mut(dp1)).enumerate() {
-                    let i = first + p;
-                    emb.embed(&features[i * d..(i + 1) * d], k, b);
-                }
-                for (h, k) in hc.iter_mut().zip(kc.chunks(d)) {
-                    *h = hash_key(k);
-                }
+                let f = &features[blk * PIXEL_BLOCK * d..];
+                embed_block(&emb, f, kc, bc, hc);
             });
 
         // Deduplicate the keys shard by shard, in parallel; then number the vertices in order
         // of first appearance in pixel order, as the reference's single table does. The
         // numbering changes no value (splat order is pixel order, blur is per vertex) but keeps
         // lattice neighbours close in memory, which the blur's speed depends on.
-        let shard_ids: Vec<(KeyTable, Vec<u32>)> = (0..SHARDS)
+        // Bucket the (pixel, corner) entries by shard first: filtering all entries in every
+        // shard's task costs a mispredicted branch per entry and shard.
+        let mut members: Vec<Vec<u32>> = (0..SHARDS)
+            .map(|_| Vec::with_capacity(n * dp1 / SHARDS * 9 / 8))
+            .collect();
+        for (e, &h) in hashes.iter().enumerate() {
+            members[shard_of(h)].push(e as u32);
+        }
+        let shard_ids: Vec<(KeyTable, Vec<u32>)> = members
             .into_par_iter()
-            .map(|s| {
+            .map(|entries| {
                 let mut table = KeyTable::with_capacity(d, n * dp1 / SHARDS / 4);
-                let mut ids = Vec::new();
-                for (k, &h) in keys.chunks(d).zip(&hashes) {
-                    if shard_of(h) == s {
-                        ids.push(table.find_or_insert(k, h));
-                    }
-                }
+                let ids = entries
+                    .iter()
+                    .map(|&e| {
+                        let e = e as usize;
+                        table.find_or_insert(&keys[e * d..(e + 1) * d], hashes[e])
+                    })
+                    .collect();
                 (table, ids)
             })
             .collect();
@@ -637,6 +642,21 @@ multiversion! {
                     a[l] += w * xs[l];
                 }
             }
+        }
+    }
+}
+
+// Embed the pixels of one block: `f` starts at the block's first feature vector; `keys`,
+// `bary` and `hashes` are the block's `(p, d+1, d)`, `(p, d+1)` and `(p, d+1)` slices.
+// Compiled for AVX2 mainly so that the rounding is one instruction instead of a libm call.
+multiversion! {
+    fn embed_block(emb: &Embedder, f: &[f32], keys: &mut [i32], bary: &mut [f32], hashes: &mut [u64]) {
+        let (d, dp1) = (emb.d, emb.d + 1);
+        for (p, (k, b)) in keys.chunks_mut(dp1 * d).zip(bary.chunks_mut(dp1)).enumerate() {
+            emb.embed(&f[p * d..(p + 1) * d], k, b);
+        }
+        for (h, k) in hashes.iter_mut().zip(keys.chunks(d)) {
+            *h = hash_key(k);
         }
     }
 }
