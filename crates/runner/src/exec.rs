@@ -133,9 +133,34 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     } else {
         pending.iter().map(|c| vec![*c]).collect()
     };
-    for group in groups {
-        run_group(exp, opts, &dir, &group, &mut models, &mut images_done)?;
+    // Two bars: configurations finished, and images of the group in flight.
+    let multi = if opts.progress {
+        indicatif::MultiProgress::new()
+    } else {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
+    let configs_bar = multi.add(indicatif::ProgressBar::new(ran as u64));
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("configurations [{bar:40}] {pos}/{len} ({elapsed})")
+    {
+        configs_bar.set_style(style.progress_chars("=> "));
     }
+    let bars = Bars {
+        multi: &multi,
+        configs: &configs_bar,
+    };
+    for group in groups {
+        run_group(
+            exp,
+            opts,
+            &dir,
+            &group,
+            &mut models,
+            &mut images_done,
+            &bars,
+        )?;
+    }
+    configs_bar.finish_and_clear();
     let records = finalize(exp, &dir)?;
     Ok(RunSummary {
         run_dir: dir,
@@ -295,6 +320,12 @@ struct Job<'a> {
     partial: Partial,
 }
 
+/// The progress bars of a run.
+struct Bars<'a> {
+    multi: &'a indicatif::MultiProgress,
+    configs: &'a indicatif::ProgressBar,
+}
+
 fn run_group(
     exp: &Experiment,
     opts: &RunOptions,
@@ -302,6 +333,7 @@ fn run_group(
     group: &[&Config],
     models: &mut HashMap<ModelSection, Arc<ClipModel>>,
     images_done: &mut usize,
+    bars: &Bars,
 ) -> Result<()> {
     let first = group[0];
     let seed = exp.spec.raw.experiment.seed;
@@ -355,11 +387,11 @@ fn run_group(
             acc.union(&r.needs())
         });
     let start = jobs.iter().map(|j| j.partial.next_image).min().unwrap_or(0);
-    let bar = progress_bar(
+    let bar = bars.multi.add(progress_bar(
         opts,
         ds.len() as u64,
         &format!("{} config(s) on {}", jobs.len(), ds.info.name),
-    );
+    ));
     bar.set_position(start as u64);
     let vis = exp.spec.raw.experiment.save_visualisations;
     let max_vis = exp.spec.raw.experiment.max_visualisations;
@@ -461,6 +493,7 @@ fn run_group(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    bars.configs.inc(jobs.len() as u64);
     let ids = ds.ids();
     for job in &jobs {
         let record = make_record(dir, job, &ids, &classes, person, model.as_ref());
