@@ -55,7 +55,8 @@ pub(crate) struct Lattice {
     /// `(d+1, m)`: for each blur axis and vertex, its two neighbours + 1 (0 = outside).
     neighbours: Vec<[u32; 2]>,
     /// CSR over vertices of the splat contributions, in increasing pixel order so that a
-    /// parallel gather adds in the same order as the reference's serial scatter.
+    /// parallel gather adds in the same order as the reference's serial scatter. Empty when
+    /// the splat runs as a scatter (see `Lattice::splat`).
     splat_start: Vec<u32>,
     splat_pixel: Vec<u32>,
     splat_weight: Vec<f32>,
@@ -411,7 +412,13 @@ impl Lattice {
         let m = vertices.len();
 
         let neighbours = Self::neighbours(&vertices, d, m);
-        let (splat_start, splat_pixel, splat_weight) = Self::splat_csr(&offset, &bary, dp1, m);
+        // Only the gather schedule reads the CSR (see `splat`); it is built serially, so skip it
+        // when the scatter will be used.
+        let (splat_start, splat_pixel, splat_weight) = if Self::prefers_gather(m, n) {
+            Self::splat_csr(&offset, &bary, dp1, m)
+        } else {
+            Default::default()
+        };
         Lattice {
             d,
             n,
@@ -509,7 +516,19 @@ impl Lattice {
         values: &mut [f32],
         scratch: &mut [f32],
     ) {
-        self.splat_with(2 * self.m >= self.n, vs, input, scale, values, scratch)
+        self.splat_with(
+            Self::prefers_gather(self.m, self.n),
+            vs,
+            input,
+            scale,
+            values,
+            scratch,
+        )
+    }
+
+    /// Whether the splat runs as a gather, for `m` vertices and `n` pixels.
+    fn prefers_gather(m: usize, n: usize) -> bool {
+        2 * m >= n
     }
 
     fn splat_with(
@@ -524,6 +543,7 @@ impl Lattice {
         debug_assert_eq!(vs % LANES, 0);
         values[..vs].fill(0.0);
         if gather {
+            assert_eq!(self.splat_start.len(), self.m + 2, "gather without its CSR");
             values[vs..]
                 .par_chunks_mut(vs * 64)
                 .enumerate()
