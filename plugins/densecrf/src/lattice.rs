@@ -504,8 +504,8 @@ impl Lattice {
     /// increasing pixel order (the reference's order; better when there are many vertices,
     /// each with a few nearby pixels), and a scatter in pixel order (cache-friendly when the
     /// vertex values are small, i.e. few vertices). The scatter splits the pixels in two halves
-    /// accumulated into `values` and `scratch` and then added, so that each task (half × group
-    /// of [`LANES`] values) does the same work and both cores stay busy.
+    /// accumulated into `values` and `scratch` (one task each, so two cores share it evenly; it
+    /// does not use more) and then added.
     // Deviation: the scatter's two half-sums change the rounding order of the reference's
     // serial sum (relative differences ~1e-7; max |ΔQ| vs pydensecrf stays ~1e-6, measured).
     pub(crate) fn splat(
@@ -551,21 +551,10 @@ impl Lattice {
         } else {
             let len = self.values_len(vs);
             let (values, scratch) = (&mut values[..len], &mut scratch[..len]);
-            values
-                .par_chunks_mut(vs * 256)
-                .chain(scratch.par_chunks_mut(vs * 256))
-                .for_each(|c| c.fill(0.0));
             let half = self.n / 2;
-            let dst = [
-                SharedValues(values.as_mut_ptr(), len),
-                SharedValues(scratch.as_mut_ptr(), len),
-            ];
-            let groups = vs / LANES;
-            (0..2 * groups).into_par_iter().for_each(|t| {
-                let (part, g) = (t / groups, t % groups);
-                let pixels = if part == 0 { 0..half } else { half..self.n };
-                splat_scatter(self, g, pixels, vs, input, scale, &dst[part]);
-            });
+            [(0..half, &mut *values), (half..self.n, &mut *scratch)]
+                .into_par_iter()
+                .for_each(|(pixels, dst)| splat_scatter(self, pixels, vs, input, scale, dst));
             values
                 .par_chunks_mut(vs * 256)
                 .zip(scratch.par_chunks(vs * 256))
@@ -626,40 +615,33 @@ impl Lattice {
     }
 }
 
-/// A value buffer shared by the scatter tasks; each task touches only its own group of lanes.
-pub(crate) struct SharedValues(*mut f32, usize);
-// SAFETY: tasks write disjoint lanes (see `splat_scatter`), and the buffer outlives them.
-unsafe impl Sync for SharedValues {}
-
+// Scatter the pixels in `pixels` into `dst` (`(m+1, vs)`, zeroed first), in pixel order.
 multiversion! {
     fn splat_scatter(
         lat: &Lattice,
-        g: usize,
         pixels: std::ops::Range<usize>,
         vs: usize,
         input: &[f32],
         scale: &[f32],
-        dst: &SharedValues,
+        dst: &mut [f32],
     ) {
+        dst.fill(0.0);
         let dp1 = lat.d + 1;
-        let l0 = g * LANES;
+        let mut xs = vec![0f32; vs];
         for i in pixels {
             let np = scale[i];
-            let x: &Lane = input[i * vs + l0..i * vs + l0 + LANES].try_into().expect("lane group");
-            let mut xs = [0f32; LANES];
-            for l in 0..LANES {
-                xs[l] = x[l] * np;
+            for (s, x) in lanes_mut(&mut xs).zip(lanes(&input[i * vs..(i + 1) * vs])) {
+                for l in 0..LANES {
+                    s[l] = x[l] * np;
+                }
             }
             for j in 0..dp1 {
                 let o = lat.offset[i * dp1 + j] as usize;
                 let w = lat.bary[i * dp1 + j];
-                let at = o * vs + l0;
-                assert!(at + LANES <= dst.1);
-                // SAFETY: in bounds (asserted); task g of this buffer's half is the only writer
-                // of lanes l0..l0+LANES of every row, and nothing reads the buffer meanwhile.
-                let a = unsafe { &mut *(dst.0.add(at) as *mut Lane) };
-                for l in 0..LANES {
-                    a[l] += w * xs[l];
+                for (a, x) in lanes_mut(&mut dst[o * vs..(o + 1) * vs]).zip(lanes(&xs)) {
+                    for l in 0..LANES {
+                        a[l] += w * x[l];
+                    }
                 }
             }
         }
