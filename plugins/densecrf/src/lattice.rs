@@ -68,6 +68,9 @@ pub(crate) struct Lattice {
 /// the lattice's vertex set (shards are chosen by hash bits and filled in parallel).
 struct KeyTable {
     d: usize,
+    /// Number of keys; kept apart from `keys.len() / d`, a division by a run-time value on
+    /// every lookup.
+    len: usize,
     keys: Vec<i32>,
     slots: Vec<u32>,
     mask: usize,
@@ -102,6 +105,7 @@ impl KeyTable {
         let cap = (2 * expected.max(8)).next_power_of_two();
         KeyTable {
             d,
+            len: 0,
             keys: Vec::with_capacity(expected * d),
             slots: vec![EMPTY; cap],
             mask: cap - 1,
@@ -109,7 +113,7 @@ impl KeyTable {
     }
 
     fn len(&self) -> usize {
-        self.keys.len() / self.d
+        self.len
     }
 
     fn key(&self, e: u32) -> &[i32] {
@@ -139,8 +143,9 @@ impl KeyTable {
         loop {
             let e = self.slots[s];
             if e == EMPTY {
-                let id = self.len() as u32;
+                let id = self.len as u32;
                 self.keys.extend_from_slice(key);
+                self.len += 1;
                 self.slots[s] = id;
                 return id;
             }
