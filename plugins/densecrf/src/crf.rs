@@ -179,6 +179,14 @@ impl Kernel {
 
 multiversion! {
     fn slice_rows(k: &Kernel, first: usize, c: usize, blurred: &[f32], rows: &mut [f32]) {
+        // Up to 32 labels, accumulate each pixel's values in registers.
+        match padded(c) / LANES {
+            1 => return slice_rows_fixed::<1>(k, first, c, blurred, rows),
+            2 => return slice_rows_fixed::<2>(k, first, c, blurred, rows),
+            3 => return slice_rows_fixed::<3>(k, first, c, blurred, rows),
+            4 => return slice_rows_fixed::<4>(k, first, c, blurred, rows),
+            _ => {}
+        }
         let cp = padded(c);
         let neg_w = -k.compat;
         let mut acc = vec![0f32; cp];
@@ -188,6 +196,28 @@ multiversion! {
             let ni = k.norm[i];
             for (tk, &a) in t.iter_mut().zip(&acc) {
                 *tk -= neg_w * (a * ni);
+            }
+        }
+    }
+}
+
+/// [`slice_rows`] for `padded(c) = G·LANES`.
+#[inline(always)]
+fn slice_rows_fixed<const G: usize>(
+    k: &Kernel,
+    first: usize,
+    c: usize,
+    blurred: &[f32],
+    rows: &mut [f32],
+) {
+    let neg_w = -k.compat;
+    for (r, t) in rows.chunks_exact_mut(G * LANES).enumerate() {
+        let i = first + r;
+        let acc = k.lattice.slice_lanes::<G>(i, c <= 2, blurred);
+        let ni = k.norm[i];
+        for (tg, a) in lanes_mut(t).zip(&acc) {
+            for l in 0..LANES {
+                tg[l] -= neg_w * (a[l] * ni);
             }
         }
     }

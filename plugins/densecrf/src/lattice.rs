@@ -323,7 +323,7 @@ pub(crate) fn padded(n: usize) -> usize {
     n.div_ceil(LANES) * LANES
 }
 
-type Lane = [f32; LANES];
+pub(crate) type Lane = [f32; LANES];
 
 #[inline(always)]
 pub(crate) fn lanes(x: &[f32]) -> impl Iterator<Item = &Lane> {
@@ -588,6 +588,35 @@ impl Lattice {
             std::mem::swap(&mut cur, &mut next);
         }
         cur
+    }
+
+    /// [`Lattice::slice`] for `vs = G·LANES` values, accumulated in registers rather than in
+    /// memory (same operations, same order, so the same values).
+    #[inline(always)]
+    pub(crate) fn slice_lanes<const G: usize>(
+        &self,
+        i: usize,
+        seq: bool,
+        values: &[f32],
+    ) -> [Lane; G] {
+        let (dp1, vs) = (self.d + 1, G * LANES);
+        let mut out = [[0f32; LANES]; G];
+        let offs = &self.offset[i * dp1..(i + 1) * dp1];
+        let ws = &self.bary[i * dp1..(i + 1) * dp1];
+        for (&o, &w) in offs.iter().zip(ws) {
+            let row = &values[o as usize * vs..(o as usize + 1) * vs];
+            let wa = w * self.alpha;
+            for (a, v) in out.iter_mut().zip(lanes(row)) {
+                for l in 0..LANES {
+                    a[l] += if seq {
+                        w * v[l] * self.alpha
+                    } else {
+                        wa * v[l]
+                    };
+                }
+            }
+        }
+        out
     }
 
     /// Slice the blurred `values` back to pixel `i`, writing its `vs` values to `out`.
