@@ -340,8 +340,11 @@ fn softmax_row(c: usize, x: &[f32], out: &mut [f32]) {
     }
     out[c..].fill(0.0);
     let s = eigen_sum(&out[..c]);
-    for o in &mut out[..c] {
-        *o /= s;
+    // Whole lanes again: the padding stays 0 / s = 0.
+    for o in lanes_mut(out) {
+        for v in o {
+            *v /= s;
+        }
     }
 }
 
