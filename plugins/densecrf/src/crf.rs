@@ -161,41 +161,82 @@ impl Kernel {
         }
     }
 
-    /// tmp ← tmp − (−compat · D^-½ K D^-½ Q), the reference's `PairwisePotential::apply`
-    /// followed by `tmp1 -= tmp2`.
+    /// Splat D^-½ Q onto the lattice and blur it; returns the blurred values (the start of
+    /// one of the two buffers) for [`Kernel::slice_into`].
     ///
-    /// `q` and `tmp` are `(n, cp)` with `cp = padded(c)`.
-    fn apply(&self, q: &[f32], c: usize, tmp: &mut [f32], values: &mut [f32], scratch: &mut [f32]) {
-        let cp = padded(c);
+    /// `q` is `(n, cp)` with `cp = padded(c)`.
+    fn splat_blur<'a>(
+        &self,
+        q: &[f32],
+        cp: usize,
+        values: &'a mut [f32],
+        scratch: &'a mut [f32],
+    ) -> &'a [f32] {
         let len = self.lattice.values_len(cp);
         let (values, scratch) = (&mut values[..len], &mut scratch[..len]);
         self.lattice.splat(cp, q, &self.norm, values, scratch);
-        let blurred = self.lattice.blur(cp, values, scratch);
-        tmp.par_chunks_mut(PIXEL_BLOCK * cp)
+        self.lattice.blur(cp, values, scratch)
+    }
+
+    /// t ← base − (−compat · D^-½ K D^-½ Q), the reference's `PairwisePotential::apply`
+    /// followed by `tmp1 -= tmp2`, with K Q sliced from `blurred`; then `out` ← t, or
+    /// `out` ← softmax(t) with `softmax` (the last kernel of an iteration, which saves a pass
+    /// over memory). `base` is `out` itself when `None`.
+    ///
+    /// `base` and `out` are `(n, cp)` with `cp = padded(c)`.
+    fn slice_into(
+        &self,
+        blurred: &[f32],
+        c: usize,
+        base: Option<&[f32]>,
+        out: &mut [f32],
+        softmax: bool,
+    ) {
+        let block = PIXEL_BLOCK * padded(c);
+        out.par_chunks_mut(block)
             .enumerate()
-            .for_each(|(blk, rows)| slice_rows(self, blk * PIXEL_BLOCK, c, blurred, rows));
+            .for_each(|(blk, rows)| {
+                let base = base.map(|b| &b[blk * block..blk * block + rows.len()]);
+                slice_rows(self, blk * PIXEL_BLOCK, c, blurred, base, rows, softmax)
+            });
     }
 }
 
 multiversion! {
-    fn slice_rows(k: &Kernel, first: usize, c: usize, blurred: &[f32], rows: &mut [f32]) {
-        // Up to 32 labels, accumulate each pixel's values in registers.
+    fn slice_rows(
+        k: &Kernel,
+        first: usize,
+        c: usize,
+        blurred: &[f32],
+        base: Option<&[f32]>,
+        rows: &mut [f32],
+        softmax: bool,
+    ) {
+        // Up to 32 labels, keep each pixel's values in registers.
         match padded(c) / LANES {
-            1 => return slice_rows_fixed::<1>(k, first, c, blurred, rows),
-            2 => return slice_rows_fixed::<2>(k, first, c, blurred, rows),
-            3 => return slice_rows_fixed::<3>(k, first, c, blurred, rows),
-            4 => return slice_rows_fixed::<4>(k, first, c, blurred, rows),
+            1 => return slice_rows_fixed::<1>(k, first, c, blurred, base, rows, softmax),
+            2 => return slice_rows_fixed::<2>(k, first, c, blurred, base, rows, softmax),
+            3 => return slice_rows_fixed::<3>(k, first, c, blurred, base, rows, softmax),
+            4 => return slice_rows_fixed::<4>(k, first, c, blurred, base, rows, softmax),
             _ => {}
         }
         let cp = padded(c);
         let neg_w = -k.compat;
+        if let Some(b) = base {
+            rows.copy_from_slice(b);
+        }
         let mut acc = vec![0f32; cp];
-        for (r, t) in rows.chunks_exact_mut(cp).enumerate() {
+        let mut t = vec![0f32; cp];
+        for (r, row) in rows.chunks_exact_mut(cp).enumerate() {
             let i = first + r;
             k.lattice.slice(i, cp, c <= 2, blurred, &mut acc);
             let ni = k.norm[i];
-            for (tk, &a) in t.iter_mut().zip(&acc) {
+            for (tk, &a) in row.iter_mut().zip(&acc) {
                 *tk -= neg_w * (a * ni);
+            }
+            if softmax {
+                t.copy_from_slice(row);
+                softmax_row(c, &t, row);
             }
         }
     }
@@ -208,17 +249,29 @@ fn slice_rows_fixed<const G: usize>(
     first: usize,
     c: usize,
     blurred: &[f32],
+    base: Option<&[f32]>,
     rows: &mut [f32],
+    softmax: bool,
 ) {
-    let neg_w = -k.compat;
-    for (r, t) in rows.chunks_exact_mut(G * LANES).enumerate() {
+    let (neg_w, cp) = (-k.compat, G * LANES);
+    for (r, row) in rows.chunks_exact_mut(cp).enumerate() {
         let i = first + r;
+        let mut t = [[0f32; LANES]; G];
+        let src = base.map_or(&*row, |b| &b[r * cp..(r + 1) * cp]);
+        for (tg, s) in t.iter_mut().zip(lanes(src)) {
+            *tg = *s;
+        }
         let acc = k.lattice.slice_lanes::<G>(i, c <= 2, blurred);
         let ni = k.norm[i];
-        for (tg, a) in lanes_mut(t).zip(&acc) {
+        for (tg, a) in t.iter_mut().zip(&acc) {
             for l in 0..LANES {
                 tg[l] -= neg_w * (a[l] * ni);
             }
+        }
+        if softmax {
+            softmax_row(c, t.as_flattened(), row);
+        } else {
+            row.copy_from_slice(t.as_flattened());
         }
     }
 }
@@ -280,12 +333,19 @@ fn mean_field(image: &RgbImage, neg_u: &[f32], c: usize, params: &CrfParams) -> 
     let mut values = vec![0f32; len];
     let mut scratch = vec![0f32; len];
     let mut tmp = vec![0f32; neg_u.len()];
+    let (cp, last) = (padded(c), kernels.len() - 1);
     for _ in 0..params.iterations {
-        tmp.copy_from_slice(neg_u);
-        for k in &kernels {
-            k.apply(&q, c, &mut tmp, &mut values, &mut scratch);
+        // tmp ← −U − Σ pairwise, kernel by kernel; the first kernel reads −U directly and the
+        // last one writes softmax(tmp) straight into Q (its splat has read Q already).
+        for (j, k) in kernels.iter().enumerate() {
+            let blurred = k.splat_blur(&q, cp, &mut values, &mut scratch);
+            let base = (j == 0).then_some(neg_u);
+            if j == last {
+                k.slice_into(blurred, c, base.or(Some(&tmp)), &mut q, true);
+            } else {
+                k.slice_into(blurred, c, base, &mut tmp, false);
+            }
         }
-        exp_normalize(&tmp, &mut q, c);
     }
     Ok(q)
 }
