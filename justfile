@@ -18,8 +18,11 @@ plot DIR *ARGS:
 demo:
     cargo run --release -p segsweep -- sweep experiments/demo.toml
 
-# The test suite (what CI runs after lint).
+# What CI runs on a clean checkout (`.ci/run`): the format check and every test. clippy and doc
+# build the whole workspace a second time in check mode (~7 min cold on 2 cores, which would push
+# CI past its 15-minute budget), so they live in `just lint`: run it before committing.
 test:
+    cargo fmt --all -- --check
     cargo test --workspace --all-targets
 
 # fmt --check, clippy -D warnings, doc -D warnings.
@@ -28,12 +31,8 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-# What CI runs on a clean checkout: the format check and every test. (clippy and doc build the
-# whole workspace a second time in check mode, ~7 min cold on 2 cores, which would push CI past
-# its 15-minute budget; run `just lint` before committing.)
-ci:
-    cargo fmt --all -- --check
-    cargo test --workspace --all-targets
+# Alias of `test`.
+ci: test
 
 # Benchmarks (never in CI): print ratios against the PyTorch / pydensecrf references measured in
 # the same run. Need Python with torch, transformers and pydensecrf (see README, "Benchmarks").
