@@ -18,9 +18,9 @@ plot DIR *ARGS:
 demo:
     cargo run --release -p segsweep -- sweep experiments/demo.toml
 
-# What CI runs on a clean checkout (`.ci/run`): the format check and every test. clippy and doc
-# build the whole workspace a second time in check mode (~7 min cold on 2 cores, which would push
-# CI past its 15-minute budget), so they live in `just lint`: run it before committing.
+# clippy and doc build the whole workspace a second time in check mode (~7 min cold on 2 cores,
+# which would push CI past its 15-minute budget), so they live in `just lint`.
+# What CI runs on a clean checkout (.ci/run): the format check and every test.
 test:
     cargo fmt --all -- --check
     cargo test --workspace --all-targets
@@ -34,8 +34,8 @@ lint:
 # Alias of `test`.
 ci: test
 
-# Benchmarks (never in CI): print ratios against the PyTorch / pydensecrf references measured in
-# the same run. Need Python with torch, transformers and pydensecrf (see README, "Benchmarks").
+# They need Python with torch, transformers and pydensecrf (see README, "Benchmarks").
+# Benchmarks (never in CI), each with its reference measured in the same run.
 bench:
     bash bench/run_all.sh
 
@@ -43,7 +43,7 @@ bench:
 fixtures:
     bash tests/reference/make_all.sh
 
-# Build the CUDA binary (cargo feature `cuda`) with nvcc 13.0 from PyPI wheels and stub libraries;
-# the result runs on a machine with an NVIDIA driver and CUDA 13 libraries.
+# nvcc 13.0 from PyPI wheels and stub libraries; runs where an NVIDIA driver + CUDA 13 libs are.
+# Build the CUDA binary target/segsweep-cuda (cargo feature `cuda`).
 build-cuda:
     bash scripts/build-cuda.sh
