@@ -713,3 +713,85 @@ fn eval_scores_a_directory_of_prediction_pngs() {
     ));
     assert!(err.contains("a.png"), "{err}");
 }
+
+#[test]
+fn densecrf_command_refines_a_probability_map_and_names_mismatched_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (h, w, c) = (37usize, 53usize, 3usize);
+    // Left half red, right half blue; the probabilities are right on 70 % of pixels.
+    let img = image::RgbImage::from_fn(w as u32, h as u32, |x, _| {
+        if (x as usize) < w / 2 {
+            image::Rgb([220, 20, 20])
+        } else {
+            image::Rgb([20, 20, 220])
+        }
+    });
+    img.save(tmp.path().join("img.png")).unwrap();
+    let mut p = ndarray::Array3::<f32>::zeros((c, h, w));
+    for y in 0..h {
+        for x in 0..w {
+            // 70 % of pixels favour the true class, 30 % (scattered) the other one.
+            let truth = usize::from(x >= w / 2);
+            let right = (x * 7 + y * 13) % 10 < 7;
+            let pt = if right { 0.55 } else { 0.35 };
+            p[[truth, y, x]] = pt;
+            p[[1 - truth, y, x]] = 0.95 - pt;
+            p[[2, y, x]] = 0.05;
+        }
+    }
+    ndarray_npy::write_npy(tmp.path().join("p.npy"), &p).unwrap();
+    ok(&run(
+        &[
+            "densecrf", "--image", "img.png", "--probs", "p.npy", "--out", "q.npy", "--preset",
+            "deeplab",
+        ],
+        tmp.path(),
+    ));
+    let q: ndarray::Array3<f32> = ndarray_npy::read_npy(tmp.path().join("q.npy")).unwrap();
+    assert_eq!(q.dim(), (c, h, w));
+    let argmax = |a: &ndarray::Array3<f32>, y: usize, x: usize| {
+        (0..c)
+            .max_by(|&i, &j| a[[i, y, x]].total_cmp(&a[[j, y, x]]))
+            .unwrap()
+    };
+    let (mut before, mut after) = (0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            let sum: f32 = (0..c).map(|k| q[[k, y, x]]).sum();
+            assert!(
+                (sum - 1.0).abs() < 1e-4,
+                "Q does not sum to 1 at ({y}, {x})"
+            );
+            let truth = if x < w / 2 { 0 } else { 1 };
+            before += usize::from(argmax(&p, y, x) == truth);
+            after += usize::from(argmax(&q, y, x) == truth);
+        }
+    }
+    assert!(
+        after > before,
+        "CRF did not improve the labels: {before} → {after} of {}",
+        h * w
+    );
+    // Probabilities of another size than the image: an error naming both files.
+    ndarray_npy::write_npy(
+        tmp.path().join("small.npy"),
+        &ndarray::Array3::<f32>::ones((c, 10, 10)),
+    )
+    .unwrap();
+    let err = fails(&run(
+        &[
+            "densecrf",
+            "--image",
+            "img.png",
+            "--probs",
+            "small.npy",
+            "--out",
+            "q2.npy",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("small.npy") && err.contains("img.png"),
+        "{err}"
+    );
+}
