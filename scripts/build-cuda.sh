@@ -34,15 +34,16 @@ export PATH="$P/bin:$PATH" CUDA_HOME="$P" CUDA_ROOT="$P" CUDA_COMPUTE_CAP="$CAP"
 
 # Stub libraries for the link: every undefined cu*/nvrtc*/curand*/cublas* symbol of the compiled
 # rlibs becomes an empty function in a shared object with the real soname. They are never loaded
-# at run time (the real libraries are).
+# at run time (the real libraries are). They go into $P/lib, which cudarc's build script already
+# put on the link path during the first pass (a new directory would need cudarc rebuilt).
 make_stubs() {
-    local stubs="$P/lib/stubs"
-    mkdir -p "$stubs"
+    local stubs="$P/lib" src
+    src=$(mktemp -d)
     local syms
     syms=$(nm -u $CARGO_TARGET_DIR/release/deps/lib{cudarc,candle_core,candle_kernels}-*.rlib 2>/dev/null \
         | awk '{print $2}' | sort -u || true)
     gen() { # name soname regex
-        local c="$stubs/$1.c"
+        local c="$src/$1.c"
         : > "$c"
         echo "$syms" | grep -E "$3" | while read -r s; do echo "void $s(void){}" >> "$c"; done
         gcc -shared -fPIC -Wl,-soname,"$2" -o "$stubs/$1.so" "$c"
