@@ -245,7 +245,7 @@ fn device_of(m: &ModelSection) -> Result<Device> {
             "model.device",
             format!("cannot open {}: {e}", m.device),
             Some(
-                "GPU runs need a binary built with `just build-cuda` (cargo feature `cuda`)".into(),
+                "a GPU run needs an NVIDIA driver and CUDA 13 libraries, and a binary built with `just build-cuda` (cargo feature `cuda`)".into(),
             ),
         )
     })
