@@ -316,6 +316,8 @@ fn class_names(d: &DatasetSection, ds: &Dataset) -> Result<ClassNames> {
 
 struct Job<'a> {
     config: &'a Config,
+    /// [`upstream_key`] of the configuration, computed once.
+    upstream: String,
     refiners: Vec<Box<dyn Refiner>>,
     partial: Partial,
 }
@@ -358,6 +360,7 @@ fn run_group(
             .collect::<segsweep_core::Result<Vec<_>>>()?;
         let partial = read_partial(dir, &c.hash, classes.len())?;
         jobs.push(Job {
+            upstream: upstream_key(c),
             config: c,
             refiners,
             partial,
@@ -438,7 +441,7 @@ fn run_group(
                 .zip(&job.refiners)
                 .map(|(s, r)| (s.plugin.stage, r.as_ref()))
                 .collect();
-            let key = upstream_key(job.config);
+            let key = job.upstream.clone();
             let config = job.config;
             let fail = |e: segsweep_infer::InferError| in_config(config, &id, e.into());
             if !shared_dense.contains_key(&key) {

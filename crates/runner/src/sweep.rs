@@ -485,35 +485,31 @@ fn resolve_inference(raw: &RawSpec, file: &str) -> Result<InferConfig> {
             "crop ≥ 16 and 0 < stride ≤ crop (SCLIP: 224 / 112)",
         ));
     }
-    if let Some(v) = i.logit_scale {
-        if !(v > 0.0 && v <= 1000.0) {
-            return Err(bad(
-                "logit_scale",
-                format!("{v} is out of range (0, 1000]"),
-                "SCLIP uses 40 (VOC21: 65, Context60/COCO-Object: 50)",
-            ));
+    // A value in `lo..=hi` (or `(0, hi]` when `lo_open`), else an error naming the key.
+    let checked = |key: &str, v: f64, lo: f64, hi: f64, lo_open: bool, hint: &str| {
+        let ok = if lo_open { v > lo } else { v >= lo } && v <= hi;
+        if ok {
+            Ok(v as f32)
+        } else {
+            let open = if lo_open { "(" } else { "[" };
+            Err(bad(
+                key,
+                format!("{v} is out of range {open}{lo}, {hi}]"),
+                hint,
+            ))
         }
-        cfg.logit_scale = v as f32;
+    };
+    if let Some(v) = i.logit_scale {
+        let hint = "SCLIP uses 40 (VOC21: 65, Context60/COCO-Object: 50)";
+        cfg.logit_scale = checked("logit_scale", v, 0.0, 1000.0, true, hint)?;
     }
     if let Some(v) = i.prob_thd {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(bad(
-                "prob_thd",
-                format!("{v} is out of range [0, 1]"),
-                "a probability threshold; 0 switches it off",
-            ));
-        }
-        cfg.prob_thd = v as f32;
+        let hint = "a probability threshold; 0 switches it off";
+        cfg.prob_thd = checked("prob_thd", v, 0.0, 1.0, false, hint)?;
     }
     if let Some(v) = i.area_thd {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(bad(
-                "area_thd",
-                format!("{v} is out of range [0, 1]"),
-                "a share of foreground pixels, e.g. 0.1",
-            ));
-        }
-        cfg.area_thd = Some(v as f32);
+        let hint = "a share of foreground pixels, e.g. 0.1";
+        cfg.area_thd = Some(checked("area_thd", v, 0.0, 1.0, false, hint)?);
     }
     if let Some(a) = &i.attention {
         if !ATTENTIONS.contains(&a.as_str()) {
