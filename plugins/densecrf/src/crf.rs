@@ -35,26 +35,38 @@ pub fn refine_probs(
     params: &CrfParams,
 ) -> Result<Vec<f32>> {
     check_shapes(image, probs.len(), c, h, w, "probabilities")?;
-    let n = h * w;
+    // −U = −(−log p) = log p exactly, so store the log directly.
+    let neg_u = pixel_major(probs, c, h * w, |k, i, p| {
+        if !(p.is_finite() && p >= 0.0) {
+            return Err(CrfError::BadProbability {
+                value: p,
+                c: k,
+                y: i / w,
+                x: i % w,
+            });
+        }
+        Ok(p.clamp(PROB_CLIP, 1.0).ln())
+    })?;
+    let q = mean_field(image, &neg_u, c, params)?;
+    Ok(to_planar(&q, c, h * w))
+}
+
+/// `(c, n)` planes → `−U` stored pixel-major with rows padded to [`padded`]`(c)`, each value
+/// mapped by `f(class, pixel, value)`.
+fn pixel_major(
+    planes: &[f32],
+    c: usize,
+    n: usize,
+    mut f: impl FnMut(usize, usize, f32) -> Result<f32>,
+) -> Result<Vec<f32>> {
     let cp = padded(c);
-    // −U = log(clip(P)), stored pixel-major with rows padded to `cp`.
-    let mut neg_u = vec![0f32; n * cp];
-    for (k, plane) in probs.chunks_exact(n).enumerate() {
-        for (i, &p) in plane.iter().enumerate() {
-            if !(p.is_finite() && p >= 0.0) {
-                return Err(CrfError::BadProbability {
-                    value: p,
-                    c: k,
-                    y: i / w,
-                    x: i % w,
-                });
-            }
-            // −U = −(−log p) = log p exactly, so store the log directly.
-            neg_u[i * cp + k] = p.clamp(PROB_CLIP, 1.0).ln();
+    let mut out = vec![0f32; n * cp];
+    for (k, plane) in planes.chunks_exact(n).enumerate() {
+        for (i, &v) in plane.iter().enumerate() {
+            out[i * cp + k] = f(k, i, v)?;
         }
     }
-    let q = mean_field(image, &neg_u, c, params)?;
-    Ok(to_planar(&q, c, n))
+    Ok(out)
 }
 
 /// Mean-field inference from a unary energy you computed yourself.
@@ -70,16 +82,9 @@ pub fn refine_unary(
     params: &CrfParams,
 ) -> Result<Vec<f32>> {
     check_shapes(image, unary.len(), c, h, w, "unary")?;
-    let n = h * w;
-    let cp = padded(c);
-    let mut neg_u = vec![0f32; n * cp];
-    for (k, plane) in unary.chunks_exact(n).enumerate() {
-        for (i, &u) in plane.iter().enumerate() {
-            neg_u[i * cp + k] = -u;
-        }
-    }
+    let neg_u = pixel_major(unary, c, h * w, |_, _, u| Ok(-u))?;
     let q = mean_field(image, &neg_u, c, params)?;
-    Ok(to_planar(&q, c, n))
+    Ok(to_planar(&q, c, h * w))
 }
 
 fn check_shapes(
