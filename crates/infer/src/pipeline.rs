@@ -125,6 +125,111 @@ impl Prepared {
             .sum()
     }
 
+    /// Whether the prefix outputs are held (false after [`Prepared::take_prefix`]).
+    pub fn has_prefix(&self) -> bool {
+        !self.chunks.is_empty() || self.windows.is_empty()
+    }
+
+    /// Remove the prefix outputs, to free their memory or write them to disk, and return them
+    /// as named tensors. The image, windows and settings stay, so [`postprocess`] still works;
+    /// [`dense_logits`] refuses this image until [`Prepared::restore_prefix`]. Names, with `S`
+    /// the first window of a batch chunk and `B` its number of windows:
+    /// `S.tokens` `(B, 1 + gh·gw, D)`, `S.grid` `(2,)` u32 = `(gh, gw)`, `S.attn.L`
+    /// `(B, heads, T, T)`, and `S.q.L`, `S.k.L`, `S.v.L` `(B, heads, T, head_dim)`.
+    pub fn take_prefix(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for c in std::mem::take(&mut self.chunks) {
+            let s = c.start;
+            let p = c.prefix;
+            let (gh, gw) = p.grid;
+            out.push((
+                format!("{s}.grid"),
+                Tensor::new(&[gh as u32, gw as u32], &Device::Cpu)?,
+            ));
+            out.push((format!("{s}.tokens"), p.tokens));
+            for (l, t) in p.attn_probs {
+                out.push((format!("{s}.attn.{l}"), t));
+            }
+            for (l, (q, k, v)) in p.qkv {
+                out.push((format!("{s}.q.{l}"), q));
+                out.push((format!("{s}.k.{l}"), k));
+                out.push((format!("{s}.v.{l}"), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put back prefix outputs from [`Prepared::take_prefix`], possibly after a round trip
+    /// through a file in another float dtype: floats are converted to this image's backbone
+    /// dtype and moved to `device`. Refuses (and keeps no prefix) unless the tensors cover every
+    /// window once, with the layers this image recorded.
+    pub fn restore_prefix(
+        &mut self,
+        named: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<()> {
+        let bad = |msg: String| InferError::Pipeline(format!("restoring a prefix: {msg}"));
+        let mut starts: Vec<usize> = named
+            .keys()
+            .filter_map(|k| k.strip_suffix(".tokens")?.parse().ok())
+            .collect();
+        starts.sort_unstable();
+        let get = |name: String| -> Result<Tensor> {
+            let t = named
+                .get(&name)
+                .ok_or_else(|| bad(format!("tensor `{name}` is missing")))?;
+            let t = if t.dtype().is_float() {
+                t.to_dtype(self.dtype)?
+            } else {
+                t.clone()
+            };
+            Ok(t.to_device(device)?)
+        };
+        let mut chunks = Vec::with_capacity(starts.len());
+        let mut next = 0;
+        let mut expected = 0;
+        for s in starts {
+            let tokens = get(format!("{s}.tokens"))?;
+            let rows = tokens.dims3()?.0;
+            if s != next || rows == 0 {
+                return Err(bad(format!("chunks do not tile the windows at window {s}")));
+            }
+            next = s + rows;
+            let grid: Vec<u32> = get(format!("{s}.grid"))?.to_vec1()?;
+            let [gh, gw] = grid[..] else {
+                return Err(bad(format!("`{s}.grid` is not (gh, gw)")));
+            };
+            let mut prefix = PrefixOut {
+                tokens,
+                grid: (gh as usize, gw as usize),
+                attn_probs: Default::default(),
+                qkv: Default::default(),
+            };
+            for &l in &self.needs.attn_probs {
+                prefix.attn_probs.insert(l, get(format!("{s}.attn.{l}"))?);
+            }
+            for &l in &self.needs.qkv {
+                let (q, k, v) = (
+                    get(format!("{s}.q.{l}"))?,
+                    get(format!("{s}.k.{l}"))?,
+                    get(format!("{s}.v.{l}"))?,
+                );
+                prefix.qkv.insert(l, (q, k, v));
+            }
+            expected += 2 + prefix.attn_probs.len() + 3 * prefix.qkv.len();
+            chunks.push(Chunk { start: s, prefix });
+        }
+        if next != self.windows.len() || expected != named.len() {
+            return Err(bad(format!(
+                "{} tensors for {next} of {} windows; expected exactly what `take_prefix` returned for this image",
+                named.len(),
+                self.windows.len()
+            )));
+        }
+        self.chunks = chunks;
+        Ok(())
+    }
+
     /// The normalised crops of windows `start..start + len`: `(len, 3, h, w)`.
     fn crops(&self, start: usize, len: usize, device: &Device) -> Result<Tensor> {
         let ws = &self.windows[start..start + len];
@@ -579,6 +684,15 @@ fn check_finish(
     Ok(())
 }
 
+fn check_prefix(prepared: &Prepared) -> Result<()> {
+    if prepared.has_prefix() {
+        return Ok(());
+    }
+    Err(InferError::Pipeline(
+        "the prefix of this image was taken (`take_prefix`); restore it before computing dense logits".into(),
+    ))
+}
+
 fn finish_impl(
     backbone: &dyn Backbone,
     prepared: &Prepared,
@@ -589,6 +703,7 @@ fn finish_impl(
     trace: Option<&mut Trace>,
 ) -> Result<Segmentation> {
     check_finish(prepared, classifier, cfg, background)?;
+    check_prefix(prepared)?;
     let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
     let dense = dense_logits_impl(backbone, prepared, classifier, cfg, &plan, trace)?;
     postprocess_impl(
@@ -634,6 +749,7 @@ pub fn dense_logits(
     pipeline: &[Step<'_>],
 ) -> Result<DenseLogits> {
     check_finish(prepared, classifier, cfg, None)?;
+    check_prefix(prepared)?;
     let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
     dense_logits_impl(backbone, prepared, classifier, cfg, &plan, None)
 }

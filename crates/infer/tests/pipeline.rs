@@ -409,3 +409,78 @@ fn issue_7_shared_dense_logits_then_postprocess_equals_finish() {
     small.class_names.truncate(3);
     assert!(postprocess(&bb, &prepared, &dense, &small, &base, &[], Some(0)).is_err());
 }
+
+/// Records attention probabilities and q/k/v, so a round trip covers every prefix tensor kind.
+struct NeedsAll;
+impl Refiner for NeedsAll {
+    fn name(&self) -> &str {
+        "needs-all"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            attn_probs: [0].into(),
+            qkv: [0].into(),
+        }
+    }
+}
+
+#[test]
+fn issue_7_taken_and_restored_prefix_gives_identical_dense_logits() {
+    let bb = FakeBackbone::new(3).unwrap();
+    let cls = classifier(&bb);
+    let img = image(70, 97, 2);
+    // Batch 3 over 6+ windows: several chunks, the last one short.
+    let c = cfg(72, 3);
+    let needs = segsweep_infer::needs_of(&[(Stage::Features, &NeedsAll as &dyn Refiner)]);
+    let mut prepared = prepare(&bb, &img, &c, &needs).unwrap();
+    let before = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap();
+    let bytes = prepared.prefix_bytes();
+    let named = prepared.take_prefix().unwrap();
+    assert!(named.iter().any(|(n, _)| n.ends_with(".attn.0")));
+    assert!(named.iter().any(|(n, _)| n.ends_with(".v.0")));
+    assert!(!prepared.has_prefix() && prepared.prefix_bytes() == 0);
+    // Without its prefix the image still post-processes but refuses dense logits.
+    assert!(postprocess(&bb, &prepared, &before, &cls, &c, &[], None).is_ok());
+    let err = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap_err();
+    assert!(err.to_string().contains("restore"), "{err}");
+    // A set with a tensor missing is refused and leaves the image without a prefix.
+    let mut partial: std::collections::HashMap<String, Tensor> = named.iter().cloned().collect();
+    let victim = named
+        .iter()
+        .find(|(n, _)| n.ends_with(".k.0"))
+        .unwrap()
+        .0
+        .clone();
+    partial.remove(&victim);
+    assert!(prepared.restore_prefix(partial, &Device::Cpu).is_err());
+    assert!(!prepared.has_prefix());
+    // f32 round trip: identical; f16 round trip: close.
+    let f16: std::collections::HashMap<String, Tensor> = named
+        .iter()
+        .map(|(n, t)| {
+            let t = if t.dtype().is_float() {
+                t.to_dtype(candle_core::DType::F16).unwrap()
+            } else {
+                t.clone()
+            };
+            (n.clone(), t)
+        })
+        .collect();
+    prepared
+        .restore_prefix(named.into_iter().collect(), &Device::Cpu)
+        .unwrap();
+    assert_eq!(prepared.prefix_bytes(), bytes);
+    let after = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap();
+    let (a, b) = (before.to_tensor().unwrap(), after.to_tensor().unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    prepared.take_prefix().unwrap();
+    prepared.restore_prefix(f16, &Device::Cpu).unwrap();
+    assert_eq!(
+        prepared.prefix_bytes(),
+        bytes,
+        "restored in the backbone dtype"
+    );
+    let half = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap();
+    let d = max_abs_diff(&a, &half.to_tensor().unwrap());
+    assert!(d > 0.0 && d < 1e-2, "f16 round trip moved logits by {d}");
+}
