@@ -483,4 +483,13 @@ fn issue_7_taken_and_restored_prefix_gives_identical_dense_logits() {
     let half = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap();
     let d = max_abs_diff(&a, &half.to_tensor().unwrap());
     assert!(d > 0.0 && d < 1e-2, "f16 round trip moved logits by {d}");
+    let exact = postprocess(&bb, &prepared, &before, &cls, &c, &[], None).unwrap();
+    let close = postprocess(&bb, &prepared, &half, &cls, &c, &[], None).unwrap();
+    let (la, lb) = (labels(&exact), labels(&close));
+    let same = la.iter().zip(&lb).filter(|(a, b)| a == b).count();
+    assert!(
+        same * 100 >= la.len() * 99,
+        "{same} of {} labels agree",
+        la.len()
+    );
 }

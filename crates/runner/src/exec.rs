@@ -15,12 +15,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use segsweep_clip::{build_classifier, ClipModel, IMAGENET_TEMPLATES};
-use segsweep_core::{Backbone, Refiner, Stage};
-use segsweep_data::{ClassNames, CustomConfig, Dataset, IouCounts, Subset};
+use segsweep_core::{Backbone, Classifier, InferConfig, Needs, Refiner, Stage};
+use segsweep_data::{ClassNames, CustomConfig, Dataset, IouCounts, Sample, Subset};
 use segsweep_report::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
+use crate::memory::{MemoryPlan, MemoryStats, PrefixSlot};
 use crate::spec::{DatasetSection, ModelSection};
 use crate::sweep::{hex12, Config, Experiment};
 
@@ -70,6 +71,8 @@ pub struct RunSummary {
     pub resumed: usize,
     /// Configurations computed by this call.
     pub ran: usize,
+    /// Intermediates held, spilled and recomputed by this call (also in `memory.json`).
+    pub memory: MemoryStats,
 }
 
 /// The default run id: a hash over the configuration hashes, so the same spec maps to the
@@ -127,7 +130,10 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     }
     let ran = pending.len();
     let mut models: HashMap<ModelSection, Arc<ClipModel>> = HashMap::new();
-    let mut images_done = 0usize;
+    let mut tally = Tally {
+        images_done: 0,
+        memory: MemoryStats::new(&exp.memory),
+    };
     let groups = if opts.share_prefix {
         groups(&pending)
     } else {
@@ -150,23 +156,20 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         configs: &configs_bar,
     };
     for group in groups {
-        run_group(
-            exp,
-            opts,
-            &dir,
-            &group,
-            &mut models,
-            &mut images_done,
-            &bars,
-        )?;
+        run_group(exp, opts, &dir, &group, &mut models, &mut tally, &bars)?;
     }
     configs_bar.finish_and_clear();
+    // The default scratch directory goes when empty (spill files are deleted after each image).
+    if exp.memory.spill_dir.is_none() {
+        let _ = std::fs::remove_dir(dir.join("cache"));
+    }
     let records = finalize(exp, &dir)?;
     Ok(RunSummary {
         run_dir: dir,
         records,
         resumed,
         ran,
+        memory: tally.memory,
     })
 }
 
@@ -334,7 +337,7 @@ fn run_group(
     dir: &Path,
     group: &[&Config],
     models: &mut HashMap<ModelSection, Arc<ClipModel>>,
-    images_done: &mut usize,
+    tally: &mut Tally,
     bars: &Bars,
 ) -> Result<()> {
     let first = group[0];
@@ -396,15 +399,33 @@ fn run_group(
         &format!("{} config(s) on {}", jobs.len(), ds.info.name),
     ));
     bar.set_position(start as u64);
-    let vis = exp.spec.raw.experiment.save_visualisations;
-    let max_vis = exp.spec.raw.experiment.max_visualisations;
+    let spill_dir = exp
+        .memory
+        .spill_dir
+        .clone()
+        .unwrap_or_else(|| dir.join("cache"));
+    let ctx = ImageCtx {
+        model: model.as_ref(),
+        classifier: &classifier,
+        cfg: &first.inference,
+        needs: &needs,
+        background,
+        ignore_index: ds.info.ignore_index,
+        dir,
+        visualise: exp.spec.raw.experiment.save_visualisations,
+        max_vis: exp.spec.raw.experiment.max_visualisations,
+        plan: &exp.memory,
+        spill_dir: &spill_dir,
+    };
 
     for i in start..ds.len() {
-        let budget_spent = opts.stop_after_images.is_some_and(|n| *images_done >= n);
+        let budget_spent = opts
+            .stop_after_images
+            .is_some_and(|n| tally.images_done >= n);
         if opts.cancel.load(Ordering::SeqCst) || budget_spent {
             return Err(RunnerError::Interrupted);
         }
-        *images_done += 1;
+        tally.images_done += 1;
         let id = ds.id(i).unwrap_or("?").to_string();
         let sample = match ds.load(i) {
             Ok(s) => s,
@@ -420,83 +441,24 @@ fn run_group(
             }
             Err(e) => return Err(e.into()),
         };
-        let t0 = Instant::now();
-        let prepared =
-            segsweep_infer::prepare(model.as_ref(), &sample.image, &first.inference, &needs)?;
-        let shared = t0.elapsed().as_secs_f64();
-        let active = jobs
-            .iter()
-            .filter(|j| j.partial.next_image <= i)
-            .count()
-            .max(1);
-        // Configurations that agree on everything before the dense stage (last block, feature
-        // refiners) share this image's dense logits too and differ only in the tail.
-        let mut shared_dense: HashMap<String, segsweep_infer::DenseLogits> = HashMap::new();
-        for job in jobs.iter_mut().filter(|j| j.partial.next_image <= i) {
-            let t1 = Instant::now();
-            let steps: Vec<(Stage, &dyn Refiner)> = job
-                .config
-                .pipeline
-                .iter()
-                .zip(&job.refiners)
-                .map(|(s, r)| (s.plugin.stage, r.as_ref()))
-                .collect();
-            let key = job.upstream.clone();
-            let config = job.config;
-            let fail = |e: segsweep_infer::InferError| in_config(config, &id, e.into());
-            if !shared_dense.contains_key(&key) {
-                let dense = segsweep_infer::dense_logits(
-                    model.as_ref(),
-                    &prepared,
-                    &classifier,
-                    &config.inference,
-                    &steps,
-                )
-                .map_err(fail)?;
-                shared_dense.insert(key.clone(), dense);
-            }
-            let seg = segsweep_infer::postprocess(
-                model.as_ref(),
-                &prepared,
-                &shared_dense[&key],
-                &classifier,
-                &config.inference,
-                &steps,
-                background,
-            )
-            .map_err(fail)?;
-            let pred: Vec<u32> = seg
-                .labels
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<u32>())
-                .map_err(|e| {
-                    in_config(job.config, &id, segsweep_core::CoreError::from(e).into())
-                })?;
-            job.partial
-                .counts
-                .add(&pred, &sample.label.data, ds.info.ignore_index)
-                .map_err(|e| in_config(job.config, &id, e.into()))?;
-            if vis && i < max_vis {
-                let path = dir
-                    .join("visualisations")
-                    .join(&job.config.hash)
-                    .join(format!("{}.png", sanitize(&id)));
-                segsweep_report::overlay::save_overlay(
-                    &path,
-                    sample.image.h,
-                    sample.image.w,
-                    &sample.image.data,
-                    &pred,
-                )?;
-            }
-            job.partial.seconds += shared / active as f64 + t1.elapsed().as_secs_f64();
-            job.partial.next_image = i + 1;
-            write_partial(dir, &job.config.hash, &job.partial)?;
-        }
+        run_image(&ctx, &mut jobs, i, &sample, &mut tally.memory)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     bars.configs.inc(jobs.len() as u64);
+    let m = &tally.memory;
+    if m.images_over_budget > 0 {
+        tracing::warn!(
+            "{}; one configuration needs a prefix and a dense-logits map at once, so raise [experiment] memory_budget_mb to at least {} to keep prefixes for later configurations",
+            m.summary(),
+            m.peak_held_bytes.div_ceil(1 << 20)
+        );
+    } else {
+        tracing::info!("{}", m.summary());
+    }
+    let memory_json = serde_json::to_string_pretty(&tally.memory)
+        .map_err(|e| RunnerError::spec("memory.json", "json", e.to_string(), None))?;
+    write_atomic(&dir.join("memory.json"), memory_json.as_bytes())?;
     let ids = ds.ids();
     for job in &jobs {
         let record = make_record(dir, job, &ids, &classes, person, model.as_ref());
@@ -518,6 +480,154 @@ fn run_group(
     }
     // Tables and charts after each group, so a later failure leaves them current.
     finalize(exp, dir)?;
+    Ok(())
+}
+
+/// Counters over the groups of one `run` call.
+struct Tally {
+    /// Images started, for `stop_after_images`.
+    images_done: usize,
+    memory: MemoryStats,
+}
+
+/// Everything fixed for the images of a group.
+struct ImageCtx<'a> {
+    model: &'a ClipModel,
+    classifier: &'a Classifier,
+    /// The group's inference settings (every configuration agrees on what `prepare` reads).
+    cfg: &'a InferConfig,
+    /// The union of every configuration's needs.
+    needs: &'a Needs,
+    background: Option<usize>,
+    ignore_index: u32,
+    dir: &'a Path,
+    visualise: bool,
+    max_vis: usize,
+    plan: &'a MemoryPlan,
+    spill_dir: &'a Path,
+}
+
+/// One image for every configuration of a group not past it: the prefix once, then per
+/// upstream key (in first-appearance order) one dense-logits map and the tails of its
+/// configurations. The prefix is kept for the next key only within the memory budget.
+fn run_image(
+    ctx: &ImageCtx,
+    jobs: &mut [Job],
+    i: usize,
+    sample: &Sample,
+    stats: &mut MemoryStats,
+) -> Result<()> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        if job.partial.next_image > i {
+            continue;
+        }
+        match runs
+            .iter_mut()
+            .find(|r| jobs[r[0]].upstream == job.upstream)
+        {
+            Some(r) => r.push(j),
+            None => runs.push(vec![j]),
+        }
+    }
+    let active = runs.iter().map(Vec::len).sum::<usize>().max(1);
+    stats.images += 1;
+    let t0 = Instant::now();
+    let (model, image) = (ctx.model as &dyn Backbone, &sample.image);
+    let mut slot = PrefixSlot::compute(model, image, ctx.cfg, ctx.needs, ctx.plan, ctx.spill_dir)?;
+    let prefix_share = t0.elapsed().as_secs_f64() / active as f64;
+    let mut warned = false;
+    for (r, run) in runs.iter().enumerate() {
+        let t1 = Instant::now();
+        slot.ensure(stats)?;
+        let first = &jobs[run[0]];
+        let fail = |e: segsweep_infer::InferError| in_config(first.config, &sample.id, e.into());
+        let dense = segsweep_infer::dense_logits(
+            model,
+            slot.prepared(),
+            ctx.classifier,
+            &first.config.inference,
+            &steps(first),
+        )
+        .map_err(fail)?;
+        let held = slot.prepared().prefix_bytes() + dense.bytes();
+        if held as u64 > ctx.plan.budget_bytes && !warned {
+            stats.images_over_budget += 1;
+            warned = true;
+            tracing::debug!(
+                "image {}: prefix + dense logits = {held} bytes exceed the memory budget; one configuration needs both",
+                sample.id
+            );
+        }
+        slot.release(dense.bytes(), r + 1 < runs.len(), stats)?;
+        let run_share = t1.elapsed().as_secs_f64() / run.len() as f64;
+        for &j in run {
+            let t2 = Instant::now();
+            tail(ctx, &mut jobs[j], slot.prepared(), &dense, i, sample)?;
+            jobs[j].partial.seconds += prefix_share + run_share + t2.elapsed().as_secs_f64();
+            write_partial(ctx.dir, &jobs[j].config.hash, &jobs[j].partial)?;
+        }
+    }
+    Ok(())
+}
+
+/// A job's plugins with their stages, in pipeline order.
+fn steps<'a>(job: &'a Job) -> Vec<(Stage, &'a dyn Refiner)> {
+    job.config
+        .pipeline
+        .iter()
+        .zip(&job.refiners)
+        .map(|(s, r)| (s.plugin.stage, r.as_ref()))
+        .collect()
+}
+
+/// One configuration's tail on one image: dense- and label-stage plugins, thresholds, counts,
+/// overlay; advances its checkpoint (written by the caller).
+fn tail(
+    ctx: &ImageCtx,
+    job: &mut Job,
+    prepared: &segsweep_infer::Prepared,
+    dense: &segsweep_infer::DenseLogits,
+    i: usize,
+    sample: &Sample,
+) -> Result<()> {
+    let config = job.config;
+    let id = &sample.id;
+    let fail = |e: RunnerError| in_config(config, id, e);
+    let seg = segsweep_infer::postprocess(
+        ctx.model,
+        prepared,
+        dense,
+        ctx.classifier,
+        &config.inference,
+        &steps(job),
+        ctx.background,
+    )
+    .map_err(|e| fail(e.into()))?;
+    let pred: Vec<u32> = seg
+        .labels
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<u32>())
+        .map_err(|e| fail(segsweep_core::CoreError::from(e).into()))?;
+    job.partial
+        .counts
+        .add(&pred, &sample.label.data, ctx.ignore_index)
+        .map_err(|e| fail(e.into()))?;
+    if ctx.visualise && i < ctx.max_vis {
+        let path = ctx
+            .dir
+            .join("visualisations")
+            .join(&config.hash)
+            .join(format!("{}.png", sanitize(id)));
+        segsweep_report::overlay::save_overlay(
+            &path,
+            sample.image.h,
+            sample.image.w,
+            &sample.image.data,
+            &pred,
+        )?;
+    }
+    job.partial.next_image = i + 1;
     Ok(())
 }
 

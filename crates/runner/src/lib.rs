@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod memory;
 pub mod spec;
 pub mod sweep;
 
@@ -24,6 +25,7 @@ pub use exec::{
     counts_of, default_run_id, finalize, load_clip, metrics_of, open_dataset, run, run_dir,
     RunOptions, RunSummary,
 };
+pub use memory::{MemoryPlan, MemoryStats, Spill};
 pub use spec::{load, load_text, parse_set, LoadedSpec, RawSpec};
 pub use sweep::{expand, Config, Experiment, Step, ATTENTIONS};
 

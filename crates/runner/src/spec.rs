@@ -39,6 +39,15 @@ pub struct ExperimentSection {
     pub save_visualisations: bool,
     /// At most this many images per configuration get an overlay (default 20).
     pub max_visualisations: usize,
+    /// MiB (2^20 bytes) of intermediates the runner may hold per image: the shared backbone
+    /// prefix and one shared dense-logits map (default 1024). Over it, the prefix is dropped
+    /// and recomputed, or spilled (see `spill`). 0 keeps nothing for later configurations.
+    pub memory_budget_mb: u64,
+    /// What to do with a prefix over the budget: `none` (default: drop and recompute, results
+    /// identical), `f32` (scratch file, identical) or `f16` (scratch file, close results).
+    pub spill: String,
+    /// Directory for spill scratch files (default `<run dir>/cache`).
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for ExperimentSection {
@@ -50,6 +59,9 @@ impl Default for ExperimentSection {
             output_dir: "results".into(),
             save_visualisations: false,
             max_visualisations: 20,
+            memory_budget_mb: 1024,
+            spill: "none".into(),
+            spill_dir: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use segsweep_core::{registry, InferConfig, Mode, Params, PluginSpec, Stage};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, RunnerError};
+use crate::memory::MemoryPlan;
 use crate::spec::{DatasetSection, LoadedSpec, ModelSection, RawSpec, SECTIONS};
 
 /// Built-in last-block strategies of the CLIP backbone.
@@ -61,6 +62,8 @@ impl Config {
 pub struct Experiment {
     pub spec: LoadedSpec,
     pub configs: Vec<Config>,
+    /// The validated memory budget and spill settings of `[experiment]`.
+    pub memory: MemoryPlan,
 }
 
 type Overrides = Vec<(String, toml::Value)>;
@@ -69,6 +72,7 @@ type Overrides = Vec<(String, toml::Value)>;
 pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experiment> {
     let file = spec.file();
     let raw = &spec.raw;
+    let memory = MemoryPlan::resolve(&raw.experiment, &file)?;
     let mut base = spec.tree.clone();
     base.remove("sweep");
     // --set on pipeline entries (section sets were layered by figment already).
@@ -173,7 +177,11 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
             Some("a grid or zip list is empty; give each swept key at least one value".into()),
         ));
     }
-    Ok(Experiment { spec, configs })
+    Ok(Experiment {
+        spec,
+        configs,
+        memory,
+    })
 }
 
 fn grid_rows(grid: &BTreeMap<String, Vec<toml::Value>>, file: &str) -> Result<Vec<Overrides>> {

@@ -101,3 +101,130 @@ fn sharing_the_backbone_prefix_gives_identical_results() {
         distinct.len()
     );
 }
+
+/// Runs `exp` under `run_id` with `[experiment]` memory settings replaced.
+fn run_with(
+    exp: &segsweep_runner::Experiment,
+    run_id: &str,
+    budget_mb: u64,
+    spill: segsweep_runner::Spill,
+) -> segsweep_runner::RunSummary {
+    let mut exp = exp.clone();
+    exp.memory.budget_bytes = budget_mb << 20;
+    exp.memory.spill = spill;
+    run(
+        &exp,
+        &RunOptions {
+            run_id: Some(run_id.into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn issue_7_tiny_budget_drops_and_recomputes_the_prefix_with_identical_results() {
+    use segsweep_runner::Spill;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let roomy = run_with(&exp, "roomy", 1024, Spill::None);
+    let tiny = run_with(&exp, "tiny", 0, Spill::None);
+    // 3 upstream keys (baseline, two cliptrase temperatures) on each of 2 images: the prefix is
+    // needed again twice per image.
+    assert_eq!(roomy.memory.prefix_recomputes, 0);
+    assert_eq!(tiny.memory.prefix_recomputes, 4);
+    assert_eq!(tiny.memory.prefix_spills, 0);
+    assert_eq!(tiny.memory.images, 2);
+    assert_eq!(tiny.memory.images_over_budget, 2);
+    assert!(roomy.memory.peak_held_bytes > 0);
+    assert_eq!(
+        roomy.memory.peak_held_bytes,
+        roomy.memory.peak_prefix_bytes + roomy.memory.peak_dense_bytes
+    );
+    for (a, b) in roomy.records.iter().zip(&tiny.records) {
+        assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+    }
+    let saved: segsweep_runner::MemoryStats =
+        serde_json::from_str(&std::fs::read_to_string(tiny.run_dir.join("memory.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved, tiny.memory);
+}
+
+#[test]
+fn issue_7_f32_spill_gives_identical_results_and_leaves_no_scratch_files() {
+    use segsweep_runner::Spill;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let roomy = run_with(&exp, "roomy", 1024, Spill::None);
+    let spilled = run_with(&exp, "spilled", 0, Spill::F32);
+    assert_eq!(spilled.memory.prefix_spills, 4);
+    assert_eq!(spilled.memory.prefix_reloads, 4);
+    assert_eq!(spilled.memory.prefix_recomputes, 0);
+    // f32 on disk: the bytes written are the prefix bytes held, plus an 8-byte (gh, gw) grid.
+    assert_eq!(
+        spilled.memory.spilled_bytes,
+        4 * (spilled.memory.peak_prefix_bytes + 8)
+    );
+    for (a, b) in roomy.records.iter().zip(&spilled.records) {
+        assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+    }
+    assert!(!spilled.run_dir.join("cache").exists());
+}
+
+#[test]
+fn issue_7_f16_spill_gives_close_results() {
+    use segsweep_runner::Spill;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let roomy = run_with(&exp, "roomy", 1024, Spill::None);
+    let half = run_with(&exp, "half", 0, Spill::F16);
+    assert_eq!(half.memory.prefix_spills, 4);
+    // Half the bytes of f32 (the (gh, gw) grids stay u32).
+    assert!(half.memory.spilled_bytes < 4 * half.memory.peak_prefix_bytes * 51 / 100);
+    for (a, b) in roomy.records.iter().zip(&half.records) {
+        let (ca, cb) = (&a.counts, &b.counts);
+        assert_eq!(ca.label, cb.label);
+        // Pixels predicted per class move by at most 1 % of the labelled pixels.
+        let pixels: u64 = ca.label.iter().sum();
+        let moved: u64 = ca
+            .pred
+            .iter()
+            .zip(&cb.pred)
+            .map(|(x, y)| x.abs_diff(*y))
+            .sum();
+        assert!(
+            moved * 100 <= pixels,
+            "config {}: {moved} of {pixels} pixels moved",
+            a.label()
+        );
+        let (ma, mb) = (a.metrics.aacc_pct.unwrap(), b.metrics.aacc_pct.unwrap());
+        assert!(
+            (ma - mb).abs() <= 1.0,
+            "config {}: aAcc {ma} vs {mb}",
+            a.label()
+        );
+    }
+}
+
+#[test]
+fn issue_7_bad_memory_settings_name_the_key() {
+    let cases = [
+        ("memory_budget_mb = -1", "experiment.memory_budget_mb"),
+        ("memory_budget_mb = \"lots\"", "experiment.memory_budget_mb"),
+        (
+            "memory_budget_mb = 99999999999",
+            "experiment.memory_budget_mb",
+        ),
+        ("spill = \"f8\"", "experiment.spill"),
+        ("spill = 16", "experiment.spill"),
+        ("spill_dir = \"\"", "experiment.spill_dir"),
+    ];
+    for (line, key) in cases {
+        let text = SPEC.replacen("name = \"t\"", &format!("name = \"t\"\n{line}"), 1);
+        let err = load_text(Path::new("t.toml"), text, &[])
+            .and_then(|spec| expand(spec, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "`{line}` gave: {err}");
+    }
+}
