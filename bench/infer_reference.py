@@ -2,7 +2,8 @@
 """PyTorch reference for `bench/infer_speed.sh`: SCLIP's dense inference timed on the same
 random full-size CLIP, images and settings as segsweep's `bench_infer` example (not a test).
 
-    python3 bench/infer_reference.py --model DIR --classes FILE [--rust-out DIR] [--reps N] IMAGE.ppm...
+    python3 bench/infer_reference.py --model DIR --classes FILE [--rust-out DIR] [--reps N]
+        [--device cpu|cuda] [--dtype f32|f16|bf16] IMAGE.ppm...
 
 Timings: the 80-template text classifier as SCLIP builds it (per name one batch of 80 prompts
 padded to 77 tokens), and images/s with SCLIP's VOC21 settings, one crop at a time (as SCLIP runs
@@ -10,6 +11,9 @@ it) and all crops of an image in one batch. The vision tower uses torch's fused
 `scaled_dot_product_attention` for blocks 1..L-1 (what `nn.MultiheadAttention` runs in eval) and
 SCLIP's CSA for the last block. With `--rust-out`, compares segsweep's `<stem>.probs.npy` and
 `<stem>.labels.npy` with this script's (max relative error, share of equal labels).
+On a GPU (`--device cuda`, used by `bench/gpu.sh`) the model runs in `--dtype`, the
+post-processing (softmax over queries, synonym max, thresholds) in f32 on the GPU, and every
+timed section ends with `torch.cuda.synchronize()`.
 Prints one JSON object.
 """
 
@@ -66,11 +70,28 @@ def crop_logits(model, crops, text):
     return torch.einsum("behw,qe->bqhw", f, text)
 
 
-def segment(model, img, text, qclass, n_cls, batched):
+def postprocess(logits, qclass_t, n_cls):
+    """SCLIP's `postprocess_result` (sclip_reference.postprocess without its logging), on the
+    logits' device: logits (Q, h, w) → probs (C, h, w), labels (h, w)."""
+    seg = (logits.float() * CFG["logit_scale"]).softmax(0)
+    cls_index = F.one_hot(qclass_t).T.view(n_cls, len(qclass_t), 1, 1)
+    probs = (seg.unsqueeze(0) * cls_index).max(1)[0]
+    seg = probs.clone()
+    pred = F.one_hot(seg.argmax(0), n_cls).to(seg.dtype)
+    area = pred[:, :, 1:].sum((0, 1), keepdim=True)
+    area = (area > CFG["area_thd"] * area.sum()).to(seg.dtype)
+    seg[1:] *= area.transpose(0, -1)
+    labels = seg.argmax(0)
+    labels[seg.max(0)[0] < CFG["prob_thd"]] = 0
+    return probs, labels
+
+
+def segment(model, img, text, qclass_t, n_cls, batched):
     h, w = img.shape[:2]
     resized = sclip.imrescale(img, CFG["short_side"])
     x = torch.from_numpy(resized).float().permute(2, 0, 1)[None]
     x = (x - sclip.MEAN[:, None, None]) / sclip.STD[:, None, None]
+    x = x.to(device=text.device, dtype=text.dtype)
     H, W = x.shape[-2:]
     wins = sclip.windows(H, W, CFG["crop"], CFG["stride"])
     crops = [x[:, :, y1:y2, x1:x2] for (y1, x1, y2, x2) in wins]
@@ -85,7 +106,7 @@ def segment(model, img, text, qclass, n_cls, batched):
         preds += F.pad(up, (x1, W - x2, y1, H - y2))
         count[:, :, y1:y2, x1:x2] += 1
     dense = F.interpolate(preds / count, size=(h, w), mode="bilinear", align_corners=False)
-    return sclip.postprocess(dense[0], qclass, n_cls, dict(CFG, name="bench"))
+    return postprocess(dense[0], qclass_t, n_cls)
 
 
 def text_classifier(model, queries):
@@ -94,7 +115,7 @@ def text_classifier(model, queries):
     templates = sclip.load_templates()
     rows = []
     for q in queries:
-        ids = tokenize([t(q) for t in templates]).long()
+        ids = tokenize([t(q) for t in templates]).long().to(model.device)
         f = model.get_text_features(input_ids=ids)
         f = getattr(f, "pooler_output", f)
         f = f / f.norm(dim=-1, keepdim=True)
@@ -109,23 +130,39 @@ def main():
     ap.add_argument("--classes", required=True)
     ap.add_argument("--rust-out")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
     ap.add_argument("images", nargs="+")
     a = ap.parse_args()
-    model = CLIPModel.from_pretrained(a.model, dtype=torch.float32).eval()
+    dtype = dict(f32=torch.float32, f16=torch.float16, bf16=torch.bfloat16)[a.dtype]
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    model = CLIPModel.from_pretrained(a.model, dtype=dtype).eval().to(dev)
     queries, qclass = sclip.parse_classes(Path(a.classes))
     n_cls = max(qclass) + 1
+    qclass_t = torch.tensor(qclass, device=dev)
     images = [read_ppm(p) for p in a.images]
-    res = dict(threads=torch.get_num_threads(), images=len(images), queries=len(queries))
+    res = dict(threads=torch.get_num_threads(), images=len(images), queries=len(queries),
+               device=a.device, dtype=a.dtype)
+    if dev.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(dev)
+        res["torch"] = torch.__version__
     with torch.inference_mode():
         t = time.perf_counter()
         text = text_classifier(model, queries)
+        sync()
         res["text_cold_s"] = time.perf_counter() - t
-        segment(model, images[0], text, qclass, n_cls, True)  # warm-up
+        text = text.to(dtype)
+        for _ in range(3 if dev.type == "cuda" else 1):  # warm-up (cuDNN/cuBLAS heuristics)
+            segment(model, images[0], text, qclass_t, n_cls, True)
+            segment(model, images[0], text, qclass_t, n_cls, False)
+        sync()
         for batched in (False, True):
             best = float("inf")
             for _ in range(a.reps):
                 t = time.perf_counter()
-                outs = [segment(model, im, text, qclass, n_cls, batched) for im in images]
+                outs = [segment(model, im, text, qclass_t, n_cls, batched) for im in images]
+                sync()
                 best = min(best, time.perf_counter() - t)
             res["s_per_image_" + ("batched" if batched else "bs1")] = best / len(images)
         if a.rust_out:
@@ -134,9 +171,9 @@ def main():
                 stem = Path(p).stem
                 rp = np.load(Path(a.rust_out) / f"{stem}.probs.npy")
                 rl = np.load(Path(a.rust_out) / f"{stem}.labels.npy")
-                tp = probs.numpy()
+                tp = probs.float().cpu().numpy()
                 errs.append(float(np.abs(rp - tp).max() / np.abs(tp).max()))
-                agree += int((rl == labels.numpy()).sum())
+                agree += int((rl == labels.cpu().numpy()).sum())
                 total += rl.size
             res["parity_probs_max_rel_err"] = max(errs)
             res["parity_label_agreement"] = agree / total

@@ -7,6 +7,9 @@
 # machine with an NVIDIA driver (580+) and CUDA 13 libraries:
 #     LD_LIBRARY_PATH=/usr/local/cuda/lib64 ./segsweep-cuda sweep SPEC --set model.device=cuda:0
 # nvcc 13.0 is required: a newer nvcc emits PTX that driver 580 cannot JIT.
+#
+#   scripts/build-cuda.sh            # target/segsweep-cuda
+#   scripts/build-cuda.sh --bench    # also target/bench_infer-cuda (the GPU benchmark, bench/gpu.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +32,7 @@ if [ ! -x "$P/bin/nvcc" ]; then
 fi
 
 # A separate target dir, so the CPU build is not rebuilt with other features.
-export CARGO_TARGET_DIR="$PWD/target/cuda"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
 export PATH="$P/bin:$PATH" CUDA_HOME="$P" CUDA_ROOT="$P" CUDA_COMPUTE_CAP="$CAP" CUDARC_CUDA_VERSION=13000
 
 # Stub libraries for the link: every undefined cu*/nvrtc*/curand*/cublas* symbol of the compiled
@@ -56,10 +59,20 @@ make_stubs() {
     gen libcublas libcublas.so.13 '^cublas[^L]'
 }
 
+# Building segsweep-infer's bench example together with the binary unifies their features, so the
+# example gets candle's CUDA backend too.
+targets=(-p segsweep --features segsweep/cuda --bin segsweep)
+if [ "${1:-}" = "--bench" ]; then
+    targets=(-p segsweep -p segsweep-infer --features segsweep/cuda --bin segsweep --example bench_infer)
+fi
 # First pass compiles the kernels (the final link may fail without stubs), then stubs, then link.
-cargo build --release -p segsweep --features cuda || true
+cargo build --release "${targets[@]}" || true
 make_stubs
-cargo build --release -p segsweep --features cuda
+cargo build --release "${targets[@]}"
 cp "$CARGO_TARGET_DIR/release/segsweep" target/segsweep-cuda
 echo "built target/segsweep-cuda (compute capability $CAP)"
+if [ "${1:-}" = "--bench" ]; then
+    cp "$CARGO_TARGET_DIR/release/examples/bench_infer" target/bench_infer-cuda
+    echo "built target/bench_infer-cuda"
+fi
 ldd target/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true

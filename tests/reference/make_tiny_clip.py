@@ -237,8 +237,8 @@ def vision_run(model, crops):
 
 def load_open_clip_tokenizer():
     import site
-    for sp in site.getsitepackages() + [site.getusersitepackages()]:
-        p = Path(sp) / "open_clip" / "tokenizer.py"
+    for sp in sys.path + site.getsitepackages() + [site.getusersitepackages()]:
+        p = Path(sp or ".") / "open_clip" / "tokenizer.py"
         if p.exists():
             spec = importlib.util.spec_from_file_location("oc_tokenizer", p)
             m = importlib.util.module_from_spec(spec)

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# GPU benchmark and GPU parity of segsweep (a benchmark, not a test; numbers come from seeded
+# RANDOM full-size ViT-B/16 weights). Runs on the GPU machine and builds nothing there:
+#
+#   here (no GPU needed):  scripts/build-cuda.sh --bench && bench/gpu-pack.sh
+#   on the GPU machine:    bench/gpu.sh            # OUT, REPS, COPIES, DEVICE may be overridden
+#
+# Needs there: an NVIDIA driver (580+), CUDA 13 libraries, python3 with torch (CUDA), transformers,
+# numpy, scikit-image and pillow. The open_clip tokenizer (for the PyTorch text classifier) comes
+# as wheels in .whl/ when the machine has none. Steps, each logged to $OUT/<step>.log and never
+# stopping the others:
+#   1. seeded random full-size ViT-B/16 (tests/reference/make_tiny_clip.py --full);
+#   2. VOC-sized photos from scikit-image (chelsea 300×451, coffee 400×600; 8 crops each);
+#   3. parity: `segsweep predict` on cuda:0 in f32 (and f16, bf16) against `--device cpu`;
+#   4. speed: bench_infer (segsweep) and bench/infer_reference.py (PyTorch) in f32 and f16,
+#      batch 1 and batched, on the same GPU in the same run;
+#   5. a table (stdout and $OUT/table.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-/tmp/segsweep-gpu}
+REPS=${REPS:-5}
+COPIES=${COPIES:-4}       # each photo is listed COPIES times, so a timed pass has 2×COPIES images
+DEVICE=${DEVICE:-cuda:0}
+TORCH_DEVICE=${DEVICE%%:*}
+[ "$TORCH_DEVICE" = cuda ] && TORCH_DEVICE=cuda
+BIN=${BIN:-/tmp/segsweep-gpu-bin}
+MODEL=${MODEL:-/tmp/clip-b16-random}
+IMGDIR=$OUT/images
+CLASSES=crates/data/classnames/voc21.txt
+mkdir -p "$OUT" "$IMGDIR" "$BIN"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONUNBUFFERED=1
+step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
+
+# 0. Binaries: packed by bench/gpu-pack.sh (xz), else target/*-cuda as built.
+for b in segsweep bench_infer; do
+    if [ -f "bench/out/gpu-bin/$b.xz" ]; then
+        python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
+            "bench/out/gpu-bin/$b.xz" "$BIN/$b"
+    elif [ -f "target/$b-cuda" ]; then
+        cp "target/$b-cuda" "$BIN/$b"
+    fi
+    chmod +x "$BIN/$b" 2>/dev/null || true
+done
+# CUDA libraries: /usr/local/cuda/lib64, else the ones PyTorch's wheels bring.
+if ! ldd "$BIN/segsweep" 2>/dev/null | grep -q "libcublas.so.13 => /"; then
+    extra=$(python3 - <<'PY'
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages():
+    for lib in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+PY
+)
+    export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$extra
+fi
+if ! python3 -c "import open_clip" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step "machine"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  lscpu | sed -n 's/^Model name: *//p'; nproc
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  ldd "$BIN/segsweep" | grep -E "cuda|cublas|curand|nvrtc"; } 2>&1 | tee "$OUT/machine.txt"
+
+step "1. random full-size model"
+[ -f "$MODEL/model.safetensors" ] || python3 tests/reference/make_tiny_clip.py --full "$MODEL" >"$OUT/model.log" 2>&1
+
+step "2. images"
+python3 - "$IMGDIR" <<'PY'
+import sys, numpy as np, skimage.data as d
+from PIL import Image
+for name in ("chelsea", "coffee"):
+    im = np.ascontiguousarray(getattr(d, name)()[..., :3], dtype=np.uint8)
+    h, w = im.shape[:2]
+    with open(f"{sys.argv[1]}/{name}.ppm", "wb") as f:  # bench_infer reads PPM
+        f.write(f"P6\n{w} {h}\n255\n".encode() + im.tobytes())
+    Image.fromarray(im).save(f"{sys.argv[1]}/{name}.png")  # segsweep predict
+PY
+IMAGES=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm")
+MANY=()
+for _ in $(seq "$COPIES"); do MANY+=("${IMAGES[@]}"); done
+
+step "3. parity: predict on $DEVICE vs cpu"
+P="$BIN/segsweep predict --model $MODEL --classes $CLASSES --logit-scale 65 --prob-thd 0.1 --area-thd 0.1"
+PNGS=("$IMGDIR/chelsea.png" "$IMGDIR/coffee.png")
+$P --device cpu --out "$OUT/pred-cpu" "${PNGS[@]}" >"$OUT/pred-cpu.log" 2>&1 || tail -5 "$OUT/pred-cpu.log"
+for dt in f32 f16 bf16; do
+    $P --device "$DEVICE" --dtype $dt --out "$OUT/pred-$dt" "${PNGS[@]}" >"$OUT/pred-$dt.log" 2>&1 \
+        || tail -5 "$OUT/pred-$dt.log"
+done
+python3 - "$OUT" >"$OUT/parity.json" <<'PY'
+import json, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+out = Path(sys.argv[1])
+res = {}
+for dt in ("f32", "f16", "bf16"):
+    errs, agree, total = [], 0, 0
+    for stem in ("chelsea", "coffee"):
+        try:
+            c = np.load(out / "pred-cpu" / f"{stem}.probs.npy")
+            g = np.load(out / f"pred-{dt}" / f"{stem}.probs.npy")
+            lc = np.asarray(Image.open(out / "pred-cpu" / f"{stem}.pred.png"))
+            lg = np.asarray(Image.open(out / f"pred-{dt}" / f"{stem}.pred.png"))
+        except Exception as e:  # a failed run: report it, keep going
+            res[dt] = f"missing: {e}"
+            break
+        errs.append(float(np.abs(g - c).max() / np.abs(c).max()))
+        agree += int((lc == lg).sum())
+        total += lc.size
+    else:
+        res[dt] = dict(probs_max_rel_err=max(errs), label_agreement=agree / total)
+print(json.dumps(res))
+PY
+cat "$OUT/parity.json"
+
+step "4. speed"
+for dt in f32 f16; do
+    step "   segsweep $dt"
+    "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device "$DEVICE" \
+        --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" \
+        || tail -5 "$OUT/rust-$dt.log"
+    step "   PyTorch $dt"
+    python3 bench/infer_reference.py --model "$MODEL" --classes "$CLASSES" --reps "$REPS" \
+        --device "$TORCH_DEVICE" --dtype $dt "${MANY[@]}" >"$OUT/torch-$dt.json" 2>"$OUT/torch-$dt.log" \
+        || tail -5 "$OUT/torch-$dt.log"
+done
+
+step "5. table"
+python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def load(name):
+    try:
+        return json.loads((out / name).read_text())
+    except Exception:
+        return {}
+ms = lambda v: "–" if v is None else f"{1000 * v:.2f} ms"
+ratio = lambda r, t: f"{t / r:.2f}×" if r and t else "–"
+print((out / "machine.txt").read_text().splitlines()[0] if (out / "machine.txt").exists() else "")
+print("RANDOM full-size ViT-B/16 weights; VOC-sized photos (short side 336, slide 224/112, 8 crops)")
+print()
+print("| dtype | measure (per image) | segsweep | PyTorch | PyTorch / segsweep |")
+print("|---|---|---|---|---|")
+for dt in ("f32", "f16"):
+    r, t = load(f"rust-{dt}.json"), load(f"torch-{dt}.json")
+    rows = [("batch 1 (one crop at a time)", r.get("s_per_image_bs1"), t.get("s_per_image_bs1")),
+            ("batch 8 (one image's crops)", r.get("s_per_image_bs8"), t.get("s_per_image_batched")),
+            (f"batches of {r.get('across_batch', '?')} crops across images", r.get("s_per_image_across_images"), None)]
+    for name, rv, tv in rows:
+        print(f"| {dt} | {name} | {ms(rv)} | {ms(tv)} | {ratio(rv, tv)} |")
+    best_r = min([v for v in (r.get("s_per_image_bs1"), r.get("s_per_image_bs8"), r.get("s_per_image_across_images")) if v] or [0])
+    best_t = min([v for v in (t.get("s_per_image_bs1"), t.get("s_per_image_batched")) if v] or [0])
+    print(f"| {dt} | best vs batched PyTorch | {ms(best_r or None)} | {ms(best_t or None)} | {ratio(best_r, t.get('s_per_image_batched'))} |")
+    if r:
+        print(f"| {dt} | one image: prepare / finish | {ms(r.get('prepare_s'))} / {ms(r.get('finish_s'))} | | |")
+        print(f"| {dt} | text classifier cold (56 × 80) | {ms(r.get('text_cold_s'))} | {ms(t.get('text_cold_s'))} | {ratio(r.get('text_cold_s'), t.get('text_cold_s'))} |")
+print()
+print("parity vs CPU f32 (segsweep predict):", (out / "parity.json").read_text().strip() if (out / "parity.json").exists() else "missing")
+PY
+step "done"
