@@ -795,3 +795,82 @@ fn densecrf_command_refines_a_probability_map_and_names_mismatched_files() {
         "{err}"
     );
 }
+
+/// Two attentions (two upstream keys, so the prefix is needed again) × two thresholds.
+const SPEC_TWO_KEYS: &str = r#"
+[experiment]
+name = "e2e"
+output_dir = "out"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "synthetic"
+synthetic_images = 3
+short_side = 224
+[sweep.grid]
+"inference.attention" = ["sclip", "naclip"]
+"inference.prob_thd" = [0.0, 0.2]
+"#;
+
+#[test]
+fn issue_7_spilling_the_prefix_under_a_zero_budget_gives_identical_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "spec.toml", SPEC_TWO_KEYS);
+    let spec = spec.to_str().unwrap();
+    ok(&run(
+        &["sweep", spec, "--quiet", "--run-id", "roomy"],
+        tmp.path(),
+    ));
+    for (id, spill) in [("dropped", "none"), ("spilled", "f32")] {
+        ok(&run(
+            &[
+                "sweep",
+                spec,
+                "--quiet",
+                "--run-id",
+                id,
+                "--set",
+                "experiment.memory_budget_mb=0",
+                "--set",
+                &format!("experiment.spill={spill}"),
+                "--set",
+                "experiment.spill_dir=scratch",
+            ],
+            tmp.path(),
+        ));
+        let dir = tmp.path().join("out/e2e").join(id);
+        assert_eq!(
+            metric_columns(&dir),
+            metric_columns(&tmp.path().join("out/e2e/roomy")),
+            "{id}"
+        );
+        let memory: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json")).unwrap())
+                .unwrap();
+        // One image at a time, two upstream keys: the prefix is set aside once per image.
+        let (spills, recomputes) = if spill == "none" { (0, 3) } else { (3, 0) };
+        assert_eq!(memory["prefix_spills"], spills, "{memory}");
+        assert_eq!(memory["prefix_recomputes"], recomputes, "{memory}");
+    }
+    // Scratch files are deleted once their image is done.
+    let left = std::fs::read_dir(tmp.path().join("scratch"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn bad_input_memory_settings_name_the_key() {
+    for (line, key) in [
+        ("memory_budget_mb = -5", "experiment.memory_budget_mb"),
+        ("spill = \"f8\"", "experiment.spill"),
+    ] {
+        let text = SPEC_2X2.replacen(
+            "output_dir = \"out\"",
+            &format!("output_dir = \"out\"\n{line}"),
+            1,
+        );
+        let (err, _) = bad(&text);
+        assert!(err.contains(key), "`{line}`: {err}");
+    }
+}
