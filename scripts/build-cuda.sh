@@ -69,6 +69,7 @@ fi
 cargo build --release "${targets[@]}" || true
 make_stubs
 cargo build --release "${targets[@]}"
+mkdir -p target
 cp "$CARGO_TARGET_DIR/release/segsweep" target/segsweep-cuda
 echo "built target/segsweep-cuda (compute capability $CAP)"
 if [ "${1:-}" = "--bench" ]; then
