@@ -38,6 +38,11 @@ impl Axis {
         }
         a
     }
+
+    /// Output index `d`'s two source indices and weights `(i0, i1, w0, w1)`.
+    pub(crate) fn at(&self, d: usize) -> (usize, usize, f32, f32) {
+        (self.i0[d], self.i1[d], self.w0[d], self.w1[d])
+    }
 }
 
 /// Resample one plane `(ih, iw)` to `(oh, ow)` and write (or add, with `add`) it into `dst`, a

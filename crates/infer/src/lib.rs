@@ -21,6 +21,7 @@
 //! parallel (not as whole-tensor candle ops) so that a 2048×1024 image needs no `(Q, H, W)`
 //! temporaries beyond the canvas and the resized logits.
 
+mod device_dense;
 mod error;
 pub mod fake;
 mod interp;

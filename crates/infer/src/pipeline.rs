@@ -9,6 +9,7 @@ use segsweep_core::{
     FeatureMap, InferConfig, LabelCtx, Mode, Needs, PrefixOut, Refiner, RgbImage, Stage,
 };
 
+use crate::device_dense::{class_probs_device, resize_device, to_host, DeviceCanvas};
 use crate::error::{InferError, Result};
 use crate::interp::resize_planes;
 use crate::post::{class_probs, threshold_labels};
@@ -713,27 +714,58 @@ fn finish_impl(
 
 /// Dense logits `(Q, h, w)` at the original image size: the output of the attention and
 /// feature stages, stitched and resized. The input of [`postprocess`].
+///
+/// On the CPU they are held as a host vector; on a GPU they stay on the device (f32), so that
+/// [`postprocess`] runs the softmax there and only the class probabilities come back.
 #[derive(Debug, Clone)]
 pub struct DenseLogits {
-    data: Vec<f32>,
+    data: DenseData,
     queries: usize,
     size: (usize, usize),
+}
+
+#[derive(Debug, Clone)]
+enum DenseData {
+    Host(Vec<f32>),
+    Device(Tensor),
 }
 
 impl DenseLogits {
     /// The logits as a `(Q, h, w)` f32 tensor on the CPU.
     pub fn to_tensor(&self) -> Result<Tensor> {
         let (h, w) = self.size;
-        Ok(Tensor::from_slice(
-            &self.data,
-            (self.queries, h, w),
-            &Device::Cpu,
-        )?)
+        Ok(match &self.data {
+            DenseData::Host(v) => Tensor::from_slice(v, (self.queries, h, w), &Device::Cpu)?,
+            DenseData::Device(t) => t.to_device(&Device::Cpu)?,
+        })
     }
-    /// Bytes held, for cache budgets.
+    /// Bytes held (host or device memory), for cache budgets.
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
+        let (h, w) = self.size;
+        self.queries * h * w * std::mem::size_of::<f32>()
     }
+}
+
+/// Whether the dense path runs on the backbone's device: on every device but the CPU (where
+/// the host path, streamed and parallel over planes, is faster and the reference).
+fn dense_on_device(device: &Device) -> bool {
+    !device.is_cpu() || force_device_path()
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCE_DEVICE_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests run the device path on the CPU to compare it with the host path.
+#[cfg(test)]
+fn force_device_path() -> bool {
+    FORCE_DEVICE_PATH.with(|f| f.get())
+}
+
+#[cfg(not(test))]
+fn force_device_path() -> bool {
+    false
 }
 
 /// The first half of [`finish`]: last block (attention plugin or `cfg.attention`), head,
@@ -794,6 +826,9 @@ fn dense_logits_impl(
     plan: &Plan<'_>,
     mut trace: Option<&mut Trace>,
 ) -> Result<DenseLogits> {
+    if dense_on_device(backbone.device()) {
+        return dense_logits_device(backbone, prepared, classifier, cfg, plan, trace);
+    }
     let q = classifier.query_class.len();
     let (h, w) = prepared.original_size();
     let (rh, rw) = prepared.resized;
@@ -830,7 +865,56 @@ fn dense_logits_impl(
         t.dense_logits = Some(Tensor::from_slice(&logits, (q, h, w), &Device::Cpu)?);
     }
     Ok(DenseLogits {
-        data: logits,
+        data: DenseData::Host(logits),
+        queries: q,
+        size: (h, w),
+    })
+}
+
+/// [`dense_logits_impl`] on the backbone's device (see `device_dense.rs`): the crop logits never
+/// leave the device; stitching and resizing are matrix products there.
+fn dense_logits_device(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+    mut trace: Option<&mut Trace>,
+) -> Result<DenseLogits> {
+    let q = classifier.query_class.len();
+    let (h, w) = prepared.original_size();
+    let (rh, rw) = prepared.resized;
+    let mut canvas = DeviceCanvas::new(q, rh, rw);
+    let mut whole: Option<Tensor> = None;
+    for chunk in &prepared.chunks {
+        let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, plan)?;
+        let b = logits.dim(0)?;
+        if let Some(t) = trace.as_deref_mut() {
+            t.crop_logits.push(logits.to_device(&Device::Cpu)?);
+        }
+        match prepared.key.mode {
+            Mode::Slide => {
+                canvas.add(&logits, &prepared.windows[chunk.start..chunk.start + b])?;
+            }
+            // SCLIP's whole mode upsamples the grid logits straight to the original size.
+            Mode::Whole => whole = Some(logits.get(0)?),
+        }
+    }
+    let logits = match whole {
+        Some(grid_logits) => resize_device(&grid_logits, (h, w))?,
+        None => {
+            let avg = canvas.average()?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.canvas = Some(avg.to_device(&Device::Cpu)?);
+            }
+            resize_device(&avg, (h, w))?
+        }
+    };
+    if let Some(t) = trace {
+        t.dense_logits = Some(logits.to_device(&Device::Cpu)?);
+    }
+    Ok(DenseLogits {
+        data: DenseData::Device(logits),
         queries: q,
         size: (h, w),
     })
@@ -879,16 +963,24 @@ fn dense_stage(
     classifier: &Classifier,
     cfg: &InferConfig,
     plan: &Plan<'_>,
-    logits: &[f32],
+    logits: &DenseData,
 ) -> Result<Vec<f32>> {
     let (q, n_classes) = (classifier.query_class.len(), classifier.n_classes());
     let (h, w) = prepared.original_size();
+    let qc = &classifier.query_class;
     if plan.dense.is_empty() {
-        return class_probs(logits, cfg.logit_scale, &classifier.query_class, n_classes);
+        return match logits {
+            DenseData::Host(v) => class_probs(v, cfg.logit_scale, qc, n_classes),
+            DenseData::Device(t) => {
+                to_host(&class_probs_device(t, cfg.logit_scale, qc, n_classes)?)
+            }
+        };
     }
     let device = backbone.device();
-    let mut maps =
-        DenseMaps::Logits(Tensor::from_slice(logits, (q, h, w), &Device::Cpu)?.to_device(device)?);
+    let mut maps = DenseMaps::Logits(match logits {
+        DenseData::Host(v) => Tensor::from_slice(v, (q, h, w), &Device::Cpu)?.to_device(device)?,
+        DenseData::Device(t) => t.to_device(device)?,
+    });
     let ctx = DenseCtx {
         image: &prepared.image,
         logit_scale: cfg.logit_scale,
@@ -934,4 +1026,83 @@ pub fn segment(
 ) -> Result<Segmentation> {
     let prepared = prepare(backbone, image, cfg, &needs_of(pipeline))?;
     finish(backbone, &prepared, classifier, cfg, pipeline, background)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeBackbone;
+
+    fn image(h: usize, w: usize) -> RgbImage {
+        let data = (0..h * w * 3)
+            .map(|i| ((i * 7919 / 3) % 256) as u8)
+            .collect();
+        RgbImage::new(h, w, data).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        flat(a)
+            .iter()
+            .zip(flat(b))
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+    }
+
+    /// The GPU's dense path (stitching and resizing as matrix products, softmax as tensor ops),
+    /// forced onto the CPU, against the host path: same canvas, dense logits, probabilities and
+    /// labels, in slide and whole mode, on a non-square image.
+    #[test]
+    fn issue_7_device_dense_path_equals_the_host_path() {
+        let bb = FakeBackbone::new(5).unwrap();
+        let queries: Vec<String> = ["sky", "wall", "cat", "dog", "puppy"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let cls = Classifier {
+            text: bb.encode_text(&queries).unwrap(),
+            query_class: vec![0, 0, 1, 2, 2],
+            queries,
+            class_names: ["background", "cat", "dog"].map(String::from).to_vec(),
+        };
+        for mode in [Mode::Slide, Mode::Whole] {
+            let cfg = InferConfig {
+                mode,
+                short_side: Some(90),
+                crop: 64,
+                stride: 40,
+                batch_size: 3,
+                area_thd: Some(0.05),
+                ..InferConfig::default()
+            };
+            let img = image(73, 131);
+            let prepared = prepare(&bb, &img, &cfg, &Needs::default()).unwrap();
+            let run = |force: bool| {
+                FORCE_DEVICE_PATH.with(|f| f.set(force));
+                let out = finish_traced(&bb, &prepared, &cls, &cfg, &[], Some(0));
+                FORCE_DEVICE_PATH.with(|f| f.set(false));
+                out.unwrap()
+            };
+            let (host, host_trace) = run(false);
+            let (dev, dev_trace) = run(true);
+            let d = |a: &Option<Tensor>, b: &Option<Tensor>| {
+                max_diff(a.as_ref().unwrap(), b.as_ref().unwrap())
+            };
+            if mode == Mode::Slide {
+                assert!(prepared.windows.len() > 3, "{:?}", prepared.windows);
+                assert!(d(&host_trace.canvas, &dev_trace.canvas) < 1e-5);
+            }
+            assert!(d(&host_trace.dense_logits, &dev_trace.dense_logits) < 1e-5);
+            assert!(max_diff(&host.probs, &dev.probs) < 1e-5, "{mode:?}");
+            assert_eq!(flat(&host.labels), flat(&dev.labels), "{mode:?}");
+        }
+    }
 }

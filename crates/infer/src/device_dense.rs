@@ -1,0 +1,264 @@
+//! The dense path on the model's device (a GPU): SCLIP's stitching, the resize to the original
+//! size and the synonym softmax as matrix products and tensor ops, so that only the class
+//! probabilities travel back to the host.
+//!
+//! Bilinear resampling with `align_corners=False` is linear in its input, so resampling a plane
+//! `X (ih, iw)` to `(oh, ow)` is `Ry · X · Rxᵀ` with interpolation matrices `Ry (oh, ih)` and
+//! `Rx (ow, iw)` holding torch's two weights per row (built by the same [`Axis`] as the host
+//! path). Stitching a slide's crops is the same with each crop's matrices placed at its window's
+//! rows: `canvas = Σᵢ Ayᵢ · Lᵢ · Axᵢᵀ`, computed for all crops of a chunk in two batched products.
+//!
+//! The host path (`stitch.rs`, `interp.rs`, `post::class_probs`) stays the reference: this one
+//! computes the same function with a different summation order (relative differences ~1e-7 in
+//! f32; tests below compare both on non-square planes).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{InferError, Result};
+use crate::interp::Axis;
+use crate::windows::Window;
+
+/// Interpolation matrix `(total, input)` whose rows `offset..offset + output` resample an axis
+/// of length `input` to `output` (torch bilinear, `align_corners=False`); other rows are zero.
+fn interp_rows(input: usize, output: usize, offset: usize, total: usize) -> Vec<f32> {
+    let ax = Axis::new(input, output);
+    let mut m = vec![0f32; total * input];
+    for d in 0..output {
+        let (i0, i1, w0, w1) = ax.at(d);
+        let row = &mut m[(offset + d) * input..(offset + d + 1) * input];
+        row[i0] += w0;
+        row[i1] += w1;
+    }
+    m
+}
+
+/// Resample `(P, ih, iw)` planes to `(P, oh, ow)` on their device (bilinear,
+/// `align_corners=False`), as two matrix products. f32 in, f32 out.
+pub(crate) fn resize_device(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
+    let (p, ih, iw) = x.dims3()?;
+    if (ih, iw) == (oh, ow) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let rx_t = Tensor::from_vec(interp_rows(iw, ow, 0, ow), (ow, iw), dev)?.t()?;
+    let ry = Tensor::from_vec(interp_rows(ih, oh, 0, oh), (oh, ih), dev)?;
+    // (P·ih, iw) · (iw, ow) → (P, ih, ow); then (oh, ih) · (P, ih, ow) → (P, oh, ow).
+    let cols = x
+        .reshape((p * ih, iw))?
+        .matmul(&rx_t)?
+        .reshape((p, ih, ow))?;
+    Ok(ry.broadcast_matmul(&cols)?)
+}
+
+/// SCLIP's slide canvas on the device: the sum of upsampled crop logits `(Q, H, W)` and the
+/// per-pixel window count (kept on the host: it depends only on the windows).
+pub(crate) struct DeviceCanvas {
+    q: usize,
+    h: usize,
+    w: usize,
+    sum: Option<Tensor>,
+    count: Vec<f32>,
+}
+
+impl DeviceCanvas {
+    /// An empty canvas for `q` query planes at the resized size `(h, w)`.
+    pub(crate) fn new(q: usize, h: usize, w: usize) -> DeviceCanvas {
+        DeviceCanvas {
+            q,
+            h,
+            w,
+            sum: None,
+            count: vec![0.0; h * w],
+        }
+    }
+
+    /// Add a chunk of crops: `logits (B, Q, gh, gw)` f32 on the device, `wins` their `B`
+    /// windows. Each crop is upsampled to its window and added in.
+    pub(crate) fn add(&mut self, logits: &Tensor, wins: &[Window]) -> Result<()> {
+        let (b, q, gh, gw) = logits.dims4()?;
+        if q != self.q || b != wins.len() {
+            return Err(InferError::Shape {
+                what: "crop logits for the device canvas",
+                expected: format!("({}, {}, h', w')", wins.len(), self.q),
+                got: logits.dims().to_vec(),
+            });
+        }
+        let dev = logits.device();
+        let (h, w) = (self.h, self.w);
+        // Axᵢᵀ (gw, W) per crop → (B, gw, W); Ayᵢ (H, gh) side by side → (H, B·gh).
+        let mut ax_t = Vec::with_capacity(b * gw * w);
+        let mut ay = vec![0f32; h * b * gh];
+        for (i, win) in wins.iter().enumerate() {
+            let m = interp_rows(gw, win.w, win.x, w); // (W, gw)
+            for k in 0..gw {
+                ax_t.extend((0..w).map(|x| m[x * gw + k]));
+            }
+            let m = interp_rows(gh, win.h, win.y, h); // (H, gh)
+            for y in 0..h {
+                ay[y * b * gh + i * gh..y * b * gh + (i + 1) * gh]
+                    .copy_from_slice(&m[y * gh..(y + 1) * gh]);
+            }
+            for y in win.y..win.y + win.h {
+                for c in &mut self.count[y * w + win.x..y * w + win.x + win.w] {
+                    *c += 1.0;
+                }
+            }
+        }
+        let ax_t = Tensor::from_vec(ax_t, (b, gw, w), dev)?;
+        let ay = Tensor::from_vec(ay, (h, b * gh), dev)?;
+        // (B, Q·gh, gw) · (B, gw, W) → (B, Q, gh, W) → (Q, B·gh, W).
+        let t = logits
+            .reshape((b, q * gh, gw))?
+            .matmul(&ax_t)?
+            .reshape((b, q, gh, w))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((q, b * gh, w))?;
+        let part = ay.broadcast_matmul(&t)?; // (Q, H, W)
+        self.sum = Some(match self.sum.take() {
+            Some(s) => (s + part)?,
+            None => part,
+        });
+        Ok(())
+    }
+
+    /// The average over windows, `(Q, H, W)` f32 on the device.
+    pub(crate) fn average(self) -> Result<Tensor> {
+        if self.count.contains(&0.0) {
+            return Err(InferError::Pipeline(
+                "a pixel of the resized image is in no window".into(),
+            ));
+        }
+        let sum = self
+            .sum
+            .ok_or_else(|| InferError::Pipeline("no crop was added to the canvas".into()))?;
+        let inv: Vec<f32> = self.count.iter().map(|c| 1.0 / c).collect();
+        let inv = Tensor::from_vec(inv, (1, self.h, self.w), sum.device())?;
+        // Deviation: multiplies by 1/count where the host path divides by count; the two differ
+        // by at most one rounding (≤ 6e-8 relative).
+        Ok(sum.broadcast_mul(&inv)?)
+    }
+}
+
+/// [`crate::class_probs`] on the device: `softmax(scale · logits)` over the `Q` queries of
+/// `logits (Q, h, w)` f32, then per class the max over its queries → `(C, h, w)` f32.
+pub(crate) fn class_probs_device(
+    logits: &Tensor,
+    scale: f32,
+    query_class: &[usize],
+    n_classes: usize,
+) -> Result<Tensor> {
+    let q = logits.dim(0)?;
+    if q != query_class.len() || q == 0 {
+        return Err(InferError::Shape {
+            what: "dense logits",
+            expected: format!("({}, H, W) (one plane per query)", query_class.len()),
+            got: logits.dims().to_vec(),
+        });
+    }
+    // Each class's queries, padded to the longest synonym list by repeating the class's first
+    // query (the max is unchanged by a repeated element).
+    let mut members = vec![Vec::new(); n_classes];
+    for (qi, &c) in query_class.iter().enumerate() {
+        members
+            .get_mut(c)
+            .ok_or_else(|| {
+                InferError::Pipeline(format!("query class {c} ≥ number of classes {n_classes}"))
+            })?
+            .push(qi as u32);
+    }
+    if let Some(c) = members.iter().position(Vec::is_empty) {
+        return Err(InferError::Pipeline(format!("class {c} has no query")));
+    }
+    let s = members.iter().map(Vec::len).max().unwrap_or(1);
+    let idx: Vec<u32> = members
+        .iter()
+        .flat_map(|m| (0..s).map(move |j| m[j.min(m.len() - 1)]))
+        .collect();
+    let dev: &Device = logits.device();
+    let idx = Tensor::from_vec(idx, n_classes * s, dev)?;
+    let x = logits.to_dtype(DType::F32)?.affine(scale as f64, 0.0)?;
+    let max = x.max_keepdim(0)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(0)?;
+    let (_, h, w) = e.dims3()?;
+    let best = e
+        .index_select(&idx, 0)?
+        .reshape((n_classes, s, h, w))?
+        .max(1)?;
+    Ok(best.broadcast_div(&sum)?)
+}
+
+/// Move `(C, h, w)` probabilities to the host as a flat vector.
+pub(crate) fn to_host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::resize_planes;
+    use crate::post::class_probs;
+    use crate::stitch::Canvas;
+    use crate::windows::slide_windows;
+
+    fn planes(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    #[test]
+    fn device_resize_matches_the_host_resize_on_non_square_planes() {
+        for (ih, iw, oh, ow) in [(14, 14, 224, 224), (5, 9, 37, 23), (40, 61, 17, 30)] {
+            let src = planes(3 * ih * iw, 7);
+            let host = resize_planes(&src, 3, (ih, iw), (oh, ow));
+            let x = Tensor::from_vec(src, (3, ih, iw), &Device::Cpu).unwrap();
+            let dev = to_host(&resize_device(&x, (oh, ow)).unwrap()).unwrap();
+            assert!(max_rel(&dev, &host) < 1e-6, "{ih}x{iw}→{oh}x{ow}");
+        }
+    }
+
+    #[test]
+    fn device_canvas_matches_the_host_canvas_with_clamped_windows() {
+        // 150×263: 1 × 3 windows of 112 at stride 56 (the last one clamped to the border).
+        let (q, h, w, g) = (4, 150, 263, 7);
+        let wins = slide_windows(h, w, 112, 56);
+        assert!(wins.len() > 2);
+        let logits = planes(wins.len() * q * g * g, 3);
+        let mut host = Canvas::new(q, h, w);
+        for (i, win) in wins.iter().enumerate() {
+            host.add(&logits[i * q * g * g..(i + 1) * q * g * g], (g, g), *win);
+        }
+        let host = host.average().unwrap();
+        // Two chunks, as the batch size would split them.
+        let t = Tensor::from_vec(logits, (wins.len(), q, g, g), &Device::Cpu).unwrap();
+        let mut dev = DeviceCanvas::new(q, h, w);
+        dev.add(&t.narrow(0, 0, 2).unwrap(), &wins[..2]).unwrap();
+        dev.add(&t.narrow(0, 2, wins.len() - 2).unwrap(), &wins[2..])
+            .unwrap();
+        let dev = to_host(&dev.average().unwrap()).unwrap();
+        assert!(max_rel(&dev, &host) < 1e-6);
+    }
+
+    #[test]
+    fn device_class_probs_match_the_host_with_synonyms() {
+        let query_class = [0usize, 1, 1, 2, 1, 3, 3];
+        let (h, w) = (5, 8);
+        let logits = planes(query_class.len() * h * w, 11);
+        let host = class_probs(&logits, 40.0, &query_class, 4).unwrap();
+        let x = Tensor::from_vec(logits, (query_class.len(), h, w), &Device::Cpu).unwrap();
+        let dev = to_host(&class_probs_device(&x, 40.0, &query_class, 4).unwrap()).unwrap();
+        assert!(max_rel(&dev, &host) < 1e-6);
+        let err = class_probs_device(&x, 40.0, &query_class, 5).unwrap_err();
+        assert!(err.to_string().contains("class 4 has no query"), "{err}");
+    }
+}
