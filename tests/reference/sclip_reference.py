@@ -97,8 +97,8 @@ def parse_classes(path):
 def load_templates():
     path = Path(tiny.__file__).resolve()  # for the error message only
     import site
-    for sp in site.getsitepackages() + [site.getusersitepackages()]:
-        p = Path(sp) / "open_clip" / "zero_shot_metadata.py"
+    for sp in sys.path + site.getsitepackages() + [site.getusersitepackages()]:
+        p = Path(sp or ".") / "open_clip" / "zero_shot_metadata.py"
         if p.exists():
             ns = {}
             exec(compile(p.read_text(), str(p), "exec"), ns)
