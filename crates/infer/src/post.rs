@@ -123,20 +123,28 @@ pub fn threshold_labels(
     labels
 }
 
-/// Argmax and max over classes of `(C, N)`, with `zeroed` planes read as 0.
+/// Argmax and max over classes of `(C, N)`, with `zeroed` planes read as 0. Blocks of pixels
+/// in parallel; each pixel's classes in order, so ties go to the lowest index.
 fn argmax(probs: &[f32], n_classes: usize, n: usize, zeroed: &[bool]) -> (Vec<u32>, Vec<f32>) {
     let mut labels = vec![0u32; n];
     let mut max = vec![f32::NEG_INFINITY; n];
-    for c in 0..n_classes {
-        let plane = &probs[c * n..(c + 1) * n];
-        for i in 0..n {
-            let v = if zeroed[c] { 0.0 } else { plane[i] };
-            if v > max[i] {
-                max[i] = v;
-                labels[i] = c as u32;
+    labels
+        .par_chunks_mut(BLOCK)
+        .zip(max.par_chunks_mut(BLOCK))
+        .enumerate()
+        .for_each(|(b, (labels, max))| {
+            let p0 = b * BLOCK;
+            for c in 0..n_classes {
+                let plane = &probs[c * n + p0..c * n + p0 + labels.len()];
+                for ((l, m), &p) in labels.iter_mut().zip(max.iter_mut()).zip(plane) {
+                    let v = if zeroed[c] { 0.0 } else { p };
+                    if v > *m {
+                        *m = v;
+                        *l = c as u32;
+                    }
+                }
             }
-        }
-    }
+        });
     (labels, max)
 }
 
