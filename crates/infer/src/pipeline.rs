@@ -730,14 +730,29 @@ enum DenseData {
     Device(Tensor),
 }
 
+impl DenseData {
+    /// f32 planes, kept on their device when `on_device`, else copied to a host vector.
+    fn of(t: Tensor, on_device: bool) -> Result<DenseData> {
+        let t = t.to_dtype(DType::F32)?;
+        Ok(match on_device {
+            true => DenseData::Device(t),
+            false => DenseData::Host(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?),
+        })
+    }
+
+    /// A CPU tensor of shape `dims` (a copy), for traces and [`DenseLogits::to_tensor`].
+    fn to_cpu(&self, dims: (usize, usize, usize)) -> Result<Tensor> {
+        Ok(match self {
+            DenseData::Host(v) => Tensor::from_slice(v, dims, &Device::Cpu)?,
+            DenseData::Device(t) => t.to_device(&Device::Cpu)?,
+        })
+    }
+}
+
 impl DenseLogits {
     /// The logits as a `(Q, h, w)` f32 tensor on the CPU.
     pub fn to_tensor(&self) -> Result<Tensor> {
-        let (h, w) = self.size;
-        Ok(match &self.data {
-            DenseData::Host(v) => Tensor::from_slice(v, (self.queries, h, w), &Device::Cpu)?,
-            DenseData::Device(t) => t.to_device(&Device::Cpu)?,
-        })
+        self.data.to_cpu((self.queries, self.size.0, self.size.1))
     }
     /// Bytes held (host or device memory), for cache budgets.
     pub fn bytes(&self) -> usize {
@@ -826,69 +841,18 @@ fn dense_logits_impl(
     plan: &Plan<'_>,
     mut trace: Option<&mut Trace>,
 ) -> Result<DenseLogits> {
-    if dense_on_device(backbone.device()) {
-        return dense_logits_device(backbone, prepared, classifier, cfg, plan, trace);
-    }
     let q = classifier.query_class.len();
     let (h, w) = prepared.original_size();
     let (rh, rw) = prepared.resized;
-    let mut canvas = Canvas::new(q, rh, rw);
-    let mut whole: Option<(Vec<f32>, (usize, usize))> = None;
+    let on_device = dense_on_device(backbone.device());
+    let mut canvas = match on_device {
+        false => Stitcher::Host(Canvas::new(q, rh, rw)),
+        true => Stitcher::Device(DeviceCanvas::new(q, rh, rw)),
+    };
+    let mut whole: Option<(DenseData, (usize, usize))> = None;
     for chunk in &prepared.chunks {
         let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, plan)?;
         let (b, _, gh, gw) = logits.dims4()?;
-        if let Some(t) = trace.as_deref_mut() {
-            t.crop_logits.push(logits.to_device(&Device::Cpu)?);
-        }
-        let data: Vec<f32> = logits.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-        match prepared.key.mode {
-            Mode::Slide => {
-                for (i, plane) in data.chunks(q * gh * gw).enumerate().take(b) {
-                    canvas.add(plane, (gh, gw), prepared.windows[chunk.start + i]);
-                }
-            }
-            // SCLIP's whole mode upsamples the grid logits straight to the original size.
-            Mode::Whole => whole = Some((data, (gh, gw))),
-        }
-    }
-    let logits = match whole {
-        Some((grid_logits, grid)) => resize_planes(&grid_logits, q, grid, (h, w)),
-        None => {
-            let avg = canvas.average()?;
-            if let Some(t) = trace.as_deref_mut() {
-                t.canvas = Some(Tensor::from_slice(&avg, (q, rh, rw), &Device::Cpu)?);
-            }
-            resize_planes(&avg, q, (rh, rw), (h, w))
-        }
-    };
-    if let Some(t) = trace {
-        t.dense_logits = Some(Tensor::from_slice(&logits, (q, h, w), &Device::Cpu)?);
-    }
-    Ok(DenseLogits {
-        data: DenseData::Host(logits),
-        queries: q,
-        size: (h, w),
-    })
-}
-
-/// [`dense_logits_impl`] on the backbone's device (see `device_dense.rs`): the crop logits never
-/// leave the device; stitching and resizing are matrix products there.
-fn dense_logits_device(
-    backbone: &dyn Backbone,
-    prepared: &Prepared,
-    classifier: &Classifier,
-    cfg: &InferConfig,
-    plan: &Plan<'_>,
-    mut trace: Option<&mut Trace>,
-) -> Result<DenseLogits> {
-    let q = classifier.query_class.len();
-    let (h, w) = prepared.original_size();
-    let (rh, rw) = prepared.resized;
-    let mut canvas = DeviceCanvas::new(q, rh, rw);
-    let mut whole: Option<Tensor> = None;
-    for chunk in &prepared.chunks {
-        let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, plan)?;
-        let b = logits.dim(0)?;
         if let Some(t) = trace.as_deref_mut() {
             t.crop_logits.push(logits.to_device(&Device::Cpu)?);
         }
@@ -897,27 +861,63 @@ fn dense_logits_device(
                 canvas.add(&logits, &prepared.windows[chunk.start..chunk.start + b])?;
             }
             // SCLIP's whole mode upsamples the grid logits straight to the original size.
-            Mode::Whole => whole = Some(logits.get(0)?),
+            Mode::Whole => whole = Some((DenseData::of(logits.get(0)?, on_device)?, (gh, gw))),
         }
     }
-    let logits = match whole {
-        Some(grid_logits) => resize_device(&grid_logits, (h, w))?,
+    let (grid, from) = match whole {
+        Some(w) => w,
         None => {
             let avg = canvas.average()?;
             if let Some(t) = trace.as_deref_mut() {
-                t.canvas = Some(avg.to_device(&Device::Cpu)?);
+                t.canvas = Some(avg.to_cpu((q, rh, rw))?);
             }
-            resize_device(&avg, (h, w))?
+            (avg, (rh, rw))
         }
     };
+    let logits = match grid {
+        DenseData::Host(v) => DenseData::Host(resize_planes(&v, q, from, (h, w))),
+        DenseData::Device(t) => DenseData::Device(resize_device(&t, (h, w))?),
+    };
     if let Some(t) = trace {
-        t.dense_logits = Some(logits.to_device(&Device::Cpu)?);
+        t.dense_logits = Some(logits.to_cpu((q, h, w))?);
     }
     Ok(DenseLogits {
-        data: DenseData::Device(logits),
+        data: logits,
         queries: q,
         size: (h, w),
     })
+}
+
+/// SCLIP's slide canvas, on the host (CPU backbones) or on the backbone's device (see
+/// `device_dense.rs`: the crop logits never leave the device).
+enum Stitcher {
+    Host(Canvas),
+    Device(DeviceCanvas),
+}
+
+impl Stitcher {
+    /// Add a chunk of crop logits `(B, Q, gh, gw)` with their `B` windows.
+    fn add(&mut self, logits: &Tensor, wins: &[Window]) -> Result<()> {
+        match self {
+            Stitcher::Host(c) => {
+                let (_, q, gh, gw) = logits.dims4()?;
+                let data: Vec<f32> = logits.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+                for (plane, win) in data.chunks(q * gh * gw).zip(wins) {
+                    c.add(plane, (gh, gw), *win);
+                }
+                Ok(())
+            }
+            Stitcher::Device(c) => c.add(logits, wins),
+        }
+    }
+
+    /// The average over windows, `(Q, H, W)`.
+    fn average(self) -> Result<DenseData> {
+        Ok(match self {
+            Stitcher::Host(c) => DenseData::Host(c.average()?),
+            Stitcher::Device(c) => DenseData::Device(c.average()?),
+        })
+    }
 }
 
 fn postprocess_impl(
