@@ -47,3 +47,9 @@ fixtures:
 # Build the CUDA binary target/segsweep-cuda (cargo feature `cuda`).
 build-cuda:
     bash scripts/build-cuda.sh
+
+# Build and pack the CUDA binaries for the GPU benchmark (bench/out/gpu-bin/); then, on the GPU
+# machine with this checkout and that folder: `bash bench/gpu.sh` (see README, "GPU").
+build-gpu-bench:
+    bash scripts/build-cuda.sh --bench
+    bash bench/gpu-pack.sh
