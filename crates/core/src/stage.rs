@@ -162,7 +162,8 @@ impl DenseCtx<'_> {
 /// What a label-stage plugin sees for one image.
 pub struct LabelCtx<'a> {
     pub image: &'a RgbImage,
-    /// Final class probabilities `(C, H, W)`.
+    /// Final class probabilities `(C, H, W)` f32, on the backbone's device (the CPU for a CPU
+    /// backbone). The labels a plugin receives and returns are `(H, W)` on the CPU.
     pub probs: &'a Tensor,
     /// Index of the background class, where the dataset has one.
     pub background: Option<usize>,

@@ -189,12 +189,57 @@ pub(crate) fn class_probs_device(
     Ok(best.broadcast_div(&sum)?)
 }
 
-/// Move `(C, h, w)` probabilities to the host as a flat vector.
-pub(crate) fn to_host(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1()?)
+/// [`crate::threshold_labels`] on the device: `probs (C, h, w)` f32 → `h·w` labels on the host.
+/// Only the per-class pixel counts (for `area_thd`) and the labels leave the device. Ties go
+/// to the lowest class index as on the host (the first index reaching the max, computed with
+/// max reductions, whose result does not depend on the reduction order).
+pub(crate) fn threshold_labels_device(
+    probs: &Tensor,
+    area_thd: Option<f32>,
+    prob_thd: f32,
+    background: Option<usize>,
+) -> Result<Vec<u32>> {
+    let (c, h, w) = probs.dims3()?;
+    let dev = probs.device();
+    let p = probs.to_dtype(DType::F32)?.reshape((c, h * w))?;
+    // (C − c) per class: the max over the classes that reach the max is C − (first such c).
+    let rank: Vec<f32> = (0..c).map(|i| (c - i) as f32).collect();
+    let rank = Tensor::from_vec(rank, (c, 1), dev)?;
+    let first_argmax = |x: &Tensor| -> Result<(Tensor, Tensor)> {
+        let max = x.max_keepdim(0)?; // (1, N)
+        let hit = x.broadcast_eq(&max)?.to_dtype(DType::F32)?;
+        let first = hit
+            .broadcast_mul(&rank)?
+            .max_keepdim(0)?
+            .affine(-1.0, c as f64)?;
+        Ok((first, max))
+    };
+    let mut zeroed = vec![false; c];
+    if let Some(thd) = area_thd {
+        let (labels, _) = first_argmax(&p)?;
+        let classes = Tensor::arange(0u32, c as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((c, 1))?;
+        let count: Vec<u32> = labels
+            .broadcast_eq(&classes)?
+            .to_dtype(DType::U32)?
+            .sum(1)?
+            .to_vec1()?;
+        let count: Vec<u64> = count.into_iter().map(u64::from).collect();
+        zeroed = crate::post::area_zeroed(&count, thd, background);
+    }
+    let p = if zeroed.contains(&true) {
+        let keep: Vec<f32> = zeroed.iter().map(|&z| if z { 0.0 } else { 1.0 }).collect();
+        p.broadcast_mul(&Tensor::from_vec(keep, (c, 1), dev)?)?
+    } else {
+        p
+    };
+    let (labels, max) = first_argmax(&p)?;
+    let bg = labels
+        .ones_like()?
+        .affine(0.0, background.unwrap_or(0) as f64)?;
+    let labels = max.lt(prob_thd as f64)?.where_cond(&bg, &labels)?;
+    Ok(labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?)
 }
 
 #[cfg(test)]
@@ -211,6 +256,10 @@ mod tests {
             .collect()
     }
 
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     fn max_rel(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
@@ -222,7 +271,7 @@ mod tests {
             let src = planes(3 * ih * iw, 7);
             let host = resize_planes(&src, 3, (ih, iw), (oh, ow));
             let x = Tensor::from_vec(src, (3, ih, iw), &Device::Cpu).unwrap();
-            let dev = to_host(&resize_device(&x, (oh, ow)).unwrap()).unwrap();
+            let dev = flat(&resize_device(&x, (oh, ow)).unwrap());
             assert!(max_rel(&dev, &host) < 1e-6, "{ih}x{iw}→{oh}x{ow}");
         }
     }
@@ -245,8 +294,41 @@ mod tests {
         dev.add(&t.narrow(0, 0, 2).unwrap(), &wins[..2]).unwrap();
         dev.add(&t.narrow(0, 2, wins.len() - 2).unwrap(), &wins[2..])
             .unwrap();
-        let dev = to_host(&dev.average().unwrap()).unwrap();
+        let dev = flat(&dev.average().unwrap());
         assert!(max_rel(&dev, &host) < 1e-6);
+    }
+
+    #[test]
+    fn device_thresholds_match_the_host_with_ties_and_zeroed_classes() {
+        use crate::post::threshold_labels;
+        let (c, h, w) = (4, 6, 7);
+        let n = h * w;
+        let mut probs = vec![0f32; c * n];
+        for i in 0..n {
+            // Class 1 mostly, class 3 on a few pixels (zeroed by area_thd), exact ties between
+            // classes 0 and 2 on some pixels, all-zero pixels on others.
+            let (a, b) = match i % 7 {
+                0 => (0.4, 0.4),
+                1 => (0.0, 0.0),
+                _ => (0.1, 0.05),
+            };
+            probs[i] = a;
+            probs[2 * n + i] = b;
+            probs[n + i] = if i % 7 >= 3 { 0.6 } else { 0.0 };
+            probs[3 * n + i] = if i % 13 == 2 { 0.9 } else { 0.01 };
+        }
+        let t = Tensor::from_vec(probs.clone(), (c, h, w), &Device::Cpu).unwrap();
+        for (area, thd, bg) in [
+            (None, 0.0, Some(0)),
+            (Some(0.1), 0.0, Some(0)),
+            (Some(0.1), 0.3, Some(0)),
+            (Some(0.5), 0.0, None),
+            (None, 0.5, Some(2)),
+        ] {
+            let host = threshold_labels(&probs, c, area, thd, bg);
+            let dev = threshold_labels_device(&t, area, thd, bg).unwrap();
+            assert_eq!(dev, host, "area {area:?} prob_thd {thd} background {bg:?}");
+        }
     }
 
     #[test]
@@ -256,7 +338,7 @@ mod tests {
         let logits = planes(query_class.len() * h * w, 11);
         let host = class_probs(&logits, 40.0, &query_class, 4).unwrap();
         let x = Tensor::from_vec(logits, (query_class.len(), h, w), &Device::Cpu).unwrap();
-        let dev = to_host(&class_probs_device(&x, 40.0, &query_class, 4).unwrap()).unwrap();
+        let dev = flat(&class_probs_device(&x, 40.0, &query_class, 4).unwrap());
         assert!(max_rel(&dev, &host) < 1e-6);
         let err = class_probs_device(&x, 40.0, &query_class, 5).unwrap_err();
         assert!(err.to_string().contains("class 4 has no query"), "{err}");

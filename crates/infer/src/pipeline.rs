@@ -9,7 +9,9 @@ use segsweep_core::{
     FeatureMap, InferConfig, LabelCtx, Mode, Needs, PrefixOut, Refiner, RgbImage, Stage,
 };
 
-use crate::device_dense::{class_probs_device, resize_device, to_host, DeviceCanvas};
+use crate::device_dense::{
+    class_probs_device, resize_device, threshold_labels_device, DeviceCanvas,
+};
 use crate::error::{InferError, Result};
 use crate::interp::resize_planes;
 use crate::post::{class_probs, threshold_labels};
@@ -26,8 +28,9 @@ pub type Step<'a> = (Stage, &'a dyn Refiner);
 /// The result for one image, at its original size.
 #[derive(Debug, Clone)]
 pub struct Segmentation {
-    /// Class probabilities `(C, h, w)` f32 on the CPU, after the synonym max and before
-    /// `area_thd`/`prob_thd` (what `segsweep predict` writes as `.probs.npy`).
+    /// Class probabilities `(C, h, w)` f32, after the synonym max and before
+    /// `area_thd`/`prob_thd` (what `segsweep predict` writes as `.probs.npy`). On the CPU for a
+    /// CPU backbone; on the backbone's device otherwise (a sweep never copies them back).
     pub probs: Tensor,
     /// Labels `(h, w)` u32 on the CPU, after the thresholds and the label-stage plugins.
     pub labels: Tensor,
@@ -931,9 +934,17 @@ fn postprocess_impl(
 ) -> Result<Segmentation> {
     let n_classes = classifier.n_classes();
     let (h, w) = prepared.original_size();
-    let probs = dense_stage(backbone, prepared, classifier, cfg, plan, &dense.data)?;
-    let labels = threshold_labels(&probs, n_classes, cfg.area_thd, cfg.prob_thd, background);
-    let probs = Tensor::from_vec(probs, (n_classes, h, w), &Device::Cpu)?;
+    let (probs, labels) = match dense_stage(backbone, prepared, classifier, cfg, plan, &dense.data)?
+    {
+        DenseData::Host(p) => {
+            let l = threshold_labels(&p, n_classes, cfg.area_thd, cfg.prob_thd, background);
+            (Tensor::from_vec(p, (n_classes, h, w), &Device::Cpu)?, l)
+        }
+        DenseData::Device(p) => {
+            let l = threshold_labels_device(&p, cfg.area_thd, cfg.prob_thd, background)?;
+            (p, l)
+        }
+    };
     let mut labels = Tensor::from_vec(labels, (h, w), &Device::Cpu)?;
     let lctx = LabelCtx {
         image: &prepared.image,
@@ -956,7 +967,8 @@ fn postprocess_impl(
     Ok(Segmentation { probs, labels })
 }
 
-/// Dense-stage plugins, then class probabilities `(C, h, w)` as a flat vector.
+/// Dense-stage plugins, then class probabilities `(C, h, w)` f32: on the host for host dense
+/// logits, on the device for device dense logits.
 fn dense_stage(
     backbone: &dyn Backbone,
     prepared: &Prepared,
@@ -964,18 +976,19 @@ fn dense_stage(
     cfg: &InferConfig,
     plan: &Plan<'_>,
     logits: &DenseData,
-) -> Result<Vec<f32>> {
+) -> Result<DenseData> {
     let (q, n_classes) = (classifier.query_class.len(), classifier.n_classes());
     let (h, w) = prepared.original_size();
     let qc = &classifier.query_class;
     if plan.dense.is_empty() {
-        return match logits {
-            DenseData::Host(v) => class_probs(v, cfg.logit_scale, qc, n_classes),
+        return Ok(match logits {
+            DenseData::Host(v) => DenseData::Host(class_probs(v, cfg.logit_scale, qc, n_classes)?),
             DenseData::Device(t) => {
-                to_host(&class_probs_device(t, cfg.logit_scale, qc, n_classes)?)
+                DenseData::Device(class_probs_device(t, cfg.logit_scale, qc, n_classes)?)
             }
-        };
+        });
     }
+    let on_device = matches!(logits, DenseData::Device(_));
     let device = backbone.device();
     let mut maps = DenseMaps::Logits(match logits {
         DenseData::Host(v) => Tensor::from_slice(v, (q, h, w), &Device::Cpu)?.to_device(device)?,
@@ -991,7 +1004,8 @@ fn dense_stage(
     for r in &plan.dense {
         maps = r.dense(maps, &ctx)?;
     }
-    let flat = |t: &Tensor, rows: usize, what: &'static str| -> Result<Vec<f32>> {
+    // A plugin's output, shape-checked, as f32 planes where the dense logits were.
+    let planes = |t: &Tensor, rows: usize, what: &'static str| -> Result<DenseData> {
         if t.dims() != [rows, h, w] {
             return Err(InferError::Shape {
                 what,
@@ -999,20 +1013,17 @@ fn dense_stage(
                 got: t.dims().to_vec(),
             });
         }
-        Ok(t.to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?)
+        DenseData::of(t.to_device(device)?, on_device)
     };
-    match maps {
-        DenseMaps::Logits(t) => class_probs(
-            &flat(&t, q, "dense logits")?,
-            cfg.logit_scale,
-            &classifier.query_class,
-            n_classes,
-        ),
-        DenseMaps::Probs(t) => flat(&t, n_classes, "dense probabilities"),
-    }
+    Ok(match maps {
+        DenseMaps::Logits(t) => match planes(&t, q, "dense logits")? {
+            DenseData::Host(v) => DenseData::Host(class_probs(&v, cfg.logit_scale, qc, n_classes)?),
+            DenseData::Device(t) => {
+                DenseData::Device(class_probs_device(&t, cfg.logit_scale, qc, n_classes)?)
+            }
+        },
+        DenseMaps::Probs(t) => planes(&t, n_classes, "dense probabilities")?,
+    })
 }
 
 /// [`prepare`] then [`finish`] for one image and one configuration.

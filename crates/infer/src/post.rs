@@ -103,15 +103,7 @@ pub fn threshold_labels(
         for &l in &labels {
             count[l as usize] += 1;
         }
-        // Deviation: SCLIP always treats class 0 as background here; without a background
-        // class we count every class (identical for every SCLIP configuration that sets
-        // area_thd, all of which have background 0).
-        let fg = |c: usize| Some(c) != background;
-        let total: u64 = (0..n_classes).filter(|&c| fg(c)).map(|c| count[c]).sum();
-        let limit = thd * total as f32;
-        for c in (0..n_classes).filter(|&c| fg(c)) {
-            zeroed[c] = count[c] as f32 <= limit;
-        }
+        zeroed = area_zeroed(&count, thd, background);
     }
     let (mut labels, max) = argmax(probs, n_classes, n, &zeroed);
     let bg = background.unwrap_or(0) as u32;
@@ -121,6 +113,20 @@ pub fn threshold_labels(
         }
     }
     labels
+}
+
+/// SCLIP's `area_thd` on the per-class pixel counts of the argmax map: which classes' planes
+/// are treated as zero.
+pub(crate) fn area_zeroed(count: &[u64], thd: f32, background: Option<usize>) -> Vec<bool> {
+    // Deviation: SCLIP always treats class 0 as background here; without a background class
+    // we count every class (identical for every SCLIP configuration that sets area_thd, all of
+    // which have background 0).
+    let fg = |c: usize| Some(c) != background;
+    let total: u64 = (0..count.len()).filter(|&c| fg(c)).map(|c| count[c]).sum();
+    let limit = thd * total as f32;
+    (0..count.len())
+        .map(|c| fg(c) && count[c] as f32 <= limit)
+        .collect()
 }
 
 /// Argmax and max over classes of `(C, N)`, with `zeroed` planes read as 0. Blocks of pixels
