@@ -161,6 +161,9 @@ for dt in ("f32", "f16"):
     print(f"| {dt} | best vs batched PyTorch | {ms(best_r or None)} | {ms(best_t or None)} | {ratio(best_r, t.get('s_per_image_batched'))} |")
     if r:
         print(f"| {dt} | one image: prepare / finish | {ms(r.get('prepare_s'))} / {ms(r.get('finish_s'))} | | |")
+        print(f"| {dt} | prepare only, batches of {r.get('across_batch', '?')} across images | {ms(r.get('prepare_s_per_image_across_images'))} | | |")
+        print(f"| {dt} | one configuration's tail: dense logits / post-processing | "
+              f"{ms((r['sweep16_shared_dense_s'] - r['sweep16_post_only_s']) / 4)} / {ms(r['sweep16_post_only_s'] / 16)} | | |")
         print(f"| {dt} | text classifier cold (56 × 80) | {ms(r.get('text_cold_s'))} | {ms(t.get('text_cold_s'))} | {ratio(r.get('text_cold_s'), t.get('text_cold_s'))} |")
 print()
 print("parity vs CPU f32 (segsweep predict):", (out / "parity.json").read_text().strip() if (out / "parity.json").exists() else "missing")
