@@ -84,6 +84,9 @@ pub struct Prepared {
     resized: (usize, usize),
     /// The resized image normalised, `(3, H, W)` row-major, to cut crops for plugins.
     norm: Vec<f32>,
+    /// On a GPU, the same `(3, H, W)` f32 on the device, uploaded once: crops for the prefix
+    /// and for every configuration's plugins are cut there instead of copied over each time.
+    norm_dev: Option<Tensor>,
     windows: Vec<Window>,
     chunks: Vec<Chunk>,
     needs: Needs,
@@ -238,6 +241,17 @@ impl Prepared {
     fn crops(&self, start: usize, len: usize, device: &Device) -> Result<Tensor> {
         let ws = &self.windows[start..start + len];
         let (h, w) = (ws[0].h, ws[0].w);
+        if let Some(t) = self
+            .norm_dev
+            .as_ref()
+            .filter(|t| t.device().same_device(device))
+        {
+            let crops = ws
+                .iter()
+                .map(|win| Ok(t.narrow(1, win.y, h)?.narrow(2, win.x, w)?.contiguous()?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::stack(&crops, 0)?.to_dtype(self.dtype)?);
+        }
         let mut data = Vec::with_capacity(len * 3 * h * w);
         let (ih, iw) = self.resized;
         for win in ws {
@@ -318,10 +332,21 @@ fn stage_image(
             ),
         });
     }
+    let norm = normalise_vec(&resized, info.mean, info.std);
+    let device = backbone.device();
+    let norm_dev = match dense_on_device(device) {
+        true => Some(Tensor::from_slice(
+            &norm,
+            (3, resized.h, resized.w),
+            device,
+        )?),
+        false => None,
+    };
     Ok(Prepared {
         image: img.clone(),
         resized: (resized.h, resized.w),
-        norm: normalise_vec(&resized, info.mean, info.std),
+        norm,
+        norm_dev,
         windows,
         chunks: Vec::new(),
         needs: needs.clone(),
@@ -1095,15 +1120,25 @@ mod tests {
                 ..InferConfig::default()
             };
             let img = image(73, 131);
-            let prepared = prepare(&bb, &img, &cfg, &Needs::default()).unwrap();
             let run = |force: bool| {
                 FORCE_DEVICE_PATH.with(|f| f.set(force));
-                let out = finish_traced(&bb, &prepared, &cls, &cfg, &[], Some(0));
+                let prepared = prepare(&bb, &img, &cfg, &Needs::default());
+                let out = prepared.and_then(|p| {
+                    let seg = finish_traced(&bb, &p, &cls, &cfg, &[], Some(0))?;
+                    Ok((p, seg))
+                });
                 FORCE_DEVICE_PATH.with(|f| f.set(false));
                 out.unwrap()
             };
-            let (host, host_trace) = run(false);
-            let (dev, dev_trace) = run(true);
+            let (prepared, (host, host_trace)) = run(false);
+            let (prepared_dev, (dev, dev_trace)) = run(true);
+            // Crops cut from the uploaded image equal crops cut on the host, to the bit.
+            assert!(prepared.norm_dev.is_none() && prepared_dev.norm_dev.is_some());
+            let n = prepared.windows.len();
+            assert_eq!(
+                flat(&prepared.crops(0, n, &Device::Cpu).unwrap()),
+                flat(&prepared_dev.crops(0, n, &Device::Cpu).unwrap())
+            );
             let d = |a: &Option<Tensor>, b: &Option<Tensor>| {
                 max_diff(a.as_ref().unwrap(), b.as_ref().unwrap())
             };
