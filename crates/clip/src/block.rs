@@ -29,6 +29,14 @@ impl Ln {
         })
     }
 
+    /// Views on the weight and bias for [`crate::cpu::layer_norm`], if they are f32 on the CPU.
+    fn views(&self) -> Option<(crate::cpu::F32View<'_>, crate::cpu::F32View<'_>)> {
+        Some((
+            crate::cpu::F32View::new(&self.w)?,
+            crate::cpu::F32View::new(&self.b)?,
+        ))
+    }
+
     /// `(..., D) → (..., D)` in the input's dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dt = x.dtype();
@@ -222,6 +230,15 @@ impl Block {
         keep_probs: bool,
         keep_qkv: bool,
     ) -> candle_core::Result<BlockOut> {
+        if !keep_probs && !keep_qkv {
+            if let Some(x) = self.forward_cpu_f32(x, mask)? {
+                return Ok(BlockOut {
+                    x,
+                    probs: None,
+                    qkv: None,
+                });
+            }
+        }
         let (q, k, v) = self.qkv(&self.ln_1(x)?)?;
         let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
         let mut s = q.affine(scale, 0.)?.matmul(&k.t()?)?;
@@ -237,6 +254,52 @@ impl Block {
             probs: keep_probs.then_some(p),
             qkv: keep_qkv.then_some((q, k, v)),
         })
+    }
+
+    /// The whole block with the fused CPU kernels of [`crate::cpu`]: `x: (B, T, D)` with an
+    /// optional additive `mask: (T, T)` → `(B, T, D)`. `None` where they do not apply (another
+    /// device or dtype, a strided input, exact GELU): the caller then runs the composed ops.
+    fn forward_cpu_f32(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        use crate::cpu::{self, F32View, LinearView};
+        if !x.device().is_cpu() || self.act != Act::QuickGelu {
+            return Ok(None);
+        }
+        let (b, t, d) = x.dims3()?;
+        let views = (
+            F32View::new(x),
+            self.ln_1.views(),
+            LinearView::new(&self.qkv),
+            LinearView::new(&self.out),
+            self.ln_2.views(),
+            LinearView::new(&self.fc1),
+            LinearView::new(&self.fc2),
+        );
+        let (Some(xv), Some(ln1), Some(qkv), Some(out), Some(ln2), Some(fc1), Some(fc2)) = views
+        else {
+            return Ok(None);
+        };
+        let mask = match mask {
+            None => None,
+            Some(m) => match (m.dims() == [t, t], F32View::new(m)) {
+                (true, Some(v)) => Some(v),
+                _ => return Ok(None),
+            },
+        };
+        let h = cpu::layer_norm(xv.slice(), d, ln1.0.slice(), ln1.1.slice(), self.ln_1.eps);
+        let y = qkv.forward(&h, d, None);
+        let scale = ((d / self.heads) as f32).powf(-0.5);
+        let m = mask.as_ref().map(F32View::slice);
+        let o = cpu::attention(&y, t, d, self.heads, scale, m);
+        let x1 = out.forward(&o, d, Some(xv.slice()));
+        let h = cpu::layer_norm(&x1, d, ln2.0.slice(), ln2.1.slice(), self.ln_2.eps);
+        let mut f = fc1.forward(&h, d, None);
+        cpu::quick_gelu_inplace(&mut f);
+        let x2 = fc2.forward(&f, f.len() / (b * t), Some(&x1));
+        Ok(Some(Tensor::from_vec(x2, (b, t, d), x.device())?))
     }
 }
 
