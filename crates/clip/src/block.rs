@@ -86,22 +86,13 @@ impl candle_core::CustomOp1 for QuickGeluOp {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
         let (candle_core::CpuStorage::F32(src), Some((a, b))) =
             (storage, layout.contiguous_offsets())
         else {
             candle_core::bail!("quick-gelu: expected a contiguous f32 tensor");
         };
-        let src = &src[a..b];
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(1 << 14)
-            .zip(src.par_chunks(1 << 14))
-            .for_each(|(d, s)| {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    // x · 1/(1 + e^(−1.702x)); for very negative x, e^… = ∞ and the result is −0.
-                    *d = x / (1.0 + (-1.702 * x).exp());
-                }
-            });
+        let mut dst = src[a..b].to_vec();
+        crate::cpu::quick_gelu_inplace(&mut dst);
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
 }

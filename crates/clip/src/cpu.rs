@@ -15,6 +15,31 @@
 use candle_core::{CpuStorage, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
+/// Defines `fn name(args)` from a slice loop, compiled twice: for baseline x86-64 (SSE2, what
+/// the crate is built for) and for AVX2 + FMA, picked at run time by what the CPU has. Helpers
+/// it calls must be `#[inline(always)]` to be compiled into the wide version too.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn generic($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide($($a: $t),*) {
+                    generic($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `wide` is compiled for.
+                    return unsafe { wide($($a),*) };
+                }
+            }
+            generic($($a),*)
+        }
+    };
+}
+
 /// A read guard on a contiguous f32 CPU tensor, to borrow its elements as a slice.
 pub(crate) struct F32View<'a> {
     guard: StorageRef<'a>,
@@ -97,19 +122,26 @@ pub(crate) fn layer_norm(x: &[f32], dim: usize, w: &[f32], b: &[f32], eps: f32) 
     out.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .for_each(|(out, x)| {
-            for (o, r) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                let mean = sum(r) / dim as f32;
-                let var = sum_sq_dev(r, mean) / dim as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (((o, &v), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
-                    *o = (v - mean) * inv * w + b;
-                }
-            }
+            layer_norm_rows(out, x, dim, w, b, eps);
         });
     out
 }
 
+multiversion! {
+    fn layer_norm_rows(out: &mut [f32], x: &[f32], dim: usize, w: &[f32], b: &[f32], eps: f32) {
+        for (o, r) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+            let mean = sum(r) / dim as f32;
+            let var = sum_sq_dev(r, mean) / dim as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
+                *o = (v - mean) * inv * w + b;
+            }
+        }
+    }
+}
+
 /// Sum with 16 independent accumulators, so that it vectorises.
+#[inline(always)]
 fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut it = x.chunks_exact(16);
@@ -121,6 +153,24 @@ fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
 }
 
+/// Maximum with 16 independent accumulators (−∞ for an empty slice).
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let m = it
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    acc.iter().fold(m, |a, &v| a.max(v))
+}
+
+#[inline(always)]
 fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; 16];
     let mut it = x.chunks_exact(16);
@@ -203,12 +253,16 @@ pub(crate) fn linear(
 
 /// QuickGELU `x · σ(1.702 x)` in place, multi-threaded.
 pub(crate) fn quick_gelu_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(1 << 14).for_each(|c| {
+    x.par_chunks_mut(1 << 14).for_each(quick_gelu_chunk);
+}
+
+multiversion! {
+    fn quick_gelu_chunk(c: &mut [f32]) {
         for v in c {
-            // x · 1/(1 + e^(−1.702x)); for very negative x, e^… = ∞ and the result is −0.
-            *v /= 1.0 + (-1.702 * *v).exp();
+            // x · 1/(1 + e^(−1.702x)); for very negative x, e^… saturates and the result is ~−0.
+            *v /= 1.0 + exp(-1.702 * *v);
         }
-    });
+    }
 }
 
 /// A raw pointer that rayon tasks may share; each task writes a disjoint set of elements.
@@ -275,14 +329,7 @@ pub(crate) fn attention(
                     gemm::Parallelism::None,
                 );
             }
-            for (i, r) in s.chunks_exact_mut(t).enumerate() {
-                if let Some(m) = mask {
-                    for (x, &m) in r.iter_mut().zip(&m[i * t..(i + 1) * t]) {
-                        *x += m;
-                    }
-                }
-                softmax_row(r);
-            }
+            softmax_rows(s, t, mask);
             // SAFETY: this job writes rows b·t..(b+1)·t, columns h·hd..(h+1)·hd of `out`
             // (row stride `dim`), which no other job writes; v is read like q and k above.
             unsafe {
@@ -313,15 +360,59 @@ pub(crate) fn attention(
     out
 }
 
-/// Softmax of one row in place: `exp(x − max) / Σ`, as candle's `softmax_last_dim` computes it.
-fn softmax_row(r: &mut [f32]) {
-    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for x in r.iter_mut() {
-        *x = (*x - max).exp();
+multiversion! {
+    /// Softmax of each row of `s: (rows, n)` in place, after adding `mask` (rows, n) if given:
+    /// `exp(x − max) / Σ`, as candle's `softmax_last_dim` computes it.
+    fn softmax_rows(s: &mut [f32], n: usize, mask: Option<&[f32]>) {
+        for (i, r) in s.chunks_exact_mut(n).enumerate() {
+            if let Some(m) = mask {
+                for (x, &m) in r.iter_mut().zip(&m[i * n..(i + 1) * n]) {
+                    *x += m;
+                }
+            }
+            let max = max(r);
+            for x in r.iter_mut() {
+                *x = exp(*x - max);
+            }
+            let total = sum(r);
+            for x in r.iter_mut() {
+                *x /= total;
+            }
+        }
     }
-    let total = sum(r);
-    for x in r.iter_mut() {
-        *x /= total;
+}
+
+/// `eˣ` in f32 without a libm call, so that loops over slices vectorise (Cephes `expf`: Cody–Waite
+/// reduction `x = n·ln 2 + r`, a degree-6 polynomial on |r| ≤ ln2/2, and `2ⁿ` built from its
+/// exponent bits); within 2 ulp of `f32::exp` (see the test).
+///
+/// Deviation: results below `e^−87` (1.6e−38, the f32 denormal range) are flushed to 0 and
+/// results above `e^88` saturate at 1.65e38 instead of ∞: the only callers are softmax, where
+/// arguments are ≤ 0 and such terms are invisible next to the row maximum's `e⁰ = 1`, and
+/// QuickGELU, where `x / (1 + 1.65e38)` and `x / ∞` both vanish.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to the nearest integer.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // n is in −126..=127 after the clamp: its biased exponent is a normal 2ⁿ.
+    let n_int = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let two_n = f32::from_bits(((n_int + 127) << 23) as u32);
+    if x < -87.0 {
+        0.0
+    } else {
+        y * two_n
     }
 }
 
@@ -427,6 +518,33 @@ mod tests {
             );
             close(&got, &want, 1e-5);
         }
+    }
+
+    #[test]
+    fn exp_within_two_ulp_of_libm() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let (got, want) = (exp(x), x.exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst <= 2.0 * f32::EPSILON, "max relative error {worst:e}");
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(100.0).is_finite());
+    }
+
+    #[test]
+    fn max_and_sum_of_odd_lengths() {
+        let x: Vec<f32> = (0..37).map(|i| ((i * 7) % 37) as f32 - 18.0).collect();
+        assert_eq!(max(&x), 18.0);
+        assert_eq!(sum(&x), 0.0);
+        assert_eq!(
+            max(&x[..3]),
+            x[..3].iter().copied().fold(f32::MIN, f32::max)
+        );
     }
 
     #[test]
