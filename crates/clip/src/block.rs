@@ -39,6 +39,16 @@ impl Ln {
 
     /// `(..., D) → (..., D)` in the input's dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let (true, Some(xv), Some((w, b))) = (
+            x.device().is_cpu(),
+            crate::cpu::F32View::new(x),
+            self.views(),
+        ) {
+            let d = w.slice().len();
+            let y = crate::cpu::layer_norm(xv.slice(), d, w.slice(), b.slice(), self.eps);
+            drop(xv);
+            return Tensor::from_vec(y, x.shape(), x.device());
+        }
         let dt = x.dtype();
         let x32 = x.to_dtype(DType::F32)?.contiguous()?;
         candle_nn::ops::layer_norm(&x32, &self.w, &self.b, self.eps)?.to_dtype(dt)
@@ -59,6 +69,27 @@ pub(crate) fn linear(
         None
     };
     Ok(Linear::new(w, b))
+}
+
+/// `Linear::forward`, `(..., in) → (..., out)`, through [`crate::cpu::linear`] (bias added in
+/// the gemm, multi-threaded) when `x`, the weight and the bias are contiguous f32 on the CPU.
+pub(crate) fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        if let (Some(xv), Some(lv)) = (crate::cpu::F32View::new(x), crate::cpu::LinearView::new(l))
+        {
+            let inp = l.weight().dim(1)?;
+            if x.dims().last() == Some(&inp) {
+                let y = lv.forward(xv.slice(), inp, None);
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = l.weight().dim(0)?;
+                }
+                drop(xv);
+                return Tensor::from_vec(y, dims, x.device());
+            }
+        }
+    }
+    l.forward(x)
 }
 
 /// QuickGELU `x · σ(1.702 x)`, `(...) → (...)`.
@@ -181,9 +212,7 @@ impl Block {
     pub(crate) fn qkv(&self, x_ln: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, t, d) = x_ln.dims3()?;
         let hd = d / self.heads;
-        let y = self
-            .qkv
-            .forward(x_ln)?
+        let y = linear_forward(&self.qkv, x_ln)?
             .reshape((b, t, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
@@ -191,16 +220,16 @@ impl Block {
     }
 
     pub(crate) fn out_proj(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.out.forward(x)
+        linear_forward(&self.out, x)
     }
 
     pub(crate) fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.fc1.forward(x)?;
+        let h = linear_forward(&self.fc1, x)?;
         let h = match self.act {
             Act::QuickGelu => quick_gelu(&h)?,
             Act::Gelu => h.gelu_erf()?,
         };
-        self.fc2.forward(&h)
+        linear_forward(&self.fc2, &h)
     }
 
     /// `x + mlp(ln_2 x)`.
