@@ -29,8 +29,26 @@ impl Ln {
         })
     }
 
+    /// Views on the weight and bias for [`crate::cpu::layer_norm`], if they are f32 on the CPU.
+    fn views(&self) -> Option<(crate::cpu::F32View<'_>, crate::cpu::F32View<'_>)> {
+        Some((
+            crate::cpu::F32View::new(&self.w)?,
+            crate::cpu::F32View::new(&self.b)?,
+        ))
+    }
+
     /// `(..., D) → (..., D)` in the input's dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let (true, Some(xv), Some((w, b))) = (
+            x.device().is_cpu(),
+            crate::cpu::F32View::new(x),
+            self.views(),
+        ) {
+            let d = w.slice().len();
+            let y = crate::cpu::layer_norm(xv.slice(), d, w.slice(), b.slice(), self.eps);
+            drop(xv);
+            return Tensor::from_vec(y, x.shape(), x.device());
+        }
         let dt = x.dtype();
         let x32 = x.to_dtype(DType::F32)?.contiguous()?;
         candle_nn::ops::layer_norm(&x32, &self.w, &self.b, self.eps)?.to_dtype(dt)
@@ -51,6 +69,27 @@ pub(crate) fn linear(
         None
     };
     Ok(Linear::new(w, b))
+}
+
+/// `Linear::forward`, `(..., in) → (..., out)`, through [`crate::cpu::linear`] (bias added in
+/// the gemm, multi-threaded) when `x`, the weight and the bias are contiguous f32 on the CPU.
+pub(crate) fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        if let (Some(xv), Some(lv)) = (crate::cpu::F32View::new(x), crate::cpu::LinearView::new(l))
+        {
+            let inp = l.weight().dim(1)?;
+            if x.dims().last() == Some(&inp) {
+                let y = lv.forward(xv.slice(), inp, None);
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = l.weight().dim(0)?;
+                }
+                drop(xv);
+                return Tensor::from_vec(y, dims, x.device());
+            }
+        }
+    }
+    l.forward(x)
 }
 
 /// QuickGELU `x · σ(1.702 x)`, `(...) → (...)`.
@@ -78,22 +117,13 @@ impl candle_core::CustomOp1 for QuickGeluOp {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
         let (candle_core::CpuStorage::F32(src), Some((a, b))) =
             (storage, layout.contiguous_offsets())
         else {
             candle_core::bail!("quick-gelu: expected a contiguous f32 tensor");
         };
-        let src = &src[a..b];
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(1 << 14)
-            .zip(src.par_chunks(1 << 14))
-            .for_each(|(d, s)| {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    // x · 1/(1 + e^(−1.702x)); for very negative x, e^… = ∞ and the result is −0.
-                    *d = x / (1.0 + (-1.702 * x).exp());
-                }
-            });
+        let mut dst = src[a..b].to_vec();
+        crate::cpu::quick_gelu_inplace(&mut dst);
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -182,9 +212,7 @@ impl Block {
     pub(crate) fn qkv(&self, x_ln: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, t, d) = x_ln.dims3()?;
         let hd = d / self.heads;
-        let y = self
-            .qkv
-            .forward(x_ln)?
+        let y = linear_forward(&self.qkv, x_ln)?
             .reshape((b, t, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
@@ -192,16 +220,16 @@ impl Block {
     }
 
     pub(crate) fn out_proj(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.out.forward(x)
+        linear_forward(&self.out, x)
     }
 
     pub(crate) fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.fc1.forward(x)?;
+        let h = linear_forward(&self.fc1, x)?;
         let h = match self.act {
             Act::QuickGelu => quick_gelu(&h)?,
             Act::Gelu => h.gelu_erf()?,
         };
-        self.fc2.forward(&h)
+        linear_forward(&self.fc2, &h)
     }
 
     /// `x + mlp(ln_2 x)`.
@@ -222,6 +250,15 @@ impl Block {
         keep_probs: bool,
         keep_qkv: bool,
     ) -> candle_core::Result<BlockOut> {
+        if !keep_probs && !keep_qkv {
+            if let Some(x) = self.forward_cpu_f32(x, mask)? {
+                return Ok(BlockOut {
+                    x,
+                    probs: None,
+                    qkv: None,
+                });
+            }
+        }
         let (q, k, v) = self.qkv(&self.ln_1(x)?)?;
         let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
         let mut s = q.affine(scale, 0.)?.matmul(&k.t()?)?;
@@ -237,6 +274,52 @@ impl Block {
             probs: keep_probs.then_some(p),
             qkv: keep_qkv.then_some((q, k, v)),
         })
+    }
+
+    /// The whole block with the fused CPU kernels of [`crate::cpu`]: `x: (B, T, D)` with an
+    /// optional additive `mask: (T, T)` → `(B, T, D)`. `None` where they do not apply (another
+    /// device or dtype, a strided input, exact GELU): the caller then runs the composed ops.
+    fn forward_cpu_f32(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        use crate::cpu::{self, F32View, LinearView};
+        if !x.device().is_cpu() || self.act != Act::QuickGelu {
+            return Ok(None);
+        }
+        let (b, t, d) = x.dims3()?;
+        let views = (
+            F32View::new(x),
+            self.ln_1.views(),
+            LinearView::new(&self.qkv),
+            LinearView::new(&self.out),
+            self.ln_2.views(),
+            LinearView::new(&self.fc1),
+            LinearView::new(&self.fc2),
+        );
+        let (Some(xv), Some(ln1), Some(qkv), Some(out), Some(ln2), Some(fc1), Some(fc2)) = views
+        else {
+            return Ok(None);
+        };
+        let mask = match mask {
+            None => None,
+            Some(m) => match (m.dims() == [t, t], F32View::new(m)) {
+                (true, Some(v)) => Some(v),
+                _ => return Ok(None),
+            },
+        };
+        let h = cpu::layer_norm(xv.slice(), d, ln1.0.slice(), ln1.1.slice(), self.ln_1.eps);
+        let y = qkv.forward(&h, d, None);
+        let scale = ((d / self.heads) as f32).powf(-0.5);
+        let m = mask.as_ref().map(F32View::slice);
+        let o = cpu::attention(&y, t, d, self.heads, scale, m);
+        let x1 = out.forward(&o, d, Some(xv.slice()));
+        let h = cpu::layer_norm(&x1, d, ln2.0.slice(), ln2.1.slice(), self.ln_2.eps);
+        let mut f = fc1.forward(&h, d, None);
+        cpu::quick_gelu_inplace(&mut f);
+        let x2 = fc2.forward(&f, f.len() / (b * t), Some(&x1));
+        Ok(Some(Tensor::from_vec(x2, (b, t, d), x.device())?))
     }
 }
 

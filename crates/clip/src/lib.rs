@@ -21,6 +21,7 @@ pub mod attention;
 mod block;
 pub mod classifier;
 pub mod config;
+mod cpu;
 pub mod error;
 pub mod interp;
 mod model;

@@ -1,0 +1,150 @@
+//! Where a ViT-B/16 block's CPU time goes, op by op (not a test; numbers depend on the machine
+//! and its load):
+//!
+//! ```text
+//! cargo run --release -p segsweep-clip --example block_profile -- [batch]
+//! ```
+//!
+//! Runs the ops of one pre-LN block on random f32 activations `(batch, 197, 768)` with candle's
+//! composed ops (the generic path) and prints, per op, wall milliseconds and GFLOP/s for the
+//! matmuls, plus the throughput of one large gemm `(1576, 768) · (768, 3072)`, which bounds what
+//! any f32 ViT-B/16 can reach on this machine.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> candle_core::Result<T>) -> Res<f64> {
+    f()?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best * 1e3)
+}
+
+fn main() -> Res<()> {
+    let batch: usize = std::env::args()
+        .nth(1)
+        .map(|b| b.parse())
+        .transpose()?
+        .unwrap_or(8);
+    let (t, d, h, inter) = (197usize, 768usize, 12usize, 3072usize);
+    let hd = d / h;
+    let dev = Device::Cpu;
+    let r = |s: &[usize]| Tensor::randn(0f32, 0.02, s, &dev);
+    let x = r(&[batch, t, d])?;
+    let (w_qkv, b_qkv) = (r(&[3 * d, d])?, r(&[3 * d])?);
+    let (w_o, b_o) = (r(&[d, d])?, r(&[d])?);
+    let (w1, b1) = (r(&[inter, d])?, r(&[inter])?);
+    let (w2, b2) = (r(&[d, inter])?, r(&[d])?);
+    let (ln_w, ln_b) = (r(&[d])?, r(&[d])?);
+    let reps = 5;
+    let rows = batch * t;
+    let gf = |flop: usize, ms: f64| flop as f64 / ms / 1e6;
+    let mut total = 0.0;
+    let mut row = |name: &str, ms: f64, flop: usize| {
+        total += ms;
+        if flop > 0 {
+            println!("{name:<34} {ms:8.2} ms  {:6.1} GFLOP/s", gf(flop, ms));
+        } else {
+            println!("{name:<34} {ms:8.2} ms");
+        }
+    };
+
+    let x2 = x.reshape((rows, d))?;
+    row(
+        "layer_norm",
+        time(reps, || candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5))?,
+        0,
+    );
+    let qkv_mm = || x2.matmul(&w_qkv.t()?);
+    row("qkv matmul", time(reps, qkv_mm)?, 2 * rows * d * 3 * d);
+    let y = qkv_mm()?;
+    row(
+        "qkv bias broadcast_add",
+        time(reps, || y.broadcast_add(&b_qkv))?,
+        0,
+    );
+    let y = y.reshape((batch, t, 3, h, hd))?;
+    let split = || y.permute((2, 0, 3, 1, 4))?.contiguous();
+    row("head split (permute+contiguous)", time(reps, split)?, 0);
+    let s3 = split()?;
+    let (q, k, v) = (s3.get(0)?, s3.get(1)?, s3.get(2)?);
+    row("q scale (affine)", time(reps, || q.affine(0.125, 0.))?, 0);
+    let att_flop = 2 * batch * h * t * t * hd;
+    row(
+        "q kᵀ batched matmul",
+        time(reps, || q.matmul(&k.t()?))?,
+        att_flop,
+    );
+    let s = q.matmul(&k.t()?)?;
+    row(
+        "softmax_last_dim",
+        time(reps, || candle_nn::ops::softmax_last_dim(&s))?,
+        0,
+    );
+    let p = candle_nn::ops::softmax_last_dim(&s)?;
+    row("p v batched matmul", time(reps, || p.matmul(&v))?, att_flop);
+    let o = p.matmul(&v)?;
+    let merge = || o.transpose(1, 2)?.reshape((batch, t, d));
+    row("head merge (transpose+reshape)", time(reps, merge)?, 0);
+    let om = merge()?.reshape((rows, d))?;
+    row(
+        "out_proj matmul",
+        time(reps, || om.matmul(&w_o.t()?))?,
+        2 * rows * d * d,
+    );
+    let a = om.matmul(&w_o.t()?)?;
+    row(
+        "out bias broadcast_add",
+        time(reps, || a.broadcast_add(&b_o))?,
+        0,
+    );
+    row("residual add", time(reps, || &x2 + &a)?, 0);
+    row(
+        "fc1 matmul",
+        time(reps, || x2.matmul(&w1.t()?))?,
+        2 * rows * d * inter,
+    );
+    let f = x2.matmul(&w1.t()?)?;
+    row(
+        "fc1 bias broadcast_add",
+        time(reps, || f.broadcast_add(&b1))?,
+        0,
+    );
+    row(
+        "quick_gelu composed",
+        time(reps, || &f * candle_nn::ops::sigmoid(&(&f * 1.702)?)?)?,
+        0,
+    );
+    row(
+        "fc2 matmul",
+        time(reps, || f.matmul(&w2.t()?))?,
+        2 * rows * inter * d,
+    );
+    let g = f.matmul(&w2.t()?)?;
+    row(
+        "fc2 bias broadcast_add",
+        time(reps, || g.broadcast_add(&b2))?,
+        0,
+    );
+    row("residual add", time(reps, || &x2 + &g)?, 0);
+    println!("{:<34} {total:8.2} ms  (× 11 blocks in the prefix)", "sum");
+    let _ = D::Minus1;
+
+    // One large gemm: what the matmuls of this model can reach at best.
+    let a = r(&[rows, d])?;
+    let b = r(&[d, inter])?;
+    let ms = time(reps, || a.matmul(&b))?;
+    println!(
+        "gemm ({rows}, {d}) · ({d}, {inter}): {ms:.2} ms = {:.1} GFLOP/s ({} rayon threads)",
+        gf(2 * rows * d * inter, ms),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
