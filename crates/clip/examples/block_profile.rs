@@ -2,8 +2,11 @@
 //! and its load):
 //!
 //! ```text
-//! cargo run --release -p segsweep-clip --example block_profile -- [batch]
+//! cargo run --release -p segsweep-clip --example block_profile -- [batch] [cpu|cuda:N] [f32|f16|bf16]
 //! ```
+//!
+//! On a GPU (a binary built with the `cuda` feature, see `scripts/build-cuda.sh --bench`) every
+//! timed op ends with a device synchronisation, so the times are per op including its launch.
 //!
 //! Runs the ops of one pre-LN block on random f32 activations `(batch, 197, 768)` with candle's
 //! composed ops (the generic path) and prints, per op, wall milliseconds and GFLOP/s for the
@@ -12,31 +15,40 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn time<T>(reps: usize, mut f: impl FnMut() -> candle_core::Result<T>) -> Res<f64> {
+fn time<T>(dev: &Device, reps: usize, mut f: impl FnMut() -> candle_core::Result<T>) -> Res<f64> {
     f()?; // warm-up
+    dev.synchronize()?;
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t = Instant::now();
         f()?;
+        dev.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(best * 1e3)
 }
 
 fn main() -> Res<()> {
-    let batch: usize = std::env::args()
-        .nth(1)
-        .map(|b| b.parse())
-        .transpose()?
-        .unwrap_or(8);
+    let arg = |i: usize| std::env::args().nth(i);
+    let batch: usize = arg(1).map(|b| b.parse()).transpose()?.unwrap_or(8);
+    let dev = match arg(2).as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some(d) => Device::new_cuda(d.trim_start_matches("cuda:").parse()?)?,
+    };
+    let dtype = match arg(3).as_deref() {
+        None | Some("f32") => DType::F32,
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        Some(o) => return Err(format!("dtype {o}: expected f32, f16 or bf16").into()),
+    };
+    println!("batch {batch}, {dev:?}, {dtype:?}");
     let (t, d, h, inter) = (197usize, 768usize, 12usize, 3072usize);
     let hd = d / h;
-    let dev = Device::Cpu;
-    let r = |s: &[usize]| Tensor::randn(0f32, 0.02, s, &dev);
+    let r = |s: &[usize]| Tensor::randn(0f32, 0.02, s, &dev)?.to_dtype(dtype);
     let x = r(&[batch, t, d])?;
     let (w_qkv, b_qkv) = (r(&[3 * d, d])?, r(&[3 * d])?);
     let (w_o, b_o) = (r(&[d, d])?, r(&[d])?);
@@ -57,90 +69,124 @@ fn main() -> Res<()> {
     };
 
     let x2 = x.reshape((rows, d))?;
+    if dtype != DType::F32 {
+        // segsweep's LayerNorm in a half dtype: f32 weights, the input cast up and back.
+        let (w32, b32) = (ln_w.to_dtype(DType::F32)?, ln_b.to_dtype(DType::F32)?);
+        row(
+            "layer_norm via f32 (2 casts)",
+            time(&dev, reps, || {
+                candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?, &w32, &b32, 1e-5)?
+                    .to_dtype(dtype)
+            })?,
+            0,
+        );
+    }
     row(
         "layer_norm",
-        time(reps, || candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5))?,
+        time(&dev, reps, || {
+            candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5)
+        })?,
         0,
     );
     let qkv_mm = || x2.matmul(&w_qkv.t()?);
-    row("qkv matmul", time(reps, qkv_mm)?, 2 * rows * d * 3 * d);
+    row(
+        "qkv matmul",
+        time(&dev, reps, qkv_mm)?,
+        2 * rows * d * 3 * d,
+    );
     let y = qkv_mm()?;
     row(
         "qkv bias broadcast_add",
-        time(reps, || y.broadcast_add(&b_qkv))?,
+        time(&dev, reps, || y.broadcast_add(&b_qkv))?,
         0,
     );
     let y = y.reshape((batch, t, 3, h, hd))?;
     let split = || y.permute((2, 0, 3, 1, 4))?.contiguous();
-    row("head split (permute+contiguous)", time(reps, split)?, 0);
+    row(
+        "head split (permute+contiguous)",
+        time(&dev, reps, split)?,
+        0,
+    );
     let s3 = split()?;
     let (q, k, v) = (s3.get(0)?, s3.get(1)?, s3.get(2)?);
-    row("q scale (affine)", time(reps, || q.affine(0.125, 0.))?, 0);
+    row(
+        "q scale (affine)",
+        time(&dev, reps, || q.affine(0.125, 0.))?,
+        0,
+    );
     let att_flop = 2 * batch * h * t * t * hd;
     row(
         "q kᵀ batched matmul",
-        time(reps, || q.matmul(&k.t()?))?,
+        time(&dev, reps, || q.matmul(&k.t()?))?,
         att_flop,
     );
     let s = q.matmul(&k.t()?)?;
     row(
         "softmax_last_dim",
-        time(reps, || candle_nn::ops::softmax_last_dim(&s))?,
+        time(&dev, reps, || candle_nn::ops::softmax_last_dim(&s))?,
         0,
     );
     let p = candle_nn::ops::softmax_last_dim(&s)?;
-    row("p v batched matmul", time(reps, || p.matmul(&v))?, att_flop);
+    row(
+        "p v batched matmul",
+        time(&dev, reps, || p.matmul(&v))?,
+        att_flop,
+    );
     let o = p.matmul(&v)?;
     let merge = || o.transpose(1, 2)?.reshape((batch, t, d));
-    row("head merge (transpose+reshape)", time(reps, merge)?, 0);
+    row(
+        "head merge (transpose+reshape)",
+        time(&dev, reps, merge)?,
+        0,
+    );
     let om = merge()?.reshape((rows, d))?;
     row(
         "out_proj matmul",
-        time(reps, || om.matmul(&w_o.t()?))?,
+        time(&dev, reps, || om.matmul(&w_o.t()?))?,
         2 * rows * d * d,
     );
     let a = om.matmul(&w_o.t()?)?;
     row(
         "out bias broadcast_add",
-        time(reps, || a.broadcast_add(&b_o))?,
+        time(&dev, reps, || a.broadcast_add(&b_o))?,
         0,
     );
-    row("residual add", time(reps, || &x2 + &a)?, 0);
+    row("residual add", time(&dev, reps, || &x2 + &a)?, 0);
     row(
         "fc1 matmul",
-        time(reps, || x2.matmul(&w1.t()?))?,
+        time(&dev, reps, || x2.matmul(&w1.t()?))?,
         2 * rows * d * inter,
     );
     let f = x2.matmul(&w1.t()?)?;
     row(
         "fc1 bias broadcast_add",
-        time(reps, || f.broadcast_add(&b1))?,
+        time(&dev, reps, || f.broadcast_add(&b1))?,
         0,
     );
     row(
         "quick_gelu composed",
-        time(reps, || &f * candle_nn::ops::sigmoid(&(&f * 1.702)?)?)?,
+        time(&dev, reps, || &f * candle_nn::ops::sigmoid(&(&f * 1.702)?)?)?,
         0,
     );
     row(
         "fc2 matmul",
-        time(reps, || f.matmul(&w2.t()?))?,
+        time(&dev, reps, || f.matmul(&w2.t()?))?,
         2 * rows * inter * d,
     );
     let g = f.matmul(&w2.t()?)?;
     row(
         "fc2 bias broadcast_add",
-        time(reps, || g.broadcast_add(&b2))?,
+        time(&dev, reps, || g.broadcast_add(&b2))?,
         0,
     );
-    row("residual add", time(reps, || &x2 + &g)?, 0);
+    row("residual add", time(&dev, reps, || &x2 + &g)?, 0);
     println!("{:<34} {total:8.2} ms  (× 11 blocks in the prefix)", "sum");
     let _ = D::Minus1;
 
     // One large gemm: what the matmuls of this model can reach at best.
     let a = r(&[rows, d])?;
     let b = r(&[d, inter])?;
-    let ms = time(reps, || a.matmul(&b))?;
+    let ms = time(&dev, reps, || a.matmul(&b))?;
     println!(
         "gemm ({rows}, {d}) · ({d}, {inter}): {ms:.2} ms = {:.1} GFLOP/s ({} rayon threads)",
         gf(2 * rows * d * inter, ms),

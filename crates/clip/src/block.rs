@@ -265,7 +265,14 @@ impl Block {
         if let Some(m) = mask {
             s = s.broadcast_add(m)?;
         }
-        let p = softmax_f32(&s)?;
+        let p = if !keep_probs && s.dtype() != DType::F32 && !s.device().is_cpu() {
+            // candle's CUDA softmax kernel accumulates in f32 and rounds once to the input
+            // dtype: the same values as the f32 softmax followed by the cast below, without
+            // two f32 copies of the (B, heads, T, T) scores.
+            candle_nn::ops::softmax_last_dim(&s.contiguous()?)?
+        } else {
+            softmax_f32(&s)?
+        };
         let o = p.to_dtype(v.dtype())?.matmul(&v)?;
         let x = (x + self.out.forward(&merge_heads(&o)?)?)?;
         let x = self.ffn_residual(&x)?;
