@@ -13,7 +13,8 @@
 #   2. VOC-sized photos from scikit-image (chelsea 300×451, coffee 400×600; 8 crops each);
 #   3. parity: `segsweep predict` on cuda:0 in f32 (and f16, bf16) against `--device cpu`;
 #   4. speed: bench_infer (segsweep) and bench/infer_reference.py (PyTorch) in f32 and f16,
-#      batch 1 and batched, on the same GPU in the same run;
+#      batch 1 and batched, on the same GPU in the same run; then block_profile (one block's
+#      candle ops, 64 crops) in f16 and f32;
 #   5. a table (stdout and $OUT/table.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ export PYTHONUNBUFFERED=1
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
 
 # 0. Binaries: packed by bench/gpu-pack.sh (xz), else target/*-cuda as built.
-for b in segsweep bench_infer; do
+for b in segsweep bench_infer block_profile; do
     if [ -f "bench/out/gpu-bin/$b.xz" ]; then
         python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
             "bench/out/gpu-bin/$b.xz" "$BIN/$b"
@@ -132,6 +133,11 @@ for dt in f32 f16; do
         || tail -5 "$OUT/torch-$dt.log"
 done
 
+step "4b. one ViT-B/16 block op by op (candle's composed ops, 64 crops)"
+for dt in f16 f32; do
+    "$BIN/block_profile" 64 "$DEVICE" $dt >"$OUT/block-$dt.txt" 2>&1 || tail -3 "$OUT/block-$dt.txt"
+done
+
 step "5. table"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys
@@ -170,4 +176,5 @@ for dt in ("f32", "f16"):
 print()
 print("parity vs CPU f32 (segsweep predict):", (out / "parity.json").read_text().strip() if (out / "parity.json").exists() else "missing")
 PY
+cat "$OUT"/block-f16.txt 2>/dev/null
 step "done"

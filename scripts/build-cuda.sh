@@ -9,7 +9,7 @@
 # nvcc 13.0 is required: a newer nvcc emits PTX that driver 580 cannot JIT.
 #
 #   scripts/build-cuda.sh            # target/segsweep-cuda
-#   scripts/build-cuda.sh --bench    # also target/bench_infer-cuda (the GPU benchmark, bench/gpu.sh)
+#   scripts/build-cuda.sh --bench    # also target/{bench_infer,block_profile}-cuda (bench/gpu.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +63,8 @@ make_stubs() {
 # example gets candle's CUDA backend too.
 targets=(-p segsweep --features segsweep/cuda --bin segsweep)
 if [ "${1:-}" = "--bench" ]; then
-    targets=(-p segsweep -p segsweep-infer --features segsweep/cuda --bin segsweep --example bench_infer)
+    targets=(-p segsweep -p segsweep-infer -p segsweep-clip --features segsweep/cuda --bin segsweep
+        --example bench_infer --example block_profile)
 fi
 # First pass compiles the kernels (the final link may fail without stubs), then stubs, then link.
 cargo build --release "${targets[@]}" || true
@@ -74,6 +75,7 @@ cp "$CARGO_TARGET_DIR/release/segsweep" target/segsweep-cuda
 echo "built target/segsweep-cuda (compute capability $CAP)"
 if [ "${1:-}" = "--bench" ]; then
     cp "$CARGO_TARGET_DIR/release/examples/bench_infer" target/bench_infer-cuda
-    echo "built target/bench_infer-cuda"
+    cp "$CARGO_TARGET_DIR/release/examples/block_profile" target/block_profile-cuda
+    echo "built target/bench_infer-cuda and target/block_profile-cuda"
 fi
 ldd target/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true
