@@ -51,85 +51,28 @@ pub fn local_files(dir: &Path) -> Result<ModelFiles> {
     })
 }
 
-/// The Hugging Face environment a repo id is resolved in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubEnv {
-    /// `$HF_HOME` (default `~/.cache/huggingface`); the cache is `<home>/hub`.
-    pub home: PathBuf,
-    /// `HF_HUB_OFFLINE` is set to a true value: never touch the network.
-    pub offline: bool,
-    /// `HF_ENDPOINT`, if set.
-    pub endpoint: Option<String>,
-}
-
-impl HubEnv {
-    /// Read `HF_HOME`, `HF_HUB_OFFLINE` and `HF_ENDPOINT`. (hf-hub 0.5 ignores
-    /// `HF_HUB_OFFLINE`, so it is honoured here.)
-    pub fn from_env() -> HubEnv {
-        let home = std::env::var_os("HF_HOME")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface"))
-            })
-            .unwrap_or_else(|| PathBuf::from(".cache/huggingface"));
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
-        HubEnv {
-            home,
-            offline,
-            endpoint: std::env::var("HF_ENDPOINT").ok(),
-        }
-    }
-
-    fn cache(&self) -> hf_hub::Cache {
-        hf_hub::Cache::new(self.home.join("hub"))
-    }
-}
-
-/// Whether `source` looks like `org/name` (and is not an existing path).
-pub fn looks_like_repo_id(source: &str) -> bool {
-    let mut parts = source.split('/');
-    let ok = |p: Option<&str>| {
-        p.is_some_and(|p| {
-            !p.is_empty()
-                && p != "."
-                && p != ".."
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        })
-    };
-    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
-}
+pub use segsweep_hub::{looks_like_repo_id, HubEnv};
 
 /// Resolve a repo id: the local cache first (no network on a hit); then, unless offline, a
 /// download with a progress bar into the same cache.
 pub fn hub_files(repo: &str, env: &HubEnv) -> Result<ModelFiles> {
-    let cached = env.cache().model(repo.to_string());
-    let config = cached.get("config.json");
-    let weights = WEIGHT_FILES.iter().find_map(|f| cached.get(f));
+    let config = env.cached(repo, "config.json");
+    let weights = WEIGHT_FILES.iter().find_map(|f| env.cached(repo, f));
     if let (Some(config), Some(weights)) = (config, weights) {
-        return files_in_snapshot(config, weights, cached.get("tokenizer.json"));
-    }
-    if env.offline {
-        return Err(ClipError::Offline {
-            repo: repo.to_string(),
-            cache: env.home.join("hub"),
-        });
-    }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(env.cache()).with_progress(true);
-    if let Some(e) = &env.endpoint {
-        builder = builder.with_endpoint(e.clone());
+        return files_in_snapshot(config, weights, env.cached(repo, "tokenizer.json"));
     }
     let hub_err = |file: &str, e: &dyn std::fmt::Display| ClipError::Hub {
         repo: repo.to_string(),
         file: file.to_string(),
         msg: e.to_string(),
     };
-    let api = builder
-        .build()
-        .map_err(|e| hub_err("-", &e))?
-        .model(repo.to_string());
+    let api = env.download(repo, true).map_err(|e| match e {
+        segsweep_hub::HubError::Offline { cache } => ClipError::Offline {
+            repo: repo.to_string(),
+            cache,
+        },
+        other => hub_err("-", &other),
+    })?;
     let config = api
         .get("config.json")
         .map_err(|e| hub_err("config.json", &e))?;

@@ -21,7 +21,7 @@ fn crops(b: usize, h: usize, w: usize) -> Tensor {
 
 fn offline_env(home: &Path) -> HubEnv {
     HubEnv {
-        home: home.to_path_buf(),
+        home: Some(home.to_path_buf()),
         offline: true,
         endpoint: None,
     }
@@ -128,7 +128,7 @@ fn hub_env_reads_hf_home_and_offline() {
     let env = HubEnv::from_env();
     std::env::remove_var("HF_HUB_OFFLINE");
     std::env::remove_var("HF_HOME");
-    assert_eq!(env.home, PathBuf::from("/tmp/segsweep-hf-home-test"));
+    assert_eq!(env.home, Some(PathBuf::from("/tmp/segsweep-hf-home-test")));
     assert!(env.offline);
 }
 

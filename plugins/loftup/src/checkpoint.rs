@@ -16,46 +16,7 @@ pub const DEFAULT_REPO: &str = "haiwen/loftup-clip";
 /// The file name inside the repo.
 pub const FILE_NAME: &str = "pytorch_model.bin";
 
-/// The environment that decides where the hf-hub cache lives and whether we may download.
-/// Read once with [`HubEnv::from_env`]; tests build it by hand instead of mutating the process
-/// environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HubEnv {
-    /// `$HF_HOME` (the cache is `$HF_HOME/hub`); `None` means `~/.cache/huggingface`.
-    pub hf_home: Option<PathBuf>,
-    /// `$HF_HUB_OFFLINE` set to `1`/`true`/`yes`/`on`: never touch the network.
-    pub offline: bool,
-    /// `$HF_ENDPOINT`, for mirrors.
-    pub endpoint: Option<String>,
-}
-
-impl HubEnv {
-    /// Read `HF_HOME`, `HF_HUB_OFFLINE` and `HF_ENDPOINT`.
-    pub fn from_env() -> HubEnv {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        HubEnv {
-            hf_home: var("HF_HOME").map(PathBuf::from),
-            offline: var("HF_HUB_OFFLINE")
-                .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-                .unwrap_or(false),
-            endpoint: var("HF_ENDPOINT"),
-        }
-    }
-
-    /// The hub cache directory (`$HF_HOME/hub` or `~/.cache/huggingface/hub`).
-    // hf-hub's `Cache::default()` panics without a home directory; build the path ourselves.
-    fn cache_dir(&self) -> Option<PathBuf> {
-        match &self.hf_home {
-            Some(home) => Some(home.join("hub")),
-            None => std::env::var_os("HOME").map(|h| {
-                PathBuf::from(h)
-                    .join(".cache")
-                    .join("huggingface")
-                    .join("hub")
-            }),
-        }
-    }
-}
+pub use segsweep_hub::HubEnv;
 
 /// How to get the file, for error messages.
 fn download_hint(repo: &str) -> String {
@@ -68,19 +29,9 @@ fn download_hint(repo: &str) -> String {
     )
 }
 
-/// Whether `s` reads as a Hugging Face repo id (`owner/name`) rather than a file path.
+/// Whether `s` reads as a Hugging Face repo id (`owner/name`) rather than a checkpoint path.
 fn is_repo_id(s: &str) -> bool {
-    let mut parts = s.split('/');
-    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let ok = |p: &str| {
-        !p.is_empty()
-            && !p.starts_with('.')
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    ok(owner) && ok(name) && !name.ends_with(".bin") && !name.ends_with(".pth")
+    segsweep_hub::looks_like_repo_id(s) && !s.ends_with(".bin") && !s.ends_with(".pth")
 }
 
 /// Resolve `source` (a file, a directory with `pytorch_model.bin`, or a repo id) to a local
@@ -109,50 +60,33 @@ pub fn resolve(source: &str, env: &HubEnv) -> Result<PathBuf> {
             hint: download_hint(DEFAULT_REPO),
         });
     }
-    let cache_dir = env
-        .cache_dir()
-        .ok_or_else(|| LoftUpError::CheckpointMissing {
-            source_name: source.to_string(),
-            reason: "neither HF_HOME nor HOME is set, so there is no Hugging Face cache".into(),
-            hint: download_hint(source),
-        })?;
-    let cache = hf_hub::Cache::new(cache_dir.clone());
-    if let Some(p) = cache.model(source.to_string()).get(FILE_NAME) {
+    if let Some(p) = env.cached(source, FILE_NAME) {
         return Ok(p);
     }
-    if env.offline {
-        return Err(LoftUpError::CheckpointMissing {
-            source_name: source.to_string(),
-            reason: format!(
-                "not in the Hugging Face cache {} and HF_HUB_OFFLINE is set",
-                cache_dir.display()
-            ),
-            hint: download_hint(source),
-        });
-    }
+    let missing = |reason: String| LoftUpError::CheckpointMissing {
+        source_name: source.to_string(),
+        reason,
+        hint: download_hint(source),
+    };
+    let cache = env.cache_dir().unwrap_or_default();
+    let api = env.download(source, false).map_err(|e| match e {
+        segsweep_hub::HubError::Download(e) => missing(format!(
+            "not in the cache {} and the download failed ({e})",
+            cache.display()
+        )),
+        other => missing(other.to_string()),
+    })?;
     tracing::info!(
         repo = source,
         file = FILE_NAME,
         "downloading the LoftUp checkpoint"
     );
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
-    if let Some(e) = &env.endpoint {
-        builder = builder.with_endpoint(e.clone());
-    }
-    let fail = |e: hf_hub::api::sync::ApiError| LoftUpError::CheckpointMissing {
-        source_name: source.to_string(),
-        reason: format!(
+    api.get(FILE_NAME).map_err(|e| {
+        missing(format!(
             "not in the cache {} and the download failed ({e})",
-            cache_dir.display()
-        ),
-        hint: download_hint(source),
-    };
-    builder
-        .build()
-        .map_err(fail)?
-        .model(source.to_string())
-        .get(FILE_NAME)
-        .map_err(fail)
+            cache.display()
+        ))
+    })
 }
 
 /// Read every tensor of a `torch.save(state_dict)` file, by key, on the CPU.
@@ -176,7 +110,7 @@ mod tests {
 
     fn offline_env(home: &Path) -> HubEnv {
         HubEnv {
-            hf_home: Some(home.to_path_buf()),
+            home: Some(home.to_path_buf()),
             offline: true,
             endpoint: None,
         }
