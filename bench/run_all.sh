@@ -2,7 +2,8 @@
 # Every benchmark (`just bench`). Benchmarks are not tests and never run in CI: each prints its
 # own numbers and the ratio against the reference measured in the same run, on this machine.
 # Needs Python with torch + transformers (random full-size weights, PyTorch reference),
-# pydensecrf2 and scikit-image. Run on an otherwise idle machine.
+# pydensecrf2 and scikit-image. Run on an otherwise idle machine. The GPU benchmark is separate:
+# `just build-gpu-bench` here, then `bash bench/gpu.sh` on the GPU machine (README, "GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/tmp/clip-b16-random}
