@@ -1,6 +1,6 @@
 //! The dense path on the model's device (a GPU): SCLIP's stitching, the resize to the original
-//! size and the synonym softmax as matrix products and tensor ops, so that only the class
-//! probabilities travel back to the host.
+//! size, the synonym softmax and the thresholds as matrix products and tensor ops, so that only
+//! per-class pixel counts and the labels travel back to the host.
 //!
 //! Bilinear resampling with `align_corners=False` is linear in its input, so resampling a plane
 //! `X (ih, iw)` to `(oh, ow)` is `Ry · X · Rxᵀ` with interpolation matrices `Ry (oh, ih)` and
@@ -8,7 +8,7 @@
 //! path). Stitching a slide's crops is the same with each crop's matrices placed at its window's
 //! rows: `canvas = Σᵢ Ayᵢ · Lᵢ · Axᵢᵀ`, computed for all crops of a chunk in two batched products.
 //!
-//! The host path (`stitch.rs`, `interp.rs`, `post::class_probs`) stays the reference: this one
+//! The host path (`stitch.rs`, `interp.rs`, `post.rs`) stays the reference: this one
 //! computes the same function with a different summation order (relative differences ~1e-7 in
 //! f32; tests below compare both on non-square planes).
 
