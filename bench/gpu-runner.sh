@@ -38,10 +38,11 @@ python3 - "$OUT" <<'PY'
 import csv, glob, json, sys
 out = sys.argv[1]
 def table(mode):
+    # Keyed by spec and variant: the device is part of a configuration's hash.
     rows = {}
     for f in glob.glob(f"{out}/{mode}/*/*/summary.csv"):
         for r in csv.DictReader(open(f)):
-            rows[(f.split("/")[-3], r["config_hash"])] = r
+            rows[(f.split("/")[-3], r["variant"])] = r
     return rows
 cpu, cuda, spill = table("cpu"), table("cuda"), table("cuda-spill")
 res = {"configurations": {"cpu": len(cpu), "cuda": len(cuda), "cuda-spill": len(spill)}}
