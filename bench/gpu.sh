@@ -72,16 +72,7 @@ step "1. random full-size model"
 [ -f "$MODEL/model.safetensors" ] || python3 tests/reference/make_tiny_clip.py --full "$MODEL" >"$OUT/model.log" 2>&1
 
 step "2. images"
-python3 - "$IMGDIR" <<'PY'
-import sys, numpy as np, skimage.data as d
-from PIL import Image
-for name in ("chelsea", "coffee"):
-    im = np.ascontiguousarray(getattr(d, name)()[..., :3], dtype=np.uint8)
-    h, w = im.shape[:2]
-    with open(f"{sys.argv[1]}/{name}.ppm", "wb") as f:  # bench_infer reads PPM
-        f.write(f"P6\n{w} {h}\n255\n".encode() + im.tobytes())
-    Image.fromarray(im).save(f"{sys.argv[1]}/{name}.png")  # segsweep predict
-PY
+python3 bench/photos.py "$IMGDIR" --png
 IMAGES=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm")
 MANY=()
 for _ in $(seq "$COPIES"); do MANY+=("${IMAGES[@]}"); done

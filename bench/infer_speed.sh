@@ -20,14 +20,7 @@ mkdir -p "$IMGDIR" "$OUT"
 
 [ -f "$MODEL/model.safetensors" ] || python3 tests/reference/make_tiny_clip.py --full "$MODEL"
 
-python3 - "$IMGDIR" <<'PY'
-import sys, numpy as np, skimage.data as d
-for name in ("chelsea", "coffee"):
-    im = np.ascontiguousarray(getattr(d, name)()[..., :3], dtype=np.uint8)
-    h, w = im.shape[:2]
-    with open(f"{sys.argv[1]}/{name}.ppm", "wb") as f:
-        f.write(f"P6\n{w} {h}\n255\n".encode() + im.tobytes())
-PY
+python3 bench/photos.py "$IMGDIR"
 IMAGES=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm")
 
 cargo build --release -q -p segsweep-infer --example bench_infer

@@ -473,16 +473,8 @@ mod tests {
         let (b, t, h, hd) = (2, 5, 3, 4);
         let dim = h * hd;
         let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * dim), &dev).unwrap();
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let m = Tensor::from_vec(mask.clone(), (t, t), &dev).unwrap();
+        let m = crate::text::causal_mask(t, candle_core::DType::F32, &dev).unwrap();
+        let mask: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
         let split = qkv
             .reshape((b, t, 3, h, hd))
             .unwrap()

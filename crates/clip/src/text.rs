@@ -144,7 +144,7 @@ impl Text {
 }
 
 /// Additive causal mask `(T, T)`: 0 on and below the diagonal, −∞ above.
-fn causal_mask(t: usize, dt: DType, device: &Device) -> Result<Tensor> {
+pub(crate) fn causal_mask(t: usize, dt: DType, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = (0..t * t)
         .map(|i| {
             if i % t > i / t {

@@ -69,11 +69,14 @@ pub fn resolve(source: &str, env: &HubEnv) -> Result<PathBuf> {
         hint: download_hint(source),
     };
     let cache = env.cache_dir().unwrap_or_default();
-    let api = env.download(source, false).map_err(|e| match e {
-        segsweep_hub::HubError::Download(e) => missing(format!(
+    let failed = |e: &dyn std::fmt::Display| {
+        missing(format!(
             "not in the cache {} and the download failed ({e})",
             cache.display()
-        )),
+        ))
+    };
+    let api = env.download(source, false).map_err(|e| match e {
+        segsweep_hub::HubError::Download(e) => failed(&e),
         other => missing(other.to_string()),
     })?;
     tracing::info!(
@@ -81,12 +84,7 @@ pub fn resolve(source: &str, env: &HubEnv) -> Result<PathBuf> {
         file = FILE_NAME,
         "downloading the LoftUp checkpoint"
     );
-    api.get(FILE_NAME).map_err(|e| {
-        missing(format!(
-            "not in the cache {} and the download failed ({e})",
-            cache.display()
-        ))
-    })
+    api.get(FILE_NAME).map_err(|e| failed(&e))
 }
 
 /// Read every tensor of a `torch.save(state_dict)` file, by key, on the CPU.
