@@ -10,6 +10,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::config::Act;
 use crate::error::Result;
+use crate::fused;
 
 /// LayerNorm that always runs in f32 (weights kept in f32), whatever the model dtype,
 /// as OpenAI's `LayerNorm` subclass does for fp16 models.
@@ -39,6 +40,9 @@ impl Ln {
 
     /// `(..., D) → (..., D)` in the input's dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if fused::enabled(x.device(), x.elem_count()) {
+            return fused::layer_norm(x, &self.w, &self.b, self.eps);
+        }
         if let (true, Some(xv), Some((w, b))) = (
             x.device().is_cpu(),
             crate::cpu::F32View::new(x),
@@ -92,6 +96,44 @@ pub(crate) fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tens
     l.forward(x)
 }
 
+/// `act(l(x)) (+ res)` through the fused GPU ops ([`fused`]): `x: (..., in)` → `(..., out)`,
+/// `res` shaped as the output. `None` where they are not enabled or `l` has no bias; the caller
+/// then runs the composed ops.
+fn linear_fused(
+    l: &Linear,
+    x: &Tensor,
+    act: fused::Act,
+    res: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(bias) = l.bias() else {
+        return Ok(None);
+    };
+    let (out, inp) = l.weight().dims2()?;
+    let rows = x.elem_count() / inp.max(1);
+    if x.dims().last() != Some(&inp) || !fused::enabled(x.device(), rows * out.max(inp)) {
+        return Ok(None);
+    }
+    let y = x
+        .contiguous()?
+        .reshape((rows, inp))?
+        .matmul(&l.weight().t()?)?;
+    let res = res.map(|r| r.reshape((rows, out))).transpose()?;
+    let y = fused::bias_act(&y, bias, act, res.as_ref())?;
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    Ok(Some(y.reshape(dims)?))
+}
+
+/// The fused op for a block activation.
+fn fused_act(act: Act) -> fused::Act {
+    match act {
+        Act::QuickGelu => fused::Act::QuickGelu,
+        Act::Gelu => fused::Act::GeluErf,
+    }
+}
+
 /// QuickGELU `x · σ(1.702 x)`, `(...) → (...)`.
 ///
 /// On CPU in f32 this is one fused, multi-threaded pass: composed of candle ops it was three
@@ -135,6 +177,9 @@ pub(crate) fn softmax_f32(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `(B, heads, T, hd) → (B, T, heads·hd)`.
 pub(crate) fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    if fused::enabled(x.device(), x.elem_count()) {
+        return fused::merge_heads(x);
+    }
     let (b, h, t, hd) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, t, h * hd))
 }
@@ -210,20 +255,65 @@ impl Block {
 
     /// `(B, T, D) → 3 × (B, heads, T, hd)`, contiguous, with bias, unscaled.
     pub(crate) fn qkv(&self, x_ln: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        self.qkv_scaled(x_ln, 1.0)
+    }
+
+    /// [`Block::qkv`] with q multiplied by `q_scale` (folded into the head split on the fused
+    /// path).
+    fn qkv_scaled(
+        &self,
+        x_ln: &Tensor,
+        q_scale: f64,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, t, d) = x_ln.dims3()?;
+        if let (Some(bias), true) = (
+            self.qkv.bias(),
+            fused::enabled(x_ln.device(), 3 * x_ln.elem_count()),
+        ) {
+            let y = x_ln
+                .contiguous()?
+                .reshape((b * t, d))?
+                .matmul(&self.qkv.weight().t()?)?
+                .reshape((b, t, 3 * d))?;
+            let y = fused::split_qkv(&y, bias, self.heads, q_scale as f32)?;
+            return Ok((y.get(0)?, y.get(1)?, y.get(2)?));
+        }
         let hd = d / self.heads;
         let y = linear_forward(&self.qkv, x_ln)?
             .reshape((b, t, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
-        Ok((y.get(0)?, y.get(1)?, y.get(2)?))
+        let q = y.get(0)?;
+        let q = if q_scale == 1.0 {
+            q
+        } else {
+            q.affine(q_scale, 0.)?
+        };
+        Ok((q, y.get(1)?, y.get(2)?))
     }
 
     pub(crate) fn out_proj(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = linear_fused(&self.out, x, fused::Act::Identity, None)? {
+            return Ok(y);
+        }
         linear_forward(&self.out, x)
     }
 
+    /// `x + out_proj(o)`, the residual added in the fused op where enabled.
+    fn out_proj_residual(&self, o: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = linear_fused(&self.out, o, fused::Act::Identity, Some(x))? {
+            return Ok(y);
+        }
+        x + self.out.forward(o)?
+    }
+
     pub(crate) fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(h) = linear_fused(&self.fc1, x, fused_act(self.act), None)? {
+            if let Some(y) = linear_fused(&self.fc2, &h, fused::Act::Identity, None)? {
+                return Ok(y);
+            }
+            return linear_forward(&self.fc2, &h);
+        }
         let h = linear_forward(&self.fc1, x)?;
         let h = match self.act {
             Act::QuickGelu => quick_gelu(&h)?,
@@ -234,7 +324,13 @@ impl Block {
 
     /// `x + mlp(ln_2 x)`.
     pub(crate) fn ffn_residual(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x + self.mlp(&self.ln_2.forward(x)?)?
+        let h = self.ln_2.forward(x)?;
+        if let Some(f) = linear_fused(&self.fc1, &h, fused_act(self.act), None)? {
+            if let Some(y) = linear_fused(&self.fc2, &f, fused::Act::Identity, Some(x))? {
+                return Ok(y);
+            }
+        }
+        x + self.mlp(&h)?
     }
 
     pub(crate) fn ln_2(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -259,9 +355,18 @@ impl Block {
                 });
             }
         }
-        let (q, k, v) = self.qkv(&self.ln_1(x)?)?;
-        let scale = (q.dim(D::Minus1)? as f64).powf(-0.5);
-        let mut s = q.affine(scale, 0.)?.matmul(&k.t()?)?;
+        let scale = ((x.dim(D::Minus1)? / self.heads) as f64).powf(-0.5);
+        let h = self.ln_1(x)?;
+        // q comes scaled (in the head split on the fused path) unless q itself is recorded.
+        let (q, k, v, qs) = if keep_qkv {
+            let (q, k, v) = self.qkv(&h)?;
+            let qs = q.affine(scale, 0.)?;
+            (q, k, v, qs)
+        } else {
+            let (qs, k, v) = self.qkv_scaled(&h, scale)?;
+            (qs.clone(), k, v, qs)
+        };
+        let mut s = qs.matmul(&k.t()?)?;
         if let Some(m) = mask {
             s = s.broadcast_add(m)?;
         }
@@ -274,7 +379,7 @@ impl Block {
             softmax_f32(&s)?
         };
         let o = p.to_dtype(v.dtype())?.matmul(&v)?;
-        let x = (x + self.out.forward(&merge_heads(&o)?)?)?;
+        let x = self.out_proj_residual(&merge_heads(&o)?, x)?;
         let x = self.ffn_residual(&x)?;
         Ok(BlockOut {
             x,

@@ -23,6 +23,7 @@ pub mod classifier;
 pub mod config;
 mod cpu;
 pub mod error;
+pub mod fused;
 pub mod interp;
 mod model;
 pub mod source;

@@ -325,3 +325,86 @@ impl ClipModel {
         self
     }
 }
+
+#[cfg(test)]
+mod fused_tests {
+    //! The whole tiny model with the fused GPU ops ([`crate::fused`], forced onto the CPU
+    //! through their element-by-element transliterations) against candle's composed ops: the
+    //! prefix with recorded attention and q/k/v, every built-in last-block strategy, the head
+    //! and the text tower, on non-square crops.
+
+    use std::collections::BTreeSet;
+
+    use candle_core::{DType, Device, Tensor};
+    use segsweep_core::{Backbone, Needs};
+
+    use super::ClipModel;
+    use crate::{attention, fused};
+
+    /// Everything the fused ops touch, in f32.
+    fn outputs(m: &ClipModel, crops: &Tensor, dt: DType) -> Vec<(String, Tensor)> {
+        let crops = crops.to_dtype(dt).unwrap();
+        let needs = Needs {
+            attn_probs: BTreeSet::from([3]),
+            qkv: BTreeSet::from([5]),
+        };
+        let p = m.prefix(&crops, &needs).unwrap();
+        let b = m.last_block();
+        let x = &p.tokens;
+        let mut out = vec![
+            ("tokens".to_string(), x.clone()),
+            ("probs3".into(), p.attn_probs[&3].clone()),
+        ];
+        let (q, k, v) = &p.qkv[&5];
+        out.extend([("q5".into(), q.clone()), ("k5".into(), k.clone())]);
+        out.push(("v5".into(), v.clone()));
+        for (name, y) in [
+            ("vanilla", attention::vanilla(b, x)),
+            ("sclip", attention::sclip(b, x)),
+            ("naclip", attention::naclip(b, x, p.grid, 5.0)),
+            ("maskclip", attention::maskclip(b, x)),
+        ] {
+            let y = y.unwrap();
+            out.push((format!("head({name})"), m.head(&y, p.grid).unwrap()));
+            out.push((name.into(), y));
+        }
+        let text = m.encode_text(&["a cat".into(), "two dogs".into()]).unwrap();
+        out.push(("text".into(), text));
+        out.into_iter()
+            .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
+            .collect()
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        let s = b.abs().unwrap().flatten_all().unwrap();
+        let d = d.max(0).unwrap().to_scalar::<f32>().unwrap();
+        d / s.max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-12)
+    }
+
+    #[test]
+    fn fused_ops_compute_the_same_model_as_the_composed_ops() {
+        let load = |dt| ClipModel::load("builtin:tiny-random", &Device::Cpu, dt).unwrap();
+        // Non-square crops: a 3×5 patch grid.
+        let crops = Tensor::randn(0f32, 1.0, (2, 3, 48, 80), &Device::Cpu).unwrap();
+        let m = load(DType::F32);
+        let f32_ref = outputs(&m, &crops, DType::F32);
+        // f32: the same function up to summation order.
+        let fused32 = fused::forced(|| outputs(&m, &crops, DType::F32));
+        for ((n, a), (_, b)) in fused32.iter().zip(&f32_ref) {
+            assert!(rel(a, b) <= 1e-5, "f32 {n}: {}", rel(a, b));
+        }
+        // f16: the fused ops round once per op where the composed ops round after each of
+        // theirs, so they are at least about as close to the f32 model.
+        let m = load(DType::F16);
+        let composed16 = outputs(&m, &crops, DType::F16);
+        let fused16 = fused::forced(|| outputs(&m, &crops, DType::F16));
+        for (((n, f), (_, c)), (_, r)) in fused16.iter().zip(&composed16).zip(&f32_ref) {
+            let (ef, ec) = (rel(f, r), rel(c, r));
+            assert!(
+                ef <= 1.5 * ec + 2e-3,
+                "f16 {n}: fused {ef} vs composed {ec}"
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+// Fused elementwise kernels for the CLIP block on CUDA (segsweep-clip's `fused` module).
+//
+// candle runs a half-precision block as ~24 kernels; its broadcast `bias` add walks a generic
+// strided index per element (~150 GB/s on an H100), QuickGELU is three kernels, LayerNorm with
+// f32 weights needs two casts. These kernels do each of those in one pass over contiguous rows,
+// with every intermediate in f32 and one rounding to the output dtype (as a GEMM epilogue does).
+//
+// Every kernel is a 2-D grid (x over columns or heads, y striding over rows, no per-element
+// division), or one warp per row; the index formulas are the ones of the CPU transliterations
+// in `src/fused.rs`, which the CPU tests check against
+// candle's composed ops. All tensors are contiguous; element counts are below 2^31 (checked on
+// the host before launch), so a grid-stride index never wraps in 32 bits.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// act: 0 = identity, 1 = QuickGELU x·σ(1.702x), 2 = exact GELU.
+__device__ __forceinline__ float activate(float v, uint32_t act) {
+    if (act == 1) {
+        return v / (1.0f + expf(-1.702f * v));
+    }
+    if (act == 2) {
+        return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+    return v;
+}
+
+// out[r, c] = act(x[r, c] + bias[c]) (+ res[r, c]) for rows × cols.
+// Grid: x over column chunks of blockDim.x, y strides over rows (no per-element division).
+template <typename T, bool RES>
+__device__ void bias_act(const T *x, const T *bias, const T *res, T *out, uint32_t rows,
+                         uint32_t cols, uint32_t act) {
+    const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) {
+        return;
+    }
+    const float bc = to_f(bias[c]);
+    for (uint32_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const uint32_t i = r * cols + c;
+        float v = activate(to_f(x[i]) + bc, act);
+        if (RES) {
+            v += to_f(res[i]);
+        }
+        out[i] = from_f<T>(v);
+    }
+}
+
+// y: (B, T, 3, H, hd), rows r = b·T + t of 3·H·hd; out: (3, B, H, T, hd), q (s = 0) times
+// q_scale. Grid: x over the 3·H (s, h) pairs, y strides over rows; a block of hd threads copies
+// one contiguous run of hd in and one out.
+template <typename T>
+__device__ void split_qkv(const T *y, const T *bias, T *out, uint32_t b_n, uint32_t t_n,
+                          uint32_t heads, uint32_t hd, float q_scale) {
+    const uint32_t sh = blockIdx.x, e = threadIdx.x;
+    const uint32_t s = sh / heads, h = sh % heads;
+    const uint32_t cols = 3 * heads * hd;
+    const uint32_t c = sh * hd + e;
+    const float bc = to_f(bias[c]);
+    const float scale = s == 0 ? q_scale : 1.0f;
+    for (uint32_t r = blockIdx.y; r < b_n * t_n; r += gridDim.y) {
+        const uint32_t b = r / t_n, t = r % t_n;
+        const float v = (to_f(y[r * cols + c]) + bc) * scale;
+        out[(((s * b_n + b) * heads + h) * t_n + t) * hd + e] = from_f<T>(v);
+    }
+}
+
+// o: (B, H, T, hd) → out: (B, T, H·hd). Grid: x over heads, y strides over rows r = b·T + t;
+// a block of hd threads.
+template <typename T>
+__device__ void merge_heads(const T *o, T *out, uint32_t rows, uint32_t t_n, uint32_t heads,
+                            uint32_t hd) {
+    const uint32_t h = blockIdx.x, e = threadIdx.x;
+    for (uint32_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const uint32_t b = r / t_n, t = r % t_n;
+        out[(r * heads + h) * hd + e] = o[((b * heads + h) * t_n + t) * hd + e];
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, off);
+    }
+    return v;
+}
+
+// One warp per row of `cols`: two-pass mean and variance in f32 (as PyTorch), f32 weight and
+// bias, one rounding to T. The row index is the same for all 32 lanes of a warp, so a whole
+// warp leaves together and the full-mask shuffles are safe.
+template <typename T>
+__device__ void layer_norm(const T *x, const float *w, const float *b, T *out, uint32_t rows,
+                           uint32_t cols, float eps) {
+    const uint32_t row = (uint32_t)(((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32);
+    const uint32_t lane = threadIdx.x % 32;
+    if (row >= rows) {
+        return;
+    }
+    const T *xr = x + (size_t)row * cols;
+    T *yr = out + (size_t)row * cols;
+    float s = 0.0f;
+    for (uint32_t c = lane; c < cols; c += 32) {
+        s += to_f(xr[c]);
+    }
+    const float mean = warp_sum(s) / (float)cols;
+    float q = 0.0f;
+    for (uint32_t c = lane; c < cols; c += 32) {
+        const float dv = to_f(xr[c]) - mean;
+        q += dv * dv;
+    }
+    const float rstd = rsqrtf(warp_sum(q) / (float)cols + eps);
+    for (uint32_t c = lane; c < cols; c += 32) {
+        yr[c] = from_f<T>((to_f(xr[c]) - mean) * rstd * w[c] + b[c]);
+    }
+}
+
+#define FUSED_OPS(T, SUFFIX)                                                                     \
+    extern "C" __global__ void bias_act_##SUFFIX(const T *x, const T *bias, T *out,              \
+                                                 uint32_t rows, uint32_t cols, uint32_t act) {   \
+        bias_act<T, false>(x, bias, nullptr, out, rows, cols, act);                              \
+    }                                                                                            \
+    extern "C" __global__ void bias_act_res_##SUFFIX(const T *x, const T *bias, const T *res,    \
+                                                     T *out, uint32_t rows, uint32_t cols,       \
+                                                     uint32_t act) {                             \
+        bias_act<T, true>(x, bias, res, out, rows, cols, act);                                   \
+    }                                                                                            \
+    extern "C" __global__ void split_qkv_##SUFFIX(const T *y, const T *bias, T *out,             \
+                                                  uint32_t b_n, uint32_t t_n, uint32_t heads,    \
+                                                  uint32_t hd, float q_scale) {                  \
+        split_qkv<T>(y, bias, out, b_n, t_n, heads, hd, q_scale);                                \
+    }                                                                                            \
+    extern "C" __global__ void merge_heads_##SUFFIX(const T *o, T *out, uint32_t rows,           \
+                                                    uint32_t t_n, uint32_t heads, uint32_t hd) { \
+        merge_heads<T>(o, out, rows, t_n, heads, hd);                                            \
+    }                                                                                            \
+    extern "C" __global__ void layer_norm_##SUFFIX(const T *x, const float *w, const float *b,   \
+                                                   T *out, uint32_t rows, uint32_t cols,         \
+                                                   float eps) {                                  \
+        layer_norm<T>(x, w, b, out, rows, cols, eps);                                            \
+    }
+
+FUSED_OPS(float, f32)
+FUSED_OPS(__half, f16)
+FUSED_OPS(__nv_bfloat16, bf16)

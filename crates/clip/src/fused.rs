@@ -1,0 +1,816 @@
+//! Fused block ops for the GPU: bias + activation (+ residual), q/k/v head split, head merge
+//! and LayerNorm, each one pass with every intermediate in f32 and one rounding to the
+//! output dtype.
+//!
+//! On CUDA candle runs a half-precision block as ~24 kernels, and its elementwise kernels, not
+//! the matmuls, take most of the time (README, "GPU parity and benchmark": one block of 64 crops
+//! in f16 spends 2.15 ms in bias `broadcast_add`s, 1.17 ms in QuickGELU's three ops, 0.59 ms in
+//! the head split and 0.84 ms in LayerNorm casts, against 1.6 ms of matmuls). The ops here
+//! replace those with one kernel each (`kernels/fused.cu`, compiled to PTX by `build.rs` with
+//! the `cuda` feature).
+//!
+//! **Status: experimental, off by default.** They were written in a session without a GPU, so
+//! their CUDA kernels have been compiled but not yet run: the composed candle ops stay the
+//! default until `bench/gpu.sh` (which runs `tests/cuda_fused.rs` and parity with both paths)
+//! has checked them on a GPU. Opt in with `SEGSWEEP_CUDA_KERNELS=fused`.
+//!
+//! Every op also has a CPU implementation that transliterates its kernel's index formulas
+//! element by element. Unit tests check those against candle's composed ops, and the whole
+//! block with the fused ops forced onto the CPU against the composed block, so the index
+//! arithmetic and the block's plumbing are tested without a GPU; only the CUDA launch itself
+//! waits for one.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+};
+
+/// The activation applied after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// `x`.
+    Identity = 0,
+    /// QuickGELU `x · σ(1.702 x)` (OpenAI CLIP).
+    QuickGelu = 1,
+    /// Exact GELU `x · Φ(x)`.
+    GeluErf = 2,
+}
+
+/// Environment variable that selects the CUDA block kernels: `fused` (this module) or `candle`
+/// (candle's composed ops, the default).
+pub const ENV: &str = "SEGSWEEP_CUDA_KERNELS";
+
+fn env_choice() -> bool {
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var(ENV) {
+        Err(_) => false,
+        Ok(v) if v == "candle" || v.is_empty() => false,
+        Ok(v) if v == "fused" => true,
+        Ok(v) => {
+            tracing::warn!(
+                "{ENV}={v:?} is not `fused` or `candle`; using candle's composed ops (the default)"
+            );
+            false
+        }
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: run the fused ops' CPU implementations in place of the composed ops on the CPU.
+    static FORCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fused ops used on the CPU too (their element-by-element transliterations),
+/// so the block's fused plumbing is tested without a GPU.
+#[cfg(test)]
+pub(crate) fn forced<R>(f: impl FnOnce() -> R) -> R {
+    FORCE.with(|c| c.set(true));
+    let r = f();
+    FORCE.with(|c| c.set(false));
+    r
+}
+
+/// Whether the block uses the fused ops for a tensor of `elems` elements on `dev`: on CUDA when
+/// [`ENV`] is `fused`, and only below 2^31 elements (the kernels index in 32 bits).
+pub(crate) fn enabled(dev: &Device, elems: usize) -> bool {
+    #[cfg(test)]
+    if FORCE.with(|c| c.get()) {
+        return true;
+    }
+    dev.is_cuda() && elems <= i32::MAX as usize && env_choice()
+}
+
+/// `act(x + bias) (+ res)`: `x: (..., C)`, `bias: (C,)`, `res` shaped as `x`; same dtype.
+pub fn bias_act(x: &Tensor, bias: &Tensor, act: Act, res: Option<&Tensor>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let c = x.dim(candle_core::D::Minus1)?;
+    if bias.dims() != [c] {
+        bail!("bias_act: bias {:?} for rows of {c}", bias.dims());
+    }
+    let bias = bias.contiguous()?;
+    match res {
+        None => x.apply_op2_no_bwd(&bias, &BiasAct { act }),
+        Some(r) => {
+            if r.dims() != x.dims() {
+                bail!("bias_act: residual {:?} for {:?}", r.dims(), x.dims());
+            }
+            x.apply_op3_no_bwd(&bias, &r.contiguous()?, &BiasAct { act })
+        }
+    }
+}
+
+/// `y: (B, T, 3·H·hd)` (a fused q/k/v projection without its bias) and `bias: (3·H·hd,)` →
+/// `(3, B, H, T, hd)` with the bias added and q multiplied by `q_scale`.
+pub fn split_qkv(y: &Tensor, bias: &Tensor, heads: usize, q_scale: f32) -> Result<Tensor> {
+    let (b, t, c) = y.dims3()?;
+    if heads == 0 || c % (3 * heads) != 0 || bias.dims() != [c] {
+        bail!(
+            "split_qkv: {:?} with bias {:?} and {heads} heads",
+            y.dims(),
+            bias.dims()
+        );
+    }
+    let op = SplitQkv {
+        b,
+        t,
+        heads,
+        hd: c / 3 / heads,
+        q_scale,
+    };
+    y.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &op)
+}
+
+/// `(B, H, T, hd) → (B, T, H·hd)`.
+pub fn merge_heads(o: &Tensor) -> Result<Tensor> {
+    let (_, heads, t, hd) = o.dims4()?;
+    o.contiguous()?
+        .apply_op1_no_bwd(&MergeHeads { t, heads, hd })
+}
+
+/// LayerNorm over the last dimension: `x: (..., C)` in any float dtype, `w`, `b`: `(C,)` f32;
+/// two-pass mean and variance in f32, one rounding to `x`'s dtype.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [c] || b.dims() != [c] || w.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        bail!(
+            "layer_norm: weight {:?} {:?} for rows of {c}",
+            w.dims(),
+            w.dtype()
+        );
+    }
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &LayerNormOp { eps })
+}
+
+// ---- CPU transliterations (one rounding at the end, as the kernels) ----------------------
+
+fn cpu_f32(s: &CpuStorage, l: &Layout, what: &str) -> Result<Vec<f32>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what}: expected a contiguous tensor");
+    };
+    Ok(match s {
+        CpuStorage::F32(v) => v[a..b].to_vec(),
+        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        _ => bail!("{what}: expected f32, f16 or bf16, got {:?}", s.dtype()),
+    })
+}
+
+fn cpu_round(v: Vec<f32>, dt: DType) -> Result<CpuStorage> {
+    Ok(match dt {
+        DType::F32 => CpuStorage::F32(v),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        dt => bail!("fused op: unsupported dtype {dt:?}"),
+    })
+}
+
+fn activate(v: f32, act: Act) -> f32 {
+    match act {
+        Act::Identity => v,
+        Act::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
+        Act::GeluErf => {
+            (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+        }
+    }
+}
+
+struct BiasAct {
+    act: Act,
+}
+
+impl BiasAct {
+    /// The kernel's loops: a column `c` per thread, rows strided.
+    fn cpu(&self, x: &[f32], bias: &[f32], res: Option<&[f32]>) -> Vec<f32> {
+        let cols = bias.len();
+        let rows = x.len() / cols.max(1);
+        let mut out = vec![0f32; x.len()];
+        for (c, &bc) in bias.iter().enumerate() {
+            for r in 0..rows {
+                let i = r * cols + c;
+                let v = activate(x[i] + bc, self.act);
+                out[i] = res.map_or(v, |res| v + res[i]);
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "segsweep-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s1, l1, "bias_act x")?;
+        let b = cpu_f32(s2, l2, "bias_act bias")?;
+        let out = cpu_round(self.cpu(&x, &b, None), s1.dtype())?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = cuda::bias_act(self.act, s1, l1, s2, l2, None)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+impl CustomOp3 for BiasAct {
+    fn name(&self) -> &'static str {
+        "segsweep-bias-act-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s1, l1, "bias_act x")?;
+        let b = cpu_f32(s2, l2, "bias_act bias")?;
+        let r = cpu_f32(s3, l3, "bias_act residual")?;
+        let out = cpu_round(self.cpu(&x, &b, Some(&r)), s1.dtype())?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = cuda::bias_act(self.act, s1, l1, s2, l2, Some((s3, l3)))?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+struct SplitQkv {
+    b: usize,
+    t: usize,
+    heads: usize,
+    hd: usize,
+    q_scale: f32,
+}
+
+impl SplitQkv {
+    fn shape(&self) -> Shape {
+        Shape::from((3, self.b, self.heads, self.t, self.hd))
+    }
+
+    /// The kernel's loops: a block per (s, h) pair, a thread per `e < hd`, rows strided.
+    fn cpu(&self, y: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (heads, hd, b_n, t_n) = (self.heads, self.hd, self.b, self.t);
+        let cols = 3 * heads * hd;
+        let mut out = vec![0f32; y.len()];
+        for sh in 0..3 * heads {
+            let (s, h) = (sh / heads, sh % heads);
+            let scale = if s == 0 { self.q_scale } else { 1.0 };
+            for e in 0..hd {
+                let c = sh * hd + e;
+                for r in 0..b_n * t_n {
+                    let (b, t) = (r / t_n, r % t_n);
+                    let v = (y[r * cols + c] + bias[c]) * scale;
+                    out[(((s * b_n + b) * heads + h) * t_n + t) * hd + e] = v;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp2 for SplitQkv {
+    fn name(&self) -> &'static str {
+        "segsweep-split-qkv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = cpu_f32(s1, l1, "split_qkv")?;
+        let b = cpu_f32(s2, l2, "split_qkv bias")?;
+        Ok((cpu_round(self.cpu(&y, &b), s1.dtype())?, self.shape()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((cuda::split_qkv(self, s1, l1, s2, l2)?, self.shape()))
+    }
+}
+
+struct MergeHeads {
+    t: usize,
+    heads: usize,
+    hd: usize,
+}
+
+impl MergeHeads {
+    fn shape(&self, l: &Layout) -> Result<Shape> {
+        let (b, ..) = l.shape().dims4()?;
+        Ok(Shape::from((b, self.t, self.heads * self.hd)))
+    }
+
+    /// The kernel's loops: a block per head, a thread per `e < hd`, rows strided.
+    fn cpu(&self, o: &[f32]) -> Vec<f32> {
+        let (heads, hd, t_n) = (self.heads, self.hd, self.t);
+        let rows = o.len() / (heads * hd).max(1);
+        let mut out = vec![0f32; o.len()];
+        for h in 0..heads {
+            for e in 0..hd {
+                for r in 0..rows {
+                    let (b, t) = (r / t_n, r % t_n);
+                    out[(r * heads + h) * hd + e] = o[((b * heads + h) * t_n + t) * hd + e];
+                }
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp1 for MergeHeads {
+    fn name(&self) -> &'static str {
+        "segsweep-merge-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let o = cpu_f32(s, l, "merge_heads")?;
+        Ok((cpu_round(self.cpu(&o), s.dtype())?, self.shape(l)?))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((cuda::merge_heads(self, s, l)?, self.shape(l)?))
+    }
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl LayerNormOp {
+    /// The kernel's arithmetic per row (the lanes' partial sums are a different summation order,
+    /// within f32 rounding).
+    fn cpu(&self, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+        let cols = w.len();
+        let mut out = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+            let mean = xr.iter().sum::<f32>() / cols as f32;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+            let rstd = 1.0 / (var + self.eps).sqrt();
+            for c in 0..cols {
+                yr[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "segsweep-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s1, l1, "layer_norm x")?;
+        let w = cpu_f32(s2, l2, "layer_norm weight")?;
+        let b = cpu_f32(s3, l3, "layer_norm bias")?;
+        let out = cpu_round(self.cpu(&x, &w, &b), s1.dtype())?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = cuda::layer_norm(self.eps, s1, l1, s2, l2, s3, l3)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launches of `kernels/fused.cu` (PTX built by `build.rs`, loaded once per device).
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    const MODULE: &str = "segsweep_fused";
+
+    fn view<'a, T: CudaDType + DeviceRepr>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        what: &str,
+    ) -> Result<CudaView<'a, T>> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("{what}: expected a contiguous tensor");
+        };
+        Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+    }
+
+    /// A count below 2^31, so that the kernels' grid-stride indices never wrap.
+    fn count(n: usize, what: &str) -> Result<u32> {
+        match i32::try_from(n) {
+            Ok(_) => Ok(n as u32),
+            Err(_) => bail!("{what}: {n} elements exceed the kernels' 31-bit index"),
+        }
+    }
+
+    fn suffix(dt: DType, what: &str) -> Result<&'static str> {
+        Ok(match dt {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            dt => bail!("{what}: unsupported dtype {dt:?}"),
+        })
+    }
+
+    /// A 2-D launch: `blocks_x` blocks of `threads` across, rows strided over at most 65 535
+    /// blocks down (the kernels loop `r += gridDim.y`).
+    fn grid2(blocks_x: u32, threads: u32, rows: u32) -> Result<LaunchConfig> {
+        if threads == 0 || threads > 1024 || blocks_x == 0 {
+            bail!("fused kernels: {threads} threads × {blocks_x} blocks per row is out of range");
+        }
+        Ok(LaunchConfig {
+            grid_dim: (blocks_x, rows.clamp(1, 65_535), 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    macro_rules! by_dtype {
+        ($dt:expr, $what:expr, |$T:ident| $body:expr) => {
+            match $dt {
+                DType::F32 => {
+                    type $T = f32;
+                    $body
+                }
+                DType::F16 => {
+                    type $T = half::f16;
+                    $body
+                }
+                DType::BF16 => {
+                    type $T = half::bf16;
+                    $body
+                }
+                dt => bail!("{}: unsupported dtype {dt:?}", $what),
+            }
+        };
+    }
+
+    fn wrap<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+        CudaStorage::wrap_cuda_slice(out, dev.clone())
+    }
+
+    pub(super) fn bias_act(
+        act: super::Act,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        res: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let dt = s1.dtype();
+        let n = count(l1.shape().elem_count(), "bias_act")?;
+        let cols = count(l2.shape().elem_count(), "bias_act")?;
+        if cols == 0 || n % cols != 0 {
+            bail!("bias_act: {n} elements in rows of {cols}");
+        }
+        let rows = n / cols;
+        let cfg = grid2(cols.div_ceil(256), 256, rows)?;
+        let act = act as u32;
+        let name = match res {
+            None => format!("bias_act_{}", suffix(dt, "bias_act")?),
+            Some(_) => format!("bias_act_res_{}", suffix(dt, "bias_act")?),
+        };
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        by_dtype!(dt, "bias_act", |T| {
+            let x = view::<T>(s1, l1, "bias_act x")?;
+            let b = view::<T>(s2, l2, "bias_act bias")?;
+            let r = match res {
+                Some((s3, l3)) => Some(view::<T>(s3, l3, "bias_act residual")?),
+                None => None,
+            };
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n as usize)? };
+            let mut builder = func.builder();
+            builder.arg(&x);
+            builder.arg(&b);
+            if let Some(r) = &r {
+                builder.arg(r);
+            }
+            builder.arg(&out);
+            builder.arg(&rows);
+            builder.arg(&cols);
+            builder.arg(&act);
+            // SAFETY: argument types and order match `bias_act{,_res}_*` in fused.cu.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(wrap(out, dev))
+        })
+    }
+
+    pub(super) fn split_qkv(
+        op: &super::SplitQkv,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let dt = s1.dtype();
+        let n = count(l1.shape().elem_count(), "split_qkv")?;
+        let (b_n, t_n) = (count(op.b, "split_qkv")?, count(op.t, "split_qkv")?);
+        let (heads, hd) = (count(op.heads, "split_qkv")?, count(op.hd, "split_qkv")?);
+        let q_scale = op.q_scale;
+        let cfg = grid2(3 * heads, hd, b_n * t_n)?;
+        let func = dev.get_or_load_custom_func(
+            &format!("split_qkv_{}", suffix(dt, "split_qkv")?),
+            MODULE,
+            PTX,
+        )?;
+        by_dtype!(dt, "split_qkv", |T| {
+            let y = view::<T>(s1, l1, "split_qkv")?;
+            let b = view::<T>(s2, l2, "split_qkv bias")?;
+            // SAFETY: the split is a permutation: every element is written.
+            let out = unsafe { dev.alloc::<T>(n as usize)? };
+            let mut builder = func.builder();
+            builder.arg(&y);
+            builder.arg(&b);
+            builder.arg(&out);
+            builder.arg(&b_n);
+            builder.arg(&t_n);
+            builder.arg(&heads);
+            builder.arg(&hd);
+            builder.arg(&q_scale);
+            // SAFETY: argument types and order match `split_qkv_*` in fused.cu.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(wrap(out, dev))
+        })
+    }
+
+    pub(super) fn merge_heads(
+        op: &super::MergeHeads,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = &s.device;
+        let dt = s.dtype();
+        let n = count(l.shape().elem_count(), "merge_heads")?;
+        let (t_n, heads, hd) = (
+            count(op.t, "merge_heads")?,
+            count(op.heads, "merge_heads")?,
+            count(op.hd, "merge_heads")?,
+        );
+        let rows = n / (heads * hd).max(1);
+        let cfg = grid2(heads, hd, rows)?;
+        let func = dev.get_or_load_custom_func(
+            &format!("merge_heads_{}", suffix(dt, "merge_heads")?),
+            MODULE,
+            PTX,
+        )?;
+        by_dtype!(dt, "merge_heads", |T| {
+            let o = view::<T>(s, l, "merge_heads")?;
+            // SAFETY: the merge is a permutation: every element is written.
+            let out = unsafe { dev.alloc::<T>(n as usize)? };
+            let mut builder = func.builder();
+            builder.arg(&o);
+            builder.arg(&out);
+            builder.arg(&rows);
+            builder.arg(&t_n);
+            builder.arg(&heads);
+            builder.arg(&hd);
+            // SAFETY: argument types and order match `merge_heads_*` in fused.cu.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(wrap(out, dev))
+        })
+    }
+
+    pub(super) fn layer_norm(
+        eps: f32,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let dt = s1.dtype();
+        let n = count(l1.shape().elem_count(), "layer_norm")?;
+        let cols = count(l2.shape().elem_count(), "layer_norm")?;
+        if cols == 0 || n % cols != 0 {
+            bail!("layer_norm: {n} elements in rows of {cols}");
+        }
+        let rows = n / cols;
+        let func = dev.get_or_load_custom_func(
+            &format!("layer_norm_{}", suffix(dt, "layer_norm")?),
+            MODULE,
+            PTX,
+        )?;
+        let w = view::<f32>(s2, l2, "layer_norm weight")?;
+        let b = view::<f32>(s3, l3, "layer_norm bias")?;
+        // One warp per row, 8 rows per block of 256 threads.
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        by_dtype!(dt, "layer_norm", |T| {
+            let x = view::<T>(s1, l1, "layer_norm x")?;
+            // SAFETY: every row is written by its warp.
+            let out = unsafe { dev.alloc::<T>(n as usize)? };
+            let mut builder = func.builder();
+            builder.arg(&x);
+            builder.arg(&w);
+            builder.arg(&b);
+            builder.arg(&out);
+            builder.arg(&rows);
+            builder.arg(&cols);
+            builder.arg(&eps);
+            // SAFETY: argument types and order match `layer_norm_*` in fused.cu.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(wrap(out, dev))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        // Deterministic values without a RNG dependency: a scrambled sine.
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 12.9898 + seed as f32 * 78.233).sin() * 43758.545).fract() * 2.0)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        let d = (&a - &b).unwrap().abs().unwrap().max(0).unwrap();
+        let s = b.abs().unwrap().max(0).unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
+    }
+
+    #[test]
+    fn bias_act_equals_composed_ops_for_every_act_and_dtype() {
+        let x = rand(&[3, 5, 7], 1);
+        let b = rand(&[7], 2);
+        let r = rand(&[3, 5, 7], 3);
+        let pre = x.broadcast_add(&b).unwrap();
+        for (act, want) in [
+            (Act::Identity, pre.clone()),
+            (Act::QuickGelu, crate::block::quick_gelu(&pre).unwrap()),
+            (Act::GeluErf, pre.gelu_erf().unwrap()),
+        ] {
+            for dt in [DType::F32, DType::F16, DType::BF16] {
+                let tol = match dt {
+                    DType::F32 => 1e-6,
+                    DType::F16 => 2e-3,
+                    _ => 1e-2,
+                };
+                let (xd, bd, rd) = (
+                    x.to_dtype(dt).unwrap(),
+                    b.to_dtype(dt).unwrap(),
+                    r.to_dtype(dt).unwrap(),
+                );
+                let got = bias_act(&xd, &bd, act, None).unwrap();
+                assert_eq!(got.dtype(), dt);
+                assert_eq!(got.dims(), [3, 5, 7]);
+                let e = max_rel(&got, &want);
+                assert!(e <= tol, "{act:?} {dt:?}: {e}");
+                let got = bias_act(&xd, &bd, act, Some(&rd)).unwrap();
+                let e = max_rel(&got, &(&want + &r).unwrap());
+                assert!(e <= tol, "{act:?} {dt:?} + residual: {e}");
+            }
+        }
+        // Shape errors name the op.
+        let e = bias_act(&x, &rand(&[6], 4), Act::Identity, None).unwrap_err();
+        assert!(e.to_string().contains("bias_act"), "{e}");
+    }
+
+    #[test]
+    fn split_qkv_equals_reshape_permute_and_scales_q_only() {
+        // B 2, T 5 (odd), 3 heads of 4.
+        let (b, t, h, hd) = (2, 5, 3, 4);
+        let y = rand(&[b, t, 3 * h * hd], 5);
+        let bias = rand(&[3 * h * hd], 6);
+        let got = split_qkv(&y, &bias, h, 0.5).unwrap();
+        assert_eq!(got.dims(), [3, b, h, t, hd]);
+        let want = y
+            .broadcast_add(&bias)
+            .unwrap()
+            .reshape((b, t, 3, h, hd))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let q = (want.i(0).unwrap() * 0.5).unwrap();
+        assert!(max_rel(&got.i(0).unwrap(), &q) <= 1e-7);
+        for s in 1..3 {
+            assert!(
+                max_rel(&got.i(s).unwrap(), &want.i(s).unwrap()) <= 1e-7,
+                "{s}"
+            );
+        }
+        assert!(split_qkv(&y, &bias, 5, 1.0).is_err());
+    }
+
+    #[test]
+    fn merge_heads_equals_transpose_reshape() {
+        let o = rand(&[2, 3, 5, 4], 7);
+        let got = merge_heads(&o).unwrap();
+        let want = o.transpose(1, 2).unwrap().reshape((2, 5, 12)).unwrap();
+        assert_eq!(got.dims(), [2, 5, 12]);
+        assert_eq!(max_rel(&got, &want), 0.0);
+        // A non-contiguous input is made contiguous first.
+        let ot = o.transpose(2, 3).unwrap();
+        let want = ot.transpose(1, 2).unwrap().reshape((2, 4, 15)).unwrap();
+        assert_eq!(max_rel(&merge_heads(&ot).unwrap(), &want), 0.0);
+    }
+
+    #[test]
+    fn layer_norm_equals_candle_in_f32_and_rounds_once_in_half() {
+        let x = rand(&[4, 3, 33], 8).affine(5.0, 3.0).unwrap();
+        let w = rand(&[33], 9);
+        let b = rand(&[33], 10);
+        let want = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap();
+        assert!(max_rel(&layer_norm(&x, &w, &b, 1e-5).unwrap(), &want) <= 1e-5);
+        for (dt, tol) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+            let got = layer_norm(&x.to_dtype(dt).unwrap(), &w, &b, 1e-5).unwrap();
+            assert_eq!(got.dtype(), dt);
+            // The reference sees the same rounded input.
+            let x_r = x.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap();
+            let want = candle_nn::ops::layer_norm(&x_r, &w, &b, 1e-5).unwrap();
+            assert!(max_rel(&got, &want) <= tol, "{dt:?}");
+        }
+        assert!(layer_norm(&x, &w.to_dtype(DType::F16).unwrap(), &b, 1e-5).is_err());
+    }
+
+    #[test]
+    fn enabled_only_on_cuda_unless_forced() {
+        assert!(!enabled(&Device::Cpu, 10));
+        assert!(forced(|| enabled(&Device::Cpu, 10)));
+        assert!(!enabled(&Device::Cpu, 10));
+    }
+}
