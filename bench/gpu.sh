@@ -11,10 +11,12 @@
 # stopping the others:
 #   1. seeded random full-size ViT-B/16 (tests/reference/make_tiny_clip.py --full);
 #   2. VOC-sized photos from scikit-image (chelsea 300×451, coffee 400×600; 8 crops each);
-#   3. parity: `segsweep predict` on cuda:0 in f32 (and f16, bf16) against `--device cpu`;
-#   4. speed: bench_infer (segsweep) and bench/infer_reference.py (PyTorch) in f32 and f16,
-#      batch 1 and batched, on the same GPU in the same run; then block_profile (one block's
-#      candle ops, 64 crops) in f16 and f32;
+#   3. the fused block kernels (SEGSWEEP_CUDA_KERNELS=fused) against their CPU implementations
+#      (the test binary cuda_fused); parity: `segsweep predict` on cuda:0 in f32 (and f16, bf16)
+#      against `--device cpu`, with candle's composed ops and with the fused kernels;
+#   4. speed: bench_infer (segsweep, both kernel sets) and bench/infer_reference.py (PyTorch) in
+#      f32 and f16, batch 1 and batched, on the same GPU in the same run; then block_profile
+#      (one block op by op, 64 crops, composed and fused) in f16 and f32;
 #   5. a table (stdout and $OUT/table.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,7 @@ export PYTHONUNBUFFERED=1
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
 
 # 0. Binaries: packed by bench/gpu-pack.sh (xz), else target/*-cuda as built.
-for b in segsweep bench_infer block_profile; do
+for b in segsweep bench_infer block_profile cuda_fused; do
     if [ -f "bench/out/gpu-bin/$b.xz" ]; then
         python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
             "bench/out/gpu-bin/$b.xz" "$BIN/$b"
@@ -77,13 +79,19 @@ IMAGES=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm")
 MANY=()
 for _ in $(seq "$COPIES"); do MANY+=("${IMAGES[@]}"); done
 
-step "3. parity: predict on $DEVICE vs cpu"
+step "3. fused kernels on the GPU vs their CPU implementations"
+"$BIN/cuda_fused" --test-threads=1 >"$OUT/cuda_fused.log" 2>&1
+tail -4 "$OUT/cuda_fused.log"
+
+step "3b. parity: predict on $DEVICE vs cpu (candle's ops, then the fused kernels)"
 P="$BIN/segsweep predict --model $MODEL --classes $CLASSES --logit-scale 65 --prob-thd 0.1 --area-thd 0.1"
 PNGS=("$IMGDIR/chelsea.png" "$IMGDIR/coffee.png")
 $P --device cpu --out "$OUT/pred-cpu" "${PNGS[@]}" >"$OUT/pred-cpu.log" 2>&1 || tail -5 "$OUT/pred-cpu.log"
-for dt in f32 f16 bf16; do
-    $P --device "$DEVICE" --dtype $dt --out "$OUT/pred-$dt" "${PNGS[@]}" >"$OUT/pred-$dt.log" 2>&1 \
-        || tail -5 "$OUT/pred-$dt.log"
+for k in candle fused; do
+    for dt in f32 f16 bf16; do
+        SEGSWEEP_CUDA_KERNELS=$k $P --device "$DEVICE" --dtype $dt --out "$OUT/pred-$k-$dt" \
+            "${PNGS[@]}" >"$OUT/pred-$k-$dt.log" 2>&1 || tail -5 "$OUT/pred-$k-$dt.log"
+    done
 done
 python3 - "$OUT" >"$OUT/parity.json" <<'PY'
 import json, sys
@@ -92,22 +100,22 @@ import numpy as np
 from PIL import Image
 out = Path(sys.argv[1])
 res = {}
-for dt in ("f32", "f16", "bf16"):
+for run in (f"{k}-{dt}" for k in ("candle", "fused") for dt in ("f32", "f16", "bf16")):
     errs, agree, total = [], 0, 0
     for stem in ("chelsea", "coffee"):
         try:
             c = np.load(out / "pred-cpu" / f"{stem}.probs.npy")
-            g = np.load(out / f"pred-{dt}" / f"{stem}.probs.npy")
+            g = np.load(out / f"pred-{run}" / f"{stem}.probs.npy")
             lc = np.asarray(Image.open(out / "pred-cpu" / f"{stem}.pred.png"))
-            lg = np.asarray(Image.open(out / f"pred-{dt}" / f"{stem}.pred.png"))
+            lg = np.asarray(Image.open(out / f"pred-{run}" / f"{stem}.pred.png"))
         except Exception as e:  # a failed run: report it, keep going
-            res[dt] = f"missing: {e}"
+            res[run] = f"missing: {e}"
             break
         errs.append(float(np.abs(g - c).max() / np.abs(c).max()))
         agree += int((lc == lg).sum())
         total += lc.size
     else:
-        res[dt] = dict(probs_max_rel_err=max(errs), label_agreement=agree / total)
+        res[run] = dict(probs_max_rel_err=max(errs), label_agreement=agree / total)
 print(json.dumps(res))
 PY
 cat "$OUT/parity.json"
@@ -118,13 +126,17 @@ for dt in f32 f16; do
     "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device "$DEVICE" \
         --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" \
         || tail -5 "$OUT/rust-$dt.log"
+    step "   segsweep $dt, fused kernels"
+    SEGSWEEP_CUDA_KERNELS=fused "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
+        --reps "$REPS" --device "$DEVICE" --dtype $dt --across-batch 64 "${MANY[@]}" \
+        >"$OUT/rust-fused-$dt.json" 2>"$OUT/rust-fused-$dt.log" || tail -5 "$OUT/rust-fused-$dt.log"
     step "   PyTorch $dt"
     python3 bench/infer_reference.py --model "$MODEL" --classes "$CLASSES" --reps "$REPS" \
         --device "$TORCH_DEVICE" --dtype $dt "${MANY[@]}" >"$OUT/torch-$dt.json" 2>"$OUT/torch-$dt.log" \
         || tail -5 "$OUT/torch-$dt.log"
 done
 
-step "4b. one ViT-B/16 block op by op (candle's composed ops, 64 crops)"
+step "4b. one ViT-B/16 block op by op (candle's composed ops, then the fused ones; 64 crops)"
 for dt in f16 f32; do
     "$BIN/block_profile" 64 "$DEVICE" $dt >"$OUT/block-$dt.txt" 2>&1 || tail -3 "$OUT/block-$dt.txt"
 done
@@ -146,8 +158,10 @@ print("RANDOM full-size ViT-B/16 weights; VOC-sized photos (short side 336, slid
 print()
 print("| dtype | measure (per image) | segsweep | PyTorch | PyTorch / segsweep |")
 print("|---|---|---|---|---|")
-for dt in ("f32", "f16"):
-    r, t = load(f"rust-{dt}.json"), load(f"torch-{dt}.json")
+for dt, kernels in (("f32", ""), ("f16", ""), ("f32", "fused-"), ("f16", "fused-")):
+    r, t = load(f"rust-{kernels}{dt}.json"), load(f"torch-{dt}.json")
+    if kernels:
+        dt = f"{dt} fused kernels"
     rows = [("batch 1 (one crop at a time)", r.get("s_per_image_bs1"), t.get("s_per_image_bs1")),
             ("batch 8 (one image's crops)", r.get("s_per_image_bs8"), t.get("s_per_image_batched")),
             (f"batches of {r.get('across_batch', '?')} crops across images", r.get("s_per_image_across_images"), None)]

@@ -9,7 +9,8 @@
 # nvcc 13.0 is required: a newer nvcc emits PTX that driver 580 cannot JIT.
 #
 #   scripts/build-cuda.sh            # target/segsweep-cuda
-#   scripts/build-cuda.sh --bench    # also target/{bench_infer,block_profile}-cuda (bench/gpu.sh)
+#   scripts/build-cuda.sh --bench    # also target/{bench_infer,block_profile,cuda_fused}-cuda
+#                                    # (bench/gpu.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +77,15 @@ echo "built target/segsweep-cuda (compute capability $CAP)"
 if [ "${1:-}" = "--bench" ]; then
     cp "$CARGO_TARGET_DIR/release/examples/bench_infer" target/bench_infer-cuda
     cp "$CARGO_TARGET_DIR/release/examples/block_profile" target/block_profile-cuda
-    echo "built target/bench_infer-cuda and target/block_profile-cuda"
+    # The fused kernels' GPU test (crates/clip/tests/cuda_fused.rs), run by bench/gpu.sh.
+    exe=$(cargo test --release -p segsweep-clip --features cuda --test cuda_fused --no-run \
+        --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_fused":
+        print(m["executable"])')
+    cp "$exe" target/cuda_fused-cuda
+    echo "built target/bench_infer-cuda, target/block_profile-cuda and target/cuda_fused-cuda"
 fi
 ldd target/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true

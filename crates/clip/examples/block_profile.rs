@@ -1,4 +1,4 @@
-//! Where a ViT-B/16 block's CPU time goes, op by op (not a test; numbers depend on the machine
+//! Where a ViT-B/16 block's time goes, op by op (not a test; numbers depend on the machine
 //! and its load):
 //!
 //! ```text
@@ -10,8 +10,11 @@
 //!
 //! Runs the ops of one pre-LN block on random f32 activations `(batch, 197, 768)` with candle's
 //! composed ops (the generic path) and prints, per op, wall milliseconds and GFLOP/s for the
-//! matmuls, plus the throughput of one large gemm `(1576, 768) · (768, 3072)`, which bounds what
-//! any f32 ViT-B/16 can reach on this machine.
+//! matmuls; then the ops of `segsweep_clip::fused` that replace candle's elementwise ones, and
+//! the whole block both ways end to end (with the largest difference between the two); and the
+//! throughput of one large gemm `(1576, 768) · (768, 3072)`, which bounds what any f32
+//! ViT-B/16 can reach on this machine. On the CPU the fused ops run their single-threaded
+//! reference loops, so only the GPU numbers of that section mean anything.
 
 use std::time::Instant;
 
@@ -182,6 +185,80 @@ fn main() -> Res<()> {
     row("residual add", time(&dev, reps, || &x2 + &g)?, 0);
     println!("{:<34} {total:8.2} ms  (× 11 blocks in the prefix)", "sum");
     let _ = D::Minus1;
+
+    // The same block with segsweep's fused ops (`segsweep_clip::fused`, the CUDA kernels of
+    // kernels/fused.cu on a GPU; their single-threaded reference loops on the CPU), op by op
+    // and end to end against the composed block.
+    use segsweep_clip::fused::{self, Act};
+    println!("-- fused ops (segsweep_clip::fused)");
+    let (w32, b32) = (ln_w.to_dtype(DType::F32)?, ln_b.to_dtype(DType::F32)?);
+    let ms = time(&dev, reps, || fused::layer_norm(&x2, &w32, &b32, 1e-5))?;
+    println!("{:<34} {ms:8.2} ms", "layer_norm (f32 weights)");
+    let y3 = qkv_mm()?.reshape((batch, t, 3 * d))?;
+    let ms = time(&dev, reps, || fused::split_qkv(&y3, &b_qkv, h, 0.125))?;
+    println!("{:<34} {ms:8.2} ms", "qkv bias + head split + q scale");
+    let ms = time(&dev, reps, || fused::merge_heads(&o))?;
+    println!("{:<34} {ms:8.2} ms", "head merge");
+    let ms = time(&dev, reps, || {
+        fused::bias_act(&a, &b_o, Act::Identity, Some(&x2))
+    })?;
+    println!("{:<34} {ms:8.2} ms", "out bias + residual");
+    let ms = time(&dev, reps, || {
+        fused::bias_act(&f, &b1, Act::QuickGelu, None)
+    })?;
+    println!("{:<34} {ms:8.2} ms", "fc1 bias + QuickGELU");
+    let ms = time(&dev, reps, || {
+        fused::bias_act(&g, &b2, Act::Identity, Some(&x2))
+    })?;
+    println!("{:<34} {ms:8.2} ms", "fc2 bias + residual");
+
+    let ln_composed = |z: &Tensor| -> candle_core::Result<Tensor> {
+        if dtype == DType::F32 {
+            candle_nn::ops::layer_norm(z, &w32, &b32, 1e-5)
+        } else {
+            candle_nn::ops::layer_norm(&z.to_dtype(DType::F32)?, &w32, &b32, 1e-5)?.to_dtype(dtype)
+        }
+    };
+    let composed_block = || -> candle_core::Result<Tensor> {
+        let hn = ln_composed(&x2)?;
+        let y = hn.matmul(&w_qkv.t()?)?.broadcast_add(&b_qkv)?;
+        let y = y
+            .reshape((batch, t, 3, h, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (y.get(0)?.affine(0.125, 0.)?, y.get(1)?, y.get(2)?);
+        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let m = p.matmul(&v)?.transpose(1, 2)?.reshape((rows, d))?;
+        let a = (&x2 + m.matmul(&w_o.t()?)?.broadcast_add(&b_o)?)?;
+        let f = ln_composed(&a)?.matmul(&w1.t()?)?.broadcast_add(&b1)?;
+        let f = (&f * candle_nn::ops::sigmoid(&(&f * 1.702)?)?)?;
+        &a + f.matmul(&w2.t()?)?.broadcast_add(&b2)?
+    };
+    let fused_block = || -> candle_core::Result<Tensor> {
+        let hn = fused::layer_norm(&x2, &w32, &b32, 1e-5)?;
+        let y = hn.matmul(&w_qkv.t()?)?.reshape((batch, t, 3 * d))?;
+        let y = fused::split_qkv(&y, &b_qkv, h, 0.125)?;
+        let (q, k, v) = (y.get(0)?, y.get(1)?, y.get(2)?);
+        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let m = fused::merge_heads(&p.matmul(&v)?)?.reshape((rows, d))?;
+        let a = fused::bias_act(&m.matmul(&w_o.t()?)?, &b_o, Act::Identity, Some(&x2))?;
+        let hn = fused::layer_norm(&a, &w32, &b32, 1e-5)?;
+        let f = fused::bias_act(&hn.matmul(&w1.t()?)?, &b1, Act::QuickGelu, None)?;
+        fused::bias_act(&f.matmul(&w2.t()?)?, &b2, Act::Identity, Some(&a))
+    };
+    let (tc, tf) = (
+        time(&dev, reps, composed_block)?,
+        time(&dev, reps, fused_block)?,
+    );
+    let diff = (composed_block()? - fused_block()?)?
+        .to_dtype(DType::F32)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    println!(
+        "whole block: composed {tc:.2} ms, fused {tf:.2} ms ({:.2}× faster); max |difference| {diff:.2e}",
+        tc / tf
+    );
 
     // One large gemm: what the matmuls of this model can reach at best.
     let a = r(&[rows, d])?;
