@@ -860,10 +860,54 @@ fn issue_7_spilling_the_prefix_under_a_zero_budget_gives_identical_tables() {
 }
 
 #[test]
+fn issue_7_feature_cache_serves_a_second_sweep_with_identical_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "spec.toml", SPEC_TWO_KEYS);
+    let spec = spec.to_str().unwrap();
+    ok(&run(
+        &["sweep", spec, "--quiet", "--run-id", "plain"],
+        tmp.path(),
+    ));
+    for (id, hits, writes) in [("first", 0, 3), ("second", 3, 0)] {
+        ok(&run(
+            &[
+                "sweep",
+                spec,
+                "--quiet",
+                "--run-id",
+                id,
+                "--set",
+                "experiment.feature_cache=f32",
+                "--set",
+                "experiment.feature_cache_dir=features",
+            ],
+            tmp.path(),
+        ));
+        let dir = tmp.path().join("out/e2e").join(id);
+        assert_eq!(
+            metric_columns(&dir),
+            metric_columns(&tmp.path().join("out/e2e/plain")),
+            "{id}"
+        );
+        let memory: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json")).unwrap())
+                .unwrap();
+        assert_eq!(memory["feature_cache_hits"], hits, "{id}: {memory}");
+        assert_eq!(memory["feature_cache_writes"], writes, "{id}: {memory}");
+    }
+    // One entry per image, kept after the runs.
+    let entries = std::fs::read_dir(tmp.path().join("features"))
+        .unwrap()
+        .count();
+    assert_eq!(entries, 3);
+}
+
+#[test]
 fn bad_input_memory_settings_name_the_key() {
     for (line, key) in [
         ("memory_budget_mb = -5", "experiment.memory_budget_mb"),
         ("spill = \"f8\"", "experiment.spill"),
+        ("feature_cache = \"on\"", "experiment.feature_cache"),
     ] {
         let text = SPEC_2X2.replacen(
             "output_dir = \"out\"",

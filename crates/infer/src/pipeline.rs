@@ -144,26 +144,53 @@ impl Prepared {
     /// `S.tokens` `(B, 1 + gh·gw, D)`, `S.grid` `(2,)` u32 = `(gh, gw)`, `S.attn.L`
     /// `(B, heads, T, T)`, and `S.q.L`, `S.k.L`, `S.v.L` `(B, heads, T, head_dim)`.
     pub fn take_prefix(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let out = self.prefix_tensors()?;
+        self.chunks.clear();
+        Ok(out)
+    }
+
+    /// The prefix outputs as named tensors, as [`Prepared::take_prefix`] names them, keeping
+    /// them here too (tensors are shared, not copied).
+    pub fn prefix_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for c in std::mem::take(&mut self.chunks) {
+        for c in &self.chunks {
             let s = c.start;
-            let p = c.prefix;
+            let p = &c.prefix;
             let (gh, gw) = p.grid;
             out.push((
                 format!("{s}.grid"),
                 Tensor::new(&[gh as u32, gw as u32], &Device::Cpu)?,
             ));
-            out.push((format!("{s}.tokens"), p.tokens));
-            for (l, t) in p.attn_probs {
-                out.push((format!("{s}.attn.{l}"), t));
+            out.push((format!("{s}.tokens"), p.tokens.clone()));
+            for (l, t) in &p.attn_probs {
+                out.push((format!("{s}.attn.{l}"), t.clone()));
             }
-            for (l, (q, k, v)) in p.qkv {
-                out.push((format!("{s}.q.{l}"), q));
-                out.push((format!("{s}.k.{l}"), k));
-                out.push((format!("{s}.v.{l}"), v));
+            for (l, (q, k, v)) in &p.qkv {
+                out.push((format!("{s}.q.{l}"), q.clone()));
+                out.push((format!("{s}.k.{l}"), k.clone()));
+                out.push((format!("{s}.v.{l}"), v.clone()));
             }
         }
         Ok(out)
+    }
+
+    /// A canonical description of everything besides the backbone and the image pixels that
+    /// determines the prefix outputs (window settings, resized size, windows, recorded layers,
+    /// dtype), for keying caches of them.
+    pub fn prefix_identity(&self) -> String {
+        let k = &self.key;
+        format!(
+            "mode={:?} crop={} stride={} short_side={:?} resized={:?} windows={} attn={:?} qkv={:?} dtype={:?}",
+            k.mode,
+            k.crop,
+            k.stride,
+            k.short_side,
+            self.resized,
+            self.windows.len(),
+            self.needs.attn_probs,
+            self.needs.qkv,
+            self.dtype
+        )
     }
 
     /// Put back prefix outputs from [`Prepared::take_prefix`], possibly after a round trip
@@ -353,6 +380,19 @@ fn stage_image(
         key: PrepareKey::of(cfg),
         dtype: backbone_dtype(backbone)?,
     })
+}
+
+/// Everything [`prepare`] does except running the backbone prefix: resize, normalise, cut the
+/// windows. The result has no prefix ([`Prepared::has_prefix`] is false unless there are no
+/// windows); fill it with [`Prepared::restore_prefix`], e.g. from a feature cache.
+pub fn stage(
+    backbone: &dyn Backbone,
+    image: &RgbImage,
+    cfg: &InferConfig,
+    needs: &Needs,
+) -> Result<Prepared> {
+    validate(cfg)?;
+    stage_image(image, cfg, backbone, needs)
 }
 
 /// Run the backbone prefix on one image: resize (mmcv `imrescale`, cv2 bilinear on u8),

@@ -493,3 +493,35 @@ fn issue_7_taken_and_restored_prefix_gives_identical_dense_logits() {
         la.len()
     );
 }
+
+#[test]
+fn issue_7_staged_image_filled_from_prefix_tensors_equals_prepare() {
+    let bb = FakeBackbone::new(3).unwrap();
+    let cls = classifier(&bb);
+    let img = image(70, 97, 4);
+    let c = cfg(72, 3);
+    let needs = segsweep_infer::needs_of(&[(Stage::Features, &NeedsAll as &dyn Refiner)]);
+    let prepared = prepare(&bb, &img, &c, &needs).unwrap();
+    let want = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap();
+    // prefix_tensors keeps the prefix (take_prefix removes it).
+    let named = prepared.prefix_tensors().unwrap();
+    assert!(prepared.has_prefix());
+    let mut staged = segsweep_infer::stage(&bb, &img, &c, &needs).unwrap();
+    assert!(!staged.has_prefix());
+    assert_eq!(staged.prefix_identity(), prepared.prefix_identity());
+    staged
+        .restore_prefix(named.into_iter().collect(), &Device::Cpu)
+        .unwrap();
+    let got = dense_logits(&bb, &staged, &cls, &c, &[]).unwrap();
+    let (a, b) = (want.to_tensor().unwrap(), got.to_tensor().unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // The identity changes with what decides the prefix, not with later settings.
+    let other = segsweep_infer::stage(&bb, &img, &cfg(64, 3), &needs).unwrap();
+    assert_ne!(other.prefix_identity(), prepared.prefix_identity());
+    let fewer = segsweep_infer::stage(&bb, &img, &c, &Needs::default()).unwrap();
+    assert_ne!(fewer.prefix_identity(), prepared.prefix_identity());
+    let mut later = c.clone();
+    later.prob_thd = 0.5;
+    let same = segsweep_infer::stage(&bb, &img, &later, &needs).unwrap();
+    assert_eq!(same.prefix_identity(), prepared.prefix_identity());
+}

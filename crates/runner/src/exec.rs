@@ -21,7 +21,7 @@ use segsweep_report::{load_records, write_atomic, Counts, Metrics, Record, Swept
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
-use crate::memory::{MemoryPlan, MemoryStats, PrefixSlot};
+use crate::memory::{FeatureCache, MemoryPlan, MemoryStats, PrefixSlot};
 use crate::spec::{DatasetSection, ModelSection};
 use crate::sweep::{hex12, Config, Experiment};
 
@@ -404,6 +404,7 @@ fn run_group(
         .spill_dir
         .clone()
         .unwrap_or_else(|| dir.join("cache"));
+    let feature_cache = FeatureCache::new(&exp.memory, cache_dir.join("features"));
     let ctx = ImageCtx {
         model: model.as_ref(),
         classifier: &classifier,
@@ -416,6 +417,7 @@ fn run_group(
         max_vis: exp.spec.raw.experiment.max_visualisations,
         plan: &exp.memory,
         spill_dir: &spill_dir,
+        feature_cache: feature_cache.as_ref(),
     };
 
     for i in start..ds.len() {
@@ -505,6 +507,7 @@ struct ImageCtx<'a> {
     max_vis: usize,
     plan: &'a MemoryPlan,
     spill_dir: &'a Path,
+    feature_cache: Option<&'a FeatureCache>,
 }
 
 /// One image for every configuration of a group not past it: the prefix once, then per
@@ -534,7 +537,16 @@ fn run_image(
     stats.images += 1;
     let t0 = Instant::now();
     let (model, image) = (ctx.model as &dyn Backbone, &sample.image);
-    let mut slot = PrefixSlot::compute(model, image, ctx.cfg, ctx.needs, ctx.plan, ctx.spill_dir)?;
+    let mut slot = PrefixSlot::compute(
+        model,
+        image,
+        ctx.cfg,
+        ctx.needs,
+        ctx.plan,
+        ctx.spill_dir,
+        ctx.feature_cache,
+        stats,
+    )?;
     let prefix_share = t0.elapsed().as_secs_f64() / active as f64;
     let mut warned = false;
     for (r, run) in runs.iter().enumerate() {

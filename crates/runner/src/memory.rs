@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use segsweep_core::{Backbone, InferConfig, Needs, RgbImage};
 use segsweep_infer::Prepared;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Result, RunnerError};
 use crate::spec::ExperimentSection;
@@ -60,6 +61,10 @@ pub struct MemoryPlan {
     pub spill: Spill,
     /// Scratch directory for spilled prefixes; `None`: `<run dir>/cache`.
     pub spill_dir: Option<PathBuf>,
+    /// The persistent feature cache: [`Spill::None`] (off), or the dtype it stores.
+    pub feature_cache: Spill,
+    /// Its directory; `None`: `<output_dir>/.cache/features`.
+    pub feature_cache_dir: Option<PathBuf>,
 }
 
 impl MemoryPlan {
@@ -76,40 +81,51 @@ impl MemoryPlan {
                 Some("the budget is in MiB: 1024 is 1 GiB".into()),
             ));
         }
-        let spill = match e.spill.as_str() {
-            "none" => Spill::None,
-            "f32" => Spill::F32,
-            "f16" => Spill::F16,
-            other => {
+        let mode = |key: &str, value: &str, none: &str| {
+            match value {
+            "none" => Ok(Spill::None),
+            "f32" => Ok(Spill::F32),
+            "f16" => Ok(Spill::F16),
+            other => Err(RunnerError::spec(
+                file,
+                key,
+                format!("unknown mode `{other}`"),
+                Some(format!("use \"none\" ({none}), \"f32\" (exact) or \"f16\" (half the disk, close results)")),
+            )),
+        }
+        };
+        let spill = mode("experiment.spill", &e.spill, "drop and recompute")?;
+        let feature_cache = mode("experiment.feature_cache", &e.feature_cache, "no cache")?;
+        for (key, dir, default) in [
+            ("experiment.spill_dir", &e.spill_dir, "<run dir>/cache"),
+            (
+                "experiment.feature_cache_dir",
+                &e.feature_cache_dir,
+                "<output_dir>/.cache/features",
+            ),
+        ] {
+            if dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
                 return Err(RunnerError::spec(
                     file,
-                    "experiment.spill",
-                    format!("unknown spill mode `{other}`"),
-                    Some("use \"none\" (drop and recompute), \"f32\" (exact) or \"f16\" (half the disk, close results)".into()),
-                ))
+                    key,
+                    "is empty",
+                    Some(format!("leave it out for {default}, or name a directory")),
+                ));
             }
-        };
-        if e.spill_dir
-            .as_ref()
-            .is_some_and(|d| d.as_os_str().is_empty())
-        {
-            return Err(RunnerError::spec(
-                file,
-                "experiment.spill_dir",
-                "is empty",
-                Some("leave it out for <run dir>/cache, or name a directory".into()),
-            ));
         }
         Ok(MemoryPlan {
             budget_bytes: e.memory_budget_mb * MIB,
             spill,
             spill_dir: e.spill_dir.clone(),
+            feature_cache,
+            feature_cache_dir: e.feature_cache_dir.clone(),
         })
     }
 }
 
 /// What the runner held and moved during one `run` call (also written to `memory.json`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MemoryStats {
     /// The budget, bytes.
     pub budget_bytes: u64,
@@ -134,6 +150,16 @@ pub struct MemoryStats {
     pub prefix_reloads: usize,
     /// Prefixes dropped and computed again (no spill).
     pub prefix_recomputes: usize,
+    /// Feature cache: `none`, `f32` or `f16`.
+    pub feature_cache: String,
+    /// Prefixes read from the feature cache instead of computed.
+    pub feature_cache_hits: usize,
+    /// Prefixes computed and written to the feature cache.
+    pub feature_cache_writes: usize,
+    /// Bytes written to the feature cache.
+    pub feature_cache_bytes: u64,
+    /// Cache entries that could not be read (removed, computed again).
+    pub feature_cache_unreadable: usize,
 }
 
 impl MemoryStats {
@@ -142,6 +168,7 @@ impl MemoryStats {
         MemoryStats {
             budget_bytes: plan.budget_bytes,
             spill: format!("{:?}", plan.spill).to_lowercase(),
+            feature_cache: format!("{:?}", plan.feature_cache).to_lowercase(),
             ..MemoryStats::default()
         }
     }
@@ -149,9 +176,19 @@ impl MemoryStats {
     /// One line for the run log.
     pub fn summary(&self) -> String {
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / MIB as f64);
+        let cache = match self.feature_cache.as_str() {
+            "" | "none" => String::new(),
+            mode => format!(
+                "; feature cache ({mode}): {} hit(s), {} written ({}), {} unreadable",
+                self.feature_cache_hits,
+                self.feature_cache_writes,
+                mib(self.feature_cache_bytes),
+                self.feature_cache_unreadable
+            ),
+        };
         format!(
             "memory: peak held {} (prefix up to {}, dense logits up to {}) of a {} budget over {} image(s); \
-             prefix spilled {} time(s) ({}, {} written), read back {}, recomputed {}; {} image(s) over budget",
+             prefix spilled {} time(s) ({}, {} written), read back {}, recomputed {}; {} image(s) over budget{}",
             mib(self.peak_held_bytes),
             mib(self.peak_prefix_bytes),
             mib(self.peak_dense_bytes),
@@ -163,6 +200,7 @@ impl MemoryStats {
             self.prefix_reloads,
             self.prefix_recomputes,
             self.images_over_budget,
+            cache,
         )
     }
 }
@@ -183,12 +221,16 @@ pub(crate) struct PrefixSlot<'a> {
     needs: &'a Needs,
     plan: &'a MemoryPlan,
     spill_dir: &'a Path,
+    /// The feature cache and this image's key in it.
+    cache: Option<(&'a FeatureCache, String)>,
     prepared: Prepared,
     state: State,
 }
 
 impl<'a> PrefixSlot<'a> {
-    /// Run the backbone prefix on `image`, recording `needs`.
+    /// Run the backbone prefix on `image`, recording `needs`; with a feature cache, read it
+    /// from there when present, else compute it and write it there.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn compute(
         backbone: &'a dyn Backbone,
         image: &'a RgbImage,
@@ -196,8 +238,21 @@ impl<'a> PrefixSlot<'a> {
         needs: &'a Needs,
         plan: &'a MemoryPlan,
         spill_dir: &'a Path,
+        cache: Option<&'a FeatureCache>,
+        stats: &mut MemoryStats,
     ) -> Result<PrefixSlot<'a>> {
-        let prepared = segsweep_infer::prepare(backbone, image, cfg, needs)?;
+        let (prepared, cache) = match cache {
+            None => (segsweep_infer::prepare(backbone, image, cfg, needs)?, None),
+            Some(c) => {
+                let mut staged = segsweep_infer::stage(backbone, image, cfg, needs)?;
+                let key = c.key(backbone, image, &staged);
+                if !c.load(&key, &mut staged, backbone.device(), stats)? {
+                    staged = segsweep_infer::prepare(backbone, image, cfg, needs)?;
+                    c.store(&key, &staged, stats)?;
+                }
+                (staged, Some((c, key)))
+            }
+        };
         Ok(PrefixSlot {
             backbone,
             image,
@@ -205,6 +260,7 @@ impl<'a> PrefixSlot<'a> {
             needs,
             plan,
             spill_dir,
+            cache,
             prepared,
             state: State::Held,
         })
@@ -229,9 +285,17 @@ impl<'a> PrefixSlot<'a> {
                 stats.prefix_reloads += 1;
             }
             State::Dropped => {
-                self.prepared =
-                    segsweep_infer::prepare(self.backbone, self.image, self.cfg, self.needs)?;
-                stats.prefix_recomputes += 1;
+                // From the feature cache if it has the entry, else computed again.
+                let device = self.backbone.device();
+                let cached = match &self.cache {
+                    Some((c, key)) => c.load(key, &mut self.prepared, device, stats)?,
+                    None => false,
+                };
+                if !cached {
+                    self.prepared =
+                        segsweep_infer::prepare(self.backbone, self.image, self.cfg, self.needs)?;
+                    stats.prefix_recomputes += 1;
+                }
             }
         }
         Ok(())
@@ -273,33 +337,47 @@ impl<'a> PrefixSlot<'a> {
         named: Vec<(String, Tensor)>,
         dtype: DType,
     ) -> Result<(tempfile::NamedTempFile, u64)> {
-        let dir = self.spill_dir;
-        std::fs::create_dir_all(dir).map_err(|e| spill_io(dir, e))?;
-        let mut map: HashMap<String, Tensor> = HashMap::with_capacity(named.len());
-        let mut bytes = 0u64;
-        let convert = |t: Tensor| -> candle_core::Result<Tensor> {
-            let t = t.to_device(&Device::Cpu)?;
-            let t = if t.dtype().is_float() {
-                t.to_dtype(dtype)?
-            } else {
-                t
-            };
-            t.contiguous()
-        };
-        for (name, t) in named {
-            let t = convert(t).map_err(segsweep_core::CoreError::from)?;
-            bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-            map.insert(name, t);
-        }
-        let file = tempfile::Builder::new()
-            .prefix("prefix-")
-            .suffix(".safetensors")
-            .tempfile_in(dir)
-            .map_err(|e| spill_io(dir, e))?;
-        candle_core::safetensors::save(&map, file.path())
-            .map_err(|e| spill_io(file.path(), std::io::Error::other(e.to_string())))?;
-        Ok((file, bytes))
+        let file = save_named(named, dtype, self.spill_dir, "prefix-", spill_io)?;
+        let bytes = file.1;
+        Ok((file.0, bytes))
     }
+}
+
+/// Write named tensors (floats converted to `dtype`, everything moved to the CPU) to a new
+/// temporary `.safetensors` file in `dir`; returns it and the tensor bytes written. I/O errors
+/// go through `io_err`, which names the path and the setting to change.
+fn save_named(
+    named: Vec<(String, Tensor)>,
+    dtype: DType,
+    dir: &Path,
+    prefix: &str,
+    io_err: fn(&Path, std::io::Error) -> RunnerError,
+) -> Result<(tempfile::NamedTempFile, u64)> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let mut map: HashMap<String, Tensor> = HashMap::with_capacity(named.len());
+    let mut bytes = 0u64;
+    let convert = |t: Tensor| -> candle_core::Result<Tensor> {
+        let t = t.to_device(&Device::Cpu)?;
+        let t = if t.dtype().is_float() {
+            t.to_dtype(dtype)?
+        } else {
+            t
+        };
+        t.contiguous()
+    };
+    for (name, t) in named {
+        let t = convert(t).map_err(segsweep_core::CoreError::from)?;
+        bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        map.insert(name, t);
+    }
+    let file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".safetensors")
+        .tempfile_in(dir)
+        .map_err(|e| io_err(dir, e))?;
+    candle_core::safetensors::save(&map, file.path())
+        .map_err(|e| io_err(file.path(), std::io::Error::other(e.to_string())))?;
+    Ok((file, bytes))
 }
 
 fn spill_io(path: &Path, source: std::io::Error) -> RunnerError {
@@ -310,6 +388,135 @@ fn spill_io(path: &Path, source: std::io::Error) -> RunnerError {
             "set [experiment] spill_dir to a writable disk with space, or spill = \"none\" to recompute instead"
                 .into(),
         ),
+    }
+}
+
+fn cache_io(path: &Path, source: std::io::Error) -> RunnerError {
+    RunnerError::Io {
+        path: path.to_path_buf(),
+        source,
+        hint: Some(
+            "set [experiment] feature_cache_dir to a writable disk with space, or feature_cache = \"none\""
+                .into(),
+        ),
+    }
+}
+
+/// Bump when what a cache entry holds, or how its key is formed, changes.
+const FEATURE_CACHE_VERSION: u32 = 1;
+
+/// The persistent feature cache (`[experiment] feature_cache`): each image's backbone prefix
+/// (tokens and whatever the plugins asked it to record) in `<dir>/<key>.safetensors`, named by
+/// the SHA-256 of everything that determines it — the weights (model id and file hash), dtype,
+/// device kind, input statistics, the window settings, resized size and recorded layers
+/// ([`Prepared::prefix_identity`]), the stored dtype, and the image's pixels. A run that adds
+/// configurations, or a later sweep over the same images and model, reads the prefix instead of
+/// computing it. Entries are written once (via a temporary file and a rename) and never
+/// modified; delete the directory to clear it.
+pub(crate) struct FeatureCache {
+    dir: PathBuf,
+    dtype: DType,
+}
+
+impl FeatureCache {
+    /// The cache of `plan`, in `plan.feature_cache_dir` or `default_dir`; `None` when off.
+    pub(crate) fn new(plan: &MemoryPlan, default_dir: PathBuf) -> Option<FeatureCache> {
+        Some(FeatureCache {
+            dir: plan.feature_cache_dir.clone().unwrap_or(default_dir),
+            dtype: plan.feature_cache.dtype()?,
+        })
+    }
+
+    /// The entry name of `image`'s prefix as `staged` (from [`segsweep_infer::stage`]) will
+    /// record it on `backbone`.
+    pub(crate) fn key(
+        &self,
+        backbone: &dyn Backbone,
+        image: &RgbImage,
+        staged: &Prepared,
+    ) -> String {
+        let info = backbone.info();
+        let device_kind = info.device.split(':').next().unwrap_or("");
+        let mut h = Sha256::new();
+        h.update(
+            format!(
+                "segsweep feature cache v{FEATURE_CACHE_VERSION}\nmodel={}\nweights={}\ndtype={}\n\
+                 device={device_kind}\nmean={:?}\nstd={:?}\n{}\nstored={:?}\nimage={}x{}\n",
+                info.model_id,
+                info.file_hash,
+                info.dtype,
+                info.mean,
+                info.std,
+                staged.prefix_identity(),
+                self.dtype,
+                image.h,
+                image.w
+            )
+            .as_bytes(),
+        );
+        h.update(&image.data);
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.safetensors"))
+    }
+
+    /// Fill `prepared`'s prefix from the entry `key`: `false` when there is none. An entry that
+    /// cannot be read or does not fit the image (a truncated file, say) is removed with a
+    /// warning and counts as missing, so it is computed and written again.
+    pub(crate) fn load(
+        &self,
+        key: &str,
+        prepared: &mut Prepared,
+        device: &Device,
+        stats: &mut MemoryStats,
+    ) -> Result<bool> {
+        let path = self.path(key);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let restored = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| e.to_string())
+            .and_then(|named| {
+                prepared
+                    .restore_prefix(named.into_iter().collect(), device)
+                    .map_err(|e| e.to_string())
+            });
+        match restored {
+            Ok(()) => {
+                stats.feature_cache_hits += 1;
+                Ok(true)
+            }
+            Err(msg) => {
+                tracing::warn!(
+                    "feature cache entry {} is unreadable ({msg}); removing it and computing the prefix again",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+                stats.feature_cache_unreadable += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Write `prepared`'s prefix as the entry `key`.
+    pub(crate) fn store(
+        &self,
+        key: &str,
+        prepared: &Prepared,
+        stats: &mut MemoryStats,
+    ) -> Result<()> {
+        let named = prepared.prefix_tensors()?;
+        let (file, bytes) = save_named(named, self.dtype, &self.dir, ".entry-", cache_io)?;
+        let path = self.path(key);
+        file.persist(&path).map_err(|e| cache_io(&path, e.error))?;
+        stats.feature_cache_writes += 1;
+        stats.feature_cache_bytes += bytes;
+        Ok(())
     }
 }
 

@@ -48,6 +48,11 @@ pub struct ExperimentSection {
     pub spill: String,
     /// Directory for spill scratch files (default `<run dir>/cache`).
     pub spill_dir: Option<PathBuf>,
+    /// Keep every image's backbone prefix on disk across runs and reuse it: `none` (default),
+    /// `f32` (results identical to computing it) or `f16` (half the disk, close results).
+    pub feature_cache: String,
+    /// Directory of the feature cache (default `<output_dir>/.cache/features`).
+    pub feature_cache_dir: Option<PathBuf>,
 }
 
 impl Default for ExperimentSection {
@@ -62,6 +67,8 @@ impl Default for ExperimentSection {
             memory_budget_mb: 1024,
             spill: "none".into(),
             spill_dir: None,
+            feature_cache: "none".into(),
+            feature_cache_dir: None,
         }
     }
 }

@@ -218,6 +218,9 @@ fn issue_7_bad_memory_settings_name_the_key() {
         ("spill = \"f8\"", "experiment.spill"),
         ("spill = 16", "experiment.spill"),
         ("spill_dir = \"\"", "experiment.spill_dir"),
+        ("feature_cache = \"yes\"", "experiment.feature_cache"),
+        ("feature_cache = true", "experiment.feature_cache"),
+        ("feature_cache_dir = \"\"", "experiment.feature_cache_dir"),
     ];
     for (line, key) in cases {
         let text = SPEC.replacen("name = \"t\"", &format!("name = \"t\"\n{line}"), 1);
@@ -227,4 +230,114 @@ fn issue_7_bad_memory_settings_name_the_key() {
             .to_string();
         assert!(err.contains(key), "`{line}` gave: {err}");
     }
+}
+
+/// Runs `exp` under `run_id` with the feature cache set (and a memory budget in MiB).
+fn run_cached(
+    exp: &segsweep_runner::Experiment,
+    run_id: &str,
+    cache: segsweep_runner::Spill,
+    budget_mb: u64,
+) -> segsweep_runner::RunSummary {
+    let mut exp = exp.clone();
+    exp.memory.feature_cache = cache;
+    exp.memory.budget_bytes = budget_mb << 20;
+    run(
+        &exp,
+        &RunOptions {
+            run_id: Some(run_id.into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn cache_entries(out: &Path) -> Vec<std::path::PathBuf> {
+    let dir = out.join(".cache/features");
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn issue_7_f32_feature_cache_is_reused_by_later_runs_with_identical_results() {
+    use segsweep_runner::Spill;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let plain = run_with(&exp, "plain", 1024, Spill::None);
+    assert_eq!(plain.memory.feature_cache_writes, 0);
+    assert!(cache_entries(tmp.path()).is_empty());
+
+    // First cached run: computes each image's prefix once and writes it.
+    let first = run_cached(&exp, "first", Spill::F32, 1024);
+    assert_eq!(
+        (
+            first.memory.feature_cache_hits,
+            first.memory.feature_cache_writes
+        ),
+        (0, 2)
+    );
+    let entries = cache_entries(tmp.path());
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries
+        .iter()
+        .all(|p| p.extension().unwrap() == "safetensors"));
+    // f32 entries hold the prefix bytes plus one 8-byte (gh, gw) grid per chunk.
+    assert!(first.memory.feature_cache_bytes >= 2 * first.memory.peak_prefix_bytes);
+
+    // A later run (new run id, as after adding configurations) reads every prefix, and a zero
+    // budget reads it again from the cache instead of recomputing it.
+    let second = run_cached(&exp, "second", Spill::F32, 0);
+    assert_eq!(second.memory.feature_cache_writes, 0);
+    assert_eq!(second.memory.prefix_recomputes, 0);
+    // 2 images, each read once up front and again for the 2 later upstream keys.
+    assert_eq!(second.memory.feature_cache_hits, 6);
+    for r in [&first, &second] {
+        for (a, b) in plain.records.iter().zip(&r.records) {
+            assert_eq!(a.config_hash, b.config_hash);
+            assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+        }
+    }
+    let saved: segsweep_runner::MemoryStats =
+        serde_json::from_str(&std::fs::read_to_string(second.run_dir.join("memory.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved.feature_cache, "f32");
+    assert_eq!(saved.feature_cache_hits, 6);
+
+    // An f16 cache is a different entry (the stored dtype is in the key).
+    let half = run_cached(&exp, "half", Spill::F16, 1024);
+    assert_eq!(half.memory.feature_cache_writes, 2);
+    assert_eq!(cache_entries(tmp.path()).len(), 4);
+    assert!(half.memory.feature_cache_bytes < first.memory.feature_cache_bytes * 51 / 100);
+}
+
+#[test]
+fn issue_7_unreadable_feature_cache_entry_is_recomputed_with_a_warning() {
+    use segsweep_runner::Spill;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let first = run_cached(&exp, "first", Spill::F32, 1024);
+    let entries = cache_entries(tmp.path());
+    assert_eq!(entries.len(), 2);
+    // Truncate one entry, as a full disk or a killed copy would.
+    let bytes = std::fs::read(&entries[0]).unwrap();
+    std::fs::write(&entries[0], &bytes[..bytes.len() / 2]).unwrap();
+    let second = run_cached(&exp, "second", Spill::F32, 1024);
+    assert_eq!(second.memory.feature_cache_unreadable, 1);
+    assert_eq!(second.memory.feature_cache_hits, 1);
+    assert_eq!(second.memory.feature_cache_writes, 1);
+    for (a, b) in first.records.iter().zip(&second.records) {
+        assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+    }
+    // Rewritten whole: the next run reads both.
+    let third = run_cached(&exp, "third", Spill::F32, 1024);
+    assert_eq!(
+        (
+            third.memory.feature_cache_hits,
+            third.memory.feature_cache_unreadable
+        ),
+        (2, 0)
+    );
 }
