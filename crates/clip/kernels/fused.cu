@@ -11,8 +11,10 @@
 // candle's composed ops. All tensors are contiguous; element counts are below 2^31 (checked on
 // the host before launch), so a grid-stride index never wraps in 32 bits.
 
+#ifndef SEGSWEEP_CPU_EMULATION  // kernels/emulate.cpp supplies these on the CPU
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#endif
 #include <stdint.h>
 
 __device__ __forceinline__ float to_f(float x) { return x; }

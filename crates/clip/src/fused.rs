@@ -9,16 +9,18 @@
 //! replace those with one kernel each (`kernels/fused.cu`, compiled to PTX by `build.rs` with
 //! the `cuda` feature).
 //!
-//! **Status: experimental, off by default.** They were written in a session without a GPU, so
-//! their CUDA kernels have been compiled but not yet run: the composed candle ops stay the
+//! **Status: experimental, off by default.** They were written in a session without a GPU:
+//! the kernels are compiled by nvcc and executed under a CPU emulation of CUDA
+//! (`tests/kernels_emulated.rs`), but not yet run on a GPU, so the composed candle ops stay the
 //! default until `bench/gpu.sh` (which runs `tests/cuda_fused.rs` and parity with both paths)
-//! has checked them on a GPU. Opt in with `SEGSWEEP_CUDA_KERNELS=fused`.
+//! has checked them on one. Opt in with `SEGSWEEP_CUDA_KERNELS=fused`.
 //!
-//! Every op also has a CPU implementation that transliterates its kernel's index formulas
-//! element by element. Unit tests check those against candle's composed ops, and the whole
-//! block with the fused ops forced onto the CPU against the composed block, so the index
-//! arithmetic and the block's plumbing are tested without a GPU; only the CUDA launch itself
-//! waits for one.
+//! Three layers of tests, none needing a GPU: `kernels/emulate.cpp` runs the kernel source
+//! itself on the CPU (a shim for thread indices, warp shuffles and half types) against naive
+//! loops; every op here has a CPU implementation that transliterates its kernel loop for loop,
+//! checked against candle's composed ops; and the whole model with those forced onto the CPU is
+//! checked against the composed model. What waits for a GPU is CUDA itself: launches and the
+//! arguments passed from Rust.
 
 use std::sync::OnceLock;
 

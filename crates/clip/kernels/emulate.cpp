@@ -1,0 +1,249 @@
+// kernels/fused.cu executed on the CPU, for tests (crates/clip/tests/kernels_emulated.rs).
+//
+// The kernel source itself is compiled by a C++20 compiler with a shim for the CUDA features it
+// uses: blockIdx/threadIdx/blockDim/gridDim, __shfl_xor_sync (a warp's 32 lanes run as
+// std::threads meeting at a barrier, so the shuffle-based reductions run as written), the
+// fp16/bf16 types and conversions (round to nearest even), expf/erff/rsqrtf. Each kernel then
+// runs on small, deliberately awkward shapes (columns that do not fill a block, fewer grid rows
+// than data rows so the row loop strides, a partial last block of warps) and is compared with a
+// naive reference written in plain nested loops in the natural index order, in double.
+//
+// What this cannot check is CUDA itself: launch limits, memory coalescing, and the Rust side's
+// argument passing, which bench/gpu.sh checks on a GPU (tests/cuda_fused.rs).
+//
+// By hand (exit status 1 on a mismatch):
+//   c++ -std=c++20 -O1 -pthread -DSEGSWEEP_CPU_EMULATION -I crates/clip/kernels
+//       crates/clip/kernels/emulate.cpp -o emulate && ./emulate
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+    uint32_t x = 1, y = 1, z = 1;
+};
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+
+struct __half {
+    _Float16 v;
+};
+inline float __half2float(__half h) { return (float)h.v; }
+inline __half __float2half_rn(float f) { return __half{(_Float16)f}; }
+
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline float __bfloat162float(__nv_bfloat16 b) {
+    uint32_t u = (uint32_t)b.bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return {(uint16_t)((u >> 16) | 0x40)};  // NaN stays NaN
+    }
+    u += 0x7fffu + ((u >> 16) & 1);
+    return {(uint16_t)(u >> 16)};
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+// One warp: 32 lanes exchanging through `buf`, two barrier phases per shuffle.
+struct Warp {
+    float buf[32];
+    std::barrier<> bar{32};
+};
+thread_local Warp *warp_ctx = nullptr;
+inline float __shfl_xor_sync(unsigned, float v, int off) {
+    const unsigned lane = threadIdx.x % 32;
+    warp_ctx->buf[lane] = v;
+    warp_ctx->bar.arrive_and_wait();
+    const float r = warp_ctx->buf[lane ^ (unsigned)off];
+    warp_ctx->bar.arrive_and_wait();
+    return r;
+}
+
+#include "fused.cu"
+
+// Every (block, thread) in turn: for kernels without communication between threads.
+template <class F> void launch_serial(dim3 grid, dim3 block, F f) {
+    gridDim = grid;
+    blockDim = block;
+    for (uint32_t by = 0; by < grid.y; ++by)
+        for (uint32_t bx = 0; bx < grid.x; ++bx)
+            for (uint32_t tx = 0; tx < block.x; ++tx) {
+                blockIdx = {bx, by, 1};
+                threadIdx = {tx, 0, 0};
+                f();
+            }
+}
+
+// Each warp's 32 lanes concurrently (std::threads), warps in turn.
+template <class F> void launch_warps(dim3 grid, dim3 block, F f) {
+    gridDim = grid;
+    blockDim = block;
+    for (uint32_t by = 0; by < grid.y; ++by)
+        for (uint32_t bx = 0; bx < grid.x; ++bx)
+            for (uint32_t w = 0; w < block.x / 32; ++w) {
+                Warp warp;
+                std::vector<std::thread> lanes;
+                for (uint32_t lane = 0; lane < 32; ++lane) {
+                    lanes.emplace_back([&, bx, by, w, lane] {
+                        blockIdx = {bx, by, 1};
+                        threadIdx = {w * 32 + lane, 0, 0};
+                        warp_ctx = &warp;
+                        f();
+                    });
+                }
+                for (auto &t : lanes) t.join();
+            }
+}
+
+static int failures = 0;
+
+static void check(const char *what, const char *dtype, double err, double tol) {
+    const bool ok = err <= tol;
+    std::printf("%-28s %-5s max relative error %.3g (tolerance %.3g) %s\n", what, dtype, err, tol,
+                ok ? "ok" : "FAIL");
+    if (!ok) ++failures;
+}
+
+static std::vector<float> values(size_t n, uint32_t seed, float scale = 2.0f) {
+    std::vector<float> v(n);
+    uint32_t s = seed * 2654435761u + 12345u;
+    for (auto &x : v) {
+        s = s * 1664525u + 1013904223u;
+        x = ((float)(s >> 8) / 16777216.0f * 2.0f - 1.0f) * scale;
+    }
+    return v;
+}
+
+template <typename T> static std::vector<T> as(const std::vector<float> &v) {
+    std::vector<T> out;
+    for (float x : v) out.push_back(from_f<T>(x));
+    return out;
+}
+
+// max |got − want| / max |want|.
+template <typename T>
+static double rel_err(const std::vector<T> &got, const std::vector<double> &want) {
+    double d = 0, m = 1e-30;
+    for (size_t i = 0; i < want.size(); ++i) {
+        d = std::fmax(d, std::fabs((double)to_f(got[i]) - want[i]));
+        m = std::fmax(m, std::fabs(want[i]));
+    }
+    return d / m;
+}
+
+template <typename T> static void test_all(const char *dtype, double tol) {
+    // bias + activation (+ residual): 300 columns (two blocks of 256, the second partial), 7
+    // rows over a grid of 3 rows (the row loop strides).
+    {
+        const uint32_t rows = 7, cols = 300;
+        auto xf = values(rows * cols, 1), bf = values(cols, 2), rf = values(rows * cols, 3);
+        auto x = as<T>(xf), b = as<T>(bf), r = as<T>(rf);
+        for (uint32_t act = 0; act < 3; ++act)
+            for (int res = 0; res < 2; ++res) {
+                std::vector<T> out(rows * cols, from_f<T>(-999.0f));
+                launch_serial({(cols + 255) / 256, 3}, {256}, [&] {
+                    if (res)
+                        bias_act<T, true>(x.data(), b.data(), r.data(), out.data(), rows, cols, act);
+                    else
+                        bias_act<T, false>(x.data(), b.data(), nullptr, out.data(), rows, cols, act);
+                });
+                std::vector<double> want(rows * cols);
+                for (uint32_t i = 0; i < rows; ++i)
+                    for (uint32_t j = 0; j < cols; ++j) {
+                        double v = (double)to_f(x[i * cols + j]) + (double)to_f(b[j]);
+                        if (act == 1) v = v / (1.0 + std::exp(-1.702 * v));
+                        if (act == 2) v = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+                        if (res) v += (double)to_f(r[i * cols + j]);
+                        want[i * cols + j] = v;
+                    }
+                char what[64];
+                std::snprintf(what, sizeof what, "bias_act act=%u%s", act, res ? " +res" : "");
+                check(what, dtype, rel_err(out, want), tol);
+            }
+    }
+    // q/k/v split: B 2, T 5, 3 heads of 4; 4 grid rows for 10 data rows.
+    {
+        const uint32_t B = 2, Tn = 5, H = 3, hd = 4, D = H * hd;
+        auto y = as<T>(values(B * Tn * 3 * D, 4)), bias = as<T>(values(3 * D, 5));
+        std::vector<T> out(y.size(), from_f<T>(-999.0f));
+        launch_serial({3 * H, 4}, {hd}, [&] {
+            split_qkv<T>(y.data(), bias.data(), out.data(), B, Tn, H, hd, 0.125f);
+        });
+        std::vector<double> want(y.size());
+        for (uint32_t s = 0; s < 3; ++s)
+            for (uint32_t b = 0; b < B; ++b)
+                for (uint32_t h = 0; h < H; ++h)
+                    for (uint32_t t = 0; t < Tn; ++t)
+                        for (uint32_t e = 0; e < hd; ++e) {
+                            const size_t src = (((size_t)b * Tn + t) * 3 + s) * D + h * hd + e;
+                            double v = (double)to_f(y[src]) + (double)to_f(bias[s * D + h * hd + e]);
+                            if (s == 0) v *= 0.125;
+                            want[(((s * B + b) * H + h) * Tn + t) * hd + e] = (double)to_f(from_f<T>((float)v));
+                        }
+        check("split_qkv", dtype, rel_err(out, want), 0.0);
+    }
+    // Head merge: (B, H, T, hd) → (B, T, H·hd); 4 grid rows for 10 data rows.
+    {
+        const uint32_t B = 2, Tn = 5, H = 3, hd = 4;
+        auto o = as<T>(values(B * H * Tn * hd, 6));
+        std::vector<T> out(o.size(), from_f<T>(-999.0f));
+        launch_serial({H, 4}, {hd}, [&] { merge_heads<T>(o.data(), out.data(), B * Tn, Tn, H, hd); });
+        std::vector<double> want(o.size());
+        for (uint32_t b = 0; b < B; ++b)
+            for (uint32_t t = 0; t < Tn; ++t)
+                for (uint32_t h = 0; h < H; ++h)
+                    for (uint32_t e = 0; e < hd; ++e)
+                        want[((b * Tn + t) * H + h) * hd + e] = to_f(o[((b * H + h) * Tn + t) * hd + e]);
+        check("merge_heads", dtype, rel_err(out, want), 0.0);
+    }
+    // LayerNorm: one warp per row, 8 warps per block; 20 rows (3 blocks, the last partial) of 33
+    // (a lane loop that does not divide evenly), and 9 rows of 768 (ViT-B/16's width).
+    for (auto [rows, cols] : {std::pair<uint32_t, uint32_t>{20, 33}, {9, 768}}) {
+        auto x = as<T>(values(rows * cols, 7, 6.0f));
+        for (auto &v : x) v = from_f<T>(to_f(v) + 3.0f);  // a mean far from 0
+        auto w = values(cols, 8), b = values(cols, 9);
+        std::vector<T> out(x.size(), from_f<T>(-999.0f));
+        launch_warps({(rows + 7) / 8}, {256}, [&] {
+            layer_norm<T>(x.data(), w.data(), b.data(), out.data(), rows, cols, 1e-5f);
+        });
+        std::vector<double> want(x.size());
+        for (uint32_t i = 0; i < rows; ++i) {
+            double mean = 0, var = 0;
+            for (uint32_t j = 0; j < cols; ++j) mean += to_f(x[i * cols + j]);
+            mean /= cols;
+            for (uint32_t j = 0; j < cols; ++j) {
+                const double d = to_f(x[i * cols + j]) - mean;
+                var += d * d;
+            }
+            var /= cols;
+            for (uint32_t j = 0; j < cols; ++j)
+                want[i * cols + j] = (to_f(x[i * cols + j]) - mean) / std::sqrt(var + 1e-5) * w[j] + b[j];
+        }
+        char what[64];
+        std::snprintf(what, sizeof what, "layer_norm %ux%u", rows, cols);
+        check(what, dtype, rel_err(out, want), tol);
+    }
+}
+
+int main() {
+    test_all<float>("f32", 2e-6);
+    test_all<__half>("f16", 1e-3);
+    test_all<__nv_bfloat16>("bf16", 8e-3);
+    std::printf("%s\n", failures ? "FAILED" : "all kernels match");
+    return failures ? 1 : 0;
+}
