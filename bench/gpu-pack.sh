@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/out/gpu-bin
-for b in segsweep bench_infer block_profile cuda_fused; do
+for b in segsweep bench_infer block_profile cuda_ops cuda_fused; do
     strip -o "bench/out/gpu-bin/$b" "target/$b-cuda"
     xz -T0 -6 -f "bench/out/gpu-bin/$b"
 done

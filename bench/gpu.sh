@@ -11,8 +11,9 @@
 # stopping the others:
 #   1. seeded random full-size ViT-B/16 (tests/reference/make_tiny_clip.py --full);
 #   2. VOC-sized photos from scikit-image (chelsea 300×451, coffee 400×600; 8 crops each);
-#   3. the fused block kernels (SEGSWEEP_CUDA_KERNELS=fused) against their CPU implementations
-#      (the test binary cuda_fused); parity: `segsweep predict` on cuda:0 in f32 (and f16, bf16)
+#   3. segsweep's kernels (SEGSWEEP_CUDA_KERNELS=fused: block ops and post-processing) against
+#      their CPU implementations (test binaries cuda_ops, cuda_fused); parity: `segsweep
+#      predict` on cuda:0 in f32 (and f16, bf16)
 #      against `--device cpu`, with candle's composed ops and with the fused kernels;
 #   4. speed: bench_infer (segsweep, both kernel sets) and bench/infer_reference.py (PyTorch) in
 #      f32 and f16, batch 1 and batched, on the same GPU in the same run; then block_profile
@@ -37,7 +38,7 @@ export PYTHONUNBUFFERED=1
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
 
 # 0. Binaries: packed by bench/gpu-pack.sh (xz), else target/*-cuda as built.
-for b in segsweep bench_infer block_profile cuda_fused; do
+for b in segsweep bench_infer block_profile cuda_ops cuda_fused; do
     if [ -f "bench/out/gpu-bin/$b.xz" ]; then
         python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
             "bench/out/gpu-bin/$b.xz" "$BIN/$b"
@@ -79,9 +80,11 @@ IMAGES=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm")
 MANY=()
 for _ in $(seq "$COPIES"); do MANY+=("${IMAGES[@]}"); done
 
-step "3. fused kernels on the GPU vs their CPU implementations"
-"$BIN/cuda_fused" --test-threads=1 >"$OUT/cuda_fused.log" 2>&1
-tail -4 "$OUT/cuda_fused.log"
+step "3. segsweep's kernels on the GPU vs their CPU implementations, then the tiny model"
+for t in cuda_ops cuda_fused; do
+    "$BIN/$t" --test-threads=1 >"$OUT/$t.log" 2>&1
+    grep -E "^test |test result" "$OUT/$t.log"
+done
 
 step "3b. parity: predict on $DEVICE vs cpu (candle's ops, then the fused kernels)"
 P="$BIN/segsweep predict --model $MODEL --classes $CLASSES --logit-scale 65 --prob-thd 0.1 --area-thd 0.1"

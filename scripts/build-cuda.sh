@@ -9,7 +9,7 @@
 # nvcc 13.0 is required: a newer nvcc emits PTX that driver 580 cannot JIT.
 #
 #   scripts/build-cuda.sh            # target/segsweep-cuda
-#   scripts/build-cuda.sh --bench    # also target/{bench_infer,block_profile,cuda_fused}-cuda
+#   scripts/build-cuda.sh --bench    # also target/{bench_infer,block_profile,cuda_ops,cuda_fused}-cuda
 #                                    # (bench/gpu.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,15 +77,19 @@ echo "built target/segsweep-cuda (compute capability $CAP)"
 if [ "${1:-}" = "--bench" ]; then
     cp "$CARGO_TARGET_DIR/release/examples/bench_infer" target/bench_infer-cuda
     cp "$CARGO_TARGET_DIR/release/examples/block_profile" target/block_profile-cuda
-    # The fused kernels' GPU test (crates/clip/tests/cuda_fused.rs), run by bench/gpu.sh.
-    exe=$(cargo test --release -p segsweep-clip --features cuda --test cuda_fused --no-run \
-        --message-format=json | python3 -c '
+    # The kernels' GPU tests (crates/kernels/tests/cuda_ops.rs, crates/clip/tests/cuda_fused.rs),
+    # run by bench/gpu.sh.
+    test_exe() { # package test-target
+        cargo test --release -p "$1" --features cuda --test "$2" --no-run --message-format=json \
+            | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_fused":
-        print(m["executable"])')
-    cp "$exe" target/cuda_fused-cuda
-    echo "built target/bench_infer-cuda, target/block_profile-cuda and target/cuda_fused-cuda"
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$2"
+    }
+    cp "$(test_exe segsweep-kernels cuda_ops)" target/cuda_ops-cuda
+    cp "$(test_exe segsweep-clip cuda_fused)" target/cuda_fused-cuda
+    echo "built target/{bench_infer,block_profile,cuda_ops,cuda_fused}-cuda"
 fi
 ldd target/segsweep-cuda | grep -E "cuda|cublas|curand|nvrtc" || true

@@ -10,7 +10,7 @@
 //!
 //! Runs the ops of one pre-LN block on random f32 activations `(batch, 197, 768)` with candle's
 //! composed ops (the generic path) and prints, per op, wall milliseconds and GFLOP/s for the
-//! matmuls; then the ops of `segsweep_clip::fused` that replace candle's elementwise ones, and
+//! matmuls; then the ops of `segsweep_kernels::block` that replace candle's elementwise ones, and
 //! the whole block both ways end to end (with the largest difference between the two); and the
 //! throughput of one large gemm `(1576, 768) · (768, 3072)`, which bounds what any f32
 //! ViT-B/16 can reach on this machine. On the CPU the fused ops run their single-threaded
@@ -186,11 +186,11 @@ fn main() -> Res<()> {
     println!("{:<34} {total:8.2} ms  (× 11 blocks in the prefix)", "sum");
     let _ = D::Minus1;
 
-    // The same block with segsweep's fused ops (`segsweep_clip::fused`, the CUDA kernels of
+    // The same block with segsweep's fused ops (`segsweep_kernels::block`, the CUDA kernels of
     // kernels/fused.cu on a GPU; their single-threaded reference loops on the CPU), op by op
     // and end to end against the composed block.
-    use segsweep_clip::fused::{self, Act};
-    println!("-- fused ops (segsweep_clip::fused)");
+    use segsweep_kernels::block::{self as fused, Act};
+    println!("-- fused ops (segsweep_kernels::block)");
     let (w32, b32) = (ln_w.to_dtype(DType::F32)?, ln_b.to_dtype(DType::F32)?);
     let ms = time(&dev, reps, || fused::layer_norm(&x2, &w32, &b32, 1e-5))?;
     println!("{:<34} {ms:8.2} ms", "layer_norm (f32 weights)");

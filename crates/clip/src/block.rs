@@ -10,7 +10,8 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::config::Act;
 use crate::error::Result;
-use crate::fused;
+use segsweep_kernels::block as fused;
+use segsweep_kernels::enabled;
 
 /// LayerNorm that always runs in f32 (weights kept in f32), whatever the model dtype,
 /// as OpenAI's `LayerNorm` subclass does for fp16 models.
@@ -40,7 +41,7 @@ impl Ln {
 
     /// `(..., D) → (..., D)` in the input's dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if fused::enabled(x.device(), x.elem_count()) {
+        if enabled(x.device(), x.elem_count()) {
             return fused::layer_norm(x, &self.w, &self.b, self.eps);
         }
         if let (true, Some(xv), Some((w, b))) = (
@@ -110,7 +111,7 @@ fn linear_fused(
     };
     let (out, inp) = l.weight().dims2()?;
     let rows = x.elem_count() / inp.max(1);
-    if x.dims().last() != Some(&inp) || !fused::enabled(x.device(), rows * out.max(inp)) {
+    if x.dims().last() != Some(&inp) || !enabled(x.device(), rows * out.max(inp)) {
         return Ok(None);
     }
     let y = x
@@ -177,7 +178,7 @@ pub(crate) fn softmax_f32(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `(B, heads, T, hd) → (B, T, heads·hd)`.
 pub(crate) fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
-    if fused::enabled(x.device(), x.elem_count()) {
+    if enabled(x.device(), x.elem_count()) {
         return fused::merge_heads(x);
     }
     let (b, h, t, hd) = x.dims4()?;
@@ -268,7 +269,7 @@ impl Block {
         let (b, t, d) = x_ln.dims3()?;
         if let (Some(bias), true) = (
             self.qkv.bias(),
-            fused::enabled(x_ln.device(), 3 * x_ln.elem_count()),
+            enabled(x_ln.device(), 3 * x_ln.elem_count()),
         ) {
             let y = x_ln
                 .contiguous()?

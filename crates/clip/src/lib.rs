@@ -23,7 +23,6 @@ pub mod classifier;
 pub mod config;
 mod cpu;
 pub mod error;
-pub mod fused;
 pub mod interp;
 mod model;
 pub mod source;

@@ -328,7 +328,7 @@ impl ClipModel {
 
 #[cfg(test)]
 mod fused_tests {
-    //! The whole tiny model with the fused GPU ops ([`crate::fused`], forced onto the CPU
+    //! The whole tiny model with the fused GPU ops (`segsweep_kernels::block`, forced onto the CPU
     //! through their element-by-element transliterations) against candle's composed ops: the
     //! prefix with recorded attention and q/k/v, every built-in last-block strategy, the head
     //! and the text tower, on non-square crops.
@@ -339,7 +339,8 @@ mod fused_tests {
     use segsweep_core::{Backbone, Needs};
 
     use super::ClipModel;
-    use crate::{attention, fused};
+    use crate::attention;
+    use segsweep_kernels as fused;
 
     /// Everything the fused ops touch, in f32.
     fn outputs(m: &ClipModel, crops: &Tensor, dt: DType) -> Vec<(String, Tensor)> {

@@ -1,14 +1,9 @@
-//! The fused block kernels (`kernels/fused.cu`) on a CUDA device against the same ops' CPU
-//! implementations, which the unit tests in `src/fused.rs` check against candle's composed
-//! ops; then the tiny model on the GPU with the fused kernels against the CPU.
-//!
-//! Only with `--features cuda` (never in CI). `bench/gpu.sh` runs this binary on the GPU
-//! machine (built here by `scripts/build-cuda.sh --bench`). Without a CUDA device every test
-//! fails with a message rather than passing vacuously: this binary exists to run on one.
+//! The tiny model on a CUDA device with segsweep's fused kernels (`SEGSWEEP_CUDA_KERNELS=fused`)
+//! against the CPU. Only with `--features cuda` (never in CI); `bench/gpu.sh` runs it on the GPU
+//! machine. Without a CUDA device it fails with a message: it exists to run on one.
 #![cfg(feature = "cuda")]
 
-use candle_core::{DType, Device, IndexOp, Tensor};
-use segsweep_clip::fused::{self, Act};
+use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device: this test binary is meant for the GPU machine")
@@ -22,7 +17,6 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// max |a − b| / max |b| with both in f32 on the CPU.
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let f = |t: &Tensor| {
         t.to_device(&Device::Cpu)
@@ -38,105 +32,11 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
     d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
 }
 
-/// f32: expf/erff on the device vs libm on the host; halves: at most one rounding step apart.
-fn tol(dt: DType) -> f32 {
-    match dt {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        _ => 1.6e-2,
-    }
-}
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-#[test]
-fn bias_act_on_the_gpu_equals_the_cpu() {
-    let dev = gpu();
-    // One odd shape, and one the size of ViT-B/16's fc1 output for 64 crops (more elements than
-    // one grid covers, so the grid-stride loop wraps).
-    for (rows, cols) in [(3 * 197, 7), (64 * 197, 3072)] {
-        let x = rand(&[rows, cols], 1);
-        let b = rand(&[cols], 2);
-        let r = rand(&[rows, cols], 3);
-        for dt in DTYPES {
-            let c = |t: &Tensor| t.to_dtype(dt).unwrap();
-            let g = |t: &Tensor| t.to_dtype(dt).unwrap().to_device(&dev).unwrap();
-            for act in [Act::Identity, Act::QuickGelu, Act::GeluErf] {
-                let want = fused::bias_act(&c(&x), &c(&b), act, None).unwrap();
-                let got = fused::bias_act(&g(&x), &g(&b), act, None).unwrap();
-                assert!(got.device().is_cuda() && got.dtype() == dt);
-                assert!(rel(&got, &want) <= tol(dt), "{rows}×{cols} {act:?} {dt:?}");
-                let want = fused::bias_act(&c(&x), &c(&b), act, Some(&c(&r))).unwrap();
-                let got = fused::bias_act(&g(&x), &g(&b), act, Some(&g(&r))).unwrap();
-                let e = rel(&got, &want);
-                assert!(e <= tol(dt), "{rows}×{cols} {act:?} {dt:?} + residual: {e}");
-            }
-        }
-    }
-}
-
-#[test]
-fn head_split_and_merge_on_the_gpu_equal_the_cpu() {
-    let dev = gpu();
-    for (b, t, heads, hd) in [(2, 5, 3, 4), (64, 197, 12, 64)] {
-        let y = rand(&[b, t, 3 * heads * hd], 4);
-        let bias = rand(&[3 * heads * hd], 5);
-        for dt in DTYPES {
-            let want = fused::split_qkv(
-                &y.to_dtype(dt).unwrap(),
-                &bias.to_dtype(dt).unwrap(),
-                heads,
-                0.125,
-            )
-            .unwrap();
-            let got = fused::split_qkv(
-                &y.to_dtype(dt).unwrap().to_device(&dev).unwrap(),
-                &bias.to_dtype(dt).unwrap().to_device(&dev).unwrap(),
-                heads,
-                0.125,
-            )
-            .unwrap();
-            assert_eq!(got.dims(), [3, b, heads, t, hd]);
-            for s in 0..3 {
-                let e = rel(&got.i(s).unwrap(), &want.i(s).unwrap());
-                assert!(e <= 1e-6, "split {b}×{t} {dt:?} part {s}: {e}");
-            }
-            // Merge the split v back: (B, H, T, hd) → (B, T, D).
-            let want = fused::merge_heads(&want.i(2).unwrap()).unwrap();
-            let got = fused::merge_heads(&got.i(2).unwrap()).unwrap();
-            assert_eq!(got.dims(), [b, t, heads * hd]);
-            assert!(rel(&got, &want) == 0.0, "merge {b}×{t} {dt:?}");
-        }
-    }
-}
-
-#[test]
-fn layer_norm_on_the_gpu_equals_the_cpu() {
-    let dev = gpu();
-    for (rows, cols) in [(7, 33), (64 * 197, 768)] {
-        let x = rand(&[rows, cols], 6).affine(4.0, 1.0).unwrap();
-        let w = rand(&[cols], 7);
-        let b = rand(&[cols], 8);
-        for dt in DTYPES {
-            let want = fused::layer_norm(&x.to_dtype(dt).unwrap(), &w, &b, 1e-5).unwrap();
-            let got = fused::layer_norm(
-                &x.to_dtype(dt).unwrap().to_device(&dev).unwrap(),
-                &w.to_device(&dev).unwrap(),
-                &b.to_device(&dev).unwrap(),
-                1e-5,
-            )
-            .unwrap();
-            let e = rel(&got, &want);
-            assert!(e <= tol(dt), "{rows}×{cols} {dt:?}: {e}");
-        }
-    }
-}
-
 /// The tiny model's prefix and SCLIP last block on the GPU with the fused kernels (f32) against
 /// the CPU. The kernel choice is read once per process, so it is set before the first use.
 #[test]
 fn tiny_model_with_fused_kernels_on_the_gpu_equals_the_cpu() {
-    std::env::set_var(fused::ENV, "fused");
+    std::env::set_var(segsweep_kernels::ENV, "fused");
     use segsweep_clip::{attention, ClipModel};
     use segsweep_core::{Backbone, Needs};
     let dev = gpu();

@@ -170,18 +170,28 @@ pub(crate) fn class_probs_device(
     if let Some(c) = members.iter().position(Vec::is_empty) {
         return Err(InferError::Pipeline(format!("class {c} has no query")));
     }
+    let dev: &Device = logits.device();
+    let (_, h, w) = logits.dims3()?;
+    if segsweep_kernels::enabled(dev, q.max(n_classes) * h * w) {
+        // One kernel instead of the ops below (segsweep-kernels `post`).
+        let x = logits.to_dtype(DType::F32)?;
+        return Ok(segsweep_kernels::post::class_probs(
+            &x,
+            scale,
+            query_class,
+            n_classes,
+        )?);
+    }
     let s = members.iter().map(Vec::len).max().unwrap_or(1);
     let idx: Vec<u32> = members
         .iter()
         .flat_map(|m| (0..s).map(move |j| m[j.min(m.len() - 1)]))
         .collect();
-    let dev: &Device = logits.device();
     let idx = Tensor::from_vec(idx, n_classes * s, dev)?;
     let x = logits.to_dtype(DType::F32)?.affine(scale as f64, 0.0)?;
     let max = x.max_keepdim(0)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(0)?;
-    let (_, h, w) = e.dims3()?;
     let best = e
         .index_select(&idx, 0)?
         .reshape((n_classes, s, h, w))?
@@ -201,6 +211,21 @@ pub(crate) fn threshold_labels_device(
 ) -> Result<Vec<u32>> {
     let (c, h, w) = probs.dims3()?;
     let dev = probs.device();
+    if segsweep_kernels::enabled(dev, c * h * w) {
+        // Two kernels and one small copy instead of the ops below (segsweep-kernels `post`).
+        use segsweep_kernels::post;
+        let p = probs.to_dtype(DType::F32)?.contiguous()?;
+        let zeroed = match area_thd {
+            Some(thd) => {
+                let count: Vec<u32> = post::area_counts(&p)?.to_vec1()?;
+                let count: Vec<u64> = count.into_iter().map(u64::from).collect();
+                crate::post::area_zeroed(&count, thd, background)
+            }
+            None => vec![false; c],
+        };
+        let labels = post::threshold_labels(&p, &zeroed, prob_thd, background)?;
+        return Ok(labels.to_vec1()?);
+    }
     let p = probs.to_dtype(DType::F32)?.reshape((c, h * w))?;
     // (C − c) per class: the max over the classes that reach the max is C − (first such c).
     let rank: Vec<f32> = (0..c).map(|i| (c - i) as f32).collect();
@@ -328,6 +353,13 @@ mod tests {
             let host = threshold_labels(&probs, c, area, thd, bg);
             let dev = threshold_labels_device(&t, area, thd, bg).unwrap();
             assert_eq!(dev, host, "area {area:?} prob_thd {thd} background {bg:?}");
+            // The same through segsweep-kernels' ops (their CPU implementations).
+            let kernels =
+                segsweep_kernels::forced(|| threshold_labels_device(&t, area, thd, bg).unwrap());
+            assert_eq!(
+                kernels, host,
+                "kernels: area {area:?} prob_thd {thd} background {bg:?}"
+            );
         }
     }
 
@@ -340,6 +372,8 @@ mod tests {
         let x = Tensor::from_vec(logits, (query_class.len(), h, w), &Device::Cpu).unwrap();
         let dev = flat(&class_probs_device(&x, 40.0, &query_class, 4).unwrap());
         assert!(max_rel(&dev, &host) < 1e-6);
+        let kernels = segsweep_kernels::forced(|| class_probs_device(&x, 40.0, &query_class, 4));
+        assert!(max_rel(&flat(&kernels.unwrap()), &host) < 1e-6);
         let err = class_probs_device(&x, 40.0, &query_class, 5).unwrap_err();
         assert!(err.to_string().contains("class 4 has no query"), "{err}");
     }

@@ -1172,6 +1172,11 @@ mod tests {
             };
             let (prepared, (host, host_trace)) = run(false);
             let (prepared_dev, (dev, dev_trace)) = run(true);
+            // The device path with segsweep-kernels' post-processing ops (their CPU
+            // implementations) gives the same probabilities and labels.
+            let (_, (kern, _)) = segsweep_kernels::forced(|| run(true));
+            assert!(max_diff(&host.probs, &kern.probs) < 1e-5, "{mode:?}");
+            assert_eq!(flat(&host.labels), flat(&kern.labels), "{mode:?}");
             // Crops cut from the uploaded image equal crops cut on the host, to the bit.
             assert!(prepared.norm_dev.is_none() && prepared_dev.norm_dev.is_some());
             let n = prepared.windows.len();

@@ -1,19 +1,21 @@
-// kernels/fused.cu executed on the CPU, for tests (crates/clip/tests/kernels_emulated.rs).
+// kernels/fused.cu and kernels/post.cu executed on the CPU, for tests
+// (crates/kernels/tests/kernels_emulated.rs).
 //
 // The kernel source itself is compiled by a C++20 compiler with a shim for the CUDA features it
 // uses: blockIdx/threadIdx/blockDim/gridDim, __shfl_xor_sync (a warp's 32 lanes run as
 // std::threads meeting at a barrier, so the shuffle-based reductions run as written), the
-// fp16/bf16 types and conversions (round to nearest even), expf/erff/rsqrtf. Each kernel then
+// fp16/bf16 types and conversions (round to nearest even), expf/erff/rsqrtf, atomicAdd (serial
+// launches only). Each kernel then
 // runs on small, deliberately awkward shapes (columns that do not fill a block, fewer grid rows
 // than data rows so the row loop strides, a partial last block of warps) and is compared with a
 // naive reference written in plain nested loops in the natural index order, in double.
 //
 // What this cannot check is CUDA itself: launch limits, memory coalescing, and the Rust side's
-// argument passing, which bench/gpu.sh checks on a GPU (tests/cuda_fused.rs).
+// argument passing, which bench/gpu.sh checks on a GPU (tests/cuda_ops.rs).
 //
 // By hand (exit status 1 on a mismatch):
-//   c++ -std=c++20 -O1 -pthread -DSEGSWEEP_CPU_EMULATION -I crates/clip/kernels
-//       crates/clip/kernels/emulate.cpp -o emulate && ./emulate
+//   c++ -std=c++20 -O1 -pthread -DSEGSWEEP_CPU_EMULATION -I crates/kernels/kernels
+//       crates/kernels/kernels/emulate.cpp -o emulate && ./emulate
 
 #include <barrier>
 #include <cmath>
@@ -74,7 +76,15 @@ inline float __shfl_xor_sync(unsigned, float v, int off) {
     return r;
 }
 
+// Serial launches only: no two threads run at once.
+inline uint32_t atomicAdd(uint32_t *p, uint32_t v) {
+    const uint32_t old = *p;
+    *p += v;
+    return old;
+}
+
 #include "fused.cu"
+#include "post.cu"
 
 // Every (block, thread) in turn: for kernels without communication between threads.
 template <class F> void launch_serial(dim3 grid, dim3 block, F f) {
@@ -240,10 +250,67 @@ template <typename T> static void test_all(const char *dtype, double tol) {
     }
 }
 
+// Post-processing (f32 only): 7 queries of 4 classes over 5×37 pixels, one block of 64
+// threads (the pixel loop strides).
+static void test_post() {
+    const uint32_t q_n = 7, c_n = 4, n = 5 * 37;
+    const uint32_t qc[q_n] = {0, 1, 1, 2, 1, 3, 3};
+    auto logits = values(q_n * n, 10, 0.1f);
+    std::vector<float> probs(c_n * n, -1.0f);
+    launch_serial({1}, {64}, [&] {
+        class_probs_f32(logits.data(), qc, probs.data(), n, q_n, c_n, 40.0f);
+    });
+    std::vector<double> want(c_n * n, 0.0);
+    for (uint32_t p = 0; p < n; ++p) {
+        double m = -INFINITY, s = 0;
+        for (uint32_t q = 0; q < q_n; ++q) m = std::fmax(m, (double)logits[q * n + p] * 40.0);
+        for (uint32_t q = 0; q < q_n; ++q) s += std::exp((double)logits[q * n + p] * 40.0 - m);
+        for (uint32_t q = 0; q < q_n; ++q) {
+            const double e = std::exp((double)logits[q * n + p] * 40.0 - m) / s;
+            want[qc[q] * n + p] = std::fmax(want[qc[q] * n + p], e);
+        }
+    }
+    check("class_probs", "f32", rel_err(probs, want), 2e-6);
+
+    // Counts and labels on probabilities with exact ties (multiples of 1/8) and all-zero pixels.
+    std::vector<float> pr(c_n * n);
+    for (uint32_t i = 0; i < c_n * n; ++i) pr[i] = (float)((i * 7 + i / 11) % 5) / 8.0f;
+    for (uint32_t c = 0; c < c_n; ++c) pr[c * n + 3] = 0.0f;
+    auto argmax = [&](uint32_t p, const uint8_t *z, float *mx) {
+        float best = -INFINITY;
+        uint32_t l = 0;
+        for (uint32_t c = 0; c < c_n; ++c) {
+            const float v = z && z[c] ? 0.0f : pr[c * n + p];
+            if (v > best) best = v, l = c;
+        }
+        *mx = best;
+        return l;
+    };
+    std::vector<uint32_t> count(c_n, 0), want_count(c_n, 0);
+    launch_serial({1}, {64}, [&] { area_counts_f32(pr.data(), count.data(), n, c_n); });
+    for (uint32_t p = 0; p < n; ++p) {
+        float mx;
+        ++want_count[argmax(p, nullptr, &mx)];
+    }
+    check("area_counts", "f32", count == want_count ? 0.0 : 1.0, 0.0);
+    const uint8_t zeroed[c_n] = {0, 1, 0, 0};
+    std::vector<uint32_t> labels(n, 999), want_labels(n);
+    launch_serial({1}, {64}, [&] {
+        threshold_labels_f32(pr.data(), zeroed, labels.data(), n, c_n, 0.3f, 2);
+    });
+    for (uint32_t p = 0; p < n; ++p) {
+        float mx;
+        const uint32_t l = argmax(p, zeroed, &mx);
+        want_labels[p] = mx < 0.3f ? 2 : l;
+    }
+    check("threshold_labels", "f32", labels == want_labels ? 0.0 : 1.0, 0.0);
+}
+
 int main() {
     test_all<float>("f32", 2e-6);
     test_all<__half>("f16", 1e-3);
     test_all<__nv_bfloat16>("bf16", 8e-3);
+    test_post();
     std::printf("%s\n", failures ? "FAILED" : "all kernels match");
     return failures ? 1 : 0;
 }

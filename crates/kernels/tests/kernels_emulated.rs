@@ -1,9 +1,10 @@
-//! The fused CUDA kernels (`kernels/fused.cu`) executed on the CPU: `kernels/emulate.cpp`
+//! segsweep's CUDA kernels (`kernels/fused.cu`, `kernels/post.cu`) executed on the CPU:
+//! `kernels/emulate.cpp`
 //! compiles the kernel source itself with a C++20 compiler and a shim for the CUDA features it
 //! uses (thread and block indices, warp shuffles run by 32 threads at a barrier, fp16/bf16),
 //! runs every kernel in f32, f16 and bf16 on awkward shapes and compares it with naive nested
 //! loops. This checks the kernels' own index arithmetic, guards, row striding and warp
-//! reductions without a GPU; `tests/cuda_fused.rs` checks them on one (`bench/gpu.sh`).
+//! reductions without a GPU; `tests/cuda_ops.rs` checks them on one (`bench/gpu.sh`).
 //!
 //! Needs a C++20 compiler: `$CXX`, else `c++` (g++ ≥ 11 or clang++ ≥ 14; the development and
 //! CI machines have g++ 12).
@@ -39,13 +40,14 @@ fn fused_kernels_under_cpu_emulation_match_naive_loops() {
         run.status.success(),
         "a kernel differs from its reference:\n{out}"
     );
-    // Every kernel ran in every dtype (10 checks each) and nothing failed.
-    for dtype in ["f32", "f16", "bf16"] {
+    // Every block kernel ran in every dtype (10 checks each), the 3 post-processing kernels in
+    // f32, and nothing failed.
+    for (dtype, checks) in [("f32", 13), ("f16", 10), ("bf16", 10)] {
         let n = out
             .lines()
             .filter(|l| l.split_whitespace().any(|w| w == dtype) && l.ends_with(" ok"))
             .count();
-        assert_eq!(n, 10, "{dtype}:\n{out}");
+        assert_eq!(n, checks, "{dtype}:\n{out}");
     }
     assert!(out.contains("all kernels match") && !out.contains("FAIL"));
 }

@@ -1,0 +1,345 @@
+//! Launches of `kernels/fused.cu` and `kernels/post.cu` (PTX built by `build.rs`, each module
+//! loaded once per device).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+const MODULE: &str = "segsweep_fused";
+const POST_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/post.ptx"));
+const POST_MODULE: &str = "segsweep_post";
+
+fn view<'a, T: CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what}: expected a contiguous tensor");
+    };
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// A count below 2^31, so that the kernels' grid-stride indices never wrap.
+fn count(n: usize, what: &str) -> Result<u32> {
+    match i32::try_from(n) {
+        Ok(_) => Ok(n as u32),
+        Err(_) => bail!("{what}: {n} elements exceed the kernels' 31-bit index"),
+    }
+}
+
+fn suffix(dt: DType, what: &str) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        dt => bail!("{what}: unsupported dtype {dt:?}"),
+    })
+}
+
+/// A 2-D launch: `blocks_x` blocks of `threads` across, rows strided over at most 65 535
+/// blocks down (the kernels loop `r += gridDim.y`).
+fn grid2(blocks_x: u32, threads: u32, rows: u32) -> Result<LaunchConfig> {
+    if threads == 0 || threads > 1024 || blocks_x == 0 {
+        bail!("fused kernels: {threads} threads × {blocks_x} blocks per row is out of range");
+    }
+    Ok(LaunchConfig {
+        grid_dim: (blocks_x, rows.clamp(1, 65_535), 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+macro_rules! by_dtype {
+    ($dt:expr, $what:expr, |$T:ident| $body:expr) => {
+        match $dt {
+            DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            dt => bail!("{}: unsupported dtype {dt:?}", $what),
+        }
+    };
+}
+
+fn wrap<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(out, dev.clone())
+}
+
+pub(super) fn bias_act(
+    act: crate::block::Act,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    res: Option<(&CudaStorage, &Layout)>,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let dt = s1.dtype();
+    let n = count(l1.shape().elem_count(), "bias_act")?;
+    let cols = count(l2.shape().elem_count(), "bias_act")?;
+    if cols == 0 || n % cols != 0 {
+        bail!("bias_act: {n} elements in rows of {cols}");
+    }
+    let rows = n / cols;
+    let cfg = grid2(cols.div_ceil(256), 256, rows)?;
+    let act = act as u32;
+    let name = match res {
+        None => format!("bias_act_{}", suffix(dt, "bias_act")?),
+        Some(_) => format!("bias_act_res_{}", suffix(dt, "bias_act")?),
+    };
+    let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+    by_dtype!(dt, "bias_act", |T| {
+        let x = view::<T>(s1, l1, "bias_act x")?;
+        let b = view::<T>(s2, l2, "bias_act bias")?;
+        let r = match res {
+            Some((s3, l3)) => Some(view::<T>(s3, l3, "bias_act residual")?),
+            None => None,
+        };
+        // SAFETY: every element is written by the kernel.
+        let out = unsafe { dev.alloc::<T>(n as usize)? };
+        let mut builder = func.builder();
+        builder.arg(&x);
+        builder.arg(&b);
+        if let Some(r) = &r {
+            builder.arg(r);
+        }
+        builder.arg(&out);
+        builder.arg(&rows);
+        builder.arg(&cols);
+        builder.arg(&act);
+        // SAFETY: argument types and order match `bias_act{,_res}_*` in fused.cu.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(wrap(out, dev))
+    })
+}
+
+pub(super) fn split_qkv(
+    op: &crate::block::SplitQkv,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let dt = s1.dtype();
+    let n = count(l1.shape().elem_count(), "split_qkv")?;
+    let (b_n, t_n) = (count(op.b, "split_qkv")?, count(op.t, "split_qkv")?);
+    let (heads, hd) = (count(op.heads, "split_qkv")?, count(op.hd, "split_qkv")?);
+    let q_scale = op.q_scale;
+    let cfg = grid2(3 * heads, hd, b_n * t_n)?;
+    let func = dev.get_or_load_custom_func(
+        &format!("split_qkv_{}", suffix(dt, "split_qkv")?),
+        MODULE,
+        PTX,
+    )?;
+    by_dtype!(dt, "split_qkv", |T| {
+        let y = view::<T>(s1, l1, "split_qkv")?;
+        let b = view::<T>(s2, l2, "split_qkv bias")?;
+        // SAFETY: the split is a permutation: every element is written.
+        let out = unsafe { dev.alloc::<T>(n as usize)? };
+        let mut builder = func.builder();
+        builder.arg(&y);
+        builder.arg(&b);
+        builder.arg(&out);
+        builder.arg(&b_n);
+        builder.arg(&t_n);
+        builder.arg(&heads);
+        builder.arg(&hd);
+        builder.arg(&q_scale);
+        // SAFETY: argument types and order match `split_qkv_*` in fused.cu.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(wrap(out, dev))
+    })
+}
+
+pub(super) fn merge_heads(
+    op: &crate::block::MergeHeads,
+    s: &CudaStorage,
+    l: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s.device;
+    let dt = s.dtype();
+    let n = count(l.shape().elem_count(), "merge_heads")?;
+    let (t_n, heads, hd) = (
+        count(op.t, "merge_heads")?,
+        count(op.heads, "merge_heads")?,
+        count(op.hd, "merge_heads")?,
+    );
+    let rows = n / (heads * hd).max(1);
+    let cfg = grid2(heads, hd, rows)?;
+    let func = dev.get_or_load_custom_func(
+        &format!("merge_heads_{}", suffix(dt, "merge_heads")?),
+        MODULE,
+        PTX,
+    )?;
+    by_dtype!(dt, "merge_heads", |T| {
+        let o = view::<T>(s, l, "merge_heads")?;
+        // SAFETY: the merge is a permutation: every element is written.
+        let out = unsafe { dev.alloc::<T>(n as usize)? };
+        let mut builder = func.builder();
+        builder.arg(&o);
+        builder.arg(&out);
+        builder.arg(&rows);
+        builder.arg(&t_n);
+        builder.arg(&heads);
+        builder.arg(&hd);
+        // SAFETY: argument types and order match `merge_heads_*` in fused.cu.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(wrap(out, dev))
+    })
+}
+
+pub(super) fn layer_norm(
+    eps: f32,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let dt = s1.dtype();
+    let n = count(l1.shape().elem_count(), "layer_norm")?;
+    let cols = count(l2.shape().elem_count(), "layer_norm")?;
+    if cols == 0 || n % cols != 0 {
+        bail!("layer_norm: {n} elements in rows of {cols}");
+    }
+    let rows = n / cols;
+    let func = dev.get_or_load_custom_func(
+        &format!("layer_norm_{}", suffix(dt, "layer_norm")?),
+        MODULE,
+        PTX,
+    )?;
+    let w = view::<f32>(s2, l2, "layer_norm weight")?;
+    let b = view::<f32>(s3, l3, "layer_norm bias")?;
+    // One warp per row, 8 rows per block of 256 threads.
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(8), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    by_dtype!(dt, "layer_norm", |T| {
+        let x = view::<T>(s1, l1, "layer_norm x")?;
+        // SAFETY: every row is written by its warp.
+        let out = unsafe { dev.alloc::<T>(n as usize)? };
+        let mut builder = func.builder();
+        builder.arg(&x);
+        builder.arg(&w);
+        builder.arg(&b);
+        builder.arg(&out);
+        builder.arg(&rows);
+        builder.arg(&cols);
+        builder.arg(&eps);
+        // SAFETY: argument types and order match `layer_norm_*` in fused.cu.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(wrap(out, dev))
+    })
+}
+
+/// One thread per pixel in a grid-stride loop: blocks of 256, at most 65 535 of them.
+fn pixels(n: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 65_535), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub(crate) fn class_probs(
+    op: &crate::post::ClassProbs,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let (q, h, w) = l1.shape().dims3()?;
+    let n = count(h * w, "class_probs")?;
+    let (q_n, c_n) = (
+        count(q, "class_probs")?,
+        count(op.n_classes, "class_probs")?,
+    );
+    count(q * h * w, "class_probs")?;
+    count(op.n_classes * h * w, "class_probs")?;
+    let scale = op.scale;
+    let logits = view::<f32>(s1, l1, "class_probs logits")?;
+    let qc = view::<u32>(s2, l2, "class_probs query classes")?;
+    let func = dev.get_or_load_custom_func("class_probs_f32", POST_MODULE, POST_PTX)?;
+    // SAFETY: every pixel's column is written by its thread.
+    let out = unsafe { dev.alloc::<f32>(op.n_classes * h * w)? };
+    let mut builder = func.builder();
+    builder.arg(&logits);
+    builder.arg(&qc);
+    builder.arg(&out);
+    builder.arg(&n);
+    builder.arg(&q_n);
+    builder.arg(&c_n);
+    builder.arg(&scale);
+    // SAFETY: argument types and order match `class_probs_f32` in post.cu.
+    unsafe { builder.launch(pixels(n)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn area_counts(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let dev = &s.device;
+    let (c, h, w) = l.shape().dims3()?;
+    let n = count(h * w, "area_counts")?;
+    let c_n = count(c, "area_counts")?;
+    count(c * h * w, "area_counts")?;
+    let probs = view::<f32>(s, l, "area_counts")?;
+    let func = dev.get_or_load_custom_func("area_counts_f32", POST_MODULE, POST_PTX)?;
+    let out = dev.alloc_zeros::<u32>(c)?;
+    let mut builder = func.builder();
+    builder.arg(&probs);
+    builder.arg(&out);
+    builder.arg(&n);
+    builder.arg(&c_n);
+    // SAFETY: argument types and order match `area_counts_f32` in post.cu.
+    unsafe { builder.launch(pixels(n)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn threshold_labels(
+    op: &crate::post::ThresholdLabels,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let (c, h, w) = l1.shape().dims3()?;
+    let n = count(h * w, "threshold_labels")?;
+    let c_n = count(c, "threshold_labels")?;
+    count(c * h * w, "threshold_labels")?;
+    let (prob_thd, bg) = (op.prob_thd, op.bg);
+    let probs = view::<f32>(s1, l1, "threshold_labels")?;
+    let zeroed = view::<u8>(s2, l2, "threshold_labels zeroed")?;
+    let func = dev.get_or_load_custom_func("threshold_labels_f32", POST_MODULE, POST_PTX)?;
+    // SAFETY: every pixel's label is written by its thread.
+    let out = unsafe { dev.alloc::<u32>(h * w)? };
+    let mut builder = func.builder();
+    builder.arg(&probs);
+    builder.arg(&zeroed);
+    builder.arg(&out);
+    builder.arg(&n);
+    builder.arg(&c_n);
+    builder.arg(&prob_thd);
+    builder.arg(&bg);
+    // SAFETY: argument types and order match `threshold_labels_f32` in post.cu.
+    unsafe { builder.launch(pixels(n)) }.w()?;
+    Ok(wrap(out, dev))
+}

@@ -1,0 +1,99 @@
+//! segsweep's own CUDA kernels, as candle custom ops.
+//!
+//! - [`block`]: the elementwise parts of a ViT block fused into one kernel each (LayerNorm with
+//!   f32 weights, bias + GELU, bias + residual, q/k/v split, head merge).
+//! - [`post`]: SCLIP's post-processing of dense logits (synonym softmax, area counts, argmax and
+//!   thresholds), one kernel per step instead of ~35 candle ops.
+//!
+//! The kernels are in `kernels/*.cu`, compiled to PTX by `build.rs` with the `cuda` feature. Every
+//! op also runs on the CPU: its `cpu_fwd` transliterates the kernel loop for loop, and unit tests
+//! check it against candle's composed ops (or segsweep's host functions). `kernels/emulate.cpp`
+//! runs the kernel source itself on the CPU under a small CUDA shim (`tests/kernels_emulated.rs`),
+//! and `tests/cuda_ops.rs` compares each kernel on a GPU with the CPU implementation.
+//!
+//! **Status: experimental, off by default.** Written in a session without a GPU: compiled by
+//! nvcc and executed under the emulation, not yet run on a GPU. Callers use them where
+//! [`enabled`] says so: on CUDA with `SEGSWEEP_CUDA_KERNELS=fused`.
+
+pub mod block;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod post;
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result};
+
+/// Environment variable that selects the CUDA kernels: `fused` (this crate's) or `candle`
+/// (candle's composed ops, the default).
+pub const ENV: &str = "SEGSWEEP_CUDA_KERNELS";
+
+fn env_choice() -> bool {
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var(ENV) {
+        Err(_) => false,
+        Ok(v) if v == "candle" || v.is_empty() => false,
+        Ok(v) if v == "fused" => true,
+        Ok(v) => {
+            tracing::warn!(
+                "{ENV}={v:?} is not `fused` or `candle`; using candle's composed ops (the default)"
+            );
+            false
+        }
+    })
+}
+
+thread_local! {
+    /// Tests: use the ops' CPU implementations in place of candle's ops on the CPU too.
+    static FORCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Test hook: runs `f` with [`enabled`] true on every device of this thread, so callers' fused
+/// plumbing runs on the CPU (through the ops' CPU implementations) in tests without a GPU.
+#[doc(hidden)]
+pub fn forced<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCE.with(|c| c.set(false));
+        }
+    }
+    FORCE.with(|c| c.set(true));
+    let _reset = Reset;
+    f()
+}
+
+/// Whether callers should use these ops for a tensor of `elems` elements on `dev`: on CUDA when
+/// [`ENV`] is `fused` (read once per process), and only below 2^31 elements (the kernels index
+/// in 32 bits); everywhere inside [`forced`].
+pub fn enabled(dev: &Device, elems: usize) -> bool {
+    if FORCE.with(|c| c.get()) {
+        return true;
+    }
+    dev.is_cuda() && elems <= i32::MAX as usize && env_choice()
+}
+
+/// A contiguous float tensor's values as f32 (the CPU implementations compute in f32).
+pub(crate) fn cpu_f32(s: &CpuStorage, l: &Layout, what: &str) -> Result<Vec<f32>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what}: expected a contiguous tensor");
+    };
+    Ok(match s {
+        CpuStorage::F32(v) => v[a..b].to_vec(),
+        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        _ => bail!("{what}: expected f32, f16 or bf16, got {:?}", s.dtype()),
+    })
+}
+
+/// f32 values rounded once to `dt`.
+pub(crate) fn cpu_round(v: Vec<f32>, dt: DType) -> Result<CpuStorage> {
+    Ok(match dt {
+        DType::F32 => CpuStorage::F32(v),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        dt => bail!("fused op: unsupported dtype {dt:?}"),
+    })
+}

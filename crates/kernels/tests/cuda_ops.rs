@@ -1,0 +1,174 @@
+//! segsweep's kernels (`kernels/fused.cu`, `kernels/post.cu`) on a CUDA device against the same
+//! ops' CPU implementations, which the unit tests check against candle's composed ops and the
+//! host functions. (segsweep-clip's `tests/cuda_fused.rs` runs the tiny model with them.)
+//!
+//! Only with `--features cuda` (never in CI). `bench/gpu.sh` runs this binary on the GPU
+//! machine (built here by `scripts/build-cuda.sh --bench`). Without a CUDA device every test
+//! fails with a message rather than passing vacuously: this binary exists to run on one.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use segsweep_kernels::block::{self as fused, Act};
+use segsweep_kernels::post;
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("a CUDA device: this test binary is meant for the GPU machine")
+}
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((i as f32 * 12.9898 + seed as f32 * 78.233).sin() * 43758.545).fract() * 2.0)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// max |a − b| / max |b| with both in f32 on the CPU.
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let f = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+    };
+    let (a, b) = (f(a), f(b));
+    let d = (&a - &b).unwrap().abs().unwrap().max(0).unwrap();
+    let s = b.abs().unwrap().max(0).unwrap();
+    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
+}
+
+/// f32: expf/erff on the device vs libm on the host; halves: at most one rounding step apart.
+fn tol(dt: DType) -> f32 {
+    match dt {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1.6e-2,
+    }
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+#[test]
+fn bias_act_on_the_gpu_equals_the_cpu() {
+    let dev = gpu();
+    // One odd shape, and one the size of ViT-B/16's fc1 output for 64 crops (more elements than
+    // one grid covers, so the grid-stride loop wraps).
+    for (rows, cols) in [(3 * 197, 7), (64 * 197, 3072)] {
+        let x = rand(&[rows, cols], 1);
+        let b = rand(&[cols], 2);
+        let r = rand(&[rows, cols], 3);
+        for dt in DTYPES {
+            let c = |t: &Tensor| t.to_dtype(dt).unwrap();
+            let g = |t: &Tensor| t.to_dtype(dt).unwrap().to_device(&dev).unwrap();
+            for act in [Act::Identity, Act::QuickGelu, Act::GeluErf] {
+                let want = fused::bias_act(&c(&x), &c(&b), act, None).unwrap();
+                let got = fused::bias_act(&g(&x), &g(&b), act, None).unwrap();
+                assert!(got.device().is_cuda() && got.dtype() == dt);
+                assert!(rel(&got, &want) <= tol(dt), "{rows}×{cols} {act:?} {dt:?}");
+                let want = fused::bias_act(&c(&x), &c(&b), act, Some(&c(&r))).unwrap();
+                let got = fused::bias_act(&g(&x), &g(&b), act, Some(&g(&r))).unwrap();
+                let e = rel(&got, &want);
+                assert!(e <= tol(dt), "{rows}×{cols} {act:?} {dt:?} + residual: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn head_split_and_merge_on_the_gpu_equal_the_cpu() {
+    let dev = gpu();
+    for (b, t, heads, hd) in [(2, 5, 3, 4), (64, 197, 12, 64)] {
+        let y = rand(&[b, t, 3 * heads * hd], 4);
+        let bias = rand(&[3 * heads * hd], 5);
+        for dt in DTYPES {
+            let want = fused::split_qkv(
+                &y.to_dtype(dt).unwrap(),
+                &bias.to_dtype(dt).unwrap(),
+                heads,
+                0.125,
+            )
+            .unwrap();
+            let got = fused::split_qkv(
+                &y.to_dtype(dt).unwrap().to_device(&dev).unwrap(),
+                &bias.to_dtype(dt).unwrap().to_device(&dev).unwrap(),
+                heads,
+                0.125,
+            )
+            .unwrap();
+            assert_eq!(got.dims(), [3, b, heads, t, hd]);
+            for s in 0..3 {
+                let e = rel(&got.i(s).unwrap(), &want.i(s).unwrap());
+                assert!(e <= 1e-6, "split {b}×{t} {dt:?} part {s}: {e}");
+            }
+            // Merge the split v back: (B, H, T, hd) → (B, T, D).
+            let want = fused::merge_heads(&want.i(2).unwrap()).unwrap();
+            let got = fused::merge_heads(&got.i(2).unwrap()).unwrap();
+            assert_eq!(got.dims(), [b, t, heads * hd]);
+            assert!(rel(&got, &want) == 0.0, "merge {b}×{t} {dt:?}");
+        }
+    }
+}
+
+#[test]
+fn layer_norm_on_the_gpu_equals_the_cpu() {
+    let dev = gpu();
+    for (rows, cols) in [(7, 33), (64 * 197, 768)] {
+        let x = rand(&[rows, cols], 6).affine(4.0, 1.0).unwrap();
+        let w = rand(&[cols], 7);
+        let b = rand(&[cols], 8);
+        for dt in DTYPES {
+            let want = fused::layer_norm(&x.to_dtype(dt).unwrap(), &w, &b, 1e-5).unwrap();
+            let got = fused::layer_norm(
+                &x.to_dtype(dt).unwrap().to_device(&dev).unwrap(),
+                &w.to_device(&dev).unwrap(),
+                &b.to_device(&dev).unwrap(),
+                1e-5,
+            )
+            .unwrap();
+            let e = rel(&got, &want);
+            assert!(e <= tol(dt), "{rows}×{cols} {dt:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn post_processing_on_the_gpu_equals_the_cpu() {
+    let dev = gpu();
+    // 21 classes with synonyms (30 queries) on a VOC-sized 300 × 451 image.
+    let query_class: Vec<usize> = (0..30).map(|q| if q < 21 { q } else { q % 7 }).collect();
+    let (h, w) = (300, 451);
+    let logits = rand(&[30, h, w], 10).affine(0.1, 0.0).unwrap();
+    let want = post::class_probs(&logits, 50.0, &query_class, 21).unwrap();
+    let got = post::class_probs(&logits.to_device(&dev).unwrap(), 50.0, &query_class, 21).unwrap();
+    assert_eq!(got.dims(), [21, h, w]);
+    let e = rel(&got, &want);
+    assert!(e <= 1e-5, "class_probs: {e}");
+    // Counts and labels from the same probabilities on both sides (exact).
+    let probs_gpu = want.to_device(&dev).unwrap();
+    let cpu_counts: Vec<u32> = post::area_counts(&want).unwrap().to_vec1().unwrap();
+    let gpu_counts: Vec<u32> = post::area_counts(&probs_gpu)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(gpu_counts, cpu_counts);
+    assert_eq!(cpu_counts.iter().sum::<u32>() as usize, h * w);
+    let mut zeroed = vec![false; 21];
+    zeroed[3] = true;
+    for (thd, bg) in [(0.0, Some(0)), (0.2, Some(0)), (0.5, None)] {
+        let a: Vec<u32> = post::threshold_labels(&want, &zeroed, thd, bg)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<u32> = post::threshold_labels(&probs_gpu, &zeroed, thd, bg)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b, "prob_thd {thd} background {bg:?}");
+    }
+}
