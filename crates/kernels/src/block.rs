@@ -365,23 +365,14 @@ impl CustomOp3 for LayerNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, IndexOp};
+    use candle_core::IndexOp;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        // Deterministic values without a RNG dependency: a scrambled sine.
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| ((i as f32 * 12.9898 + seed as f32 * 78.233).sin() * 43758.545).fract() * 2.0)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        crate::testing::pseudo_random(shape, seed).unwrap()
     }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-        let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-        let d = (&a - &b).unwrap().abs().unwrap().max(0).unwrap();
-        let s = b.abs().unwrap().max(0).unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
+        crate::testing::max_rel(a, b).unwrap()
     }
 
     #[test]

@@ -78,6 +78,17 @@ fn wrap<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(out, dev.clone())
 }
 
+/// Launch `func` with `cfg` and the arguments in order. The call sites pass them in the order
+/// and types of the kernel's signature in the `.cu` file they name.
+macro_rules! launch {
+    ($func:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+        let mut builder = $func.builder();
+        $(builder.arg($arg);)+
+        // SAFETY: arguments as the kernel declares them (see the call site).
+        unsafe { builder.launch($cfg) }.w().map(|_| ())
+    }};
+}
+
 pub(super) fn bias_act(
     act: crate::block::Act,
     s1: &CudaStorage,
@@ -110,18 +121,11 @@ pub(super) fn bias_act(
         };
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        let mut builder = func.builder();
-        builder.arg(&x);
-        builder.arg(&b);
-        if let Some(r) = &r {
-            builder.arg(r);
+        // `bias_act_res_*` and `bias_act_*` in fused.cu.
+        match &r {
+            Some(r) => launch!(func, cfg; &x, &b, r, &out, &rows, &cols, &act)?,
+            None => launch!(func, cfg; &x, &b, &out, &rows, &cols, &act)?,
         }
-        builder.arg(&out);
-        builder.arg(&rows);
-        builder.arg(&cols);
-        builder.arg(&act);
-        // SAFETY: argument types and order match `bias_act{,_res}_*` in fused.cu.
-        unsafe { builder.launch(cfg) }.w()?;
         Ok(wrap(out, dev))
     })
 }
@@ -150,17 +154,8 @@ pub(super) fn split_qkv(
         let b = view::<T>(s2, l2, "split_qkv bias")?;
         // SAFETY: the split is a permutation: every element is written.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        let mut builder = func.builder();
-        builder.arg(&y);
-        builder.arg(&b);
-        builder.arg(&out);
-        builder.arg(&b_n);
-        builder.arg(&t_n);
-        builder.arg(&heads);
-        builder.arg(&hd);
-        builder.arg(&q_scale);
-        // SAFETY: argument types and order match `split_qkv_*` in fused.cu.
-        unsafe { builder.launch(cfg) }.w()?;
+        // `split_qkv_*` in fused.cu.
+        launch!(func, cfg; &y, &b, &out, &b_n, &t_n, &heads, &hd, &q_scale)?;
         Ok(wrap(out, dev))
     })
 }
@@ -189,15 +184,8 @@ pub(super) fn merge_heads(
         let o = view::<T>(s, l, "merge_heads")?;
         // SAFETY: the merge is a permutation: every element is written.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        let mut builder = func.builder();
-        builder.arg(&o);
-        builder.arg(&out);
-        builder.arg(&rows);
-        builder.arg(&t_n);
-        builder.arg(&heads);
-        builder.arg(&hd);
-        // SAFETY: argument types and order match `merge_heads_*` in fused.cu.
-        unsafe { builder.launch(cfg) }.w()?;
+        // `merge_heads_*` in fused.cu.
+        launch!(func, cfg; &o, &out, &rows, &t_n, &heads, &hd)?;
         Ok(wrap(out, dev))
     })
 }
@@ -236,16 +224,8 @@ pub(super) fn layer_norm(
         let x = view::<T>(s1, l1, "layer_norm x")?;
         // SAFETY: every row is written by its warp.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        let mut builder = func.builder();
-        builder.arg(&x);
-        builder.arg(&w);
-        builder.arg(&b);
-        builder.arg(&out);
-        builder.arg(&rows);
-        builder.arg(&cols);
-        builder.arg(&eps);
-        // SAFETY: argument types and order match `layer_norm_*` in fused.cu.
-        unsafe { builder.launch(cfg) }.w()?;
+        // `layer_norm_*` in fused.cu.
+        launch!(func, cfg; &x, &w, &b, &out, &rows, &cols, &eps)?;
         Ok(wrap(out, dev))
     })
 }
@@ -281,16 +261,8 @@ pub(crate) fn class_probs(
     let func = dev.get_or_load_custom_func("class_probs_f32", POST_MODULE, POST_PTX)?;
     // SAFETY: every pixel's column is written by its thread.
     let out = unsafe { dev.alloc::<f32>(op.n_classes * h * w)? };
-    let mut builder = func.builder();
-    builder.arg(&logits);
-    builder.arg(&qc);
-    builder.arg(&out);
-    builder.arg(&n);
-    builder.arg(&q_n);
-    builder.arg(&c_n);
-    builder.arg(&scale);
-    // SAFETY: argument types and order match `class_probs_f32` in post.cu.
-    unsafe { builder.launch(pixels(n)) }.w()?;
+    // `class_probs_f32` in post.cu.
+    launch!(func, pixels(n); &logits, &qc, &out, &n, &q_n, &c_n, &scale)?;
     Ok(wrap(out, dev))
 }
 
@@ -303,13 +275,8 @@ pub(crate) fn area_counts(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     let probs = view::<f32>(s, l, "area_counts")?;
     let func = dev.get_or_load_custom_func("area_counts_f32", POST_MODULE, POST_PTX)?;
     let out = dev.alloc_zeros::<u32>(c)?;
-    let mut builder = func.builder();
-    builder.arg(&probs);
-    builder.arg(&out);
-    builder.arg(&n);
-    builder.arg(&c_n);
-    // SAFETY: argument types and order match `area_counts_f32` in post.cu.
-    unsafe { builder.launch(pixels(n)) }.w()?;
+    // `area_counts_f32` in post.cu.
+    launch!(func, pixels(n); &probs, &out, &n, &c_n)?;
     Ok(wrap(out, dev))
 }
 
@@ -331,15 +298,7 @@ pub(crate) fn threshold_labels(
     let func = dev.get_or_load_custom_func("threshold_labels_f32", POST_MODULE, POST_PTX)?;
     // SAFETY: every pixel's label is written by its thread.
     let out = unsafe { dev.alloc::<u32>(h * w)? };
-    let mut builder = func.builder();
-    builder.arg(&probs);
-    builder.arg(&zeroed);
-    builder.arg(&out);
-    builder.arg(&n);
-    builder.arg(&c_n);
-    builder.arg(&prob_thd);
-    builder.arg(&bg);
-    // SAFETY: argument types and order match `threshold_labels_f32` in post.cu.
-    unsafe { builder.launch(pixels(n)) }.w()?;
+    // `threshold_labels_f32` in post.cu.
+    launch!(func, pixels(n); &probs, &zeroed, &out, &n, &c_n, &prob_thd, &bg)?;
     Ok(wrap(out, dev))
 }

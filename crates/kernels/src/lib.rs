@@ -19,6 +19,8 @@ pub mod block;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod post;
+#[doc(hidden)]
+pub mod testing;
 
 use std::cell::Cell;
 use std::sync::OnceLock;

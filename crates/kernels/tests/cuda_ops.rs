@@ -16,27 +16,12 @@ fn gpu() -> Device {
 }
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((i as f32 * 12.9898 + seed as f32 * 78.233).sin() * 43758.545).fract() * 2.0)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    segsweep_kernels::testing::pseudo_random(shape, seed).unwrap()
 }
 
 /// max |a − b| / max |b| with both in f32 on the CPU.
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let f = |t: &Tensor| {
-        t.to_device(&Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-    };
-    let (a, b) = (f(a), f(b));
-    let d = (&a - &b).unwrap().abs().unwrap().max(0).unwrap();
-    let s = b.abs().unwrap().max(0).unwrap();
-    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
+    segsweep_kernels::testing::max_rel(a, b).unwrap()
 }
 
 /// f32: expf/erff on the device vs libm on the host; halves: at most one rounding step apart.
