@@ -918,3 +918,80 @@ fn bad_input_memory_settings_name_the_key() {
         assert!(err.contains(key), "`{line}`: {err}");
     }
 }
+
+/// A custom dataset with an unreadable image in the middle of a batch of images: with
+/// `skip_bad` it is skipped and counted, the images around it are scored, and batching the
+/// crops of all images together gives the numbers of running them one crop at a time.
+#[test]
+fn issue_7_skip_bad_inside_a_batch_of_images_matches_one_image_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("images")).unwrap();
+    std::fs::create_dir_all(data.join("labels")).unwrap();
+    std::fs::write(data.join("classes.txt"), "background\nperson\n").unwrap();
+    for (k, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        let k = k as u32;
+        image::RgbImage::from_fn(130, 90, |x, y| {
+            image::Rgb([(x * 2 + k * 40) as u8, (y * 3) as u8, (60 * k) as u8])
+        })
+        .save(data.join(format!("images/{id}.png")))
+        .unwrap();
+        image::GrayImage::from_fn(130, 90, |x, y| {
+            image::Luma([u8::from((x + y + k).is_multiple_of(3))])
+        })
+        .save(data.join(format!("labels/{id}.png")))
+        .unwrap();
+    }
+    std::fs::write(data.join("images/b.png"), b"not a png").unwrap();
+    let spec = |batch: usize| {
+        format!(
+            r#"
+[experiment]
+name = "e2e"
+output_dir = "out"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "custom"
+short_side = 224
+skip_bad = true
+[dataset.custom]
+name = "mine"
+root = "data"
+img_suffix = ".png"
+classes = "classes.txt"
+[inference]
+batch_size = {batch}
+"#
+        )
+    };
+    let mut rows = Vec::new();
+    for batch in [1, 64] {
+        let path = write_spec(tmp.path(), &format!("b{batch}.toml"), &spec(batch));
+        let id = format!("batch{batch}");
+        ok(&run(
+            &["sweep", path.to_str().unwrap(), "--quiet", "--run-id", &id],
+            tmp.path(),
+        ));
+        let dir = tmp.path().join("out/e2e").join(&id);
+        let mut r = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
+        let h = r.headers().unwrap().clone();
+        let rec = r.records().next().unwrap().unwrap();
+        let col = |name: &str| rec[h.iter().position(|c| c == name).unwrap()].to_string();
+        rows.push((
+            col("images"),
+            col("skipped"),
+            col("miou_pct"),
+            col("aacc_pct"),
+        ));
+        let memory: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json")).unwrap())
+                .unwrap();
+        // batch 1: one image per backbone batch; 64: the three readable images together.
+        let expected = if batch == 1 { 3 } else { 1 };
+        assert_eq!(memory["image_batches"], expected, "{memory}");
+    }
+    assert_eq!(rows[0].0, "3", "{rows:?}");
+    assert_eq!(rows[0].1, "1", "{rows:?}");
+    assert_eq!(rows[0], rows[1]);
+}

@@ -35,7 +35,7 @@ pub use error::{InferError, Result};
 pub use interp::resize_planes;
 pub use pipeline::{
     dense_logits, finish, finish_traced, needs_of, postprocess, prepare, prepare_many, segment,
-    stage, DenseLogits, Prepared, Segmentation, Step, Trace, LONG_SIDE_CAP,
+    stage, window_count, DenseLogits, Prepared, Segmentation, Step, Trace, LONG_SIDE_CAP,
 };
 pub use post::{class_probs, threshold_labels};
 pub use resize::{normalise, rescale_size, resize_short_side};

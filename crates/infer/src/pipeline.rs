@@ -382,6 +382,17 @@ fn stage_image(
     })
 }
 
+/// How many windows [`prepare`] cuts from `image` with `cfg` (after the short-side resize),
+/// without resizing it: for filling batches across images.
+pub fn window_count(image: &RgbImage, cfg: &InferConfig) -> Result<usize> {
+    validate(cfg)?;
+    let (h, w) = match cfg.short_side {
+        Some(s) => crate::resize::rescale_size(image.h, image.w, s, LONG_SIDE_CAP),
+        None => (image.h, image.w),
+    };
+    Ok(windows_for(h, w, cfg)?.len())
+}
+
 /// Everything [`prepare`] does except running the backbone prefix: resize, normalise, cut the
 /// windows. The result has no prefix ([`Prepared::has_prefix`] is false unless there are no
 /// windows); fill it with [`Prepared::restore_prefix`], e.g. from a feature cache.

@@ -420,31 +420,38 @@ fn run_group(
         feature_cache: feature_cache.as_ref(),
     };
 
-    for i in start..ds.len() {
-        let budget_spent = opts
-            .stop_after_images
-            .is_some_and(|n| tally.images_done >= n);
-        if opts.cancel.load(Ordering::SeqCst) || budget_spent {
-            return Err(RunnerError::Interrupted);
-        }
-        tally.images_done += 1;
-        let id = ds.id(i).unwrap_or("?").to_string();
-        let sample = match ds.load(i) {
-            Ok(s) => s,
-            Err(e) if first.dataset.skip_bad => {
-                tracing::warn!("skipping sample {id}: {e}");
-                for j in jobs.iter_mut().filter(|j| j.partial.next_image <= i) {
-                    j.partial.skipped += 1;
-                    j.partial.next_image = i + 1;
-                    write_partial(dir, &j.config.hash, &j.partial)?;
+    // Images in batches whose windows fill `batch_size` crops, so the backbone's batches span
+    // images (a VOC image has 8 windows; a GPU wants more per batch).
+    let batch = first.inference.batch_size.max(1);
+    let mut i = start;
+    while i < ds.len() {
+        let mut chunk: Vec<(usize, Option<Sample>)> = Vec::new();
+        let mut windows = 0;
+        while i < ds.len() && windows < batch {
+            let budget_spent = opts
+                .stop_after_images
+                .is_some_and(|n| tally.images_done >= n);
+            if opts.cancel.load(Ordering::SeqCst) || budget_spent {
+                if chunk.is_empty() {
+                    return Err(RunnerError::Interrupted);
                 }
-                bar.inc(1);
-                continue;
+                break;
             }
-            Err(e) => return Err(e.into()),
-        };
-        run_image(&ctx, &mut jobs, i, &sample, &mut tally.memory)?;
-        bar.inc(1);
+            tally.images_done += 1;
+            match ds.load(i) {
+                Ok(s) => {
+                    windows += segsweep_infer::window_count(&s.image, ctx.cfg)?;
+                    chunk.push((i, Some(s)));
+                }
+                Err(e) if first.dataset.skip_bad => {
+                    tracing::warn!("skipping sample {}: {e}", ds.id(i).unwrap_or("?"));
+                    chunk.push((i, None));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            i += 1;
+        }
+        run_batch(&ctx, &mut jobs, &chunk, &mut tally.memory, opts, &bar)?;
     }
     bar.finish_and_clear();
     bars.configs.inc(jobs.len() as u64);
@@ -510,14 +517,81 @@ struct ImageCtx<'a> {
     feature_cache: Option<&'a FeatureCache>,
 }
 
-/// One image for every configuration of a group not past it: the prefix once, then per
-/// upstream key (in first-appearance order) one dense-logits map and the tails of its
-/// configurations. The prefix is kept for the next key only within the memory budget.
+/// A batch of images `(dataset index, sample or None where it was skipped as bad)`, in order:
+/// the backbone prefix of all of them at once (crops batched across the images, or read from
+/// the feature cache), then [`run_image`] on each. Stops after the image in flight when
+/// cancelled; everything finished before is saved.
+fn run_batch(
+    ctx: &ImageCtx,
+    jobs: &mut [Job],
+    chunk: &[(usize, Option<Sample>)],
+    stats: &mut MemoryStats,
+    opts: &RunOptions,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let images: Vec<&segsweep_core::RgbImage> = chunk
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| &s.image))
+        .collect();
+    let t0 = Instant::now();
+    let prepared = crate::memory::prepare_batch(
+        ctx.model,
+        &images,
+        ctx.cfg,
+        ctx.needs,
+        ctx.feature_cache,
+        stats,
+    )?;
+    let prefix_seconds = t0.elapsed().as_secs_f64() / images.len().max(1) as f64;
+    let mut prepared = prepared.into_iter();
+    for (k, (i, sample)) in chunk.iter().enumerate() {
+        if k > 0 && opts.cancel.load(Ordering::SeqCst) {
+            return Err(RunnerError::Interrupted);
+        }
+        match sample {
+            Some(sample) => {
+                let (p, key) = prepared.next().ok_or_else(|| {
+                    RunnerError::Infer(segsweep_infer::InferError::Pipeline(
+                        "fewer prepared images than loaded".into(),
+                    ))
+                })?;
+                let cache = ctx.feature_cache.zip(key);
+                let slot = PrefixSlot::new(
+                    ctx.model,
+                    &sample.image,
+                    ctx.cfg,
+                    ctx.needs,
+                    ctx.plan,
+                    ctx.spill_dir,
+                    cache,
+                    p,
+                );
+                run_image(ctx, jobs, *i, sample, slot, prefix_seconds, stats)?;
+            }
+            None => {
+                for j in jobs.iter_mut().filter(|j| j.partial.next_image <= *i) {
+                    j.partial.skipped += 1;
+                    j.partial.next_image = i + 1;
+                    write_partial(ctx.dir, &j.config.hash, &j.partial)?;
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    Ok(())
+}
+
+/// One image for every configuration of a group not past it: the prefix (computed by
+/// [`run_batch`], `prefix_seconds` of it) shared, then per upstream key (in first-appearance
+/// order) one dense-logits map and the tails of its configurations. The prefix is kept for the
+/// next key only within the memory budget.
 fn run_image(
     ctx: &ImageCtx,
     jobs: &mut [Job],
     i: usize,
     sample: &Sample,
+    mut slot: PrefixSlot<'_>,
+    prefix_seconds: f64,
     stats: &mut MemoryStats,
 ) -> Result<()> {
     let mut runs: Vec<Vec<usize>> = Vec::new();
@@ -535,19 +609,8 @@ fn run_image(
     }
     let active = runs.iter().map(Vec::len).sum::<usize>().max(1);
     stats.images += 1;
-    let t0 = Instant::now();
-    let (model, image) = (ctx.model as &dyn Backbone, &sample.image);
-    let mut slot = PrefixSlot::compute(
-        model,
-        image,
-        ctx.cfg,
-        ctx.needs,
-        ctx.plan,
-        ctx.spill_dir,
-        ctx.feature_cache,
-        stats,
-    )?;
-    let prefix_share = t0.elapsed().as_secs_f64() / active as f64;
+    let model = ctx.model as &dyn Backbone;
+    let prefix_share = prefix_seconds / active as f64;
     let mut warned = false;
     for (r, run) in runs.iter().enumerate() {
         let t1 = Instant::now();

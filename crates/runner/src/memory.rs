@@ -133,6 +133,9 @@ pub struct MemoryStats {
     pub spill: String,
     /// Images processed (over all groups).
     pub images: usize,
+    /// Batches of images whose backbone prefixes ran together (crops batched across images up
+    /// to `batch_size`; images read from the feature cache included).
+    pub image_batches: usize,
     /// Largest prefix + dense logits held at once, bytes.
     pub peak_held_bytes: u64,
     /// Largest prefix of one image, bytes.
@@ -228,32 +231,19 @@ pub(crate) struct PrefixSlot<'a> {
 }
 
 impl<'a> PrefixSlot<'a> {
-    /// Run the backbone prefix on `image`, recording `needs`; with a feature cache, read it
-    /// from there when present, else compute it and write it there.
+    /// Hold `prepared` (from [`prepare_batch`], with its feature-cache key) for `image`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn compute(
+    pub(crate) fn new(
         backbone: &'a dyn Backbone,
         image: &'a RgbImage,
         cfg: &'a InferConfig,
         needs: &'a Needs,
         plan: &'a MemoryPlan,
         spill_dir: &'a Path,
-        cache: Option<&'a FeatureCache>,
-        stats: &mut MemoryStats,
-    ) -> Result<PrefixSlot<'a>> {
-        let (prepared, cache) = match cache {
-            None => (segsweep_infer::prepare(backbone, image, cfg, needs)?, None),
-            Some(c) => {
-                let mut staged = segsweep_infer::stage(backbone, image, cfg, needs)?;
-                let key = c.key(backbone, image, &staged);
-                if !c.load(&key, &mut staged, backbone.device(), stats)? {
-                    staged = segsweep_infer::prepare(backbone, image, cfg, needs)?;
-                    c.store(&key, &staged, stats)?;
-                }
-                (staged, Some((c, key)))
-            }
-        };
-        Ok(PrefixSlot {
+        cache: Option<(&'a FeatureCache, String)>,
+        prepared: Prepared,
+    ) -> PrefixSlot<'a> {
+        PrefixSlot {
             backbone,
             image,
             cfg,
@@ -263,7 +253,7 @@ impl<'a> PrefixSlot<'a> {
             cache,
             prepared,
             state: State::Held,
-        })
+        }
     }
 
     /// The prepared image; its prefix is present after [`PrefixSlot::ensure`] (post-processing
@@ -380,6 +370,53 @@ fn save_named(
     Ok((file, bytes))
 }
 
+/// Run the backbone prefix on a batch of images, recording `needs`: crops are batched across
+/// the images (`segsweep_infer::prepare_many`). With a feature cache, an image whose entry
+/// exists is read from it instead, and the others are written to it. Returns each image's
+/// prepared pass and its cache key, in order.
+pub(crate) fn prepare_batch(
+    backbone: &dyn Backbone,
+    images: &[&RgbImage],
+    cfg: &InferConfig,
+    needs: &Needs,
+    cache: Option<&FeatureCache>,
+    stats: &mut MemoryStats,
+) -> Result<Vec<(Prepared, Option<String>)>> {
+    if !images.is_empty() {
+        stats.image_batches += 1;
+    }
+    let Some(c) = cache else {
+        let preps = segsweep_infer::prepare_many(backbone, images, cfg, needs)?;
+        return Ok(preps.into_iter().map(|p| (p, None)).collect());
+    };
+    let mut out: Vec<(Option<Prepared>, String)> = Vec::with_capacity(images.len());
+    let mut missing = Vec::new();
+    for (k, image) in images.iter().enumerate() {
+        let mut staged = segsweep_infer::stage(backbone, image, cfg, needs)?;
+        let key = c.key(backbone, image, &staged);
+        if c.load(&key, &mut staged, backbone.device(), stats)? {
+            out.push((Some(staged), key));
+        } else {
+            out.push((None, key));
+            missing.push(k);
+        }
+    }
+    let todo: Vec<&RgbImage> = missing.iter().map(|&k| images[k]).collect();
+    let computed = segsweep_infer::prepare_many(backbone, &todo, cfg, needs)?;
+    for (k, p) in missing.into_iter().zip(computed) {
+        c.store(&out[k].1, &p, stats)?;
+        out[k].0 = Some(p);
+    }
+    out.into_iter()
+        .map(|(p, key)| match p {
+            Some(p) => Ok((p, Some(key))),
+            None => Err(RunnerError::Infer(segsweep_infer::InferError::Pipeline(
+                "prepare_many returned fewer images than asked".into(),
+            ))),
+        })
+        .collect()
+}
+
 fn spill_io(path: &Path, source: std::io::Error) -> RunnerError {
     RunnerError::Io {
         path: path.to_path_buf(),
@@ -429,12 +466,7 @@ impl FeatureCache {
 
     /// The entry name of `image`'s prefix as `staged` (from [`segsweep_infer::stage`]) will
     /// record it on `backbone`.
-    pub(crate) fn key(
-        &self,
-        backbone: &dyn Backbone,
-        image: &RgbImage,
-        staged: &Prepared,
-    ) -> String {
+    fn key(&self, backbone: &dyn Backbone, image: &RgbImage, staged: &Prepared) -> String {
         let info = backbone.info();
         let device_kind = info.device.split(':').next().unwrap_or("");
         let mut h = Sha256::new();
@@ -468,7 +500,7 @@ impl FeatureCache {
     /// Fill `prepared`'s prefix from the entry `key`: `false` when there is none. An entry that
     /// cannot be read or does not fit the image (a truncated file, say) is removed with a
     /// warning and counts as missing, so it is computed and written again.
-    pub(crate) fn load(
+    fn load(
         &self,
         key: &str,
         prepared: &mut Prepared,
@@ -504,12 +536,7 @@ impl FeatureCache {
     }
 
     /// Write `prepared`'s prefix as the entry `key`.
-    pub(crate) fn store(
-        &self,
-        key: &str,
-        prepared: &Prepared,
-        stats: &mut MemoryStats,
-    ) -> Result<()> {
+    fn store(&self, key: &str, prepared: &Prepared, stats: &mut MemoryStats) -> Result<()> {
         let named = prepared.prefix_tensors()?;
         let (file, bytes) = save_named(named, self.dtype, &self.dir, ".entry-", cache_io)?;
         let path = self.path(key);

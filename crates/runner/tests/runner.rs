@@ -341,3 +341,53 @@ fn issue_7_unreadable_feature_cache_entry_is_recomputed_with_a_warning() {
         (2, 0)
     );
 }
+
+#[test]
+fn issue_7_crops_batched_across_images_give_identical_results() {
+    // 5 synthetic images of 2 windows each (short side 224, non-square): batch_size 1 runs each
+    // crop alone, 4 fills batches with two images, 64 takes all 5 images in one batch.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |batch: usize| {
+        let text = format!(
+            r#"
+[experiment]
+name = "b"
+output_dir = "{}"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "synthetic"
+synthetic_images = 5
+short_side = 224
+[inference]
+batch_size = {batch}
+[sweep.grid]
+"inference.prob_thd" = [0.0, 0.3]
+"#,
+            tmp.path().display()
+        );
+        expand(load_text(Path::new("b.toml"), text, &[]).unwrap(), &[]).unwrap()
+    };
+    let runs: Vec<_> = [1, 4, 64]
+        .into_iter()
+        .map(|b| {
+            let r = run(
+                &spec(b),
+                &RunOptions {
+                    run_id: Some(format!("batch{b}")),
+                    ..RunOptions::default()
+                },
+            )
+            .unwrap();
+            (b, r)
+        })
+        .collect();
+    let batches: Vec<usize> = runs.iter().map(|(_, r)| r.memory.image_batches).collect();
+    assert_eq!(batches, [5, 3, 1], "image batches for batch sizes 1, 4, 64");
+    for (b, r) in &runs[1..] {
+        assert_eq!(r.memory.images, 5);
+        for (x, y) in runs[0].1.records.iter().zip(&r.records) {
+            assert_eq!(x.counts, y.counts, "batch {b}: {} differs", y.label());
+        }
+    }
+}
