@@ -71,6 +71,15 @@ fi
 cargo build --release "${targets[@]}" || true
 make_stubs
 cargo build --release "${targets[@]}"
+# Assemble segsweep's own PTX (crates/kernels) for its target with ptxas, as the driver's JIT
+# will: a kernel that does not assemble, or spills registers, fails the build here.
+out=$(dirname "$(ls -t "$CARGO_TARGET_DIR"/release/build/segsweep-kernels-*/out/fused.ptx | head -1)")
+for ptx in "$out/fused.ptx" "$out/post.ptx"; do
+    arch=$(sed -n 's/^\.target *//p' "$ptx" | head -1)
+    log=$(ptxas -arch="$arch" -v "$ptx" -o /dev/null 2>&1) || { echo "$log"; exit 1; }
+    if echo "$log" | grep -q "[1-9][0-9]* bytes spill"; then echo "$log"; echo "register spills in $ptx"; exit 1; fi
+    echo "ptxas: $(echo "$log" | grep -c 'Compiling entry') kernels of $(basename "$ptx") assemble for $arch, no spills"
+done
 mkdir -p target
 cp "$CARGO_TARGET_DIR/release/segsweep" target/segsweep-cuda
 echo "built target/segsweep-cuda (compute capability $CAP)"

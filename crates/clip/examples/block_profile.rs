@@ -199,6 +199,9 @@ fn main() -> Res<()> {
     println!("{:<34} {ms:8.2} ms", "qkv bias + head split + q scale");
     let ms = time(&dev, reps, || fused::merge_heads(&o))?;
     println!("{:<34} {ms:8.2} ms", "head merge");
+    let qs = q.affine(0.125, 0.)?;
+    let ms = time(&dev, reps, || fused::attention(&qs, &k, &v))?;
+    println!("{:<34} {ms:8.2} ms", "attention (scores+softmax+pv+merge)");
     let ms = time(&dev, reps, || {
         fused::bias_act(&a, &b_o, Act::Identity, Some(&x2))
     })?;
@@ -239,8 +242,7 @@ fn main() -> Res<()> {
         let y = hn.matmul(&w_qkv.t()?)?.reshape((batch, t, 3 * d))?;
         let y = fused::split_qkv(&y, &b_qkv, h, 0.125)?;
         let (q, k, v) = (y.get(0)?, y.get(1)?, y.get(2)?);
-        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let m = fused::merge_heads(&p.matmul(&v)?)?.reshape((rows, d))?;
+        let m = fused::attention(&q, &k, &v)?.reshape((rows, d))?;
         let a = fused::bias_act(&m.matmul(&w_o.t()?)?, &b_o, Act::Identity, Some(&x2))?;
         let hn = fused::layer_norm(&a, &w32, &b32, 1e-5)?;
         let f = fused::bias_act(&hn.matmul(&w1.t()?)?, &b1, Act::QuickGelu, None)?;

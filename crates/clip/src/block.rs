@@ -367,24 +367,36 @@ impl Block {
             let (qs, k, v) = self.qkv_scaled(&h, scale)?;
             (qs.clone(), k, v, qs)
         };
-        let mut s = qs.matmul(&k.t()?)?;
-        if let Some(m) = mask {
-            s = s.broadcast_add(m)?;
-        }
-        let p = if !keep_probs && s.dtype() != DType::F32 && !s.device().is_cpu() {
-            // candle's CUDA softmax kernel accumulates in f32 and rounds once to the input
-            // dtype: the same values as the f32 softmax followed by the cast below, without
-            // two f32 copies of the (B, heads, T, T) scores.
-            candle_nn::ops::softmax_last_dim(&s.contiguous()?)?
+        let (_, _, t, hd) = qs.dims4()?;
+        let fused_attention = !keep_probs
+            && mask.is_none()
+            && t <= fused::ATTENTION_MAX_TOKENS
+            && hd <= fused::ATTENTION_MAX_HEAD_DIM
+            && enabled(x.device(), qs.elem_count());
+        let (merged, probs) = if fused_attention {
+            // One kernel: scores, softmax and the product with v, heads merged.
+            (fused::attention(&qs, &k, &v)?, None)
         } else {
-            softmax_f32(&s)?
+            let mut s = qs.matmul(&k.t()?)?;
+            if let Some(m) = mask {
+                s = s.broadcast_add(m)?;
+            }
+            let p = if !keep_probs && s.dtype() != DType::F32 && !s.device().is_cpu() {
+                // candle's CUDA softmax kernel accumulates in f32 and rounds once to the input
+                // dtype: the same values as the f32 softmax followed by the cast below, without
+                // two f32 copies of the (B, heads, T, T) scores.
+                candle_nn::ops::softmax_last_dim(&s.contiguous()?)?
+            } else {
+                softmax_f32(&s)?
+            };
+            let o = p.to_dtype(v.dtype())?.matmul(&v)?;
+            (merge_heads(&o)?, keep_probs.then_some(p))
         };
-        let o = p.to_dtype(v.dtype())?.matmul(&v)?;
-        let x = self.out_proj_residual(&merge_heads(&o)?, x)?;
+        let x = self.out_proj_residual(&merged, x)?;
         let x = self.ffn_residual(&x)?;
         Ok(BlockOut {
             x,
-            probs: keep_probs.then_some(p),
+            probs,
             qkv: keep_qkv.then_some((q, k, v)),
         })
     }

@@ -2,7 +2,7 @@
 // (crates/kernels/tests/kernels_emulated.rs).
 //
 // The kernel source itself is compiled by a C++20 compiler with a shim for the CUDA features it
-// uses: blockIdx/threadIdx/blockDim/gridDim, __shfl_xor_sync (a warp's 32 lanes run as
+// uses: blockIdx/threadIdx/blockDim/gridDim, __shfl_xor_sync and __shfl_sync (a warp's 32 lanes run as
 // std::threads meeting at a barrier, so the shuffle-based reductions run as written), the
 // fp16/bf16 types and conversions (round to nearest even), expf/erff/rsqrtf, atomicAdd (serial
 // launches only). Each kernel then
@@ -17,6 +17,7 @@
 //   c++ -std=c++20 -O1 -pthread -DSEGSWEEP_CPU_EMULATION -I crates/kernels/kernels
 //       crates/kernels/kernels/emulate.cpp -o emulate && ./emulate
 
+#include <array>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -81,6 +82,15 @@ inline uint32_t atomicAdd(uint32_t *p, uint32_t v) {
     const uint32_t old = *p;
     *p += v;
     return old;
+}
+
+inline float __shfl_sync(unsigned, float v, int src) {
+    const unsigned lane = threadIdx.x % 32;
+    warp_ctx->buf[lane] = v;
+    warp_ctx->bar.arrive_and_wait();
+    const float r = warp_ctx->buf[(unsigned)src % 32];
+    warp_ctx->bar.arrive_and_wait();
+    return r;
 }
 
 #include "fused.cu"
@@ -250,6 +260,45 @@ template <typename T> static void test_all(const char *dtype, double tol) {
     }
 }
 
+// Attention: softmax(q kᵀ) v per (batch, head), heads merged in the output. T 37 (two keys per
+// lane for some lanes, a partial last block of rows), hd 24 (lanes without a dim), 2 × 2
+// heads; and T 70, hd 64 (two dims per lane), one head.
+template <typename T> static void test_attention(const char *dtype, double tol) {
+    for (auto [B, H, Tn, hd] : {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}}) {
+        const size_t n = (size_t)B * H * Tn * hd;
+        auto q = as<T>(values(n, 11, 0.5f)), k = as<T>(values(n, 12)), v = as<T>(values(n, 13));
+        std::vector<T> out(n, from_f<T>(-999.0f));
+        launch_warps({B * H, (Tn + 31) / 32}, {256}, [&] {
+            attention<T>(q.data(), k.data(), v.data(), out.data(), H, Tn, hd);
+        });
+        std::vector<double> want(n);
+        for (uint32_t b = 0; b < B; ++b)
+            for (uint32_t h = 0; h < H; ++h) {
+                const size_t base = ((size_t)b * H + h) * Tn * hd;
+                for (uint32_t t = 0; t < Tn; ++t) {
+                    std::vector<double> s(Tn);
+                    double m = -INFINITY, z = 0;
+                    for (uint32_t j = 0; j < Tn; ++j) {
+                        double a = 0;
+                        for (uint32_t d = 0; d < hd; ++d)
+                            a += (double)to_f(q[base + t * hd + d]) * to_f(k[base + j * hd + d]);
+                        s[j] = a;
+                        m = std::fmax(m, a);
+                    }
+                    for (uint32_t j = 0; j < Tn; ++j) z += s[j] = std::exp(s[j] - m);
+                    for (uint32_t d = 0; d < hd; ++d) {
+                        double o = 0;
+                        for (uint32_t j = 0; j < Tn; ++j) o += s[j] / z * to_f(v[base + j * hd + d]);
+                        want[((b * Tn + t) * H + h) * hd + d] = o;
+                    }
+                }
+            }
+        char what[64];
+        std::snprintf(what, sizeof what, "attention T%u hd%u", Tn, hd);
+        check(what, dtype, rel_err(out, want), tol);
+    }
+}
+
 // Post-processing (f32 only): 7 queries of 4 classes over 5×37 pixels, one block of 64
 // threads (the pixel loop strides).
 static void test_post() {
@@ -310,6 +359,9 @@ int main() {
     test_all<float>("f32", 2e-6);
     test_all<__half>("f16", 1e-3);
     test_all<__nv_bfloat16>("bf16", 8e-3);
+    test_attention<float>("f32", 2e-6);
+    test_attention<__half>("f16", 1e-3);
+    test_attention<__nv_bfloat16>("bf16", 8e-3);
     test_post();
     std::printf("%s\n", failures ? "FAILED" : "all kernels match");
     return failures ? 1 : 0;

@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #endif
+#include <math.h>
 #include <stdint.h>
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -127,6 +128,101 @@ __device__ void layer_norm(const T *x, const float *w, const float *b, T *out, u
     }
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    }
+    return v;
+}
+
+// Keys per lane held in registers: sequences up to 32 · ATT_MAX_KEYS tokens (1,024; ViT-B/16
+// crops of 224 have 197), head dims up to 32 · ATT_MAX_DIMS (128).
+#define ATT_MAX_KEYS 32
+#define ATT_MAX_DIMS 4
+// Query rows per warp and warps per block: a block covers 8 · 4 = 32 query rows of one head.
+#define ATT_ROWS_PER_WARP 4
+
+// softmax(q kᵀ) v for one (batch, head) per blockIdx.x and 32 query rows per blockIdx.y:
+// q, k, v (B, H, T, hd) with q already scaled; out (B, T, H·hd), the heads merged. One warp per
+// query row: lane l holds the scores of keys l, l + 32, …, the max and the sum are warp
+// reductions, and lane l accumulates output dims l, l + 32, … with each key's probability
+// broadcast from the lane that holds it. Scores, probabilities and sums in f32.
+template <typename T>
+__device__ void attention(const T *q, const T *k, const T *v, T *out, uint32_t heads,
+                          uint32_t t_n, uint32_t hd) {
+    const uint32_t bh = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const uint32_t warps = blockDim.x / 32;
+    const uint32_t b = bh / heads, h = bh % heads;
+    const size_t base = (size_t)bh * t_n * hd;
+    for (uint32_t i = 0; i < ATT_ROWS_PER_WARP; ++i) {
+        const uint32_t t = (blockIdx.y * ATT_ROWS_PER_WARP + i) * warps + warp;
+        if (t >= t_n) {
+            break;  // the same t for the whole warp
+        }
+        const T *qr = q + base + (size_t)t * hd;
+        float s[ATT_MAX_KEYS];
+        float m = -INFINITY;
+#pragma unroll
+        for (uint32_t r = 0; r < ATT_MAX_KEYS; ++r) {
+            const uint32_t j = r * 32 + lane;
+            s[r] = -INFINITY;
+            if (j < t_n) {
+                const T *kr = k + base + (size_t)j * hd;
+                float acc = 0.0f;
+                for (uint32_t d = 0; d < hd; ++d) {
+                    acc += to_f(qr[d]) * to_f(kr[d]);
+                }
+                s[r] = acc;
+                m = fmaxf(m, acc);
+            }
+        }
+        m = warp_max(m);
+        float sum = 0.0f;
+#pragma unroll
+        for (uint32_t r = 0; r < ATT_MAX_KEYS; ++r) {
+            const uint32_t j = r * 32 + lane;
+            s[r] = j < t_n ? expf(s[r] - m) : 0.0f;
+            sum += s[r];
+        }
+        const float inv = 1.0f / warp_sum(sum);
+        float o[ATT_MAX_DIMS];
+#pragma unroll
+        for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
+            o[c] = 0.0f;
+        }
+#pragma unroll
+        for (uint32_t r = 0; r < ATT_MAX_KEYS; ++r) {
+            if (r * 32 >= t_n) {
+                break;
+            }
+            for (uint32_t src = 0; src < 32; ++src) {
+                const uint32_t j = r * 32 + src;
+                const float p = __shfl_sync(0xffffffffu, s[r], src);  // every lane calls it
+                if (j >= t_n) {
+                    break;
+                }
+                const T *vr = v + base + (size_t)j * hd;
+#pragma unroll
+                for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
+                    const uint32_t d = c * 32 + lane;
+                    if (d < hd) {
+                        o[c] += p * to_f(vr[d]);
+                    }
+                }
+            }
+        }
+        T *orow = out + ((size_t)b * t_n + t) * heads * hd + (size_t)h * hd;
+#pragma unroll
+        for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
+            const uint32_t d = c * 32 + lane;
+            if (d < hd) {
+                orow[d] = from_f<T>(o[c] * inv);
+            }
+        }
+    }
+}
+
 #define FUSED_OPS(T, SUFFIX)                                                                     \
     extern "C" __global__ void bias_act_##SUFFIX(const T *x, const T *bias, T *out,              \
                                                  uint32_t rows, uint32_t cols, uint32_t act) {   \
@@ -145,6 +241,10 @@ __device__ void layer_norm(const T *x, const float *w, const float *b, T *out, u
     extern "C" __global__ void merge_heads_##SUFFIX(const T *o, T *out, uint32_t rows,           \
                                                     uint32_t t_n, uint32_t heads, uint32_t hd) { \
         merge_heads<T>(o, out, rows, t_n, heads, hd);                                            \
+    }                                                                                            \
+    extern "C" __global__ void attention_##SUFFIX(const T *q, const T *k, const T *v, T *out,    \
+                                                  uint32_t heads, uint32_t t_n, uint32_t hd) {   \
+        attention<T>(q, k, v, out, heads, t_n, hd);                                              \
     }                                                                                            \
     extern "C" __global__ void layer_norm_##SUFFIX(const T *x, const float *w, const float *b,   \
                                                    T *out, uint32_t rows, uint32_t cols,         \

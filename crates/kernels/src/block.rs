@@ -77,6 +77,35 @@ pub fn merge_heads(o: &Tensor) -> Result<Tensor> {
         .apply_op1_no_bwd(&MergeHeads { t, heads, hd })
 }
 
+/// Longest sequence [`attention`] takes (keys held in registers, 32 per lane-slot).
+pub const ATTENTION_MAX_TOKENS: usize = 1024;
+/// Largest head dimension [`attention`] takes.
+pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
+
+/// `softmax(q kᵀ) v` per head with the heads merged: `q, k, v: (B, H, T, hd)` (q already
+/// scaled by `hd^-½`), same dtype → `(B, T, H·hd)`. Scores, probabilities and sums in f32, one
+/// rounding at the end. `T ≤` [`ATTENTION_MAX_TOKENS`], `hd ≤` [`ATTENTION_MAX_HEAD_DIM`]; no
+/// mask.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    if k.dims() != q.dims() || v.dims() != q.dims() {
+        bail!(
+            "attention: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if t > ATTENTION_MAX_TOKENS || hd > ATTENTION_MAX_HEAD_DIM || t == 0 || hd == 0 {
+        bail!(
+            "attention: {t} tokens of head dim {hd} (at most {ATTENTION_MAX_TOKENS} and {ATTENTION_MAX_HEAD_DIM})"
+        );
+    }
+    let op = Attention { b, heads: h, t, hd };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
 /// LayerNorm over the last dimension: `x: (..., C)` in any float dtype, `w`, `b`: `(C,)` f32;
 /// two-pass mean and variance in f32, one rounding to `x`'s dtype.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
@@ -304,6 +333,91 @@ impl CustomOp1 for MergeHeads {
     }
 }
 
+pub(crate) struct Attention {
+    pub(crate) b: usize,
+    pub(crate) heads: usize,
+    pub(crate) t: usize,
+    pub(crate) hd: usize,
+}
+
+impl Attention {
+    /// The kernel's arithmetic per (batch, head, query row): dot products in `d` order, the
+    /// max, `exp(s − max)`, their sum, `Σ e_j v_j` in key order, times `1 / sum`.
+    fn cpu(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (heads, t_n, hd) = (self.heads, self.t, self.hd);
+        let mut out = vec![0f32; q.len()];
+        let mut s = vec![0f32; t_n];
+        for bh in 0..self.b * heads {
+            let (b, h) = (bh / heads, bh % heads);
+            let base = bh * t_n * hd;
+            for t in 0..t_n {
+                let qr = &q[base + t * hd..base + (t + 1) * hd];
+                let mut m = f32::NEG_INFINITY;
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let kr = &k[base + j * hd..base + (j + 1) * hd];
+                    *sj = qr.iter().zip(kr).fold(0f32, |a, (x, y)| a + x * y);
+                    m = m.max(*sj);
+                }
+                let mut sum = 0f32;
+                for sj in s.iter_mut() {
+                    *sj = (*sj - m).exp();
+                    sum += *sj;
+                }
+                let inv = 1.0 / sum;
+                let orow = &mut out[((b * t_n + t) * heads + h) * hd..][..hd];
+                for (d, o) in orow.iter_mut().enumerate() {
+                    let acc = s
+                        .iter()
+                        .enumerate()
+                        .fold(0f32, |a, (j, &p)| a + p * v[base + j * hd + d]);
+                    *o = acc * inv;
+                }
+            }
+        }
+        out
+    }
+
+    fn shape(&self) -> Shape {
+        Shape::from((self.b, self.t, self.heads * self.hd))
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "segsweep-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = cpu_f32(s1, l1, "attention q")?;
+        let k = cpu_f32(s2, l2, "attention k")?;
+        let v = cpu_f32(s3, l3, "attention v")?;
+        let out = cpu_round(self.cpu(&q, &k, &v), s1.dtype())?;
+        Ok((out, self.shape()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = crate::cuda::attention(self, s1, l1, s2, l2, s3, l3)?;
+        Ok((out, self.shape()))
+    }
+}
+
 struct LayerNormOp {
     eps: f32,
 }
@@ -441,6 +555,38 @@ mod tests {
             );
         }
         assert!(split_qkv(&y, &bias, 5, 1.0).is_err());
+    }
+
+    #[test]
+    fn attention_equals_softmax_matmul_and_merge_on_odd_shapes() {
+        // B 2, 3 heads, T 37, hd 24; q pre-scaled as the block passes it.
+        let (b, h, t, hd) = (2, 3, 37, 24);
+        let q = rand(&[b, h, t, hd], 21).affine(0.2, 0.0).unwrap();
+        let k = rand(&[b, h, t, hd], 22);
+        let v = rand(&[b, h, t, hd], 23);
+        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+        let want = p
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, t, h * hd))
+            .unwrap();
+        for (dt, tol) in [
+            (DType::F32, 1e-5),
+            (DType::F16, 2e-3),
+            (DType::BF16, 1.6e-2),
+        ] {
+            let c = |x: &Tensor| x.to_dtype(dt).unwrap();
+            let got = attention(&c(&q), &c(&k), &c(&v)).unwrap();
+            assert_eq!(got.dims(), [b, t, h * hd]);
+            assert_eq!(got.dtype(), dt);
+            let e = max_rel(&got, &want);
+            assert!(e <= tol, "{dt:?}: {e}");
+        }
+        let long = rand(&[1, 1, ATTENTION_MAX_TOKENS + 1, 8], 24);
+        assert!(attention(&long, &long, &long).is_err());
+        assert!(attention(&q, &k, &v.narrow(2, 0, 5).unwrap()).is_err());
     }
 
     #[test]

@@ -190,6 +190,50 @@ pub(super) fn merge_heads(
     })
 }
 
+pub(super) fn attention(
+    op: &crate::block::Attention,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let dt = s1.dtype();
+    let n = count(l1.shape().elem_count(), "attention")?;
+    let (heads, t_n, hd) = (
+        count(op.heads, "attention")?,
+        count(op.t, "attention")?,
+        count(op.hd, "attention")?,
+    );
+    let bh = count(op.b * op.heads, "attention")?;
+    // One block per (batch, head) and 32 query rows: 8 warps of 4 rows (ATT_ROWS_PER_WARP).
+    let cfg = LaunchConfig {
+        grid_dim: (bh, t_n.div_ceil(32), 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    if bh == 0 || bh > i32::MAX as u32 || t_n.div_ceil(32) > 65_535 {
+        bail!("attention: {bh} heads × {t_n} tokens is out of the launch's range");
+    }
+    let func = dev.get_or_load_custom_func(
+        &format!("attention_{}", suffix(dt, "attention")?),
+        MODULE,
+        PTX,
+    )?;
+    by_dtype!(dt, "attention", |T| {
+        let q = view::<T>(s1, l1, "attention q")?;
+        let k = view::<T>(s2, l2, "attention k")?;
+        let v = view::<T>(s3, l3, "attention v")?;
+        // SAFETY: every (row, head, dim) is written by its warp.
+        let out = unsafe { dev.alloc::<T>(n as usize)? };
+        // `attention_*` in fused.cu.
+        launch!(func, cfg; &q, &k, &v, &out, &heads, &t_n, &hd)?;
+        Ok(wrap(out, dev))
+    })
+}
+
 pub(super) fn layer_norm(
     eps: f32,
     s1: &CudaStorage,

@@ -119,6 +119,26 @@ fn layer_norm_on_the_gpu_equals_the_cpu() {
 }
 
 #[test]
+fn attention_on_the_gpu_equals_the_cpu() {
+    let dev = gpu();
+    // An odd shape and ViT-B/16's (64 crops of 197 tokens, 12 heads of 64).
+    for (b, h, t, hd) in [(2, 3, 37, 24), (64, 12, 197, 64)] {
+        let q = rand(&[b, h, t, hd], 14).affine(0.125, 0.0).unwrap();
+        let k = rand(&[b, h, t, hd], 15);
+        let v = rand(&[b, h, t, hd], 16);
+        for dt in DTYPES {
+            let c = |x: &Tensor| x.to_dtype(dt).unwrap();
+            let g = |x: &Tensor| x.to_dtype(dt).unwrap().to_device(&dev).unwrap();
+            let want = fused::attention(&c(&q), &c(&k), &c(&v)).unwrap();
+            let got = fused::attention(&g(&q), &g(&k), &g(&v)).unwrap();
+            assert_eq!(got.dims(), [b, t, h * hd]);
+            let e = rel(&got, &want);
+            assert!(e <= tol(dt), "attention {b}×{h}×{t}×{hd} {dt:?}: {e}");
+        }
+    }
+}
+
+#[test]
 fn post_processing_on_the_gpu_equals_the_cpu() {
     let dev = gpu();
     // 21 classes with synonyms (30 queries) on a VOC-sized 300 × 451 image.
