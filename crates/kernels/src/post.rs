@@ -273,10 +273,11 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn planes(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
-            .collect()
+    fn planes(n: usize, seed: u64) -> Vec<f32> {
+        crate::testing::pseudo_random(&[n], seed)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     /// The composed reference: softmax over queries in f64, max over each class's queries.
