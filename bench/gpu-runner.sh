@@ -7,7 +7,9 @@
 #   cuda       — model.device = "cuda:0" (f32)
 #   cuda-spill — the same with memory_budget_mb = 0 and spill = "f32" (prefixes leave the GPU
 #                for a scratch file and come back)
-# cuda-spill must equal cuda exactly; cuda must agree with cpu within float noise.
+#   cuda-fused — cuda with segsweep's own kernels (SEGSWEEP_CUDA_KERNELS=fused: block ops,
+#                attention, post-processing)
+# cuda-spill must equal cuda exactly; cuda and cuda-fused must agree with cpu within float noise.
 #
 #   bash bench/gpu-runner.sh      # on the GPU machine, after bench/gpu.sh unpacked $BIN
 set -uo pipefail
@@ -20,13 +22,15 @@ mkdir -p "$OUT"
 LOFTUP=tests/fixtures/loftup/tiny_loftup.bin
 
 for spec in phase2a phase1 full; do
-    for mode in cpu cuda cuda-spill; do
+    for mode in cpu cuda cuda-spill cuda-fused; do
         dev=$DEVICE
         extra=()
+        kernels=candle
+        [ "$mode" = cuda-fused ] && kernels=fused
         [ "$mode" = cpu ] && dev=cpu
         [ "$mode" = cuda-spill ] && extra=(--set experiment.memory_budget_mb=0 --set experiment.spill=f32)
         [ "$spec" != phase2a ] && extra+=(--set "loftup.checkpoint=$LOFTUP")
-        "$BIN/segsweep" sweep "experiments/$spec.toml" --quiet \
+        SEGSWEEP_CUDA_KERNELS=$kernels "$BIN/segsweep" sweep "experiments/$spec.toml" --quiet \
             --set model.source=builtin:tiny-random --set "model.device=$dev" \
             --set dataset.name=synthetic --set dataset.synthetic_images=2 \
             --set "experiment.output_dir=$OUT/$mode" "${extra[@]}" \
@@ -44,14 +48,15 @@ def table(mode):
         for r in csv.DictReader(open(f)):
             rows[(f.split("/")[-3], r["variant"])] = r
     return rows
-cpu, cuda, spill = table("cpu"), table("cuda"), table("cuda-spill")
-res = {"configurations": {"cpu": len(cpu), "cuda": len(cuda), "cuda-spill": len(spill)}}
+cpu, cuda, spill, fused = table("cpu"), table("cuda"), table("cuda-spill"), table("cuda-fused")
+res = {"configurations": {"cpu": len(cpu), "cuda": len(cuda), "cuda-spill": len(spill), "cuda-fused": len(fused)}}
 keys = ("miou_pct", "person_iou_pct", "aacc_pct")
 def maxdiff(a, b):
     common = set(a) & set(b)
     return len(common), max((abs(float(a[k][c]) - float(b[k][c])) for k in common for c in keys), default=None)
 res["cuda_vs_cpu"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(cuda, cpu)))
 res["spill_vs_cuda"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(spill, cuda)))
+res["fused_vs_cpu"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(fused, cpu)))
 mem = glob.glob(f"{out}/cuda-spill/*/*/memory.json")
 res["spill_memory"] = [{k: json.load(open(m)).get(k) for k in ("prefix_spills", "prefix_reloads", "spilled_bytes")} for m in mem]
 print(json.dumps(res, indent=1))
