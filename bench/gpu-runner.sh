@@ -30,7 +30,7 @@ for spec in phase2a phase1 full; do
         [ "$mode" = cpu ] && dev=cpu
         [ "$mode" = cuda-spill ] && extra=(--set experiment.memory_budget_mb=0 --set experiment.spill=f32)
         [ "$spec" != phase2a ] && extra+=(--set "loftup.checkpoint=$LOFTUP")
-        SEGSWEEP_CUDA_KERNELS=$kernels "$BIN/segsweep" sweep "experiments/$spec.toml" --quiet \
+        SEGSWEEP_CUDA_KERNELS=$kernels timeout 120 "$BIN/segsweep" sweep "experiments/$spec.toml" --quiet \
             --set model.source=builtin:tiny-random --set "model.device=$dev" \
             --set dataset.name=synthetic --set dataset.synthetic_images=2 \
             --set "experiment.output_dir=$OUT/$mode" "${extra[@]}" \

@@ -82,7 +82,8 @@ for _ in $(seq "$COPIES"); do MANY+=("${IMAGES[@]}"); done
 
 step "3. segsweep's kernels on the GPU vs their CPU implementations, then the tiny model"
 for t in cuda_ops cuda_fused; do
-    "$BIN/$t" --test-threads=1 >"$OUT/$t.log" 2>&1
+    # Time-boxed: the kernels have not run on a GPU before, and a hang must not eat the lease.
+    timeout 180 "$BIN/$t" --test-threads=1 >"$OUT/$t.log" 2>&1 || echo "$t: exit $?"
     grep -E "^test |test result" "$OUT/$t.log"
 done
 
@@ -92,7 +93,7 @@ PNGS=("$IMGDIR/chelsea.png" "$IMGDIR/coffee.png")
 $P --device cpu --out "$OUT/pred-cpu" "${PNGS[@]}" >"$OUT/pred-cpu.log" 2>&1 || tail -5 "$OUT/pred-cpu.log"
 for k in candle fused; do
     for dt in f32 f16 bf16; do
-        SEGSWEEP_CUDA_KERNELS=$k $P --device "$DEVICE" --dtype $dt --out "$OUT/pred-$k-$dt" \
+        SEGSWEEP_CUDA_KERNELS=$k timeout 120 $P --device "$DEVICE" --dtype $dt --out "$OUT/pred-$k-$dt" \
             "${PNGS[@]}" >"$OUT/pred-$k-$dt.log" 2>&1 || tail -5 "$OUT/pred-$k-$dt.log"
     done
 done
@@ -130,7 +131,7 @@ for dt in f32 f16; do
         --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" \
         || tail -5 "$OUT/rust-$dt.log"
     step "   segsweep $dt, fused kernels"
-    SEGSWEEP_CUDA_KERNELS=fused "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
+    SEGSWEEP_CUDA_KERNELS=fused timeout 240 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
         --reps "$REPS" --device "$DEVICE" --dtype $dt --across-batch 64 "${MANY[@]}" \
         >"$OUT/rust-fused-$dt.json" 2>"$OUT/rust-fused-$dt.log" || tail -5 "$OUT/rust-fused-$dt.log"
     step "   PyTorch $dt"
