@@ -142,7 +142,7 @@ done
 
 step "4b. one ViT-B/16 block op by op (candle's composed ops, then the fused ones; 64 crops)"
 for dt in f16 f32; do
-    "$BIN/block_profile" 64 "$DEVICE" $dt >"$OUT/block-$dt.txt" 2>&1 || tail -3 "$OUT/block-$dt.txt"
+    timeout 120 "$BIN/block_profile" 64 "$DEVICE" $dt >"$OUT/block-$dt.txt" 2>&1 || tail -3 "$OUT/block-$dt.txt"
 done
 
 step "5. table"
