@@ -152,6 +152,7 @@ fn sweep_2x2_writes_tables_counts_and_charts() {
         "segsweep_version",
         "git_rev",
         "weights",
+        "kernels",
     ] {
         assert!(
             header.iter().any(|h| h == col),
@@ -160,6 +161,8 @@ fn sweep_2x2_writes_tables_counts_and_charts() {
     }
     let rows = summary_rows(&dir);
     assert_eq!(rows.len(), 4);
+    let kernels = header.iter().position(|h| h == "kernels").unwrap();
+    assert!(rows.iter().all(|r| &r[kernels] == "cpu"), "{rows:?}");
     let weights = header.iter().position(|h| h == "weights").unwrap();
     let images = header.iter().position(|h| h == "images").unwrap();
     let miou = header.iter().position(|h| h == "miou_pct").unwrap();

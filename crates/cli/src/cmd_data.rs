@@ -171,6 +171,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         segsweep_version: env!("CARGO_PKG_VERSION").into(),
         git_rev: segsweep_runner::git_rev(),
         weights: "unknown".into(),
+        kernels: String::new(),
     };
     segsweep_report::write_tables(&out, &[record]).with_context(|| {
         format!(

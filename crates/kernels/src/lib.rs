@@ -67,6 +67,19 @@ pub fn forced<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Which kernels compute on `dev`, for result records: `cpu` (candle's CPU backend and
+/// segsweep-clip's fused CPU block), `fused` (CUDA with [`ENV`]`=fused`) or `candle` (candle's
+/// ops on any other device).
+pub fn kernels_for(dev: &Device) -> &'static str {
+    if dev.is_cpu() {
+        "cpu"
+    } else if dev.is_cuda() && env_choice() {
+        "fused"
+    } else {
+        "candle"
+    }
+}
+
 /// Whether callers should use these ops for a tensor of `elems` elements on `dev`: on CUDA when
 /// [`ENV`] is `fused` (read once per process), and only below 2^31 elements (the kernels index
 /// in 32 bits); everywhere inside [`forced`].

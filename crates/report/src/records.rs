@@ -69,6 +69,10 @@ pub struct Record {
     pub git_rev: String,
     /// `real`, `random-fixture` or `synthetic`.
     pub weights: String,
+    /// The kernels that computed it: `cpu`, `candle` (candle's CUDA ops) or `fused`
+    /// (`SEGSWEEP_CUDA_KERNELS=fused`); empty in records written before this field.
+    #[serde(default)]
+    pub kernels: String,
 }
 
 impl Record {

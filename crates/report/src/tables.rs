@@ -68,6 +68,7 @@ fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
             "git_rev",
             "weights",
             "data_kind",
+            "kernels",
         ]
         .map(String::from),
     );
@@ -104,6 +105,7 @@ fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
             r.git_rev.clone(),
             r.weights.clone(),
             r.data_kind.clone(),
+            r.kernels.clone(),
         ]);
         w.write_record(&row).map_err(|e| csv_err(SUMMARY_CSV, e))?;
     }

@@ -44,6 +44,7 @@ fn record(variant: &str, t: f64, miou: f64, person: f64) -> Record {
         segsweep_version: "0.1.0".into(),
         git_rev: "deadbeef".into(),
         weights: "synthetic".into(),
+        kernels: "cpu".into(),
     }
 }
 

@@ -834,6 +834,7 @@ fn make_record(
         segsweep_version: env!("CARGO_PKG_VERSION").into(),
         git_rev: crate::git_rev(),
         weights: info.weights.to_string(),
+        kernels: segsweep_kernels::kernels_for(model.device()).into(),
     }
 }
 
