@@ -78,14 +78,28 @@ fn wrap<T: CudaDType>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(out, dev.clone())
 }
 
-/// Launch `func` with `cfg` and the arguments in order. The call sites pass them in the order
-/// and types of the kernel's signature in the `.cu` file they name.
+/// Launch `func` (kernel `name`, without its dtype suffix) with `cfg` and the arguments in
+/// order, each with its kind: `p` a device slice or view, `u32` or `f32` a scalar, checked
+/// against the Rust value's type at compile time. `tests/kernel_signatures.rs` checks every
+/// call's kinds against the kernel's parameter list in the `.cu` source.
 macro_rules! launch {
-    ($func:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+    ($func:expr, $cfg:expr, $name:literal; $($kind:ident $arg:expr),+ $(,)?) => {{
         let mut builder = $func.builder();
-        $(builder.arg($arg);)+
-        // SAFETY: arguments as the kernel declares them (see the call site).
+        $(launch!(@arg builder, $kind, $arg);)+
+        // SAFETY: argument kinds and order as the kernel declares them (checked by
+        // tests/kernel_signatures.rs); buffers sized by the caller.
         unsafe { builder.launch($cfg) }.w().map(|_| ())
+    }};
+    (@arg $b:ident, p, $arg:expr) => {
+        $b.arg($arg)
+    };
+    (@arg $b:ident, u32, $arg:expr) => {{
+        let v: &u32 = $arg;
+        $b.arg(v)
+    }};
+    (@arg $b:ident, f32, $arg:expr) => {{
+        let v: &f32 = $arg;
+        $b.arg(v)
     }};
 }
 
@@ -121,10 +135,11 @@ pub(super) fn bias_act(
         };
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        // `bias_act_res_*` and `bias_act_*` in fused.cu.
         match &r {
-            Some(r) => launch!(func, cfg; &x, &b, r, &out, &rows, &cols, &act)?,
-            None => launch!(func, cfg; &x, &b, &out, &rows, &cols, &act)?,
+            Some(r) => launch!(func, cfg, "bias_act_res";
+                p &x, p &b, p r, p &out, u32 &rows, u32 &cols, u32 &act)?,
+            None => launch!(func, cfg, "bias_act";
+                p &x, p &b, p &out, u32 &rows, u32 &cols, u32 &act)?,
         }
         Ok(wrap(out, dev))
     })
@@ -154,8 +169,8 @@ pub(super) fn split_qkv(
         let b = view::<T>(s2, l2, "split_qkv bias")?;
         // SAFETY: the split is a permutation: every element is written.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        // `split_qkv_*` in fused.cu.
-        launch!(func, cfg; &y, &b, &out, &b_n, &t_n, &heads, &hd, &q_scale)?;
+        launch!(func, cfg, "split_qkv";
+            p &y, p &b, p &out, u32 &b_n, u32 &t_n, u32 &heads, u32 &hd, f32 &q_scale)?;
         Ok(wrap(out, dev))
     })
 }
@@ -184,8 +199,8 @@ pub(super) fn merge_heads(
         let o = view::<T>(s, l, "merge_heads")?;
         // SAFETY: the merge is a permutation: every element is written.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        // `merge_heads_*` in fused.cu.
-        launch!(func, cfg; &o, &out, &rows, &t_n, &heads, &hd)?;
+        launch!(func, cfg, "merge_heads";
+            p &o, p &out, u32 &rows, u32 &t_n, u32 &heads, u32 &hd)?;
         Ok(wrap(out, dev))
     })
 }
@@ -228,8 +243,8 @@ pub(super) fn attention(
         let v = view::<T>(s3, l3, "attention v")?;
         // SAFETY: every (row, head, dim) is written by its warp.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        // `attention_*` in fused.cu.
-        launch!(func, cfg; &q, &k, &v, &out, &heads, &t_n, &hd)?;
+        launch!(func, cfg, "attention";
+            p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
         Ok(wrap(out, dev))
     })
 }
@@ -268,8 +283,8 @@ pub(super) fn layer_norm(
         let x = view::<T>(s1, l1, "layer_norm x")?;
         // SAFETY: every row is written by its warp.
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        // `layer_norm_*` in fused.cu.
-        launch!(func, cfg; &x, &w, &b, &out, &rows, &cols, &eps)?;
+        launch!(func, cfg, "layer_norm";
+            p &x, p &w, p &b, p &out, u32 &rows, u32 &cols, f32 &eps)?;
         Ok(wrap(out, dev))
     })
 }
@@ -305,8 +320,8 @@ pub(crate) fn class_probs(
     let func = dev.get_or_load_custom_func("class_probs_f32", POST_MODULE, POST_PTX)?;
     // SAFETY: every pixel's column is written by its thread.
     let out = unsafe { dev.alloc::<f32>(op.n_classes * h * w)? };
-    // `class_probs_f32` in post.cu.
-    launch!(func, pixels(n); &logits, &qc, &out, &n, &q_n, &c_n, &scale)?;
+    launch!(func, pixels(n), "class_probs_f32";
+        p &logits, p &qc, p &out, u32 &n, u32 &q_n, u32 &c_n, f32 &scale)?;
     Ok(wrap(out, dev))
 }
 
@@ -319,8 +334,7 @@ pub(crate) fn area_counts(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     let probs = view::<f32>(s, l, "area_counts")?;
     let func = dev.get_or_load_custom_func("area_counts_f32", POST_MODULE, POST_PTX)?;
     let out = dev.alloc_zeros::<u32>(c)?;
-    // `area_counts_f32` in post.cu.
-    launch!(func, pixels(n); &probs, &out, &n, &c_n)?;
+    launch!(func, pixels(n), "area_counts_f32"; p &probs, p &out, u32 &n, u32 &c_n)?;
     Ok(wrap(out, dev))
 }
 
@@ -342,7 +356,7 @@ pub(crate) fn threshold_labels(
     let func = dev.get_or_load_custom_func("threshold_labels_f32", POST_MODULE, POST_PTX)?;
     // SAFETY: every pixel's label is written by its thread.
     let out = unsafe { dev.alloc::<u32>(h * w)? };
-    // `threshold_labels_f32` in post.cu.
-    launch!(func, pixels(n); &probs, &zeroed, &out, &n, &c_n, &prob_thd, &bg)?;
+    launch!(func, pixels(n), "threshold_labels_f32";
+        p &probs, p &zeroed, p &out, u32 &n, u32 &c_n, f32 &prob_thd, u32 &bg)?;
     Ok(wrap(out, dev))
 }
