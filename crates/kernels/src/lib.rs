@@ -8,8 +8,9 @@
 //! The kernels are in `kernels/*.cu`, compiled to PTX by `build.rs` with the `cuda` feature. Every
 //! op also runs on the CPU: its `cpu_fwd` transliterates the kernel loop for loop, and unit tests
 //! check it against candle's composed ops (or segsweep's host functions). `kernels/emulate.cpp`
-//! runs the kernel source itself on the CPU under a small CUDA shim (`tests/kernels_emulated.rs`),
-//! and `tests/cuda_ops.rs` compares each kernel on a GPU with the CPU implementation.
+//! runs the kernel source itself on the CPU under a small CUDA shim (`tests/kernels_emulated.rs`);
+//! `tests/kernel_signatures.rs` checks that every launch passes the arguments its kernel
+//! declares; and `tests/cuda_ops.rs` compares each kernel on a GPU with the CPU implementation.
 //!
 //! **Status: experimental, off by default.** Written in a session without a GPU: compiled by
 //! nvcc and executed under the emulation, not yet run on a GPU. Callers use them where
