@@ -125,20 +125,36 @@ PY
 cat "$OUT/parity.json"
 
 step "4. speed"
+# peak_mem NAME CMD...: runs CMD while sampling the card's memory in use every 100 ms (all
+# processes on the card); the peak in MiB goes to $OUT/mem-NAME.txt.
+peak_mem() {
+    local name=$1 pid rc
+    shift
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/mem-$name.log" 2>/dev/null &
+    pid=$!
+    "$@"
+    rc=$?
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    sort -n "$OUT/mem-$name.log" | tail -1 >"$OUT/mem-$name.txt"
+    return $rc
+}
 for dt in f32 f16; do
     step "   segsweep $dt"
-    "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device "$DEVICE" \
+    peak_mem "rust-$dt" "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device "$DEVICE" \
         --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" \
         || tail -5 "$OUT/rust-$dt.log"
     step "   segsweep $dt, fused kernels"
-    SEGSWEEP_CUDA_KERNELS=fused timeout 240 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
+    peak_mem "rust-fused-$dt" env SEGSWEEP_CUDA_KERNELS=fused timeout 240 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
         --reps "$REPS" --device "$DEVICE" --dtype $dt --across-batch 64 "${MANY[@]}" \
         >"$OUT/rust-fused-$dt.json" 2>"$OUT/rust-fused-$dt.log" || tail -5 "$OUT/rust-fused-$dt.log"
     step "   PyTorch $dt"
-    python3 bench/infer_reference.py --model "$MODEL" --classes "$CLASSES" --reps "$REPS" \
+    peak_mem "torch-$dt" python3 bench/infer_reference.py --model "$MODEL" --classes "$CLASSES" --reps "$REPS" \
         --device "$TORCH_DEVICE" --dtype $dt "${MANY[@]}" >"$OUT/torch-$dt.json" 2>"$OUT/torch-$dt.log" \
         || tail -5 "$OUT/torch-$dt.log"
 done
+
+for f in "$OUT"/mem-*.txt; do echo "peak GPU memory, $(basename "$f" .txt | sed s/^mem-//): $(cat "$f") MiB"; done | tee "$OUT/gpu-mem.txt"
 
 step "4b. one ViT-B/16 block op by op (candle's composed ops, then the fused ones; 64 crops)"
 for dt in f16 f32; do
