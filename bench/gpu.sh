@@ -156,6 +156,16 @@ done
 
 for f in "$OUT"/mem-*.txt; do echo "peak GPU memory, $(basename "$f" .txt | sed s/^mem-//): $(cat "$f") MiB"; done | tee "$OUT/gpu-mem.txt"
 
+step "4a. a Cityscapes-sized image (2048×1024, short side 1024), f16: time and peak GPU memory"
+python3 -c "from PIL import Image; Image.open('$IMGDIR/coffee.png').resize((2048, 1024)).save('$IMGDIR/big.png')"
+for k in candle fused; do
+    start=$(date +%s.%N)
+    peak_mem "big-$k-f16" env SEGSWEEP_CUDA_KERNELS=$k timeout 120 $P --device "$DEVICE" --dtype f16 \
+        --short-side 1024 --out "$OUT/pred-big-$k" "$IMGDIR/big.png" >"$OUT/pred-big-$k.log" 2>&1 \
+        || tail -3 "$OUT/pred-big-$k.log"
+    echo "2048×1024 f16 $k: $(awk "BEGIN{print $(date +%s.%N) - $start}") s wall (model load included), peak $(cat "$OUT/mem-big-$k-f16.txt") MiB"
+done | tee "$OUT/big.txt"
+
 step "4b. one ViT-B/16 block op by op (candle's composed ops, then the fused ones; 64 crops)"
 for dt in f16 f32; do
     timeout 120 "$BIN/block_profile" 64 "$DEVICE" $dt >"$OUT/block-$dt.txt" 2>&1 || tail -3 "$OUT/block-$dt.txt"
