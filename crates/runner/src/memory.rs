@@ -440,12 +440,12 @@ fn cache_io(path: &Path, source: std::io::Error) -> RunnerError {
 }
 
 /// Bump when what a cache entry holds, or how its key is formed, changes.
-const FEATURE_CACHE_VERSION: u32 = 1;
+const FEATURE_CACHE_VERSION: u32 = 2;
 
 /// The persistent feature cache (`[experiment] feature_cache`): each image's backbone prefix
 /// (tokens and whatever the plugins asked it to record) in `<dir>/<key>.safetensors`, named by
 /// the SHA-256 of everything that determines it — the weights (model id and file hash), dtype,
-/// device kind, input statistics, the window settings, resized size and recorded layers
+/// device kind and kernels (`segsweep_kernels::kernels_for`), input statistics, the window settings, resized size and recorded layers
 /// ([`Prepared::prefix_identity`]), the stored dtype, and the image's pixels. A run that adds
 /// configurations, or a later sweep over the same images and model, reads the prefix instead of
 /// computing it. Entries are written once (via a temporary file and a rename) and never
@@ -473,10 +473,11 @@ impl FeatureCache {
         h.update(
             format!(
                 "segsweep feature cache v{FEATURE_CACHE_VERSION}\nmodel={}\nweights={}\ndtype={}\n\
-                 device={device_kind}\nmean={:?}\nstd={:?}\n{}\nstored={:?}\nimage={}x{}\n",
+                 device={device_kind}\nkernels={}\nmean={:?}\nstd={:?}\n{}\nstored={:?}\nimage={}x{}\n",
                 info.model_id,
                 info.file_hash,
                 info.dtype,
+                segsweep_kernels::kernels_for(backbone.device()),
                 info.mean,
                 info.std,
                 staged.prefix_identity(),
