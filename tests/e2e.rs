@@ -815,6 +815,29 @@ short_side = 224
 "inference.prob_thd" = [0.0, 0.2]
 "#;
 
+/// `segsweep sweep SPEC --run-id ID --set …` in `root`; asserts its metric columns equal run
+/// `baseline`'s and returns its `memory.json`.
+fn sweep_like(
+    root: &Path,
+    spec: &str,
+    id: &str,
+    sets: &[&str],
+    baseline: &str,
+) -> serde_json::Value {
+    let mut args = vec!["sweep", spec, "--quiet", "--run-id", id];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    ok(&run(&args, root));
+    let dir = root.join("out/e2e").join(id);
+    assert_eq!(
+        metric_columns(&dir),
+        metric_columns(&root.join("out/e2e").join(baseline)),
+        "{id}"
+    );
+    serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn issue_7_spilling_the_prefix_under_a_zero_budget_gives_identical_tables() {
     let tmp = tempfile::tempdir().unwrap();
@@ -825,31 +848,13 @@ fn issue_7_spilling_the_prefix_under_a_zero_budget_gives_identical_tables() {
         tmp.path(),
     ));
     for (id, spill) in [("dropped", "none"), ("spilled", "f32")] {
-        ok(&run(
-            &[
-                "sweep",
-                spec,
-                "--quiet",
-                "--run-id",
-                id,
-                "--set",
-                "experiment.memory_budget_mb=0",
-                "--set",
-                &format!("experiment.spill={spill}"),
-                "--set",
-                "experiment.spill_dir=scratch",
-            ],
-            tmp.path(),
-        ));
-        let dir = tmp.path().join("out/e2e").join(id);
-        assert_eq!(
-            metric_columns(&dir),
-            metric_columns(&tmp.path().join("out/e2e/roomy")),
-            "{id}"
-        );
-        let memory: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json")).unwrap())
-                .unwrap();
+        let spill_set = format!("experiment.spill={spill}");
+        let sets = [
+            "experiment.memory_budget_mb=0",
+            spill_set.as_str(),
+            "experiment.spill_dir=scratch",
+        ];
+        let memory = sweep_like(tmp.path(), spec, id, &sets, "roomy");
         // One image at a time, two upstream keys: the prefix is set aside once per image.
         let (spills, recomputes) = if spill == "none" { (0, 3) } else { (3, 0) };
         assert_eq!(memory["prefix_spills"], spills, "{memory}");
@@ -872,29 +877,11 @@ fn issue_7_feature_cache_serves_a_second_sweep_with_identical_tables() {
         tmp.path(),
     ));
     for (id, hits, writes) in [("first", 0, 3), ("second", 3, 0)] {
-        ok(&run(
-            &[
-                "sweep",
-                spec,
-                "--quiet",
-                "--run-id",
-                id,
-                "--set",
-                "experiment.feature_cache=f32",
-                "--set",
-                "experiment.feature_cache_dir=features",
-            ],
-            tmp.path(),
-        ));
-        let dir = tmp.path().join("out/e2e").join(id);
-        assert_eq!(
-            metric_columns(&dir),
-            metric_columns(&tmp.path().join("out/e2e/plain")),
-            "{id}"
-        );
-        let memory: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("memory.json")).unwrap())
-                .unwrap();
+        let sets = [
+            "experiment.feature_cache=f32",
+            "experiment.feature_cache_dir=features",
+        ];
+        let memory = sweep_like(tmp.path(), spec, id, &sets, "plain");
         assert_eq!(memory["feature_cache_hits"], hits, "{id}: {memory}");
         assert_eq!(memory["feature_cache_writes"], writes, "{id}: {memory}");
     }

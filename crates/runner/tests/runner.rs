@@ -109,9 +109,21 @@ fn run_with(
     budget_mb: u64,
     spill: segsweep_runner::Spill,
 ) -> segsweep_runner::RunSummary {
+    run_mem(exp, run_id, budget_mb, spill, segsweep_runner::Spill::None)
+}
+
+/// Runs `exp` under `run_id` with the budget (MiB), spill and feature cache replaced.
+fn run_mem(
+    exp: &segsweep_runner::Experiment,
+    run_id: &str,
+    budget_mb: u64,
+    spill: segsweep_runner::Spill,
+    cache: segsweep_runner::Spill,
+) -> segsweep_runner::RunSummary {
     let mut exp = exp.clone();
     exp.memory.budget_bytes = budget_mb << 20;
     exp.memory.spill = spill;
+    exp.memory.feature_cache = cache;
     run(
         &exp,
         &RunOptions {
@@ -239,17 +251,7 @@ fn run_cached(
     cache: segsweep_runner::Spill,
     budget_mb: u64,
 ) -> segsweep_runner::RunSummary {
-    let mut exp = exp.clone();
-    exp.memory.feature_cache = cache;
-    exp.memory.budget_bytes = budget_mb << 20;
-    run(
-        &exp,
-        &RunOptions {
-            run_id: Some(run_id.into()),
-            ..RunOptions::default()
-        },
-    )
-    .unwrap()
+    run_mem(exp, run_id, budget_mb, segsweep_runner::Spill::None, cache)
 }
 
 fn cache_entries(out: &Path) -> Vec<std::path::PathBuf> {
