@@ -9,4 +9,8 @@ for b in segsweep bench_infer block_profile cuda_ops cuda_fused; do
     strip -o "bench/out/gpu-bin/$b" "target/$b-cuda"
     xz -T0 -6 -f "bench/out/gpu-bin/$b"
 done
+# The commit the binaries were built from (with "+dirty" for uncommitted changes), so a later
+# session can tell whether they are stale; bench/gpu.sh prints it.
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates plugins Cargo.toml Cargo.lock || echo +dirty)" \
+    > bench/out/gpu-bin/commit.txt
 ls -la bench/out/gpu-bin

@@ -69,7 +69,9 @@ step "machine"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   lscpu | sed -n 's/^Model name: *//p'; nproc
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-  ldd "$BIN/segsweep" | grep -E "cuda|cublas|curand|nvrtc"; } 2>&1 | tee "$OUT/machine.txt"
+  ldd "$BIN/segsweep" | grep -E "cuda|cublas|curand|nvrtc"
+  echo "binaries built from commit $(cat bench/out/gpu-bin/commit.txt 2>/dev/null || echo '?'), checkout at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+} 2>&1 | tee "$OUT/machine.txt"
 
 step "1. random full-size model"
 [ -f "$MODEL/model.safetensors" ] || python3 tests/reference/make_tiny_clip.py --full "$MODEL" >"$OUT/model.log" 2>&1
