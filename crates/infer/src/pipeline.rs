@@ -431,10 +431,36 @@ pub fn prepare_many(
     needs: &Needs,
 ) -> Result<Vec<Prepared>> {
     validate(cfg)?;
-    let mut preps: Vec<Prepared> = images
+    let preps: Vec<Prepared> = images
         .iter()
         .map(|img| stage_image(img, cfg, backbone, needs))
         .collect::<Result<_>>()?;
+    prepare_staged(backbone, preps, cfg)
+}
+
+/// The backbone half of [`prepare_many`] for images already [`stage`]d with `cfg` (e.g. after a
+/// feature-cache miss): fills each one's prefix, crops batched across the images. Refuses images
+/// staged with other window settings or other recorded layers than the first, or that already
+/// have a prefix.
+pub fn prepare_staged(
+    backbone: &dyn Backbone,
+    mut preps: Vec<Prepared>,
+    cfg: &InferConfig,
+) -> Result<Vec<Prepared>> {
+    validate(cfg)?;
+    let key = PrepareKey::of(cfg);
+    let Some(needs) = preps.first().map(|p| p.needs.clone()) else {
+        return Ok(preps);
+    };
+    if let Some(k) = preps
+        .iter()
+        .position(|p| p.key != key || p.needs != needs || !p.chunks.is_empty())
+    {
+        return Err(InferError::Pipeline(format!(
+            "prepare_staged: image {k} was staged with other settings or recorded layers, or already has a prefix"
+        )));
+    }
+    let needs = &needs;
     let order: Vec<((usize, usize), (usize, usize))> = preps
         .iter()
         .enumerate()

@@ -524,4 +524,10 @@ fn issue_7_staged_image_filled_from_prefix_tensors_equals_prepare() {
     later.prob_thd = 0.5;
     let same = segsweep_infer::stage(&bb, &img, &later, &needs).unwrap();
     assert_eq!(same.prefix_identity(), prepared.prefix_identity());
+    // prepare_staged fills staged images as prepare does, and refuses other window settings.
+    let filled = segsweep_infer::prepare_staged(&bb, vec![same], &c).unwrap();
+    let again = dense_logits(&bb, &filled[0], &cls, &c, &[]).unwrap();
+    assert_eq!(max_abs_diff(&a, &again.to_tensor().unwrap()), 0.0);
+    let err = segsweep_infer::prepare_staged(&bb, vec![other], &c).unwrap_err();
+    assert!(err.to_string().contains("prepare_staged"), "{err}");
 }

@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use segsweep_clip::{build_classifier, ClipModel, IMAGENET_TEMPLATES};
-use segsweep_core::{Backbone, Classifier, InferConfig, Needs, Refiner, Stage};
+use segsweep_core::{Backbone, Classifier, Refiner, Stage};
 use segsweep_data::{ClassNames, CustomConfig, Dataset, IouCounts, Sample, Subset};
 use segsweep_report::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
-use crate::memory::{FeatureCache, MemoryPlan, MemoryStats, PrefixSlot};
+use crate::memory::{FeatureCache, MemoryStats, PrefixCtx, PrefixSlot};
 use crate::spec::{DatasetSection, ModelSection};
 use crate::sweep::{hex12, Config, Experiment};
 
@@ -408,16 +408,19 @@ fn run_group(
     let ctx = ImageCtx {
         model: model.as_ref(),
         classifier: &classifier,
-        cfg: &first.inference,
-        needs: &needs,
+        prefix: PrefixCtx {
+            backbone: model.as_ref(),
+            cfg: &first.inference,
+            needs: &needs,
+            plan: &exp.memory,
+            spill_dir: &spill_dir,
+            cache: feature_cache.as_ref(),
+        },
         background,
         ignore_index: ds.info.ignore_index,
         dir,
         visualise: exp.spec.raw.experiment.save_visualisations,
         max_vis: exp.spec.raw.experiment.max_visualisations,
-        plan: &exp.memory,
-        spill_dir: &spill_dir,
-        feature_cache: feature_cache.as_ref(),
     };
 
     // Images in batches whose windows fill `batch_size` crops, so the backbone's batches span
@@ -440,7 +443,7 @@ fn run_group(
             tally.images_done += 1;
             match ds.load(i) {
                 Ok(s) => {
-                    windows += segsweep_infer::window_count(&s.image, ctx.cfg)?;
+                    windows += segsweep_infer::window_count(&s.image, ctx.prefix.cfg)?;
                     chunk.push((i, Some(s)));
                 }
                 Err(e) if first.dataset.skip_bad => {
@@ -503,18 +506,14 @@ struct Tally {
 struct ImageCtx<'a> {
     model: &'a ClipModel,
     classifier: &'a Classifier,
-    /// The group's inference settings (every configuration agrees on what `prepare` reads).
-    cfg: &'a InferConfig,
-    /// The union of every configuration's needs.
-    needs: &'a Needs,
+    /// The prefix's inputs: the group's inference settings (every configuration agrees on what
+    /// `prepare` reads), the union of the configurations' needs, memory plan and caches.
+    prefix: PrefixCtx<'a>,
     background: Option<usize>,
     ignore_index: u32,
     dir: &'a Path,
     visualise: bool,
     max_vis: usize,
-    plan: &'a MemoryPlan,
-    spill_dir: &'a Path,
-    feature_cache: Option<&'a FeatureCache>,
 }
 
 /// A batch of images `(dataset index, sample or None where it was skipped as bad)`, in order:
@@ -534,14 +533,7 @@ fn run_batch(
         .filter_map(|(_, s)| s.as_ref().map(|s| &s.image))
         .collect();
     let t0 = Instant::now();
-    let prepared = crate::memory::prepare_batch(
-        ctx.model,
-        &images,
-        ctx.cfg,
-        ctx.needs,
-        ctx.feature_cache,
-        stats,
-    )?;
+    let prepared = crate::memory::prepare_batch(&ctx.prefix, &images, stats)?;
     let prefix_seconds = t0.elapsed().as_secs_f64() / images.len().max(1) as f64;
     let mut prepared = prepared.into_iter();
     for (k, (i, sample)) in chunk.iter().enumerate() {
@@ -555,17 +547,7 @@ fn run_batch(
                         "fewer prepared images than loaded".into(),
                     ))
                 })?;
-                let cache = ctx.feature_cache.zip(key);
-                let slot = PrefixSlot::new(
-                    ctx.model,
-                    &sample.image,
-                    ctx.cfg,
-                    ctx.needs,
-                    ctx.plan,
-                    ctx.spill_dir,
-                    cache,
-                    p,
-                );
+                let slot = PrefixSlot::new(&ctx.prefix, &sample.image, key, p);
                 run_image(ctx, jobs, *i, sample, slot, prefix_seconds, stats)?;
             }
             None => {
@@ -626,7 +608,7 @@ fn run_image(
         )
         .map_err(fail)?;
         let held = slot.prepared().prefix_bytes() + dense.bytes();
-        if held as u64 > ctx.plan.budget_bytes && !warned {
+        if held as u64 > ctx.prefix.plan.budget_bytes && !warned {
             stats.images_over_budget += 1;
             warned = true;
             tracing::debug!(

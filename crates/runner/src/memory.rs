@@ -215,42 +215,41 @@ enum State {
     Dropped,
 }
 
+/// What every image of a group computes its prefix with: the backbone, the group's inference
+/// settings, the union of the configurations' needs, the memory plan, the spill directory and
+/// the feature cache (if on).
+pub(crate) struct PrefixCtx<'a> {
+    pub(crate) backbone: &'a dyn Backbone,
+    pub(crate) cfg: &'a InferConfig,
+    pub(crate) needs: &'a Needs,
+    pub(crate) plan: &'a MemoryPlan,
+    pub(crate) spill_dir: &'a Path,
+    pub(crate) cache: Option<&'a FeatureCache>,
+}
+
 /// One image's prepared backbone pass while its configurations run: the prefix held, spilled
 /// to a scratch file (deleted when this value drops) or dropped.
 pub(crate) struct PrefixSlot<'a> {
-    backbone: &'a dyn Backbone,
+    ctx: &'a PrefixCtx<'a>,
     image: &'a RgbImage,
-    cfg: &'a InferConfig,
-    needs: &'a Needs,
-    plan: &'a MemoryPlan,
-    spill_dir: &'a Path,
-    /// The feature cache and this image's key in it.
-    cache: Option<(&'a FeatureCache, String)>,
+    /// This image's key in the feature cache.
+    key: Option<String>,
     prepared: Prepared,
     state: State,
 }
 
 impl<'a> PrefixSlot<'a> {
     /// Hold `prepared` (from [`prepare_batch`], with its feature-cache key) for `image`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        backbone: &'a dyn Backbone,
+        ctx: &'a PrefixCtx<'a>,
         image: &'a RgbImage,
-        cfg: &'a InferConfig,
-        needs: &'a Needs,
-        plan: &'a MemoryPlan,
-        spill_dir: &'a Path,
-        cache: Option<(&'a FeatureCache, String)>,
+        key: Option<String>,
         prepared: Prepared,
     ) -> PrefixSlot<'a> {
         PrefixSlot {
-            backbone,
+            ctx,
             image,
-            cfg,
-            needs,
-            plan,
-            spill_dir,
-            cache,
+            key,
             prepared,
             state: State::Held,
         }
@@ -271,19 +270,21 @@ impl<'a> PrefixSlot<'a> {
                     .map_err(|e| spill_io(file.path(), std::io::Error::other(e.to_string())))?;
                 let named: HashMap<String, Tensor> = named.into_iter().collect();
                 self.prepared
-                    .restore_prefix(named, self.backbone.device())?;
+                    .restore_prefix(named, self.ctx.backbone.device())?;
                 stats.prefix_reloads += 1;
             }
             State::Dropped => {
                 // From the feature cache if it has the entry, else computed again.
-                let device = self.backbone.device();
-                let cached = match &self.cache {
-                    Some((c, key)) => c.load(key, &mut self.prepared, device, stats)?,
-                    None => false,
+                let ctx = self.ctx;
+                let cached = match (ctx.cache, &self.key) {
+                    (Some(c), Some(key)) => {
+                        c.load(key, &mut self.prepared, ctx.backbone.device(), stats)?
+                    }
+                    _ => false,
                 };
                 if !cached {
                     self.prepared =
-                        segsweep_infer::prepare(self.backbone, self.image, self.cfg, self.needs)?;
+                        segsweep_infer::prepare(ctx.backbone, self.image, ctx.cfg, ctx.needs)?;
                     stats.prefix_recomputes += 1;
                 }
             }
@@ -305,11 +306,11 @@ impl<'a> PrefixSlot<'a> {
         stats.peak_prefix_bytes = stats.peak_prefix_bytes.max(prefix);
         stats.peak_dense_bytes = stats.peak_dense_bytes.max(dense_bytes as u64);
         stats.peak_held_bytes = stats.peak_held_bytes.max(held);
-        if held <= self.plan.budget_bytes && needed_again {
+        if held <= self.ctx.plan.budget_bytes && needed_again {
             return Ok(());
         }
         let named = self.prepared.take_prefix()?;
-        self.state = match (needed_again, self.plan.spill.dtype()) {
+        self.state = match (needed_again, self.ctx.plan.spill.dtype()) {
             (false, _) => State::Dropped,
             (true, None) => State::Dropped,
             (true, Some(dtype)) => {
@@ -327,7 +328,7 @@ impl<'a> PrefixSlot<'a> {
         named: Vec<(String, Tensor)>,
         dtype: DType,
     ) -> Result<(tempfile::NamedTempFile, u64)> {
-        let file = save_named(named, dtype, self.spill_dir, "prefix-", spill_io)?;
+        let file = save_named(named, dtype, self.ctx.spill_dir, "prefix-", spill_io)?;
         let bytes = file.1;
         Ok((file.0, bytes))
     }
@@ -370,51 +371,57 @@ fn save_named(
     Ok((file, bytes))
 }
 
-/// Run the backbone prefix on a batch of images, recording `needs`: crops are batched across
-/// the images (`segsweep_infer::prepare_many`). With a feature cache, an image whose entry
-/// exists is read from it instead, and the others are written to it. Returns each image's
-/// prepared pass and its cache key, in order.
+/// Run the backbone prefix on a batch of images, recording `ctx.needs`: crops are batched
+/// across the images (`segsweep_infer::prepare_many`). With a feature cache, an image whose
+/// entry exists is read from it instead, and the others are written to it; each image is
+/// resized and normalised once either way. Returns each image's prepared pass and its cache key,
+/// in order.
 pub(crate) fn prepare_batch(
-    backbone: &dyn Backbone,
+    ctx: &PrefixCtx<'_>,
     images: &[&RgbImage],
-    cfg: &InferConfig,
-    needs: &Needs,
-    cache: Option<&FeatureCache>,
     stats: &mut MemoryStats,
 ) -> Result<Vec<(Prepared, Option<String>)>> {
+    let (backbone, cfg, needs) = (ctx.backbone, ctx.cfg, ctx.needs);
     if !images.is_empty() {
         stats.image_batches += 1;
     }
-    let Some(c) = cache else {
+    let Some(c) = ctx.cache else {
         let preps = segsweep_infer::prepare_many(backbone, images, cfg, needs)?;
         return Ok(preps.into_iter().map(|p| (p, None)).collect());
     };
-    let mut out: Vec<(Option<Prepared>, String)> = Vec::with_capacity(images.len());
-    let mut missing = Vec::new();
-    for (k, image) in images.iter().enumerate() {
+    // Stage every image, fill the hits from the cache, run the misses through the backbone.
+    let mut keys = Vec::with_capacity(images.len());
+    let mut hits: Vec<Option<Prepared>> = Vec::with_capacity(images.len());
+    let mut misses = Vec::new();
+    for image in images {
         let mut staged = segsweep_infer::stage(backbone, image, cfg, needs)?;
         let key = c.key(backbone, image, &staged);
         if c.load(&key, &mut staged, backbone.device(), stats)? {
-            out.push((Some(staged), key));
+            hits.push(Some(staged));
         } else {
-            out.push((None, key));
-            missing.push(k);
+            hits.push(None);
+            misses.push(staged);
         }
+        keys.push(key);
     }
-    let todo: Vec<&RgbImage> = missing.iter().map(|&k| images[k]).collect();
-    let computed = segsweep_infer::prepare_many(backbone, &todo, cfg, needs)?;
-    for (k, p) in missing.into_iter().zip(computed) {
-        c.store(&out[k].1, &p, stats)?;
-        out[k].0 = Some(p);
+    let mut computed = segsweep_infer::prepare_staged(backbone, misses, cfg)?.into_iter();
+    let mut out = Vec::with_capacity(images.len());
+    for (hit, key) in hits.into_iter().zip(keys) {
+        let p = match hit {
+            Some(p) => p,
+            None => {
+                let p = computed.next().ok_or_else(|| {
+                    RunnerError::Infer(segsweep_infer::InferError::Pipeline(
+                        "prepare_staged returned fewer images than asked".into(),
+                    ))
+                })?;
+                c.store(&key, &p, stats)?;
+                p
+            }
+        };
+        out.push((p, Some(key)));
     }
-    out.into_iter()
-        .map(|(p, key)| match p {
-            Some(p) => Ok((p, Some(key))),
-            None => Err(RunnerError::Infer(segsweep_infer::InferError::Pipeline(
-                "prepare_many returned fewer images than asked".into(),
-            ))),
-        })
-        .collect()
+    Ok(out)
 }
 
 fn spill_io(path: &Path, source: std::io::Error) -> RunnerError {
