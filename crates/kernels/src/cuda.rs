@@ -103,7 +103,7 @@ macro_rules! launch {
     }};
 }
 
-pub(super) fn bias_act(
+pub(crate) fn bias_act(
     act: crate::block::Act,
     s1: &CudaStorage,
     l1: &Layout,
@@ -145,7 +145,7 @@ pub(super) fn bias_act(
     })
 }
 
-pub(super) fn split_qkv(
+pub(crate) fn split_qkv(
     op: &crate::block::SplitQkv,
     s1: &CudaStorage,
     l1: &Layout,
@@ -175,7 +175,7 @@ pub(super) fn split_qkv(
     })
 }
 
-pub(super) fn merge_heads(
+pub(crate) fn merge_heads(
     op: &crate::block::MergeHeads,
     s: &CudaStorage,
     l: &Layout,
@@ -205,7 +205,7 @@ pub(super) fn merge_heads(
     })
 }
 
-pub(super) fn attention(
+pub(crate) fn attention(
     op: &crate::block::Attention,
     s1: &CudaStorage,
     l1: &Layout,
@@ -249,7 +249,7 @@ pub(super) fn attention(
     })
 }
 
-pub(super) fn layer_norm(
+pub(crate) fn layer_norm(
     eps: f32,
     s1: &CudaStorage,
     l1: &Layout,
