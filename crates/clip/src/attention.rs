@@ -49,28 +49,55 @@ pub fn attend(block: &dyn LastBlock, weights: &Tensor, v: &Tensor) -> Result<Ten
     block.out_proj(&merge_heads(&o)?)
 }
 
-/// `x + mlp(ln_2 x)`: the second half of a standard block, `(B, T, D) → (B, T, D)`.
-pub fn ffn_residual(block: &dyn LastBlock, x: &Tensor) -> Result<Tensor> {
-    Ok((x + block.mlp(&block.ln_2(x)?)?)?)
+/// `x + out_proj(merge(weights · v))`: [`attend`] with the residual (added in the
+/// out-projection's epilogue where the backbone fuses it): `weights: (B, H, T, T)`,
+/// `v: (B, H, T, hd)`, `x: (B, T, D)` → `(B, T, D)`.
+pub fn attend_residual(
+    block: &dyn LastBlock,
+    weights: &Tensor,
+    v: &Tensor,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let o = weights.to_dtype(v.dtype())?.matmul(v)?;
+    block.out_proj_residual(&merge_heads(&o)?, x)
 }
 
-/// The standard block: `x' = x + attn(ln_1 x)`, then `x' + mlp(ln_2 x')`.
+/// `x + mlp(ln_2 x)`: the second half of a standard block, `(B, T, D) → (B, T, D)`.
+pub fn ffn_residual(block: &dyn LastBlock, x: &Tensor) -> Result<Tensor> {
+    block.ffn_residual(x)
+}
+
+/// The standard block: `x' = x + attn(ln_1 x)`, then `x' + mlp(ln_2 x')`. Where the backbone
+/// has a fused attention kernel ([`LastBlock::fused_attention`]) the attention is one kernel.
 pub fn vanilla(block: &dyn LastBlock, x: &Tensor) -> Result<Tensor> {
     let (q, k, v) = block.qkv(&block.ln_1(x)?)?;
-    let a = softmax(&scores(&q, &k, head_scale(&q)?)?)?;
-    let x = (x + attend(block, &a, &v)?)?;
-    ffn_residual(block, &x)
+    let s = head_scale(&q)?;
+    let x = match block.fused_attention(&q, &k, &v, s)? {
+        Some(o) => block.out_proj_residual(&o, x)?,
+        None => attend_residual(block, &softmax(&scores(&q, &k, s)?)?, &v, x)?,
+    };
+    block.ffn_residual(&x)
 }
 
 /// SCLIP's correlative self-attention (CSA) in the last block, residual and FFN kept
 /// (SCLIP `clip/model.py:283-313`).
+///
+/// Where the backbone has a fused attention kernel ([`LastBlock::fused_attention`]) the
+/// product is computed as `softmax(q qᵀ·s) v + softmax(k kᵀ·s) v` (two kernels), which equals
+/// SCLIP's `(softmax(q qᵀ·s) + softmax(k kᵀ·s)) v` up to rounding; elsewhere as SCLIP writes it.
 pub fn sclip(block: &dyn LastBlock, x: &Tensor) -> Result<Tensor> {
     let (q, k, v) = block.qkv(&block.ln_1(x)?)?;
     let s = head_scale(&q)?;
+    if let Some(oq) = block.fused_attention(&q, &q, &v, s)? {
+        if let Some(ok) = block.fused_attention(&k, &k, &v, s)? {
+            let x = block.out_proj_residual(&(oq + ok)?, x)?;
+            return block.ffn_residual(&x);
+        }
+    }
     // The sum of two row-stochastic matrices (rows sum to 2), deliberately not renormalised.
     let a = (softmax(&scores(&q, &q, s)?)? + softmax(&scores(&k, &k, s)?)?)?;
-    let x = (x + attend(block, &a, &v)?)?;
-    ffn_residual(block, &x)
+    let x = attend_residual(block, &a, &v, x)?;
+    block.ffn_residual(&x)
 }
 
 /// NACLIP's neighbourhood attention: `softmax(k kᵀ·s + Ω)`, no residual, no FFN

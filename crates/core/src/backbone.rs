@@ -163,6 +163,31 @@ pub trait LastBlock: Send + Sync {
     fn ln_2(&self, x: &Tensor) -> Result<Tensor>;
     /// The MLP (fc1, QuickGELU, fc2): `(B, T, D) → (B, T, D)`.
     fn mlp(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `softmax(scale · q kᵀ) v` per head with the heads merged, as one fused kernel where the
+    /// backbone has one for this device and these shapes: `q, k, v: (B, heads, T, head_dim)` →
+    /// `(B, T, D)`. `Ok(None)` (the default) where it has none; callers then compose scores,
+    /// softmax and the product with v themselves.
+    fn fused_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let _ = (q, k, v, scale);
+        Ok(None)
+    }
+    /// `x + out_proj(o)`: `o, x: (B, T, D) → (B, T, D)`. Backbones may add the residual inside
+    /// the out-projection's epilogue.
+    fn out_proj_residual(&self, o: &Tensor, x: &Tensor) -> Result<Tensor> {
+        Ok((x + self.out_proj(o)?)?)
+    }
+    /// `x + mlp(ln_2 x)`, the second half of a standard block: `(B, T, D) → (B, T, D)`.
+    /// Backbones may add the residual inside fc2's epilogue.
+    fn ffn_residual(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x + self.mlp(&self.ln_2(x)?)?)?)
+    }
 }
 
 /// A CLIP-like model as the pipeline sees it.

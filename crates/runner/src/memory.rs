@@ -446,8 +446,9 @@ fn cache_io(path: &Path, source: std::io::Error) -> RunnerError {
     }
 }
 
-/// Bump when what a cache entry holds, or how its key is formed, changes.
-const FEATURE_CACHE_VERSION: u32 = 2;
+/// Bump when what a cache entry holds, how its key is formed, or the prefix's arithmetic
+/// changes (3: the linear layers' GEMMs are no longer batched per crop off the f32 CPU path).
+const FEATURE_CACHE_VERSION: u32 = 3;
 
 /// The persistent feature cache (`[experiment] feature_cache`): each image's backbone prefix
 /// (tokens and whatever the plugins asked it to record) in `<dir>/<key>.safetensors`, named by
