@@ -34,10 +34,17 @@ fn interp_rows(input: usize, output: usize, offset: usize, total: usize) -> Vec<
 
 /// Resample `(P, ih, iw)` planes to `(P, oh, ow)` on their device (bilinear,
 /// `align_corners=False`), as two matrix products. f32 in, f32 out.
+///
+/// With segsweep's CUDA kernels enabled, one pass of `segsweep_kernels::post::resize_bilinear`
+/// (equal to the host resize) instead of two dense products with mostly-zero matrices
+/// (`2·P·oh·ih·(iw + ow)` flops, ~15 GFLOP for a VOC image's 56 query planes).
 pub(crate) fn resize_device(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
     let (p, ih, iw) = x.dims3()?;
     if (ih, iw) == (oh, ow) {
         return Ok(x.clone());
+    }
+    if segsweep_kernels::enabled(x.device(), p * oh.max(ih) * ow.max(iw)) {
+        return Ok(segsweep_kernels::post::resize_bilinear(x, (oh, ow))?);
     }
     let dev = x.device();
     let rx_t = Tensor::from_vec(interp_rows(iw, ow, 0, ow), (ow, iw), dev)?.t()?;
@@ -52,12 +59,18 @@ pub(crate) fn resize_device(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tens
 
 /// SCLIP's slide canvas on the device: the sum of upsampled crop logits `(Q, H, W)` and the
 /// per-pixel window count (kept on the host: it depends only on the windows).
+///
+/// With segsweep's CUDA kernels enabled the crops' logits are kept as added, and
+/// [`DeviceCanvas::average`] stitches them in one pass of
+/// `segsweep_kernels::post::stitch_windows` (equal to the host canvas).
 pub(crate) struct DeviceCanvas {
     q: usize,
     h: usize,
     w: usize,
     sum: Option<Tensor>,
     count: Vec<f32>,
+    /// Kernel path: the chunks of crop logits `(B, Q, gh, gw)` and their windows, in order.
+    crops: Vec<(Tensor, Vec<Window>)>,
 }
 
 impl DeviceCanvas {
@@ -69,6 +82,7 @@ impl DeviceCanvas {
             w,
             sum: None,
             count: vec![0.0; h * w],
+            crops: Vec::new(),
         }
     }
 
@@ -85,6 +99,17 @@ impl DeviceCanvas {
         }
         let dev = logits.device();
         let (h, w) = (self.h, self.w);
+        if segsweep_kernels::enabled(dev, q * h * w) {
+            for win in wins {
+                for y in win.y..win.y + win.h {
+                    for c in &mut self.count[y * w + win.x..y * w + win.x + win.w] {
+                        *c += 1.0;
+                    }
+                }
+            }
+            self.crops.push((logits.clone(), wins.to_vec()));
+            return Ok(());
+        }
         // Axᵢᵀ (gw, W) per crop → (B, gw, W); Ayᵢ (H, gh) side by side → (H, B·gh).
         let mut ax_t = Vec::with_capacity(b * gw * w);
         let mut ay = vec![0f32; h * b * gh];
@@ -128,6 +153,20 @@ impl DeviceCanvas {
             return Err(InferError::Pipeline(
                 "a pixel of the resized image is in no window".into(),
             ));
+        }
+        if !self.crops.is_empty() {
+            let (chunks, wins): (Vec<Tensor>, Vec<Vec<Window>>) = self.crops.into_iter().unzip();
+            let logits = Tensor::cat(&chunks, 0)?;
+            let wins: Vec<_> = wins
+                .iter()
+                .flatten()
+                .map(|w| (w.y, w.x, w.h, w.w))
+                .collect();
+            return Ok(segsweep_kernels::post::stitch_windows(
+                &logits,
+                &wins,
+                (self.h, self.w),
+            )?);
         }
         let sum = self
             .sum
@@ -298,6 +337,9 @@ mod tests {
             let x = Tensor::from_vec(src, (3, ih, iw), &Device::Cpu).unwrap();
             let dev = flat(&resize_device(&x, (oh, ow)).unwrap());
             assert!(max_rel(&dev, &host) < 1e-6, "{ih}x{iw}→{oh}x{ow}");
+            // segsweep-kernels' resize (its CPU implementation): the host's arithmetic exactly.
+            let kernels = segsweep_kernels::forced(|| resize_device(&x, (oh, ow)).unwrap());
+            assert_eq!(flat(&kernels), host, "kernels {ih}x{iw}→{oh}x{ow}");
         }
     }
 
@@ -315,12 +357,48 @@ mod tests {
         let host = host.average().unwrap();
         // Two chunks, as the batch size would split them.
         let t = Tensor::from_vec(logits, (wins.len(), q, g, g), &Device::Cpu).unwrap();
-        let mut dev = DeviceCanvas::new(q, h, w);
-        dev.add(&t.narrow(0, 0, 2).unwrap(), &wins[..2]).unwrap();
-        dev.add(&t.narrow(0, 2, wins.len() - 2).unwrap(), &wins[2..])
-            .unwrap();
-        let dev = flat(&dev.average().unwrap());
-        assert!(max_rel(&dev, &host) < 1e-6);
+        let stitch = || {
+            let mut dev = DeviceCanvas::new(q, h, w);
+            dev.add(&t.narrow(0, 0, 2).unwrap(), &wins[..2]).unwrap();
+            dev.add(&t.narrow(0, 2, wins.len() - 2).unwrap(), &wins[2..])
+                .unwrap();
+            flat(&dev.average().unwrap())
+        };
+        assert!(max_rel(&stitch(), &host) < 1e-6);
+        // segsweep-kernels' stitch (its CPU implementation): the host's arithmetic exactly.
+        assert_eq!(segsweep_kernels::forced(stitch), host);
+    }
+
+    #[test]
+    fn device_canvas_with_kernels_matches_the_host_on_a_2d_slide_with_uneven_crops() {
+        // 300×451 at crop 224 / stride 112: 2 × 3 windows, the last row and column clamped; a
+        // 14×14 crop grid, 5 queries.
+        let (q, h, w, g) = (5, 300, 451, 14);
+        let wins = slide_windows(h, w, 224, 112);
+        assert!(wins.len() >= 6);
+        let logits = planes(wins.len() * q * g * g, 5);
+        let mut host = Canvas::new(q, h, w);
+        for (i, win) in wins.iter().enumerate() {
+            host.add(&logits[i * q * g * g..(i + 1) * q * g * g], (g, g), *win);
+        }
+        let host = host.average().unwrap();
+        let t = Tensor::from_vec(logits, (wins.len(), q, g, g), &Device::Cpu).unwrap();
+        let kernels = segsweep_kernels::forced(|| {
+            let mut dev = DeviceCanvas::new(q, h, w);
+            for (i, win) in wins.iter().enumerate() {
+                dev.add(&t.narrow(0, i, 1).unwrap(), std::slice::from_ref(win))
+                    .unwrap();
+            }
+            flat(&dev.average().unwrap())
+        });
+        assert_eq!(kernels, host);
+        // A canvas no crop covers entirely is an error, not NaNs.
+        let err = segsweep_kernels::forced(|| {
+            let mut dev = DeviceCanvas::new(q, h, w);
+            dev.add(&t.narrow(0, 0, 1).unwrap(), &wins[..1]).unwrap();
+            dev.average().unwrap_err()
+        });
+        assert!(err.to_string().contains("no window"), "{err}");
     }
 
     #[test]

@@ -18,23 +18,20 @@ pub(crate) struct Axis {
 }
 
 impl Axis {
-    /// torch `area_pixel_compute_source_index` with `scale = in / out` in f32.
+    /// torch `area_pixel_compute_source_index` with `scale = in / out` in f32: the tables of
+    /// `segsweep_kernels::post::bilinear_axis`, which the GPU kernels use too.
     pub(crate) fn new(input: usize, output: usize) -> Axis {
-        let scale = input as f32 / output as f32;
         let mut a = Axis {
             i0: Vec::with_capacity(output),
             i1: Vec::with_capacity(output),
             w0: Vec::with_capacity(output),
             w1: Vec::with_capacity(output),
         };
-        for d in 0..output {
-            let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
-            let i0 = (src.floor() as usize).min(input - 1);
-            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+        for (i0, i1, w0, w1) in segsweep_kernels::post::bilinear_axis(input, output) {
             a.i0.push(i0);
-            a.i1.push(if i0 < input - 1 { i0 + 1 } else { i0 });
-            a.w0.push(1.0 - l1);
-            a.w1.push(l1);
+            a.i1.push(i1);
+            a.w0.push(w0);
+            a.w1.push(w1);
         }
         a
     }

@@ -14,9 +14,10 @@
 // argument passing, which bench/gpu.sh checks on a GPU (tests/cuda_ops.rs).
 //
 // By hand (exit status 1 on a mismatch):
-//   c++ -std=c++20 -O1 -pthread -DSEGSWEEP_CPU_EMULATION -I crates/kernels/kernels
+//   c++ -std=c++20 -O1 -pthread -ffp-contract=off -DSEGSWEEP_CPU_EMULATION -I crates/kernels/kernels
 //       crates/kernels/kernels/emulate.cpp -o emulate && ./emulate
 
+#include <algorithm>
 #include <array>
 #include <barrier>
 #include <cmath>
@@ -92,6 +93,12 @@ inline float __shfl_sync(unsigned, float v, int src) {
     warp_ctx->bar.arrive_and_wait();
     return r;
 }
+
+// Correctly rounded float arithmetic: what the host computes without contraction (the test
+// builds with -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 
 #include "fused.cu"
 #include "post.cu"
@@ -355,6 +362,98 @@ static void test_post() {
     check("threshold_labels", "f32", labels == want_labels ? 0.0 : 1.0, 0.0);
 }
 
+// torch's bilinear axis (align_corners=False) as segsweep-kernels `post::bilinear_axis` builds
+// it in f32, appended to the kernels' tables.
+static void axis_table(uint32_t in, uint32_t out, std::vector<uint32_t> &idx,
+                       std::vector<float> &wts) {
+    const float scale = (float)in / (float)out;
+    for (uint32_t d = 0; d < out; ++d) {
+        const float src = std::fmax(scale * ((float)d + 0.5f) - 0.5f, 0.0f);
+        const uint32_t i0 = std::min((uint32_t)std::floor(src), in - 1);
+        const float l1 = std::fmin(std::fmax(src - (float)i0, 0.0f), 1.0f);
+        idx.push_back(i0);
+        idx.push_back(i0 < in - 1 ? i0 + 1 : i0);
+        wts.push_back(1.0f - l1);
+        wts.push_back(l1);
+    }
+}
+
+// torch's bilinear sample of an (ih, iw) plane resized to (oh, ow) at (oy, ox), from the formula
+// in double.
+static double bilinear_ref(const float *src, uint32_t ih, uint32_t iw, uint32_t oh, uint32_t ow,
+                           uint32_t oy, uint32_t ox) {
+    auto axis = [](uint32_t in, uint32_t out, uint32_t d, uint32_t &i0, uint32_t &i1, double &l) {
+        const double s = std::fmax((double)in / out * (d + 0.5) - 0.5, 0.0);
+        i0 = std::min((uint32_t)std::floor(s), in - 1);
+        i1 = std::min(i0 + 1, in - 1);
+        l = std::fmin(s - i0, 1.0);
+    };
+    uint32_t y0, y1, x0, x1;
+    double ly, lx;
+    axis(ih, oh, oy, y0, y1, ly);
+    axis(iw, ow, ox, x0, x1, lx);
+    auto v = [&](uint32_t y, uint32_t x) { return (double)src[y * iw + x]; };
+    return (1 - ly) * ((1 - lx) * v(y0, x0) + lx * v(y0, x1)) +
+           ly * ((1 - lx) * v(y1, x0) + lx * v(y1, x1));
+}
+
+// Resize (3 planes, 5×7 → 11×4: up along y, down along x) and a slide canvas (3 queries, 3×4
+// crop grids, 9×13 canvas, 5 windows: 4 overlapping corners and one inside them all, so pixels
+// have 1 to 5 windows), one block of 64 threads (the element loop strides).
+static void test_resample() {
+    const uint32_t P = 3, ih = 5, iw = 7, oh = 11, ow = 4;
+    auto x = values(P * ih * iw, 21);
+    std::vector<uint32_t> idx;
+    std::vector<float> wts;
+    axis_table(ih, oh, idx, wts);
+    axis_table(iw, ow, idx, wts);
+    std::vector<float> y(P * oh * ow, -1.0f);
+    launch_serial({2}, {64}, [&] {
+        resize_bilinear_f32(x.data(), idx.data(), wts.data(), y.data(), P, ih, iw, oh, ow);
+    });
+    std::vector<double> want(P * oh * ow);
+    for (uint32_t p = 0; p < P; ++p)
+        for (uint32_t oy = 0; oy < oh; ++oy)
+            for (uint32_t ox = 0; ox < ow; ++ox)
+                want[(p * oh + oy) * ow + ox] =
+                    bilinear_ref(x.data() + p * ih * iw, ih, iw, oh, ow, oy, ox);
+    check("resize_bilinear", "f32", rel_err(y, want), 1e-6);
+
+    const uint32_t Q = 3, gh = 3, gw = 4, H = 9, W = 13, B = 5;
+    const uint32_t win[B][4] = {{0, 0, 6, 8}, {0, 5, 6, 8}, {3, 0, 6, 8}, {3, 5, 6, 8}, {2, 3, 5, 7}};
+    auto logits = values(B * Q * gh * gw, 22);
+    std::vector<uint32_t> sidx(5 * B);
+    std::vector<float> swts(5 * B, 0.0f);
+    for (uint32_t i = 0; i < B; ++i) {
+        for (uint32_t k = 0; k < 4; ++k) sidx[5 * i + k] = win[i][k];
+        // Tables appended in window order; the offset is where this window's start.
+        sidx[5 * i + 4] = (uint32_t)sidx.size();
+        axis_table(gh, win[i][2], sidx, swts);
+        axis_table(gw, win[i][3], sidx, swts);
+    }
+    std::vector<float> canvas(Q * H * W, -1.0f);
+    launch_serial({3}, {64}, [&] {
+        stitch_windows_f32(logits.data(), sidx.data(), swts.data(), canvas.data(), B, Q, gh, gw,
+                           H, W);
+    });
+    std::vector<double> cwant(Q * H * W);
+    for (uint32_t q = 0; q < Q; ++q)
+        for (uint32_t py = 0; py < H; ++py)
+            for (uint32_t px = 0; px < W; ++px) {
+                double s = 0;
+                int c = 0;
+                for (uint32_t i = 0; i < B; ++i) {
+                    const auto &r = win[i];
+                    if (py < r[0] || py >= r[0] + r[2] || px < r[1] || px >= r[1] + r[3]) continue;
+                    s += bilinear_ref(logits.data() + (i * Q + q) * gh * gw, gh, gw, r[2], r[3],
+                                      py - r[0], px - r[1]);
+                    ++c;
+                }
+                cwant[(q * H + py) * W + px] = s / c;
+            }
+    check("stitch_windows", "f32", rel_err(canvas, cwant), 1e-6);
+}
+
 int main() {
     test_all<float>("f32", 2e-6);
     test_all<__half>("f16", 1e-3);
@@ -363,6 +462,7 @@ int main() {
     test_attention<__half>("f16", 1e-3);
     test_attention<__nv_bfloat16>("bf16", 8e-3);
     test_post();
+    test_resample();
     std::printf("%s\n", failures ? "FAILED" : "all kernels match");
     return failures ? 1 : 0;
 }

@@ -71,3 +71,63 @@ extern "C" __global__ void threshold_labels_f32(const float *probs, const uint8_
         labels[p] = max < prob_thd ? bg : label;
     }
 }
+
+// Bilinear resampling (torch `align_corners=False`) and SCLIP's slide stitching, one thread per
+// output element. The source indices and weights come from the host (segsweep-kernels
+// `post::bilinear_axis`, torch's formula), and every product and sum is rounded as written
+// (`__fmul_rn`/`__fadd_rn`: no fused multiply-adds) in segsweep-infer's host order
+// `(v00·wx0 + v01·wx1)·wy0 + (v10·wx0 + v11·wx1)·wy1`, so the results equal the host path's.
+//
+// An axis table for `o` output positions is `2·o` entries: (i0, i1) per position in `idx` and
+// (w0, w1) at the same offsets in `wts`.
+
+// One bilinear sample of a (gh × gw) plane `src` at table entries ty (rows) and tx (columns).
+__device__ __forceinline__ float bilinear_at(const float *src, uint32_t gw, const uint32_t *idx,
+                                             const float *wts, uint32_t ty, uint32_t tx) {
+    const float *a = src + (size_t)idx[ty] * gw;
+    const float *b = src + (size_t)idx[ty + 1] * gw;
+    const float r0 = __fadd_rn(__fmul_rn(a[idx[tx]], wts[tx]), __fmul_rn(a[idx[tx + 1]], wts[tx + 1]));
+    const float r1 = __fadd_rn(__fmul_rn(b[idx[tx]], wts[tx]), __fmul_rn(b[idx[tx + 1]], wts[tx + 1]));
+    return __fadd_rn(__fmul_rn(r0, wts[ty]), __fmul_rn(r1, wts[ty + 1]));
+}
+
+// y[p, oy, ox] = x[p] resampled from (ih, iw) to (oh, ow): the y table at 0 (2·oh entries), the
+// x table at 2·oh (2·ow entries).
+extern "C" __global__ void resize_bilinear_f32(const float *x, const uint32_t *idx,
+                                               const float *wts, float *y, uint32_t planes,
+                                               uint32_t ih, uint32_t iw, uint32_t oh,
+                                               uint32_t ow) {
+    const uint32_t n = planes * oh * ow;
+    for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += blockDim.x * gridDim.x) {
+        const uint32_t ox = e % ow, oy = (e / ow) % oh, p = e / (ow * oh);
+        y[e] = bilinear_at(x + (size_t)p * ih * iw, iw, idx, wts, 2 * oy, 2 * oh + 2 * ox);
+    }
+}
+
+// SCLIP's slide canvas, averaged: out[q, y, x] = (Σ over the windows i covering (y, x), in
+// order, of crop i's plane q upsampled to its window) / (number of such windows). `logits` is
+// (b_n, q_n, gh, gw); `idx` starts with 5 entries per window (y, x, h, w, offset of its tables
+// in idx/wts: the y table, 2·h entries, then the x table, 2·w entries). A pixel no window covers
+// gets 0/0 (the caller checks coverage first).
+extern "C" __global__ void stitch_windows_f32(const float *logits, const uint32_t *idx,
+                                              const float *wts, float *out, uint32_t b_n,
+                                              uint32_t q_n, uint32_t gh, uint32_t gw,
+                                              uint32_t h, uint32_t w) {
+    const uint32_t n = q_n * h * w;
+    for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += blockDim.x * gridDim.x) {
+        const uint32_t px = e % w, py = (e / w) % h, q = e / (w * h);
+        float sum = 0.0f, count = 0.0f;
+        for (uint32_t i = 0; i < b_n; ++i) {
+            const uint32_t *win = idx + 5 * i;
+            if (py < win[0] || py >= win[0] + win[2] || px < win[1] || px >= win[1] + win[3]) {
+                continue;
+            }
+            const uint32_t ty = win[4] + 2 * (py - win[0]);
+            const uint32_t tx = win[4] + 2 * win[2] + 2 * (px - win[1]);
+            const float *src = logits + ((size_t)i * q_n + q) * gh * gw;
+            sum = __fadd_rn(sum, bilinear_at(src, gw, idx, wts, ty, tx));
+            count = __fadd_rn(count, 1.0f);
+        }
+        out[e] = __fdiv_rn(sum, count);
+    }
+}

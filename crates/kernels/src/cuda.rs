@@ -360,3 +360,65 @@ pub(crate) fn threshold_labels(
         p &probs, p &zeroed, p &out, u32 &n, u32 &c_n, f32 &prob_thd, u32 &bg)?;
     Ok(wrap(out, dev))
 }
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn resize_bilinear(
+    op: &crate::post::ResizeBilinear,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let (p_n, ih, iw) = l1.shape().dims3()?;
+    let what = "resize_bilinear";
+    let n = count(p_n * op.oh * op.ow, what)?;
+    count(p_n * ih * iw, what)?;
+    let (planes, ih, iw) = (count(p_n, what)?, count(ih, what)?, count(iw, what)?);
+    let (oh, ow) = (count(op.oh, what)?, count(op.ow, what)?);
+    let x = view::<f32>(s1, l1, "resize_bilinear input")?;
+    let idx = view::<u32>(s2, l2, "resize_bilinear indices")?;
+    let wts = view::<f32>(s3, l3, "resize_bilinear weights")?;
+    let func = dev.get_or_load_custom_func("resize_bilinear_f32", POST_MODULE, POST_PTX)?;
+    // SAFETY: every output element is written by its thread.
+    let out = unsafe { dev.alloc::<f32>(n as usize)? };
+    launch!(func, pixels(n), "resize_bilinear_f32";
+        p &x, p &idx, p &wts, p &out, u32 &planes, u32 &ih, u32 &iw, u32 &oh, u32 &ow)?;
+    Ok(wrap(out, dev))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stitch_windows(
+    op: &crate::post::StitchWindows,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let (b_n, q_n, gh, gw) = l1.shape().dims4()?;
+    let what = "stitch_windows";
+    let n = count(q_n * op.h * op.w, what)?;
+    count(b_n * q_n * gh * gw, what)?;
+    let (b_n, q_n) = (count(b_n, what)?, count(q_n, what)?);
+    let (gh, gw, h, w) = (
+        count(gh, what)?,
+        count(gw, what)?,
+        count(op.h, what)?,
+        count(op.w, what)?,
+    );
+    let logits = view::<f32>(s1, l1, "stitch_windows logits")?;
+    let idx = view::<u32>(s2, l2, "stitch_windows windows and indices")?;
+    let wts = view::<f32>(s3, l3, "stitch_windows weights")?;
+    let func = dev.get_or_load_custom_func("stitch_windows_f32", POST_MODULE, POST_PTX)?;
+    // SAFETY: every output element is written by its thread.
+    let out = unsafe { dev.alloc::<f32>(n as usize)? };
+    launch!(func, pixels(n), "stitch_windows_f32";
+        p &logits, p &idx, p &wts, p &out,
+        u32 &b_n, u32 &q_n, u32 &gh, u32 &gw, u32 &h, u32 &w)?;
+    Ok(wrap(out, dev))
+}

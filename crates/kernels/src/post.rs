@@ -1,4 +1,5 @@
-//! SCLIP's post-processing of dense logits as three kernels (`kernels/post.cu`): the synonym
+//! SCLIP's post-processing of dense logits as kernels (`kernels/post.cu`): the slide canvas
+//! ([`stitch_windows`]), the bilinear resize to the image size ([`resize_bilinear`]), the synonym
 //! softmax, the per-class argmax counts for `area_thd`, and the thresholded argmax.
 //!
 //! On a GPU, segsweep-infer's device path composes these steps from ~35 candle ops (broadcast
@@ -10,7 +11,9 @@
 //! All tensors are f32 and contiguous; `(Q, h, w)` logits, `(C, h, w)` probabilities.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 
 /// `softmax(scale · logits)` over the `Q` queries, then for each class the max over its queries:
 /// `logits: (Q, h, w)` f32 → `(C, h, w)` f32. `query_class[q]` is query `q`'s class; every class
@@ -73,6 +76,113 @@ pub fn threshold_labels(
         bg: background.unwrap_or(0) as u32,
     };
     probs.contiguous()?.apply_op2_no_bwd(&z, &op)
+}
+
+/// torch's bilinear source indices and weights along one axis (`F.interpolate(...,
+/// mode="bilinear", align_corners=False)`, `area_pixel_compute_source_index` with `scale =
+/// input / output` in f32): output position `d` reads `(i0, i1)` with weights `(w0, w1)`.
+/// segsweep-infer's host resampling uses the same tables. `input` and `output` ≥ 1.
+pub fn bilinear_axis(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|d| {
+            let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(input.saturating_sub(1));
+            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+            let i1 = if i0 + 1 < input { i0 + 1 } else { i0 };
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// Append [`bilinear_axis`]`(input, output)` to the kernels' tables: `(i0, i1)` to `idx` and
+/// `(w0, w1)` to `wts` at the same offsets.
+fn push_axis(idx: &mut Vec<u32>, wts: &mut Vec<f32>, input: usize, output: usize) {
+    for (i0, i1, w0, w1) in bilinear_axis(input, output) {
+        idx.extend([i0 as u32, i1 as u32]);
+        wts.extend([w0, w1]);
+    }
+}
+
+/// The kernels' bilinear sample: `src` a plane of row length `gw`, row table entries at `ty`,
+/// column entries at `tx`, in the host order `(v00·wx0 + v01·wx1)·wy0 + (v10·wx0 + v11·wx1)·wy1`.
+fn bilinear_at(src: &[f32], gw: usize, idx: &[u32], wts: &[f32], ty: usize, tx: usize) -> f32 {
+    let (a, b) = (idx[ty] as usize * gw, idx[ty + 1] as usize * gw);
+    let (x0, x1) = (idx[tx] as usize, idx[tx + 1] as usize);
+    let r0 = src[a + x0] * wts[tx] + src[a + x1] * wts[tx + 1];
+    let r1 = src[b + x0] * wts[tx] + src[b + x1] * wts[tx + 1];
+    r0 * wts[ty] + r1 * wts[ty + 1]
+}
+
+/// Bilinear resampling (torch, `align_corners=False`) of `x: (P, ih, iw)` f32 to `(P, oh, ow)`
+/// f32, one kernel pass; equal to segsweep-infer's host `resize_planes` (same tables, same
+/// arithmetic order, no fused multiply-adds).
+pub fn resize_bilinear(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
+    let (_, ih, iw) = x.dims3()?;
+    if x.dtype() != DType::F32 || ih == 0 || iw == 0 || oh == 0 || ow == 0 {
+        bail!(
+            "resize_bilinear: {:?} {:?} to ({oh}, {ow}) (expected f32 (P, ih, iw), sizes ≥ 1)",
+            x.dims(),
+            x.dtype()
+        );
+    }
+    let (mut idx, mut wts) = (Vec::new(), Vec::new());
+    push_axis(&mut idx, &mut wts, ih, oh);
+    push_axis(&mut idx, &mut wts, iw, ow);
+    let n = idx.len();
+    let idx = Tensor::from_vec(idx, n, x.device())?;
+    let wts = Tensor::from_vec(wts, n, x.device())?;
+    x.contiguous()?
+        .apply_op3_no_bwd(&idx, &wts, &ResizeBilinear { oh, ow })
+}
+
+/// SCLIP's slide canvas, averaged: each crop's `(Q, gh, gw)` plane of `logits: (B, Q, gh, gw)`
+/// f32 upsampled (bilinear, `align_corners=False`) to its window, summed in window order where
+/// windows overlap and divided by the number of windows covering the pixel → `(Q, h, w)` f32.
+/// `windows[i] = (y, x, height, width)` of crop `i` on the `(h, w)` canvas; every pixel must be
+/// covered. Equal to segsweep-infer's host canvas (same tables, order and rounding).
+pub fn stitch_windows(
+    logits: &Tensor,
+    windows: &[(usize, usize, usize, usize)],
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let (b, _, gh, gw) = logits.dims4()?;
+    if logits.dtype() != DType::F32 || b != windows.len() || b == 0 || gh == 0 || gw == 0 {
+        bail!(
+            "stitch_windows: logits {:?} {:?} for {} windows (expected f32 (B, Q, gh, gw))",
+            logits.dims(),
+            logits.dtype(),
+            windows.len()
+        );
+    }
+    let mut covered = vec![false; h * w];
+    let mut idx = vec![0u32; 5 * b];
+    let mut wts = vec![0f32; 5 * b];
+    for (i, &(y, x, wh, ww)) in windows.iter().enumerate() {
+        if wh == 0 || ww == 0 || y + wh > h || x + ww > w {
+            bail!("stitch_windows: window {i} at ({y}, {x}) of {wh}×{ww} is not inside the {h}×{w} canvas");
+        }
+        for r in y..y + wh {
+            covered[r * w + x..r * w + x + ww].fill(true);
+        }
+        let off = idx.len() as u32;
+        idx[5 * i..5 * i + 5].copy_from_slice(&[y as u32, x as u32, wh as u32, ww as u32, off]);
+        push_axis(&mut idx, &mut wts, gh, wh);
+        push_axis(&mut idx, &mut wts, gw, ww);
+    }
+    if let Some(p) = covered.iter().position(|&c| !c) {
+        bail!(
+            "stitch_windows: pixel ({}, {}) of the {h}×{w} canvas is in no window",
+            p / w,
+            p % w
+        );
+    }
+    let n = idx.len();
+    let idx = Tensor::from_vec(idx, n, logits.device())?;
+    let wts = Tensor::from_vec(wts, n, logits.device())?;
+    logits
+        .contiguous()?
+        .apply_op3_no_bwd(&idx, &wts, &StitchWindows { h, w })
 }
 
 fn check_probs(probs: &Tensor, what: &str) -> Result<usize> {
@@ -268,6 +378,132 @@ impl CustomOp2 for ThresholdLabels {
     }
 }
 
+fn tables<'a>(
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    s3: &'a CpuStorage,
+    l3: &Layout,
+    what: &str,
+) -> Result<(&'a [u32], &'a [f32])> {
+    let idx = match (s2, l2.contiguous_offsets()) {
+        (CpuStorage::U32(v), Some((a, b))) => &v[a..b],
+        _ => bail!("{what}: the index table must be contiguous u32"),
+    };
+    Ok((idx, f32_slice(s3, l3, what)?))
+}
+
+pub(crate) struct ResizeBilinear {
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+}
+
+impl CustomOp3 for ResizeBilinear {
+    fn name(&self) -> &'static str {
+        "segsweep-resize-bilinear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "resize_bilinear")?;
+        let (idx, wts) = tables(s2, l2, s3, l3, "resize_bilinear")?;
+        let (p_n, ih, iw) = l1.shape().dims3()?;
+        let (oh, ow) = (self.oh, self.ow);
+        // The kernel's loop, one output element at a time.
+        let y = (0..p_n * oh * ow)
+            .map(|e| {
+                let (ox, oy, p) = (e % ow, (e / ow) % oh, e / (ow * oh));
+                let src = &x[p * ih * iw..(p + 1) * ih * iw];
+                bilinear_at(src, iw, idx, wts, 2 * oy, 2 * oh + 2 * ox)
+            })
+            .collect();
+        Ok((CpuStorage::F32(y), Shape::from((p_n, oh, ow))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (p_n, _, _) = l1.shape().dims3()?;
+        let out = crate::cuda::resize_bilinear(self, s1, l1, s2, l2, s3, l3)?;
+        Ok((out, Shape::from((p_n, self.oh, self.ow))))
+    }
+}
+
+pub(crate) struct StitchWindows {
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+}
+
+impl CustomOp3 for StitchWindows {
+    fn name(&self) -> &'static str {
+        "segsweep-stitch-windows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let logits = f32_slice(s1, l1, "stitch_windows")?;
+        let (idx, wts) = tables(s2, l2, s3, l3, "stitch_windows")?;
+        let (b_n, q_n, gh, gw) = l1.shape().dims4()?;
+        let (h, w) = (self.h, self.w);
+        // The kernel's loop, one output element at a time.
+        let out = (0..q_n * h * w)
+            .map(|e| {
+                let (px, py, q) = (e % w, (e / w) % h, e / (w * h));
+                let (mut sum, mut count) = (0f32, 0f32);
+                for i in 0..b_n {
+                    let win: [usize; 5] = std::array::from_fn(|k| idx[5 * i + k] as usize);
+                    if py < win[0] || py >= win[0] + win[2] || px < win[1] || px >= win[1] + win[3]
+                    {
+                        continue;
+                    }
+                    let ty = win[4] + 2 * (py - win[0]);
+                    let tx = win[4] + 2 * win[2] + 2 * (px - win[1]);
+                    let src = &logits[(i * q_n + q) * gh * gw..(i * q_n + q + 1) * gh * gw];
+                    sum += bilinear_at(src, gw, idx, wts, ty, tx);
+                    count += 1.0;
+                }
+                sum / count
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from((q_n, h, w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (_, q_n, _, _) = l1.shape().dims4()?;
+        let out = crate::cuda::stitch_windows(self, s1, l1, s2, l2, s3, l3)?;
+        Ok((out, Shape::from((q_n, self.h, self.w))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +556,105 @@ mod tests {
         assert!(e.to_string().contains("class 4 has no query"), "{e}");
         let e = class_probs(&t, 40.0, &[0, 1, 1, 2, 1, 3, 9], 4).unwrap_err();
         assert!(e.to_string().contains("query class 9"), "{e}");
+    }
+
+    /// torch's bilinear sample (align_corners=False) of an `(ih, iw)` plane resized to
+    /// `(oh, ow)` at `(oy, ox)`, from the formula in f64.
+    fn bilinear_ref(
+        src: &[f32],
+        (ih, iw): (usize, usize),
+        (oh, ow): (usize, usize),
+        oy: usize,
+        ox: usize,
+    ) -> f64 {
+        let axis = |input: usize, output: usize, d: usize| {
+            let s = (input as f64 / output as f64 * (d as f64 + 0.5) - 0.5).max(0.0);
+            let i0 = (s.floor() as usize).min(input - 1);
+            (i0, (i0 + 1).min(input - 1), (s - i0 as f64).min(1.0))
+        };
+        let ((y0, y1, ly), (x0, x1, lx)) = (axis(ih, oh, oy), axis(iw, ow, ox));
+        let v = |y: usize, x: usize| src[y * iw + x] as f64;
+        (1.0 - ly) * ((1.0 - lx) * v(y0, x0) + lx * v(y0, x1))
+            + ly * ((1.0 - lx) * v(y1, x0) + lx * v(y1, x1))
+    }
+
+    #[test]
+    fn resize_bilinear_is_torch_bilinear_on_non_square_planes() {
+        for (ih, iw, oh, ow) in [
+            (5, 7, 11, 4),
+            (14, 14, 224, 224),
+            (1, 3, 2, 9),
+            (40, 61, 17, 30),
+        ] {
+            let x = planes(2 * ih * iw, 5);
+            let t = Tensor::from_vec(x.clone(), (2, ih, iw), &Device::Cpu).unwrap();
+            let got: Vec<f32> = resize_bilinear(&t, (oh, ow))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(got.len(), 2 * oh * ow);
+            for (e, g) in got.iter().enumerate() {
+                let (ox, oy, p) = (e % ow, (e / ow) % oh, e / (ow * oh));
+                let want = bilinear_ref(&x[p * ih * iw..], (ih, iw), (oh, ow), oy, ox);
+                // torch (and these tables) compute the source coordinate in f32: up to ~61 ×
+                // 6e-8 off the f64 formula, times value steps of up to 4 between pixels.
+                assert!(
+                    (*g as f64 - want).abs() <= 2e-5,
+                    "{ih}x{iw}→{oh}x{ow} at {e}: {g} vs {want}"
+                );
+            }
+        }
+        let t = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(resize_bilinear(&t, (0, 4)).is_err());
+        assert!(resize_bilinear(&t.to_dtype(DType::F16).unwrap(), (3, 4)).is_err());
+    }
+
+    #[test]
+    fn stitch_windows_averages_the_upsampled_crops_over_their_windows() {
+        // A 9×13 canvas, 3 queries, 3×4 crop grids; 4 overlapping corner windows and one inside
+        // them, so pixels have 1 to 5 windows.
+        let (q, gh, gw, h, w) = (3, 3, 4, 9, 13);
+        let wins = [
+            (0, 0, 6, 8),
+            (0, 5, 6, 8),
+            (3, 0, 6, 8),
+            (3, 5, 6, 8),
+            (2, 3, 5, 7),
+        ];
+        let logits = planes(wins.len() * q * gh * gw, 9);
+        let t = Tensor::from_vec(logits.clone(), (wins.len(), q, gh, gw), &Device::Cpu).unwrap();
+        let got: Vec<f32> = stitch_windows(&t, &wins, (h, w))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut max_count = 0;
+        for (e, g) in got.iter().enumerate() {
+            let (px, py, qi) = (e % w, (e / w) % h, e / (w * h));
+            let (mut sum, mut count) = (0f64, 0);
+            for (i, &(y, x, wh, ww)) in wins.iter().enumerate() {
+                if (y..y + wh).contains(&py) && (x..x + ww).contains(&px) {
+                    let src = &logits[(i * q + qi) * gh * gw..];
+                    sum += bilinear_ref(src, (gh, gw), (wh, ww), py - y, px - x);
+                    count += 1;
+                }
+            }
+            max_count = max_count.max(count);
+            let want = sum / count as f64;
+            assert!((*g as f64 - want).abs() <= 2e-6, "pixel {e}: {g} vs {want}");
+        }
+        assert_eq!(max_count, 5);
+        // Uncovered pixels, windows off the canvas, and a count mismatch are errors.
+        let e = stitch_windows(&t.narrow(0, 0, 4).unwrap(), &wins[..4], (h, w + 1)).unwrap_err();
+        assert!(e.to_string().contains("pixel (0, 13)"), "{e}");
+        let mut off = wins;
+        off[4] = (5, 7, 5, 7);
+        let e = stitch_windows(&t, &off, (h, w)).unwrap_err();
+        assert!(e.to_string().contains("window 4"), "{e}");
+        assert!(stitch_windows(&t, &wins[..4], (h, w)).is_err());
     }
 
     #[test]

@@ -177,3 +177,35 @@ fn post_processing_on_the_gpu_equals_the_cpu() {
         assert_eq!(a, b, "prob_thd {thd} background {bg:?}");
     }
 }
+
+#[test]
+fn stitch_and_resize_on_the_gpu_equal_the_cpu_exactly() {
+    let dev = gpu();
+    // SCLIP on a VOC image resized to 336 × 448: 2 × 3 windows of 224 at stride 112 (the last
+    // column clamped), 14 × 14 crop grids, 30 queries; then back to the original 375 × 500.
+    let (h, w) = (336, 448);
+    let mut wins = Vec::new();
+    for y in [0, 112] {
+        for x in [0, 112, 224] {
+            wins.push((y, x, 224, 224));
+        }
+    }
+    let logits = rand(&[wins.len(), 30, 14, 14], 11);
+    let cpu = post::stitch_windows(&logits, &wins, (h, w)).unwrap();
+    let gpu = post::stitch_windows(&logits.to_device(&dev).unwrap(), &wins, (h, w)).unwrap();
+    assert_eq!(gpu.dims(), [30, h, w]);
+    // Products and sums rounded as written on both sides (no fused multiply-adds).
+    let flat = |t: &Tensor| -> Vec<f32> {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(flat(&gpu), flat(&cpu), "stitch_windows");
+    let cpu = post::resize_bilinear(&cpu, (375, 500)).unwrap();
+    let gpu = post::resize_bilinear(&gpu, (375, 500)).unwrap();
+    assert_eq!(gpu.dims(), [30, 375, 500]);
+    assert_eq!(flat(&gpu), flat(&cpu), "resize_bilinear");
+}
