@@ -236,17 +236,8 @@ mod tests {
                 let got = super::linear_forward(&l, &x).unwrap();
                 let want = l.forward(&x).unwrap();
                 assert_eq!(got.dims(), want.dims());
-                let d = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let tol = if dt == DType::F32 { 1e-6 } else { 4e-3 };
+                let d = segsweep_kernels::testing::max_rel(&got, &want).unwrap();
+                let tol = if dt == DType::F32 { 1e-6 } else { 2e-3 };
                 assert!(d <= tol, "{dt:?} {:?}: {d}", x.dims());
             }
         }
