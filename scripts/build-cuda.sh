@@ -73,13 +73,21 @@ make_stubs
 cargo build --release "${targets[@]}"
 # Assemble segsweep's own PTX (crates/kernels) for its target with ptxas, as the driver's JIT
 # will: a kernel that does not assemble, or spills registers, fails the build here.
-out=$(dirname "$(ls -t "$CARGO_TARGET_DIR"/release/build/segsweep-kernels-*/out/fused.ptx | head -1)")
-for ptx in "$out/fused.ptx" "$out/post.ptx"; do
+# Each build configuration has its own OUT_DIR and recompiles only the .cu files that changed,
+# so take the newest copy of each file: the one compiled from the current source.
+for name in fused.ptx post.ptx; do
+    ptx=$(ls -t "$CARGO_TARGET_DIR"/release/build/segsweep-kernels-*/out/"$name" | head -1)
     arch=$(sed -n 's/^\.target *//p' "$ptx" | head -1)
     log=$(ptxas -arch="$arch" -v "$ptx" -o /dev/null 2>&1) || { echo "$log"; exit 1; }
     if echo "$log" | grep -q "[1-9][0-9]* bytes spill"; then echo "$log"; echo "register spills in $ptx"; exit 1; fi
     echo "ptxas: $(echo "$log" | grep -c 'Compiling entry') kernels of $(basename "$ptx") assemble for $arch, no spills"
 done
+# The resampling kernels equal the host path bit for bit only without fused multiply-adds.
+post=$(ls -t "$CARGO_TARGET_DIR"/release/build/segsweep-kernels-*/out/post.ptx | head -1)
+if awk '/\.entry (resize_bilinear|stitch_windows)_f32/{f=1} /\.entry (class_probs|area_counts|threshold_labels)_f32/{f=0} f' \
+    "$post" | grep -q "fma\."; then
+    echo "fused multiply-adds in the resampling kernels of $post"; exit 1
+fi
 mkdir -p target
 cp "$CARGO_TARGET_DIR/release/segsweep" target/segsweep-cuda
 echo "built target/segsweep-cuda (compute capability $CAP)"
