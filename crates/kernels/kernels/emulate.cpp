@@ -34,6 +34,8 @@ thread_local dim3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 
 #define __global__
+// Blocks run one at a time and each warp uses its own part of the block's shared memory.
+#define __shared__ static
 #define __device__
 #define __forceinline__ inline
 
@@ -77,6 +79,8 @@ inline float __shfl_xor_sync(unsigned, float v, int off) {
     warp_ctx->bar.arrive_and_wait();
     return r;
 }
+
+inline void __syncwarp() { warp_ctx->bar.arrive_and_wait(); }
 
 // Serial launches only: no two threads run at once.
 inline uint32_t atomicAdd(uint32_t *p, uint32_t v) {

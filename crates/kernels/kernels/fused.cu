@@ -136,79 +136,114 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Keys per lane held in registers: sequences up to 32 · ATT_MAX_KEYS tokens (1,024; ViT-B/16
-// crops of 224 have 197), head dims up to 32 · ATT_MAX_DIMS (128).
-#define ATT_MAX_KEYS 32
+// Sequences up to ATT_MAX_KEYS tokens (ViT-B/16 crops of 224 have 197, of 336 have 442), head
+// dims up to 32 · ATT_MAX_DIMS (128).
+#define ATT_MAX_KEYS 1024
 #define ATT_MAX_DIMS 4
-// Query rows per warp and warps per block: a block covers 8 · 4 = 32 query rows of one head.
+// Warps per block (the launch's 256 threads) and query rows per warp: a block covers
+// 8 · 4 = 32 query rows of one head.
+#define ATT_WARPS 8
 #define ATT_ROWS_PER_WARP 4
+
+// One step of the scores' butterfly transpose-reduction over a warp: the lanes whose bit OFF is
+// set keep the upper half of the live keys a[0 .. 2·OFF) and send the lower half to their
+// partner (and vice versa), adding what they receive into a[0 .. OFF). After the steps 16, 8,
+// 4, 2, 1, lane l's a[0] is the sum over all lanes of their a[l]. (OFF a template parameter so
+// that every index is a constant and a[] stays in registers.)
+template <uint32_t OFF>
+__device__ __forceinline__ void butterfly_step(float *a, uint32_t lane) {
+    const bool upper = (lane & OFF) != 0;
+#pragma unroll
+    for (uint32_t i = 0; i < OFF; ++i) {
+        const float send = upper ? a[i] : a[i + OFF];
+        const float keep = upper ? a[i + OFF] : a[i];
+        a[i] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+    }
+}
 
 // softmax(q kᵀ) v for one (batch, head) per blockIdx.x and 32 query rows per blockIdx.y:
 // q, k, v (B, H, T, hd) with q already scaled; out (B, T, H·hd), the heads merged. One warp per
-// query row: lane l holds the scores of keys l, l + 32, …, the max and the sum are warp
-// reductions, and lane l accumulates output dims l, l + 32, … with each key's probability
-// broadcast from the lane that holds it. Scores, probabilities and sums in f32.
+// query row, its scores and then probabilities in a row of shared memory (f32), the max and
+// the sum as warp reductions.
+//
+// Scores, 32 keys at a time: lane l first sums q·k over its own dims l, l + 32, … for all 32
+// keys (each key row read by the whole warp at once, coalesced), then a butterfly
+// transpose-reduction (31 shuffles) leaves lane l with the full score of key l. (A first version
+// had each lane read a whole key row of its own: every load touched 32 cache lines.) Output:
+// lane l accumulates dims l, l + 32, … over the keys in order, each key's probability read from
+// shared memory by the whole warp (a broadcast) and its value row read coalesced.
 template <typename T>
 __device__ void attention(const T *q, const T *k, const T *v, T *out, uint32_t heads,
                           uint32_t t_n, uint32_t hd) {
+    __shared__ float rows[ATT_WARPS][ATT_MAX_KEYS];
     const uint32_t bh = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const uint32_t warps = blockDim.x / 32;
     const uint32_t b = bh / heads, h = bh % heads;
     const size_t base = (size_t)bh * t_n * hd;
+    float *s = rows[warp];
     for (uint32_t i = 0; i < ATT_ROWS_PER_WARP; ++i) {
-        const uint32_t t = (blockIdx.y * ATT_ROWS_PER_WARP + i) * warps + warp;
+        const uint32_t t = (blockIdx.y * ATT_ROWS_PER_WARP + i) * ATT_WARPS + warp;
         if (t >= t_n) {
             break;  // the same t for the whole warp
         }
         const T *qr = q + base + (size_t)t * hd;
-        float s[ATT_MAX_KEYS];
-        float m = -INFINITY;
+        float qd[ATT_MAX_DIMS];  // this lane's dims of the query row
 #pragma unroll
-        for (uint32_t r = 0; r < ATT_MAX_KEYS; ++r) {
-            const uint32_t j = r * 32 + lane;
-            s[r] = -INFINITY;
-            if (j < t_n) {
-                const T *kr = k + base + (size_t)j * hd;
+        for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
+            const uint32_t d = c * 32 + lane;
+            qd[c] = d < hd ? to_f(qr[d]) : 0.0f;
+        }
+        float m = -INFINITY;
+        for (uint32_t r = 0; r * 32 < t_n; ++r) {
+            float a[32];  // partial scores of keys r·32 + i over this lane's dims
+#pragma unroll
+            for (uint32_t i = 0; i < 32; ++i) {
+                const uint32_t j = r * 32 + i;
                 float acc = 0.0f;
-                for (uint32_t d = 0; d < hd; ++d) {
-                    acc += to_f(qr[d]) * to_f(kr[d]);
+                if (j < t_n) {
+                    const T *kr = k + base + (size_t)j * hd;
+#pragma unroll
+                    for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
+                        const uint32_t d = c * 32 + lane;
+                        if (d < hd) {
+                            acc += qd[c] * to_f(kr[d]);
+                        }
+                    }
                 }
-                s[r] = acc;
-                m = fmaxf(m, acc);
+                a[i] = acc;
+            }
+            butterfly_step<16>(a, lane);
+            butterfly_step<8>(a, lane);
+            butterfly_step<4>(a, lane);
+            butterfly_step<2>(a, lane);
+            butterfly_step<1>(a, lane);
+            const uint32_t j = r * 32 + lane;
+            if (j < t_n) {
+                s[j] = a[0];
+                m = fmaxf(m, a[0]);
             }
         }
         m = warp_max(m);
         float sum = 0.0f;
-#pragma unroll
-        for (uint32_t r = 0; r < ATT_MAX_KEYS; ++r) {
-            const uint32_t j = r * 32 + lane;
-            s[r] = j < t_n ? expf(s[r] - m) : 0.0f;
-            sum += s[r];
+        for (uint32_t j = lane; j < t_n; j += 32) {
+            const float e = expf(s[j] - m);
+            s[j] = e;
+            sum += e;
         }
         const float inv = 1.0f / warp_sum(sum);
+        __syncwarp();  // every lane's probabilities visible to the whole warp
         float o[ATT_MAX_DIMS];
 #pragma unroll
         for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
             o[c] = 0.0f;
         }
+        for (uint32_t j = 0; j < t_n; ++j) {
+            const float p = s[j];
+            const T *vr = v + base + (size_t)j * hd;
 #pragma unroll
-        for (uint32_t r = 0; r < ATT_MAX_KEYS; ++r) {
-            if (r * 32 >= t_n) {
-                break;
-            }
-            for (uint32_t src = 0; src < 32; ++src) {
-                const uint32_t j = r * 32 + src;
-                const float p = __shfl_sync(0xffffffffu, s[r], src);  // every lane calls it
-                if (j >= t_n) {
-                    break;
-                }
-                const T *vr = v + base + (size_t)j * hd;
-#pragma unroll
-                for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
-                    const uint32_t d = c * 32 + lane;
-                    if (d < hd) {
-                        o[c] += p * to_f(vr[d]);
-                    }
+            for (uint32_t c = 0; c < ATT_MAX_DIMS; ++c) {
+                const uint32_t d = c * 32 + lane;
+                if (d < hd) {
+                    o[c] += p * to_f(vr[d]);
                 }
             }
         }
@@ -220,6 +255,7 @@ __device__ void attention(const T *q, const T *k, const T *v, T *out, uint32_t h
                 orow[d] = from_f<T>(o[c] * inv);
             }
         }
+        __syncwarp();  // the row is read before the next query row overwrites it
     }
 }
 

@@ -341,8 +341,10 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    /// The kernel's arithmetic per (batch, head, query row): dot products in `d` order, the
-    /// max, `exp(s − max)`, their sum, `Σ e_j v_j` in key order, times `1 / sum`.
+    /// The kernel's arithmetic per (batch, head, query row): dot products, the max,
+    /// `exp(s − max)`, their sum, `Σ e_j v_j` in key order, times `1 / sum`. Only the order of
+    /// two sums differs (f32 rounding): the kernel adds each dot product and the sum of the
+    /// exponentials per lane first, then across the warp's 32 lanes.
     fn cpu(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (heads, t_n, hd) = (self.heads, self.t, self.hd);
         let mut out = vec![0f32; q.len()];
