@@ -100,13 +100,8 @@ impl DeviceCanvas {
         let dev = logits.device();
         let (h, w) = (self.h, self.w);
         if segsweep_kernels::enabled(dev, q * h * w) {
-            for win in wins {
-                for y in win.y..win.y + win.h {
-                    for c in &mut self.count[y * w + win.x..y * w + win.x + win.w] {
-                        *c += 1.0;
-                    }
-                }
-            }
+            // The kernel counts each pixel's windows itself, and stitch_windows checks that
+            // every pixel has one.
             self.crops.push((logits.clone(), wins.to_vec()));
             return Ok(());
         }
@@ -149,11 +144,6 @@ impl DeviceCanvas {
 
     /// The average over windows, `(Q, H, W)` f32 on the device.
     pub(crate) fn average(self) -> Result<Tensor> {
-        if self.count.contains(&0.0) {
-            return Err(InferError::Pipeline(
-                "a pixel of the resized image is in no window".into(),
-            ));
-        }
         if !self.crops.is_empty() {
             let (chunks, wins): (Vec<Tensor>, Vec<Vec<Window>>) = self.crops.into_iter().unzip();
             let logits = Tensor::cat(&chunks, 0)?;
@@ -167,6 +157,11 @@ impl DeviceCanvas {
                 &wins,
                 (self.h, self.w),
             )?);
+        }
+        if self.count.contains(&0.0) {
+            return Err(InferError::Pipeline(
+                "a pixel of the resized image is in no window".into(),
+            ));
         }
         let sum = self
             .sum

@@ -155,27 +155,19 @@ pub fn stitch_windows(
             windows.len()
         );
     }
-    let mut covered = vec![false; h * w];
     let mut idx = vec![0u32; 5 * b];
     let mut wts = vec![0f32; 5 * b];
     for (i, &(y, x, wh, ww)) in windows.iter().enumerate() {
         if wh == 0 || ww == 0 || y + wh > h || x + ww > w {
             bail!("stitch_windows: window {i} at ({y}, {x}) of {wh}×{ww} is not inside the {h}×{w} canvas");
         }
-        for r in y..y + wh {
-            covered[r * w + x..r * w + x + ww].fill(true);
-        }
         let off = idx.len() as u32;
         idx[5 * i..5 * i + 5].copy_from_slice(&[y as u32, x as u32, wh as u32, ww as u32, off]);
         push_axis(&mut idx, &mut wts, gh, wh);
         push_axis(&mut idx, &mut wts, gw, ww);
     }
-    if let Some(p) = covered.iter().position(|&c| !c) {
-        bail!(
-            "stitch_windows: pixel ({}, {}) of the {h}×{w} canvas is in no window",
-            p / w,
-            p % w
-        );
+    if let Some((py, px)) = first_uncovered(windows, (h, w)) {
+        bail!("stitch_windows: pixel ({py}, {px}) of the {h}×{w} canvas is in no window");
     }
     let n = idx.len();
     let idx = Tensor::from_vec(idx, n, logits.device())?;
@@ -183,6 +175,36 @@ pub fn stitch_windows(
     logits
         .contiguous()?
         .apply_op3_no_bwd(&idx, &wts, &StitchWindows { h, w })
+}
+
+/// The first pixel `(y, x)` of an `(h, w)` canvas that no window `(y, x, height, width)`
+/// covers, row by row from the windows' column intervals (no per-pixel pass).
+fn first_uncovered(
+    windows: &[(usize, usize, usize, usize)],
+    (h, w): (usize, usize),
+) -> Option<(usize, usize)> {
+    let mut spans = Vec::with_capacity(windows.len());
+    for py in 0..h {
+        spans.clear();
+        spans.extend(
+            windows
+                .iter()
+                .filter(|&&(y, _, wh, _)| (y..y + wh).contains(&py))
+                .map(|&(_, x, _, ww)| (x, x + ww)),
+        );
+        spans.sort_unstable();
+        let mut end = 0;
+        for &(a, b) in &spans {
+            if a > end {
+                break;
+            }
+            end = end.max(b);
+        }
+        if end < w {
+            return Some((py, end));
+        }
+    }
+    None
 }
 
 fn check_probs(probs: &Tensor, what: &str) -> Result<usize> {
@@ -650,6 +672,12 @@ mod tests {
         // Uncovered pixels, windows off the canvas, and a count mismatch are errors.
         let e = stitch_windows(&t.narrow(0, 0, 4).unwrap(), &wins[..4], (h, w + 1)).unwrap_err();
         assert!(e.to_string().contains("pixel (0, 13)"), "{e}");
+        // A gap between two windows, and a row no window reaches.
+        let two = t.narrow(0, 0, 2).unwrap();
+        let e = stitch_windows(&two, &[(0, 0, 9, 5), (0, 6, 9, 7)], (h, w)).unwrap_err();
+        assert!(e.to_string().contains("pixel (0, 5)"), "{e}");
+        let e = stitch_windows(&two, &[(0, 0, 8, 13), (0, 0, 4, 13)], (h, w)).unwrap_err();
+        assert!(e.to_string().contains("pixel (8, 0)"), "{e}");
         let mut off = wins;
         off[4] = (5, 7, 5, 7);
         let e = stitch_windows(&t, &off, (h, w)).unwrap_err();
