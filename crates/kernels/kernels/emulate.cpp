@@ -5,7 +5,8 @@
 // uses: blockIdx/threadIdx/blockDim/gridDim, __shfl_xor_sync and __shfl_sync (a warp's 32 lanes run as
 // std::threads meeting at a barrier, so the shuffle-based reductions run as written), the
 // fp16/bf16 types and conversions (round to nearest even), expf/erff/rsqrtf, atomicAdd (serial
-// launches only). Each kernel then
+// launches only), static and dynamic shared memory, __syncwarp, and nvcuda::wmma's 16×16×16
+// tiles (whole tiles in every lane, CUDA's alignment rules checked). Each kernel then
 // runs on small, deliberately awkward shapes (columns that do not fill a block, fewer grid rows
 // than data rows so the row loop strides, a partial last block of warps) and is compared with a
 // naive reference written in plain nested loops in the natural index order, in double.
@@ -24,6 +25,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
+#include <type_traits>
 #include <thread>
 #include <vector>
 
@@ -97,6 +100,71 @@ inline float __shfl_sync(unsigned, float v, int src) {
     warp_ctx->bar.arrive_and_wait();
     return r;
 }
+
+// Dynamic shared memory: one buffer (blocks run one at a time).
+alignas(32) static unsigned char emu_dynamic_smem[64 * 1024];
+#define SEGSWEEP_DYNAMIC_SMEM(name) unsigned char *name = emu_dynamic_smem
+
+inline float emu_f(__half h) { return (float)h.v; }
+inline float emu_f(__nv_bfloat16 b) { return __bfloat162float(b); }
+
+// nvcuda::wmma with the documented semantics of its 16×16×16 shapes: every lane of the warp
+// holds (and computes) whole tiles; a store is written by lane 0 and the warp meets at the
+// barrier after it. Loads and stores check CUDA's requirements (32-byte aligned pointers, ldm a
+// multiple of 8 elements for 16-bit types and of 4 for f32) and abort otherwise.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
+    float x[M * N];
+};
+inline void check(const void *p, unsigned ldm, unsigned mult) {
+    if ((uintptr_t)p % 32 != 0 || ldm % mult != 0) {
+        std::fprintf(stderr, "wmma: pointer %p not 32-byte aligned or ldm %u\n", p, ldm);
+        std::abort();
+    }
+}
+template <class Use, class T, class L>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
+    check(p, ldm, 8);
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c)
+            f.x[r * 16 + c] = emu_f(std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, float v) {
+    for (float &x : f.x) x = v;
+}
+template <class T, class LA, class LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
+              const fragment<matrix_a, 16, 16, 16, T, LA> &a,
+              const fragment<matrix_b, 16, 16, 16, T, LB> &b,
+              const fragment<accumulator, 16, 16, 16, float> &c) {
+    float t[256];
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) {
+            float s = c.x[i * 16 + j];
+            for (int kk = 0; kk < 16; ++kk) s += a.x[i * 16 + kk] * b.x[kk * 16 + j];
+            t[i * 16 + j] = s;
+        }
+    std::memcpy(d.x, t, sizeof t);
+}
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
+                              unsigned ldm, layout_t l) {
+    check(p, ldm, 4);
+    if (threadIdx.x % 32 == 0) {
+        for (int r = 0; r < 16; ++r)
+            for (int c = 0; c < 16; ++c)
+                p[l == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[r * 16 + c];
+    }
+    warp_ctx->bar.arrive_and_wait();
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 // Correctly rounded float arithmetic: what the host computes without contraction (the test
 // builds with -ffp-contract=off).
@@ -275,7 +343,8 @@ template <typename T> static void test_all(const char *dtype, double tol) {
 // lane for some lanes, a partial last block of rows), hd 24 (lanes without a dim), 2 × 2
 // heads; and T 70, hd 64 (two dims per lane), one head.
 template <typename T> static void test_attention(const char *dtype, double tol) {
-    for (auto [B, H, Tn, hd] : {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}}) {
+    for (auto [B, H, Tn, hd] :
+         {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}, {2, 1, 21, 32}}) {
         const size_t n = (size_t)B * H * Tn * hd;
         auto q = as<T>(values(n, 11, 0.5f)), k = as<T>(values(n, 12)), v = as<T>(values(n, 13));
         std::vector<T> out(n, from_f<T>(-999.0f));
@@ -307,6 +376,27 @@ template <typename T> static void test_attention(const char *dtype, double tol) 
         char what[64];
         std::snprintf(what, sizeof what, "attention T%u hd%u", Tn, hd);
         check(what, dtype, rel_err(out, want), tol);
+        if constexpr (!std::is_same_v<T, float>) {
+            if (hd % 16 == 0) {
+                // The tensor-core kernel: 16 query rows per warp, dynamic shared memory.
+                // WMMA loads need 32-byte aligned operands (std::vector gives 16).
+                auto aligned = [](const std::vector<T> &x) {
+                    T *p = static_cast<T *>(std::aligned_alloc(32, (x.size() * sizeof(T) + 31) / 32 * 32));
+                    std::memcpy(p, x.data(), x.size() * sizeof(T));
+                    return p;
+                };
+                T *qa = aligned(q), *ka = aligned(k), *va = aligned(v);
+                std::vector<T> out2(n, from_f<T>(-999.0f));
+                launch_warps({B * H, (Tn + 15) / 16}, {32}, [&] {
+                    attention_mma<T>(qa, ka, va, out2.data(), H, Tn, hd);
+                });
+                std::free(qa);
+                std::free(ka);
+                std::free(va);
+                std::snprintf(what, sizeof what, "attention_mma T%u hd%u", Tn, hd);
+                check(what, dtype, rel_err(out2, want), tol);
+            }
+        }
     }
 }
 

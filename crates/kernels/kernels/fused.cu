@@ -14,6 +14,8 @@
 #ifndef SEGSWEEP_CPU_EMULATION  // kernels/emulate.cpp supplies these on the CPU
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <mma.h>
+#define SEGSWEEP_DYNAMIC_SMEM(name) extern __shared__ __align__(32) unsigned char name[]
 #endif
 #include <math.h>
 #include <stdint.h>
@@ -259,6 +261,127 @@ __device__ void attention(const T *q, const T *k, const T *v, T *out, uint32_t h
     }
 }
 
+// Tensor-core attention for f16 and bf16 (the same function as `attention`): one warp per
+// block computes 16 query rows of one (batch, head) with WMMA 16×16×16 tiles, f32 accumulation.
+// S = Q Kᵀ tile by tile into shared memory (f32); per row the max and exp(s − max) in f32,
+// rounded once to T as P (as SDPA and candle's composed path round the probabilities), and the
+// sum of those rounded values; O = P V, then each row times 1 / sum and rounded to T. A partial
+// last tile of rows (T not a multiple of 16) is copied into shared memory with zero rows after
+// T; padded keys get probability 0. Shared memory (dynamic): (16, max(Tp, hd)) f32 + (16, Tp) T
+// + (16, hd) T + 16 f32, at most ~47 KB for MMA_MAX_TOKENS and hd 128. Needs hd a multiple of
+// 16 and q, k, v 32-byte aligned (checked by the launch, which otherwise uses `attention`).
+#define MMA_MAX_TOKENS 448
+#define MMA_MAX_DIM 128
+
+// Rows [r0, r0 + 16) of a (t_n, hd) row-major matrix as a WMMA tile source: in place when they
+// are all rows of it, else copied into `stage` with zero rows from t_n on.
+template <typename T>
+__device__ const T *rows_tile(const T *m, uint32_t r0, uint32_t t_n, uint32_t hd, T *stage,
+                              uint32_t lane) {
+    if (r0 + 16 <= t_n) {
+        return m + (size_t)r0 * hd;
+    }
+    __syncwarp();  // earlier loads from `stage` are done
+    for (uint32_t e = lane; e < 16 * hd; e += 32) {
+        const uint32_t r = r0 + e / hd;
+        stage[e] = r < t_n ? m[(size_t)r * hd + e % hd] : from_f<T>(0.0f);
+    }
+    __syncwarp();
+    return stage;
+}
+
+template <typename T>
+__device__ void attention_mma(const T *q, const T *k, const T *v, T *out, uint32_t heads,
+                              uint32_t t_n, uint32_t hd) {
+    namespace wmma = nvcuda::wmma;
+    SEGSWEEP_DYNAMIC_SMEM(smem);
+    const uint32_t bh = blockIdx.x, t0 = blockIdx.y * 16, lane = threadIdx.x % 32;
+    const uint32_t b = bh / heads, h = bh % heads;
+    const uint32_t tp = (t_n + 15) / 16 * 16;  // keys padded to whole tiles
+    const uint32_t sw = tp > hd ? tp : hd;     // row length of the f32 scratch
+    float *S = (float *)smem;                  // (16, sw): scores, later the output
+    T *P = (T *)(S + 16 * sw);                 // (16, tp): exp(s − max) rounded to T
+    T *stage = P + 16 * tp;                    // (16, hd): a partial tile of rows
+    float *inv = (float *)(stage + 16 * hd);   // (16,): 1 / Σ P per row
+    const size_t base = (size_t)bh * t_n * hd;
+    const T *qm = q + base, *km = k + base, *vm = v + base;
+
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[MMA_MAX_DIM / 16];
+    const T *qt = rows_tile(qm, t0, t_n, hd, stage, lane);
+#pragma unroll
+    for (uint32_t c = 0; c < MMA_MAX_DIM / 16; ++c) {
+        if (c * 16 < hd) {
+            wmma::load_matrix_sync(qa[c], qt + c * 16, hd);
+        }
+    }
+    for (uint32_t kt = 0; kt < tp / 16; ++kt) {
+        const T *kp = rows_tile(km, kt * 16, t_n, hd, stage, lane);
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+        for (uint32_t c = 0; c < MMA_MAX_DIM / 16; ++c) {
+            if (c * 16 < hd) {
+                // Kᵀ as the (dims × keys) operand: K row-major is Kᵀ column-major.
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
+                wmma::load_matrix_sync(kb, kp + c * 16, hd);
+                wmma::mma_sync(acc, qa[c], kb, acc);
+            }
+        }
+        wmma::store_matrix_sync(S + kt * 16, acc, sw, wmma::mem_row_major);
+    }
+    __syncwarp();
+    for (uint32_t r = 0; r < 16; ++r) {
+        const float *sr = S + r * sw;
+        float m = -INFINITY;
+        for (uint32_t j = lane; j < t_n; j += 32) {
+            m = fmaxf(m, sr[j]);
+        }
+        m = warp_max(m);
+        float sum = 0.0f;
+        for (uint32_t j = lane; j < tp; j += 32) {
+            const T e = from_f<T>(j < t_n ? expf(sr[j] - m) : 0.0f);
+            P[r * tp + j] = e;
+            sum += to_f(e);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            inv[r] = 1.0f / sum;
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (uint32_t c = 0; c < MMA_MAX_DIM / 16; ++c) {
+        if (c * 16 < hd) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
+            wmma::fill_fragment(o, 0.0f);
+            for (uint32_t kt = 0; kt < tp / 16; ++kt) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
+                wmma::load_matrix_sync(pa, P + kt * 16, tp);
+                const T *vp = rows_tile(vm, kt * 16, t_n, hd, stage, lane);
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
+                wmma::load_matrix_sync(vb, vp + c * 16, hd);
+                wmma::mma_sync(o, pa, vb, o);
+            }
+            wmma::store_matrix_sync(S + c * 16, o, sw, wmma::mem_row_major);
+        }
+    }
+    __syncwarp();
+    for (uint32_t e = lane; e < 16 * hd; e += 32) {
+        const uint32_t r = e / hd, d = e % hd, t = t0 + r;
+        if (t < t_n) {
+            out[((size_t)b * t_n + t) * heads * hd + (size_t)h * hd + d] =
+                from_f<T>(S[r * sw + d] * inv[r]);
+        }
+    }
+}
+
+#define MMA_OPS(T, SUFFIX)                                                                       \
+    extern "C" __global__ void attention_mma_##SUFFIX(const T *q, const T *k, const T *v,        \
+                                                      T *out, uint32_t heads, uint32_t t_n,      \
+                                                      uint32_t hd) {                             \
+        attention_mma<T>(q, k, v, out, heads, t_n, hd);                                          \
+    }
+
 #define FUSED_OPS(T, SUFFIX)                                                                     \
     extern "C" __global__ void bias_act_##SUFFIX(const T *x, const T *bias, T *out,              \
                                                  uint32_t rows, uint32_t cols, uint32_t act) {   \
@@ -291,3 +414,5 @@ __device__ void attention(const T *q, const T *k, const T *v, T *out, uint32_t h
 FUSED_OPS(float, f32)
 FUSED_OPS(__half, f16)
 FUSED_OPS(__nv_bfloat16, bf16)
+MMA_OPS(__half, f16)
+MMA_OPS(__nv_bfloat16, bf16)

@@ -121,8 +121,17 @@ fn layer_norm_on_the_gpu_equals_the_cpu() {
 #[test]
 fn attention_on_the_gpu_equals_the_cpu() {
     let dev = gpu();
-    // An odd shape and ViT-B/16's (64 crops of 197 tokens, 12 heads of 64).
-    for (b, h, t, hd) in [(2, 3, 37, 24), (64, 12, 197, 64)] {
+    // An odd shape (the CUDA-core kernel in every dtype: hd not a multiple of 16), a partial
+    // 16-row tile with hd 32 and ViT-B/16's 64 crops of 197 tokens with 12 heads of 64 (the
+    // tensor-core kernel in f16 and bf16), and 336-pixel crops' 442 tokens (the largest the
+    // tensor-core kernel takes; 47 KB of shared memory at hd 128).
+    for (b, h, t, hd) in [
+        (2, 3, 37, 24),
+        (3, 2, 21, 32),
+        (64, 12, 197, 64),
+        (2, 2, 442, 128),
+        (1, 2, 449, 64),
+    ] {
         let q = rand(&[b, h, t, hd], 14).affine(0.125, 0.0).unwrap();
         let k = rand(&[b, h, t, hd], 15);
         let v = rand(&[b, h, t, hd], 16);
@@ -136,6 +145,27 @@ fn attention_on_the_gpu_equals_the_cpu() {
             assert!(e <= tol(dt), "attention {b}×{h}×{t}×{hd} {dt:?}: {e}");
         }
     }
+    // q at an element offset of 3 (6 bytes: not 32-byte aligned, so not the tensor-core
+    // kernel) gives the same result.
+    let (b, h, t, hd) = (2, 2, 21, 32);
+    let n = b * h * t * hd;
+    let big = rand(&[n + 3], 17).affine(0.125, 0.0).unwrap();
+    let q = big.narrow(0, 3, n).unwrap().reshape((b, h, t, hd)).unwrap();
+    let (k, v) = (rand(&[b, h, t, hd], 18), rand(&[b, h, t, hd], 19));
+    let f16 = |x: &Tensor| x.to_dtype(DType::F16).unwrap();
+    let want = fused::attention(&f16(&q), &f16(&k), &f16(&v)).unwrap();
+    let g = |x: &Tensor| x.to_device(&dev).unwrap();
+    let qg = g(&f16(&big))
+        .narrow(0, 3, n)
+        .unwrap()
+        .reshape((b, h, t, hd))
+        .unwrap();
+    let got = fused::attention(&qg, &g(&f16(&k)), &g(&f16(&v))).unwrap();
+    let e = rel(&got, &want);
+    assert!(
+        e <= tol(DType::F16),
+        "attention, q at an unaligned offset: {e}"
+    );
 }
 
 #[test]
