@@ -205,6 +205,14 @@ pub(crate) fn merge_heads(
     })
 }
 
+/// `MMA_MAX_TOKENS` and `MMA_MAX_DIM` of `kernels/fused.cu`.
+const MMA_MAX_TOKENS: usize = 448;
+const MMA_MAX_DIM: usize = 128;
+
+/// Attention on the tensor cores (`attention_mma_{f16,bf16}`: one warp per 16 query rows of a
+/// (batch, head)) where the dtype, head dim and length allow it and q, k and v are 32-byte
+/// aligned (WMMA's requirement: candle's allocations are, views at odd offsets may not be);
+/// else the CUDA-core kernel (`attention_*`: 8 warps of 4 query rows, ATT_ROWS_PER_WARP).
 pub(crate) fn attention(
     op: &crate::block::Attention,
     s1: &CudaStorage,
@@ -214,67 +222,6 @@ pub(crate) fn attention(
     s3: &CudaStorage,
     l3: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = &s1.device;
-    let dt = s1.dtype();
-    let n = count(l1.shape().elem_count(), "attention")?;
-    let (heads, t_n, hd) = (
-        count(op.heads, "attention")?,
-        count(op.t, "attention")?,
-        count(op.hd, "attention")?,
-    );
-    let bh = count(op.b * op.heads, "attention")?;
-    if dt != DType::F32
-        && op.hd.is_multiple_of(16)
-        && op.hd <= MMA_MAX_DIM
-        && op.t <= MMA_MAX_TOKENS
-    {
-        if let Some(out) = attention_mma(op, s1, l1, s2, l2, s3, l3)? {
-            return Ok(out);
-        }
-    }
-    // One block per (batch, head) and 32 query rows: 8 warps of 4 rows (ATT_ROWS_PER_WARP).
-    let cfg = LaunchConfig {
-        grid_dim: (bh, t_n.div_ceil(32), 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    if bh == 0 || bh > i32::MAX as u32 || t_n.div_ceil(32) > 65_535 {
-        bail!("attention: {bh} heads × {t_n} tokens is out of the launch's range");
-    }
-    let func = dev.get_or_load_custom_func(
-        &format!("attention_{}", suffix(dt, "attention")?),
-        MODULE,
-        PTX,
-    )?;
-    by_dtype!(dt, "attention", |T| {
-        let q = view::<T>(s1, l1, "attention q")?;
-        let k = view::<T>(s2, l2, "attention k")?;
-        let v = view::<T>(s3, l3, "attention v")?;
-        // SAFETY: every (row, head, dim) is written by its warp.
-        let out = unsafe { dev.alloc::<T>(n as usize)? };
-        launch!(func, cfg, "attention";
-            p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
-        Ok(wrap(out, dev))
-    })
-}
-
-/// `MMA_MAX_TOKENS` and `MMA_MAX_DIM` of `kernels/fused.cu`.
-const MMA_MAX_TOKENS: usize = 448;
-const MMA_MAX_DIM: usize = 128;
-
-/// The tensor-core attention (`attention_mma_{f16,bf16}`): one warp per 16 query rows of one
-/// (batch, head). `None` where an operand is not 32-byte aligned (WMMA's requirement; candle's
-/// allocations are, views at odd offsets may not be): the caller then runs `attention`.
-#[allow(clippy::too_many_arguments)]
-fn attention_mma(
-    op: &crate::block::Attention,
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-    s3: &CudaStorage,
-    l3: &Layout,
-) -> Result<Option<CudaStorage>> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let dev = &s1.device;
     let dt = s1.dtype();
@@ -285,19 +232,13 @@ fn attention_mma(
         count(op.hd, "attention")?,
     );
     let bh = count(op.b * op.heads, "attention")?;
-    let tp = op.t.div_ceil(16) * 16;
-    // Scores/output f32 (16, max(tp, hd)), P (16, tp), a staged tile (16, hd), 16 sums.
-    let smem = 16 * tp.max(op.hd) * 4 + 16 * tp * 2 + 16 * op.hd * 2 + 16 * 4;
-    let cfg = LaunchConfig {
-        grid_dim: (bh, (tp / 16) as u32, 1),
-        block_dim: (32, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
-    let func = dev.get_or_load_custom_func(
-        &format!("attention_mma_{}", suffix(dt, "attention")?),
-        MODULE,
-        PTX,
-    )?;
+    if bh == 0 || bh > i32::MAX as u32 || t_n.div_ceil(32) > 65_535 {
+        bail!("attention: {bh} heads × {t_n} tokens is out of the launch's range");
+    }
+    let mma_shape = dt != DType::F32
+        && op.hd.is_multiple_of(16)
+        && op.hd <= MMA_MAX_DIM
+        && op.t <= MMA_MAX_TOKENS;
     let stream = dev.cuda_stream();
     by_dtype!(dt, "attention", |T| {
         let q = view::<T>(s1, l1, "attention q")?;
@@ -306,14 +247,33 @@ fn attention_mma(
         let aligned = [&q, &k, &v]
             .iter()
             .all(|x| x.device_ptr(&stream).0.is_multiple_of(32));
-        if !aligned {
-            return Ok(None);
-        }
-        // SAFETY: every (row, head, dim) is written by the warp of its query tile.
+        // SAFETY: every (row, head, dim) is written by the warp of its query row (tile).
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        launch!(func, cfg, "attention_mma";
-            p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
-        Ok(Some(wrap(out, dev)))
+        if mma_shape && aligned {
+            let tp = op.t.div_ceil(16) * 16;
+            // Scores/output f32 (16, max(tp, hd)), P (16, tp), a staged tile (16, hd), 16 sums.
+            let smem = 16 * tp.max(op.hd) * 4 + 16 * tp * 2 + 16 * op.hd * 2 + 16 * 4;
+            let cfg = LaunchConfig {
+                grid_dim: (bh, (tp / 16) as u32, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            let name = format!("attention_mma_{}", suffix(dt, "attention")?);
+            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            launch!(func, cfg, "attention_mma";
+                p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (bh, t_n.div_ceil(32), 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let name = format!("attention_{}", suffix(dt, "attention")?);
+            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            launch!(func, cfg, "attention";
+                p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
+        }
+        Ok(wrap(out, dev))
     })
 }
 
