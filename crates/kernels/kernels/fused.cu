@@ -414,5 +414,11 @@ __device__ void attention_mma(const T *q, const T *k, const T *v, T *out, uint32
 FUSED_OPS(float, f32)
 FUSED_OPS(__half, f16)
 FUSED_OPS(__nv_bfloat16, bf16)
+// WMMA needs sm_70 for f16 and sm_80 for bf16; on older targets the launch finds no such kernel
+// and uses `attention`.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
 MMA_OPS(__half, f16)
+#endif
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 MMA_OPS(__nv_bfloat16, bf16)
+#endif

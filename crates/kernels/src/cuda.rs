@@ -249,7 +249,15 @@ pub(crate) fn attention(
             .all(|x| x.device_ptr(&stream).0.is_multiple_of(32));
         // SAFETY: every (row, head, dim) is written by the warp of its query row (tile).
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        if mma_shape && aligned {
+        // Not compiled for targets below sm_70 (f16) or sm_80 (bf16): then absent from the PTX.
+        let mma = match mma_shape && aligned {
+            true => {
+                let name = format!("attention_mma_{}", suffix(dt, "attention")?);
+                dev.get_or_load_custom_func(&name, MODULE, PTX).ok()
+            }
+            false => None,
+        };
+        if let Some(func) = mma {
             let tp = op.t.div_ceil(16) * 16;
             // Scores/output f32 (16, max(tp, hd)), P (16, tp), a staged tile (16, hd), 16 sums.
             let smem = 16 * tp.max(op.hd) * 4 + 16 * tp * 2 + 16 * op.hd * 2 + 16 * 4;
@@ -258,8 +266,6 @@ pub(crate) fn attention(
                 block_dim: (32, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
-            let name = format!("attention_mma_{}", suffix(dt, "attention")?);
-            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
             launch!(func, cfg, "attention_mma";
                 p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
         } else {
