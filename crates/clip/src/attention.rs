@@ -45,8 +45,13 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// Apply per-head attention weights `(B, H, T, T)` to `v: (B, H, T, hd)`, merge the heads and
 /// run the out-projection: `→ (B, T, D)`.
 pub fn attend(block: &dyn LastBlock, weights: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let o = weights.to_dtype(v.dtype())?.matmul(v)?;
-    block.out_proj(&merge_heads(&o)?)
+    block.out_proj(&weighted_values(weights, v)?)
+}
+
+/// `weights · v` per head (weights cast to v's dtype), heads merged: `(B, H, T, T)` and
+/// `(B, H, T, hd)` → `(B, T, H·hd)`.
+fn weighted_values(weights: &Tensor, v: &Tensor) -> Result<Tensor> {
+    merge_heads(&weights.to_dtype(v.dtype())?.matmul(v)?)
 }
 
 /// `x + out_proj(merge(weights · v))`: [`attend`] with the residual (added in the
@@ -58,8 +63,7 @@ pub fn attend_residual(
     v: &Tensor,
     x: &Tensor,
 ) -> Result<Tensor> {
-    let o = weights.to_dtype(v.dtype())?.matmul(v)?;
-    block.out_proj_residual(&merge_heads(&o)?, x)
+    block.out_proj_residual(&weighted_values(weights, v)?, x)
 }
 
 /// `x + mlp(ln_2 x)`: the second half of a standard block, `(B, T, D) → (B, T, D)`.

@@ -76,6 +76,15 @@ pub(crate) fn linear(
     Ok(Linear::new(w, b))
 }
 
+/// A linear layer's output shape for input `x: (..., in)`: `(..., out)`.
+fn out_dims(x: &Tensor, out: usize) -> Vec<usize> {
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    dims
+}
+
 /// `Linear::forward`, `(..., in) → (..., out)`, through [`crate::cpu::linear`] (bias added in
 /// the gemm, multi-threaded) when `x`, the weight and the bias are contiguous f32 on the CPU.
 /// Elsewhere the leading dimensions are flattened first, so that a `(B, T, in)` input is one
@@ -88,10 +97,7 @@ pub(crate) fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tens
             let inp = l.weight().dim(1)?;
             if x.dims().last() == Some(&inp) {
                 let y = lv.forward(xv.slice(), inp, None);
-                let mut dims = x.dims().to_vec();
-                if let Some(last) = dims.last_mut() {
-                    *last = l.weight().dim(0)?;
-                }
+                let dims = out_dims(x, l.weight().dim(0)?);
                 drop(xv);
                 return Tensor::from_vec(y, dims, x.device());
             }
@@ -101,11 +107,7 @@ pub(crate) fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tens
     if x.rank() > 2 && x.dims().last() == Some(&inp) {
         let rows = x.elem_count() / inp.max(1);
         let y = l.forward(&x.contiguous()?.reshape((rows, inp))?)?;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out;
-        }
-        return y.reshape(dims);
+        return y.reshape(out_dims(x, out));
     }
     l.forward(x)
 }
@@ -133,11 +135,7 @@ fn linear_fused(
         .matmul(&l.weight().t()?)?;
     let res = res.map(|r| r.reshape((rows, out))).transpose()?;
     let y = fused::bias_act(&y, bias, act, res.as_ref())?;
-    let mut dims = x.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = out;
-    }
-    Ok(Some(y.reshape(dims)?))
+    Ok(Some(y.reshape(out_dims(x, out))?))
 }
 
 /// The fused op for a block activation.

@@ -244,19 +244,20 @@ pub(crate) fn attention(
         let q = view::<T>(s1, l1, "attention q")?;
         let k = view::<T>(s2, l2, "attention k")?;
         let v = view::<T>(s3, l3, "attention v")?;
-        let aligned = [&q, &k, &v]
-            .iter()
-            .all(|x| x.device_ptr(&stream).0.is_multiple_of(32));
+        // Tensor cores where the shape allows and q, k, v are 32-byte aligned; their kernels
+        // are not compiled for targets below sm_70 (f16) or sm_80 (bf16): then absent.
+        let mma = if mma_shape
+            && [&q, &k, &v]
+                .iter()
+                .all(|x| x.device_ptr(&stream).0.is_multiple_of(32))
+        {
+            let name = format!("attention_mma_{}", suffix(dt, "attention")?);
+            dev.get_or_load_custom_func(&name, MODULE, PTX).ok()
+        } else {
+            None
+        };
         // SAFETY: every (row, head, dim) is written by the warp of its query row (tile).
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        // Not compiled for targets below sm_70 (f16) or sm_80 (bf16): then absent from the PTX.
-        let mma = match mma_shape && aligned {
-            true => {
-                let name = format!("attention_mma_{}", suffix(dt, "attention")?);
-                dev.get_or_load_custom_func(&name, MODULE, PTX).ok()
-            }
-            false => None,
-        };
         if let Some(func) = mma {
             let tp = op.t.div_ceil(16) * 16;
             // Scores/output f32 (16, max(tp, hd)), P (16, tp), a staged tile (16, hd), 16 sums.
@@ -395,6 +396,20 @@ pub(crate) fn threshold_labels(
     Ok(wrap(out, dev))
 }
 
+/// The resampling kernels' interpolation tables: indices (u32) and weights (f32).
+fn tables<'a>(
+    s2: &'a CudaStorage,
+    l2: &Layout,
+    s3: &'a CudaStorage,
+    l3: &Layout,
+    what: &str,
+) -> Result<(CudaView<'a, u32>, CudaView<'a, f32>)> {
+    Ok((
+        view::<u32>(s2, l2, &format!("{what} indices"))?,
+        view::<f32>(s3, l3, &format!("{what} weights"))?,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn resize_bilinear(
     op: &crate::post::ResizeBilinear,
@@ -413,8 +428,7 @@ pub(crate) fn resize_bilinear(
     let (planes, ih, iw) = (count(p_n, what)?, count(ih, what)?, count(iw, what)?);
     let (oh, ow) = (count(op.oh, what)?, count(op.ow, what)?);
     let x = view::<f32>(s1, l1, "resize_bilinear input")?;
-    let idx = view::<u32>(s2, l2, "resize_bilinear indices")?;
-    let wts = view::<f32>(s3, l3, "resize_bilinear weights")?;
+    let (idx, wts) = tables(s2, l2, s3, l3, what)?;
     let func = dev.get_or_load_custom_func("resize_bilinear_f32", POST_MODULE, POST_PTX)?;
     // SAFETY: every output element is written by its thread.
     let out = unsafe { dev.alloc::<f32>(n as usize)? };
@@ -446,8 +460,7 @@ pub(crate) fn stitch_windows(
         count(op.w, what)?,
     );
     let logits = view::<f32>(s1, l1, "stitch_windows logits")?;
-    let idx = view::<u32>(s2, l2, "stitch_windows windows and indices")?;
-    let wts = view::<f32>(s3, l3, "stitch_windows weights")?;
+    let (idx, wts) = tables(s2, l2, s3, l3, what)?;
     let func = dev.get_or_load_custom_func("stitch_windows_f32", POST_MODULE, POST_PTX)?;
     // SAFETY: every output element is written by its thread.
     let out = unsafe { dev.alloc::<f32>(n as usize)? };
