@@ -98,7 +98,8 @@ impl Record {
 }
 
 /// Write `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a
-/// crash never leaves a half-written result.
+/// crash never leaves a half-written result. The file gets the permissions a plain
+/// `File::create` would give it (0666 less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |e: std::io::Error| ReportError::Io {
         path: path.display().to_string(),
@@ -106,7 +107,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut builder = tempfile::Builder::new();
+    // Results are read by other users and tools: create the file as `File::create` would
+    // (0666 less the umask), not with the temp file's private 0600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;

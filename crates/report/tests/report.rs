@@ -170,3 +170,19 @@ fn corrupt_record_names_the_file() {
     let msg = load_records(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("bad.json") && msg.contains("hint"), "{msg}");
 }
+
+/// Results are read by other users and tools: `write_atomic` must give a file the mode a plain
+/// `File::create` gives (0666 less the umask), not a temp file's private 0600.
+#[cfg(unix)]
+#[test]
+fn atomic_writes_get_the_mode_of_a_plain_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.csv");
+    std::fs::File::create(&plain).unwrap();
+    let atomic = dir.path().join("summary.csv");
+    write_atomic(&atomic, b"a,b\n").unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&atomic), mode(&plain), "{:o} vs {:o}", mode(&atomic), mode(&plain));
+    assert_eq!(std::fs::read(&atomic).unwrap(), b"a,b\n");
+}
