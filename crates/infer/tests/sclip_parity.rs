@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use segsweep_clip::{build_classifier, parse_class_names, ClipModel, IMAGENET_TEMPLATES};
 use segsweep_core::{Classifier, InferConfig, Mode, Needs, RgbImage};
 use segsweep_infer::{finish_traced, prepare};
+use segsweep_kernels::testing::max_rel;
 
 const REL_TOL: f32 = 1e-4;
 
@@ -45,25 +46,11 @@ fn model() -> ClipModel {
     .unwrap()
 }
 
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// max |a − b| / max |b|, after checking the shapes agree.
 fn rel_err(what: &str, ours: &Tensor, torch: &Tensor) -> f32 {
     assert_eq!(ours.dims(), torch.dims(), "{what}: shape");
-    let (a, b) = (flat(ours), flat(torch));
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale;
+    assert!(torch.elem_count() > 0, "{what}: empty");
+    let err = max_rel(ours, torch).unwrap();
     eprintln!("{what:28} rel err {err:.2e}");
     assert!(
         err <= REL_TOL,
@@ -143,6 +130,10 @@ fn sclip_pipeline_matches_pytorch_stage_by_stage() {
             &crops,
             &g[&format!("{name}.crop_logits")],
         );
+        // Slide mode stitches the crops on a canvas; whole mode has none. A slide case without
+        // a canvas would otherwise skip this stage silently.
+        let slide = case["mode"] == "slide";
+        assert_eq!(trace.canvas.is_some(), slide, "{name}: canvas in the trace");
         if let Some(canvas) = &trace.canvas {
             let (q, ch, cw) = canvas.dims3().unwrap();
             let rows: Vec<u32> = (0..ch).step_by(step(0)).map(|v| v as u32).collect();
@@ -170,6 +161,8 @@ fn sclip_pipeline_matches_pytorch_stage_by_stage() {
             .unwrap()
             .to_vec1()
             .unwrap();
+        assert_eq!(ours.len(), torch.len(), "{name}: label count");
+        assert!(!ours.is_empty(), "{name}: no labels");
         let differ = ours
             .iter()
             .zip(&torch)
