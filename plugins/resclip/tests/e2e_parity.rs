@@ -94,9 +94,18 @@ fn check(model: &ClipModel, g: &HashMap<String, Tensor>, case: &str, key: &str, 
     let d = rel_diff(&out, &g[key]);
     eprintln!("{key}: last-block output relative diff {d:.2e}");
     assert!(d < 1e-4, "{key}: relative diff {d}");
-    if let Some(want) = g.get(&format!("{key}.labels")) {
+    // The reference stores coarse labels exactly for the SFR cases; a missing key must fail
+    // rather than skip the comparison.
+    let want = g.get(&format!("{key}.labels"));
+    if c.sfr.is_some() {
+        let want = want.unwrap_or_else(|| panic!("{key}: golden lacks `{key}.labels`"));
         let got: Vec<Vec<u32>> = parts.iter().map(|p| p.patches.clone()).collect();
         assert_eq!(got, labels(want), "{key}: coarse patch labels");
+    } else {
+        assert!(
+            want.is_none(),
+            "{key}: golden has labels for a case without SFR"
+        );
     }
 }
 
