@@ -14,6 +14,33 @@ pub struct SpecArgs {
     /// Override a value: SECTION.KEY=VALUE or PIPELINE_ID.PARAM=VALUE (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Device for every configuration: cpu or cuda:N (= --set model.device=DEVICE; applied
+    /// after the spec, the environment and --set).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Compute dtype: f32, f16 or bf16 (= --set model.dtype=DTYPE; applied last, like --device).
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+}
+
+impl SpecArgs {
+    /// The `--set` overrides followed by `--device` and `--dtype` as `model.*` overrides, which
+    /// therefore win over a `--set` of the same key.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut sets = self.set.clone();
+        if let Some(d) = &self.device {
+            sets.push(format!("model.device={}", toml_string(d)));
+        }
+        if let Some(d) = &self.dtype {
+            sets.push(format!("model.dtype={}", toml_string(d)));
+        }
+        sets
+    }
+}
+
+/// `s` as a quoted TOML string, so `cuda:0` is not read as TOML syntax.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 #[derive(Args, Debug)]
@@ -51,7 +78,7 @@ pub struct PlotArgs {
 }
 
 pub fn validate(args: ValidateArgs) -> Result<()> {
-    let exp = load_experiment(&args.spec.spec, &args.spec.set)?;
+    let exp = load_experiment(&args.spec.spec, &args.spec.overrides())?;
     let e = &exp.spec.raw.experiment;
     println!(
         "{}: experiment `{}`, {} configuration(s), results in {}",
@@ -63,7 +90,7 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
     for (i, c) in exp.configs.iter().enumerate() {
         let pipe: Vec<String> = c.pipeline.iter().map(|s| s.id.clone()).collect();
         println!(
-            "  #{:<3} {}  {:<40} pipeline: [{}]  {:?} attention={} logit_scale={} prob_thd={}",
+            "  #{:<3} {}  {:<40} pipeline: [{}]  {:?} attention={} logit_scale={} prob_thd={} device={} dtype={}",
             i + 1,
             c.hash,
             c.label(),
@@ -71,14 +98,16 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
             c.inference.mode,
             c.inference.attention,
             c.inference.logit_scale,
-            c.inference.prob_thd
+            c.inference.prob_thd,
+            c.model.device,
+            c.model.dtype
         );
     }
     Ok(())
 }
 
 pub fn sweep(args: SweepArgs) -> Result<()> {
-    let exp = load_experiment(&args.spec.spec, &args.spec.set)?;
+    let exp = load_experiment(&args.spec.spec, &args.spec.overrides())?;
     let opts = RunOptions {
         run_id: args.run_id,
         data_dir: args.data_dir,

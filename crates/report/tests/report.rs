@@ -183,6 +183,12 @@ fn atomic_writes_get_the_mode_of_a_plain_create() {
     let atomic = dir.path().join("summary.csv");
     write_atomic(&atomic, b"a,b\n").unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&atomic), mode(&plain), "{:o} vs {:o}", mode(&atomic), mode(&plain));
+    assert_eq!(
+        mode(&atomic),
+        mode(&plain),
+        "{:o} vs {:o}",
+        mode(&atomic),
+        mode(&plain)
+    );
     assert_eq!(std::fs::read(&atomic).unwrap(), b"a,b\n");
 }

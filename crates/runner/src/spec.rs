@@ -280,7 +280,14 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
         .merge(
             Env::prefixed("SEGSWEEP_")
                 .split("__")
-                .filter(|k| SECTIONS[..4].iter().any(|s| k.as_str().starts_with(s))),
+                // figment filters before it lower-cases the key, so compare without case:
+                // `SEGSWEEP_INFERENCE__PROB_THD` arrives here as `INFERENCE.PROB_THD`.
+                .filter(|k| {
+                    let section = k.as_str().split('.').next().unwrap_or("");
+                    SECTIONS[..4]
+                        .iter()
+                        .any(|s| section.eq_ignore_ascii_case(s))
+                }),
         );
     for (key, value) in sets {
         let section = key.split('.').next().unwrap_or("");

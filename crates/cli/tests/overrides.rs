@@ -1,0 +1,129 @@
+//! The override layers of a spec, from outside: `SEGSWEEP_<SECTION>__<KEY>` environment
+//! variables, `--set`, and `--device` / `--dtype` on `validate` and `sweep` (issue 2's layering,
+//! issue 7's flag). `validate` loads no weights, so these run in milliseconds.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn demo_spec() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments/demo.toml")
+}
+
+/// `segsweep SUB demo.toml ARGS` with `env` set and every other `SEGSWEEP_*` removed.
+fn segsweep(sub: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SEGSWEEP_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG")
+        .arg(sub)
+        .arg(demo_spec())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run segsweep")
+}
+
+fn validate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    segsweep("validate", args, env)
+}
+
+/// The first configuration's line of `validate`'s output.
+fn first_config(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "validate failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("#1 "))
+        .unwrap_or_else(|| panic!("no configuration line in:\n{stdout}"))
+        .to_string()
+}
+
+fn hash(line: &str) -> &str {
+    line.split_whitespace().nth(1).expect("a hash column")
+}
+
+fn stderr(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn environment_overrides_the_spec_in_upper_case_as_documented() {
+    let base = first_config(&validate(&[], &[]));
+    assert!(base.contains("prob_thd=0 "), "{base}");
+    let env = first_config(&validate(&[], &[("SEGSWEEP_INFERENCE__PROB_THD", "0.3")]));
+    assert!(env.contains("prob_thd=0.3 "), "{env}");
+    assert_ne!(
+        hash(&base),
+        hash(&env),
+        "the override must change the configuration"
+    );
+    // The same in lower case (figment lower-cases keys) gives the same configuration.
+    let lower = first_config(&validate(&[], &[("SEGSWEEP_inference__prob_thd", "0.3")]));
+    assert_eq!(hash(&lower), hash(&env));
+    // Variables outside the spec's sections are not spec keys (SEGSWEEP_CACHE is a path).
+    let other = first_config(&validate(&[], &[("SEGSWEEP_CACHE", "/nonexistent")]));
+    assert_eq!(hash(&other), hash(&base));
+}
+
+#[test]
+fn a_bad_environment_value_is_an_error_naming_key_and_source() {
+    let err = stderr(&validate(
+        &[],
+        &[("SEGSWEEP_INFERENCE__LOGIT_SCALE", "abc")],
+    ));
+    assert!(err.contains("inference.logit_scale"), "{err}");
+    assert!(err.contains("SEGSWEEP_"), "{err}");
+}
+
+#[test]
+fn set_beats_the_environment() {
+    let both = first_config(&validate(
+        &["--set", "inference.prob_thd=0.2"],
+        &[("SEGSWEEP_INFERENCE__PROB_THD", "0.3")],
+    ));
+    assert!(both.contains("prob_thd=0.2 "), "{both}");
+}
+
+#[test]
+fn device_and_dtype_flags_set_the_model_section() {
+    let base = first_config(&validate(&[], &[]));
+    assert!(base.contains("device=cpu dtype=f32"), "{base}");
+    let flags = first_config(&validate(&["--device", "cuda:0", "--dtype", "f16"], &[]));
+    assert!(flags.contains("device=cuda:0 dtype=f16"), "{flags}");
+    // The same as the `--set` spelling ...
+    let set = first_config(&validate(
+        &[
+            "--set",
+            "model.device=\"cuda:0\"",
+            "--set",
+            "model.dtype=\"f16\"",
+        ],
+        &[],
+    ));
+    assert_eq!(hash(&set), hash(&flags));
+    // ... and applied after it.
+    let both = first_config(&validate(
+        &["--set", "model.dtype=\"bf16\"", "--dtype", "f16"],
+        &[],
+    ));
+    assert!(both.contains("device=cpu dtype=f16"), "{both}");
+}
+
+#[test]
+fn bad_device_and_dtype_flags_name_the_key() {
+    let err = stderr(&validate(&["--device", "gpu"], &[]));
+    assert!(
+        err.contains("model.device") && err.contains("hint"),
+        "{err}"
+    );
+    let err = stderr(&validate(&["--dtype", "f64"], &[]));
+    assert!(err.contains("model.dtype") && err.contains("hint"), "{err}");
+}
