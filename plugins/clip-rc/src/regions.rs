@@ -67,7 +67,8 @@ pub fn axis_regions(len: usize, count: usize, overlap: f64) -> Vec<AxisRegion> {
 /// `exp(−d²/(2σ²))` normalised to sum 1, where
 /// `d² = ((y_p − cy_k)/s_y,k)² + ((x_p − cx_k)/s_x,k)²` is the squared distance from the cell
 /// centre to the region centre in units of the region's size; regions that do not contain `p`
-/// get weight 0.
+/// get weight 0. The weights are computed as a softmax of the exponents (the row's largest
+/// exponent subtracted first), so they stay finite and sum to 1 for any σ > 0.
 pub fn region_maps(
     grid: (usize, usize),
     count: usize,
@@ -80,7 +81,8 @@ pub fn region_maps(
     let cols = axis_regions(w, count, overlap);
     let k = rows.len() * cols.len();
     let mut pool = vec![0f32; k * n];
-    let mut weights = vec![0f64; n * k];
+    // Exponents −d²/(2σ²) first; regions that do not contain the cell stay at −∞ (weight 0).
+    let mut exponents = vec![f64::NEG_INFINITY; n * k];
     for (ry, r) in rows.iter().enumerate() {
         for (rx, c) in cols.iter().enumerate() {
             let region = ry * cols.len() + rx;
@@ -91,16 +93,26 @@ pub fn region_maps(
                     pool[region * n + p] = (1.0 / members) as f32;
                     let dy = (y as f64 + 0.5 - r.centre()) / r.size();
                     let dx = (x as f64 + 0.5 - c.centre()) / c.size();
-                    weights[p * k + region] = (-(dy * dy + dx * dx) / (2.0 * sigma * sigma)).exp();
+                    exponents[p * k + region] = -(dy * dy + dx * dx) / (2.0 * sigma * sigma);
                 }
             }
         }
     }
     let mut spread = vec![0f32; n * k];
     for p in 0..n {
-        let row = &weights[p * k..(p + 1) * k];
-        let total: f64 = row.iter().sum();
-        for (j, v) in row.iter().enumerate() {
+        let row = &exponents[p * k..(p + 1) * k];
+        // Softmax of the exponents: subtracting the row's largest one leaves the normalised
+        // weights unchanged but keeps the nearest region at exp(0) = 1. Without it, every
+        // weight of a cell underflows to 0 for small σ (below about 0.016 on 14 cells) and the
+        // normalisation divides 0 by 0.
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            // No region contains the cell; cannot happen, as the intervals cover every axis.
+            continue;
+        }
+        let weights: Vec<f64> = row.iter().map(|e| (e - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        for (j, v) in weights.iter().enumerate() {
             spread[p * k + j] = (v / total) as f32;
         }
     }
@@ -122,6 +134,43 @@ pub struct RegionalParams {
     pub distance_sigma: f64,
 }
 
+impl RegionalParams {
+    /// The ranges the formulas need, as a parameter error naming the `clip-rc` key. The plugin's
+    /// schema enforces narrower ranges; this guards direct callers of [`regional_clues`].
+    pub fn check(&self) -> Result<()> {
+        let bad = |key: &str, msg: String, hint: &str| {
+            Err(CoreError::Param {
+                plugin: crate::NAME.into(),
+                key: key.into(),
+                msg,
+                hint: Some(hint.into()),
+            })
+        };
+        if self.num_regions == 0 {
+            return bad(
+                "num_regions",
+                "must be at least 1, got 0".into(),
+                "regions per axis; the design notes use 4",
+            );
+        }
+        if !(0.0..1.0).contains(&self.region_overlap) {
+            return bad(
+                "region_overlap",
+                format!("must lie in [0, 1), got {}", self.region_overlap),
+                "a fraction of the region size; the design notes use 0.25",
+            );
+        }
+        if !(self.distance_sigma > 0.0 && self.distance_sigma.is_finite()) {
+            return bad(
+                "distance_sigma",
+                format!("must be a finite number > 0, got {}", self.distance_sigma),
+                "σ in region sizes; the default is 0.5",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Apply regional clues to crop features `(B, E, h, w) → (B, E, h, w)`.
 ///
 /// With f̂ the L2-normalised features, `g` the mean of f̂ over the crop, `m_k` the mean of f̂
@@ -129,16 +178,7 @@ pub struct RegionalParams {
 /// `out_p = ρ·f̂_p + (1 − ρ)·((1 − β)·g + β·reg_p)`. The output is not normalised.
 pub fn regional_clues(feats: &Tensor, p: &RegionalParams) -> Result<Tensor> {
     let (b, e, h, w) = feats.dims4()?;
-    if p.num_regions == 0
-        || !(0.0..1.0).contains(&p.region_overlap)
-        || p.distance_sigma.is_nan()
-        || p.distance_sigma <= 0.0
-    {
-        return Err(CoreError::Msg(format!(
-            "clip-rc: invalid regional settings {p:?} (need num_regions ≥ 1, overlap in [0, 1), \
-             sigma > 0)"
-        )));
-    }
+    p.check()?;
     let n = h * w;
     let dev: &Device = feats.device();
     let f = feats.reshape((b, e, n))?.transpose(1, 2)?.contiguous()?; // (B, N, E)
@@ -267,6 +307,98 @@ mod tests {
         );
         for (g, w) in out.iter().zip(f.iter().flatten()) {
             assert!((g - w).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    /// quality review A2: at the schema's smallest σ (0.01) every plain `exp(−d²/2σ²)` of an
+    /// edge cell underflows to 0 and the normalisation gave 0/0 = NaN (56 of 196 cells on the
+    /// default 14×14 layout, 100 with overlap 0). Each cell must now take its nearest region.
+    #[test]
+    fn small_sigma_gives_finite_weights_on_the_nearest_region() {
+        for overlap in [0.25, 0.0] {
+            let (_, spread, k) = region_maps((14, 14), 4, overlap, 0.01);
+            assert!(
+                spread.iter().all(|v| v.is_finite()),
+                "overlap {overlap}: NaN weights"
+            );
+            for p in 0..14 * 14 {
+                let row = &spread[p * k..(p + 1) * k];
+                let s: f32 = row.iter().sum();
+                assert!((s - 1.0).abs() < 1e-6, "cell {p} weights sum to {s}");
+            }
+        }
+        // Cell (0, 3) lies in row region 0 and column regions 0 and 1; column region 0's centre
+        // is nearer (0.3125 vs 0.4375 region sizes), so it takes all the weight.
+        let (_, spread, k) = region_maps((14, 14), 4, 0.25, 0.01);
+        let cell = &spread[3 * k..4 * k];
+        assert_eq!(cell[0], 1.0, "{cell:?}");
+        // The features stay finite through the whole step.
+        let f = Tensor::randn(0f32, 1.0, (1, 8, 14, 14), &Device::Cpu).unwrap();
+        let p = RegionalParams {
+            num_regions: 4,
+            region_overlap: 0.25,
+            regional_weight: 0.6,
+            residual_weight: 0.5,
+            distance_sigma: 0.01,
+        };
+        let out: Vec<f32> = regional_clues(&f, &p)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(out.iter().all(|v| v.is_finite()));
+    }
+
+    /// quality review C20: an invalid setting names the plugin and the key, with a hint.
+    #[test]
+    fn invalid_settings_name_the_parameter() {
+        let f = Tensor::ones((1, 2, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ok = RegionalParams {
+            num_regions: 2,
+            region_overlap: 0.25,
+            regional_weight: 0.6,
+            residual_weight: 0.5,
+            distance_sigma: 0.5,
+        };
+        for (p, key) in [
+            (
+                RegionalParams {
+                    distance_sigma: 0.0,
+                    ..ok
+                },
+                "distance_sigma",
+            ),
+            (
+                RegionalParams {
+                    distance_sigma: f64::NAN,
+                    ..ok
+                },
+                "distance_sigma",
+            ),
+            (
+                RegionalParams {
+                    region_overlap: 1.0,
+                    ..ok
+                },
+                "region_overlap",
+            ),
+            (
+                RegionalParams {
+                    num_regions: 0,
+                    ..ok
+                },
+                "num_regions",
+            ),
+        ] {
+            let e = regional_clues(&f, &p).unwrap_err();
+            assert!(
+                matches!(&e, CoreError::Param { plugin, key: k, hint: Some(_), .. }
+                    if plugin == "clip-rc" && k == key),
+                "{e}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("`clip-rc`") && msg.contains(key), "{msg}");
         }
     }
 
