@@ -31,10 +31,13 @@ fn recalibrate_chunked(
     chunk: usize,
 ) -> Result<Tensor> {
     let (b, e, h, w) = feats.dims4()?;
-    if temperature.is_nan() || temperature <= 0.0 {
-        return Err(CoreError::Msg(format!(
-            "cliptrase: correlation temperature must be > 0, got {temperature}"
-        )));
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(CoreError::Param {
+            plugin: crate::NAME.into(),
+            key: "correlation_temperature".into(),
+            msg: format!("must be a finite number > 0, got {temperature}"),
+            hint: Some("τ of softmax_rows(f̂ f̂ᵀ / τ); the design notes use 0.05".into()),
+        });
     }
     let n = h * w;
     // (B, E, h, w) → (B, N, E), one row per position.
@@ -121,9 +124,22 @@ mod tests {
         }
     }
 
+    /// quality review C20: the error names the plugin and the parameter, with a hint.
     #[test]
-    fn rejects_non_positive_temperature() {
+    fn rejects_non_positive_temperature_naming_the_parameter() {
         let f = Tensor::ones((1, 2, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(recalibrate(&f, 0.0, 0.5).is_err());
+        for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = recalibrate(&f, t, 0.5).unwrap_err();
+            assert!(
+                matches!(&e, CoreError::Param { plugin, key, hint: Some(_), .. }
+                    if plugin == "cliptrase" && key == "correlation_temperature"),
+                "{e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("`cliptrase`") && msg.contains("`correlation_temperature`"),
+                "{msg}"
+            );
+        }
     }
 }
