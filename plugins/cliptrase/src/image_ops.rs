@@ -2,23 +2,10 @@
 //! reference uses: torch `F.interpolate(mode='bilinear', align_corners=False)` and scipy
 //! `ndimage.median_filter(size, mode='reflect')`. Planes are row-major `(h, w)` `f32` slices.
 
-/// Source taps of one output coordinate along one axis: `(i0, i1, λ0, λ1)`.
-type Tap = (usize, usize, f32, f32);
-
-/// torch's source index and weights for `align_corners=False` with a given output size,
-/// computed in f32 as torch's CPU kernel does: `src = (in/out)·(dst + 0.5) − 0.5`, clamped at 0.
-fn axis_taps(in_len: usize, out_len: usize) -> Vec<Tap> {
-    let scale = in_len as f32 / out_len as f32;
-    (0..out_len)
-        .map(|o| {
-            let real = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
-            let i0 = (real as usize).min(in_len - 1);
-            let l1 = (real - i0 as f32).clamp(0.0, 1.0);
-            let i1 = if i0 < in_len - 1 { i0 + 1 } else { i0 };
-            (i0, i1, 1.0 - l1, l1)
-        })
-        .collect()
-}
+// The taps are torch's `align_corners=False` source indices and weights computed in f32 as
+// torch's CPU kernel does; segsweep-kernels' `bilinear_axis` is that function, shared with the
+// pipeline's own upsampling (quality review D25: this crate had an identical copy).
+use segsweep_kernels::post::bilinear_axis;
 
 /// Bilinear resize of one plane `(ih, iw) → (oh, ow)`, torch `align_corners=False` semantics
 /// (the width is interpolated inside each source row first, then the rows are blended).
@@ -32,8 +19,8 @@ pub fn resize_bilinear(
         ih * iw,
         "resize_bilinear: plane must hold ih·iw values"
     );
-    let ty = axis_taps(ih, oh);
-    let tx = axis_taps(iw, ow);
+    let ty = bilinear_axis(ih, oh);
+    let tx = bilinear_axis(iw, ow);
     let mut out = Vec::with_capacity(oh * ow);
     for &(y0, y1, wy0, wy1) in &ty {
         let r0 = &src[y0 * iw..(y0 + 1) * iw];
@@ -53,8 +40,8 @@ pub fn bilinear_taps(
     (ih, iw): (usize, usize),
     (oh, ow): (usize, usize),
 ) -> impl Iterator<Item = [(usize, f32); 4]> {
-    let ty = axis_taps(ih, oh);
-    let tx = axis_taps(iw, ow);
+    let ty = bilinear_axis(ih, oh);
+    let tx = bilinear_axis(iw, ow);
     (0..oh * ow).map(move |p| {
         let (y0, y1, wy0, wy1) = ty[p / ow];
         let (x0, x1, wx0, wx1) = tx[p % ow];
