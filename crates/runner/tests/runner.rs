@@ -43,6 +43,18 @@ fn experiment(out: &Path) -> segsweep_runner::Experiment {
     expand(load_text(Path::new("t.toml"), text, &[]).unwrap(), &[]).unwrap()
 }
 
+/// `a` and `b` side by side, after checking they have the same, non-zero length: a bare `zip`
+/// stops at the shorter one, so an empty or truncated run would pass every comparison.
+#[track_caller]
+fn paired<'a, T>(
+    a: &'a [T],
+    b: &'a [T],
+) -> std::iter::Zip<std::slice::Iter<'a, T>, std::slice::Iter<'a, T>> {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    assert!(!a.is_empty(), "nothing to compare");
+    a.iter().zip(b)
+}
+
 #[test]
 fn expansion_is_deterministic_and_collapses_inapplicable_grid_keys() {
     let tmp = tempfile::tempdir().unwrap();
@@ -85,7 +97,7 @@ fn sharing_the_backbone_prefix_gives_identical_results() {
     )
     .unwrap();
     assert_eq!(shared.records.len(), 6);
-    for (a, b) in shared.records.iter().zip(&alone.records) {
+    for (a, b) in paired(&shared.records, &alone.records) {
         assert_eq!(a.config_hash, b.config_hash);
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
     }
@@ -153,7 +165,7 @@ fn issue_7_tiny_budget_drops_and_recomputes_the_prefix_with_identical_results() 
         roomy.memory.peak_held_bytes,
         roomy.memory.peak_prefix_bytes + roomy.memory.peak_dense_bytes
     );
-    for (a, b) in roomy.records.iter().zip(&tiny.records) {
+    for (a, b) in paired(&roomy.records, &tiny.records) {
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
     }
     let saved: segsweep_runner::MemoryStats =
@@ -177,7 +189,7 @@ fn issue_7_f32_spill_gives_identical_results_and_leaves_no_scratch_files() {
         spilled.memory.spilled_bytes,
         4 * (spilled.memory.peak_prefix_bytes + 8)
     );
-    for (a, b) in roomy.records.iter().zip(&spilled.records) {
+    for (a, b) in paired(&roomy.records, &spilled.records) {
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
     }
     assert!(!spilled.run_dir.join("cache").exists());
@@ -193,15 +205,12 @@ fn issue_7_f16_spill_gives_close_results() {
     assert_eq!(half.memory.prefix_spills, 4);
     // Half the bytes of f32 (the (gh, gw) grids stay u32).
     assert!(half.memory.spilled_bytes < 4 * half.memory.peak_prefix_bytes * 51 / 100);
-    for (a, b) in roomy.records.iter().zip(&half.records) {
+    for (a, b) in paired(&roomy.records, &half.records) {
         let (ca, cb) = (&a.counts, &b.counts);
         assert_eq!(ca.label, cb.label);
         // Pixels predicted per class move by at most 1 % of the labelled pixels.
         let pixels: u64 = ca.label.iter().sum();
-        let moved: u64 = ca
-            .pred
-            .iter()
-            .zip(&cb.pred)
+        let moved: u64 = paired(&ca.pred, &cb.pred)
             .map(|(x, y)| x.abs_diff(*y))
             .sum();
         assert!(
@@ -297,7 +306,7 @@ fn issue_7_f32_feature_cache_is_reused_by_later_runs_with_identical_results() {
     // 2 images, each read once up front and again for the 2 later upstream keys.
     assert_eq!(second.memory.feature_cache_hits, 6);
     for r in [&first, &second] {
-        for (a, b) in plain.records.iter().zip(&r.records) {
+        for (a, b) in paired(&plain.records, &r.records) {
             assert_eq!(a.config_hash, b.config_hash);
             assert_eq!(a.counts, b.counts, "config {} differs", a.label());
         }
@@ -330,7 +339,7 @@ fn issue_7_unreadable_feature_cache_entry_is_recomputed_with_a_warning() {
     assert_eq!(second.memory.feature_cache_unreadable, 1);
     assert_eq!(second.memory.feature_cache_hits, 1);
     assert_eq!(second.memory.feature_cache_writes, 1);
-    for (a, b) in first.records.iter().zip(&second.records) {
+    for (a, b) in paired(&first.records, &second.records) {
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
     }
     // Rewritten whole: the next run reads both.
@@ -388,7 +397,7 @@ batch_size = {batch}
     assert_eq!(batches, [5, 3, 1], "image batches for batch sizes 1, 4, 64");
     for (b, r) in &runs[1..] {
         assert_eq!(r.memory.images, 5);
-        for (x, y) in runs[0].1.records.iter().zip(&r.records) {
+        for (x, y) in paired(&runs[0].1.records, &r.records) {
             assert_eq!(x.counts, y.counts, "batch {b}: {} differs", y.label());
         }
     }
