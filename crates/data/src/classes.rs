@@ -4,18 +4,33 @@
 //! and one space); every synonym becomes its own text query, and a class's probability is the
 //! max over its queries. Only the line break is removed: other whitespace is part of the name
 //! (Context60's last line is `wood ` with a trailing space, and SCLIP prompts with it).
+//!
+//! A class is displayed (tables, charts, `eval`) by its first synonym, except where a display
+//! name is set: SCLIP's VOC21 and COCO-Object background line starts with `sky, wall, tree, …`
+//! (the stuff it prompts for), but mmseg, and every script reading `per_class.csv`, calls the
+//! class `background` ([`ClassNames::name_background`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 
+/// mmseg's name of the background class (`VOCDataset`, `COCOObjectDataset`,
+/// `PascalContextDataset`).
+pub const BACKGROUND: &str = "background";
+
 /// The classes of a dataset, each with one or more query names (synonyms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassNames {
-    /// `classes[c]` = the query names of class `c`, first one = display name.
+    /// `classes[c]` = the query names of class `c`; the first one is the display name unless
+    /// `display` has one.
     pub classes: Vec<Vec<String>>,
+    /// Display names that differ from the first synonym, by class id. They never change the
+    /// queries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub display: BTreeMap<usize, String>,
 }
 
 impl ClassNames {
@@ -42,7 +57,10 @@ impl ClassNames {
             }
             classes.push(names);
         }
-        Ok(ClassNames { classes })
+        Ok(ClassNames {
+            classes,
+            display: BTreeMap::new(),
+        })
     }
 
     /// Read and parse a class-name file.
@@ -62,9 +80,22 @@ impl ClassNames {
         self.classes.is_empty()
     }
 
-    /// One display name per class: its first synonym.
+    /// One display name per class: the name set with [`ClassNames::name_background`], else
+    /// its first synonym.
     pub fn display_names(&self) -> Vec<String> {
-        self.classes.iter().map(|s| s[0].clone()).collect()
+        self.classes
+            .iter()
+            .enumerate()
+            .map(|(c, s)| self.display.get(&c).unwrap_or(&s[0]).clone())
+            .collect()
+    }
+
+    /// Display class `class` as `background` (mmseg's name), keeping every synonym as a query.
+    /// Does nothing for an id beyond the class list.
+    pub fn name_background(&mut self, class: usize) {
+        if class < self.classes.len() && self.classes[class][0] != BACKGROUND {
+            self.display.insert(class, BACKGROUND.to_string());
+        }
     }
 
     /// All queries in order, and for each its class index (SCLIP's `get_cls_idx`).
@@ -115,6 +146,17 @@ mod tests {
         let e = ClassNames::parse("a,b\nc, d", "t").unwrap();
         assert_eq!(e.classes[0], vec!["a,b".to_string()]);
         assert_eq!(e.find("d"), Some(1));
+    }
+
+    #[test]
+    fn background_display_name_keeps_the_queries() {
+        let mut c = ClassNames::parse("sky, wall\nperson", "t").unwrap();
+        let queries = c.queries();
+        c.name_background(0);
+        assert_eq!(c.display_names(), vec!["background", "person"]);
+        assert_eq!(c.queries(), queries);
+        c.name_background(7); // beyond the list: ignored
+        assert_eq!(c.display_names().len(), 2);
     }
 
     #[test]

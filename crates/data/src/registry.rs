@@ -95,11 +95,15 @@ pub struct DatasetSpec {
 }
 
 impl DatasetSpec {
-    /// The parsed class names.
+    /// The parsed class names; the background class (if any) is displayed as `background`.
     pub fn classes(&self) -> ClassNames {
         // The embedded files are tested to parse; a failure here is a build-time mistake.
-        ClassNames::parse(self.class_text, &format!("builtin:{}", self.class_file))
-            .unwrap_or_else(|e| panic!("embedded class file is malformed: {e}"))
+        let mut c = ClassNames::parse(self.class_text, &format!("builtin:{}", self.class_file))
+            .unwrap_or_else(|e| panic!("embedded class file is malformed: {e}"));
+        if let Some(b) = self.background_class {
+            c.name_background(b);
+        }
+        c
     }
 
     /// Root under a data directory: `data_dir/<default_root>`.
@@ -320,6 +324,27 @@ mod tests {
             assert_eq!(c.display_names()[d.person_class], person, "{name}");
         }
         assert_eq!(DATASETS.len(), 8);
+    }
+
+    /// Contracts review #8: SCLIP's background line starts with `sky`; the class is displayed
+    /// as mmseg's `background`, and the prompts keep every synonym.
+    #[test]
+    fn contracts_8_background_is_displayed_as_background_with_every_synonym_kept() {
+        for name in ["voc21", "coco-object", "context60"] {
+            let d = dataset_spec(name).unwrap();
+            let c = d.classes();
+            assert_eq!(c.display_names()[0], "background", "{name}");
+            let raw = ClassNames::parse(d.class_text, name).unwrap();
+            assert_eq!(c.queries(), raw.queries(), "{name}");
+            assert_eq!(c.classes, raw.classes, "{name}");
+        }
+        let voc = dataset_spec("voc21").unwrap().classes();
+        assert_eq!(voc.classes[0][0], "sky");
+        assert_eq!(voc.classes[0].len(), 26);
+        // Datasets without a background class keep their first synonyms.
+        let ade = dataset_spec("ade20k").unwrap().classes();
+        assert_eq!(ade.display_names()[0], ade.classes[0][0]);
+        assert!(ade.display.is_empty());
     }
 
     #[test]
