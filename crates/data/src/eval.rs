@@ -3,9 +3,12 @@
 //! Predictions are label PNGs (palette or grayscale ids) at the label's resolution, named
 //! `<id>.png` after the dataset's sample id (`2007_000033.png`; Cityscapes
 //! `frankfurt/frankfurt_000000_000294.png`), or `<basename of id>.png` in a flat directory.
-//! Samples without a prediction are not scored and are counted in the report, so a directory
-//! holding the predictions of a subset scores that subset.
+//! Samples without a prediction (for `--gt DIR`: label files `<id><label_suffix>` under the
+//! directory with no prediction) are not scored; they are counted and named in the report and
+//! logged as a warning, so a directory holding the predictions of a subset scores that subset
+//! and says so.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -56,6 +59,10 @@ pub struct EvalOptions {
     pub skip_bad: bool,
     /// Suffix of prediction files (default `.png`).
     pub pred_suffix: String,
+    /// A class-name file replacing the ground truth's class names (`eval --dataset NAME
+    /// --classes FILE`, like `[dataset] classes` in a sweep). It must list as many classes as
+    /// the labels use; only the names in the report change, never the scoring.
+    pub classes: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -63,6 +70,7 @@ impl Default for EvalOptions {
         EvalOptions {
             skip_bad: false,
             pred_suffix: ".png".into(),
+            classes: None,
         }
     }
 }
@@ -86,8 +94,10 @@ pub struct EvalReport {
     pub summary: IouSummary,
     /// Ids of the samples scored, in order.
     pub scored: Vec<String>,
-    /// Samples of the dataset with no prediction file.
+    /// Samples of the dataset (labels of `--gt DIR`) with no prediction file.
     pub without_prediction: usize,
+    /// Their ids, sorted.
+    pub without_prediction_ids: Vec<String>,
     /// Files skipped with `skip_bad`.
     pub skipped: Vec<SkippedFile>,
 }
@@ -104,6 +114,8 @@ struct Scoring {
     ignore: u32,
     reduce_zero_label: bool,
     person: Option<usize>,
+    /// The dataset's background class, displayed as `background`.
+    background: Option<usize>,
 }
 
 /// Score every prediction in `pred_dir` against `gt` (see the module doc for file naming).
@@ -126,7 +138,10 @@ pub fn eval_dir(
             hint: None,
         });
     }
-    let (scoring, pairs, without) = pairs(gt, pred_dir, &opts.pred_suffix)?;
+    let (mut scoring, pairs, without) = pairs(gt, pred_dir, &opts.pred_suffix)?;
+    if let Some(path) = &opts.classes {
+        scoring.classes = override_classes(&scoring, path)?;
+    }
     if pairs.is_empty() {
         return Err(DataError::Missing {
             dataset: scoring.name.clone(),
@@ -161,6 +176,9 @@ pub fn eval_dir(
         progress(k + 1, pairs.len());
     }
     let summary = counts.summary(scoring.person);
+    if let Some(w) = without_warning(&scoring.name, &without) {
+        tracing::warn!("{w}");
+    }
     Ok(EvalReport {
         dataset: scoring.name,
         class_names: scoring.classes.display_names(),
@@ -168,7 +186,8 @@ pub fn eval_dir(
         counts,
         summary,
         scored,
-        without_prediction: without,
+        without_prediction: without.len(),
+        without_prediction_ids: without,
         skipped,
     })
 }
@@ -193,8 +212,12 @@ fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {
     Ok((pred, label))
 }
 
-/// The (prediction, label) pairs to score, and how many samples lack a prediction.
-fn pairs(gt: &GtSource, pred_dir: &Path, pred_suffix: &str) -> Result<(Scoring, Vec<Pair>, usize)> {
+/// The (prediction, label) pairs to score, and the ids of the samples that lack a prediction.
+fn pairs(
+    gt: &GtSource,
+    pred_dir: &Path,
+    pred_suffix: &str,
+) -> Result<(Scoring, Vec<Pair>, Vec<String>)> {
     match gt {
         GtSource::Registered { name, root } => {
             from_dataset(&Dataset::registered(name, root)?, pred_dir, pred_suffix)
@@ -228,6 +251,7 @@ fn pairs(gt: &GtSource, pred_dir: &Path, pred_suffix: &str) -> Result<(Scoring, 
                 })
                 .collect();
             pairs.sort_by(|a, b| a.id.cmp(&b.id));
+            let without = labels_without_prediction(gt_dir, label_suffix, &pairs)?;
             let person = classes.find("person");
             let scoring = Scoring {
                 name: gt_dir.display().to_string(),
@@ -235,8 +259,9 @@ fn pairs(gt: &GtSource, pred_dir: &Path, pred_suffix: &str) -> Result<(Scoring, 
                 ignore: *ignore_index,
                 reduce_zero_label: *reduce_zero_label,
                 person,
+                background: None,
             };
-            Ok((scoring, pairs, 0))
+            Ok((scoring, pairs, without))
         }
     }
 }
@@ -245,9 +270,9 @@ fn from_dataset(
     ds: &Dataset,
     pred_dir: &Path,
     pred_suffix: &str,
-) -> Result<(Scoring, Vec<Pair>, usize)> {
+) -> Result<(Scoring, Vec<Pair>, Vec<String>)> {
     let mut pairs = Vec::new();
-    let mut without = 0;
+    let mut without = Vec::new();
     for i in 0..ds.len() {
         let Some(r) = ds.sample_ref(i) else { continue };
         let nested = pred_dir.join(format!("{}{pred_suffix}", r.id));
@@ -260,7 +285,7 @@ fn from_dataset(
                 pred,
                 gt: r.label.clone(),
             }),
-            None => without += 1,
+            None => without.push(r.id.clone()),
         }
     }
     let info = &ds.info;
@@ -270,8 +295,70 @@ fn from_dataset(
         ignore: info.ignore_index,
         reduce_zero_label: info.reduce_zero_label,
         person: info.person_class,
+        background: info.background_class,
     };
+    without.sort();
     Ok((scoring, pairs, without))
+}
+
+/// The ids of the label files `<id><label_suffix>` under `gt_dir` that no pair scores.
+fn labels_without_prediction(
+    gt_dir: &Path,
+    label_suffix: &str,
+    pairs: &[Pair],
+) -> Result<Vec<String>> {
+    let predicted: HashSet<&str> = pairs.iter().map(|p| p.id.as_str()).collect();
+    let mut files = Vec::new();
+    walk(gt_dir, &mut files)?;
+    let mut without: Vec<String> = files
+        .iter()
+        .filter_map(|f| rel_id(gt_dir, f, label_suffix))
+        .filter(|id| !predicted.contains(id.as_str()))
+        .collect();
+    without.sort();
+    Ok(without)
+}
+
+/// One warning line naming up to five samples without a prediction.
+fn without_warning(dataset: &str, ids: &[String]) -> Option<String> {
+    const SHOWN: usize = 5;
+    if ids.is_empty() {
+        return None;
+    }
+    let more = ids.len().saturating_sub(SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{dataset}: {} sample(s) have no prediction and are not scored: {}{more}",
+        ids.len(),
+        ids[..ids.len().min(SHOWN)].join(", ")
+    ))
+}
+
+/// The class names of `--classes FILE`, which must match the ground truth's class count.
+fn override_classes(s: &Scoring, path: &Path) -> Result<ClassNames> {
+    let mut names = ClassNames::from_file(path)?;
+    if names.len() != s.classes.len() {
+        return Err(DataError::ClassNames {
+            source_name: path.display().to_string(),
+            msg: format!(
+                "lists {} classes but `{}` has {} (label ids 0–{}); the names would not match \
+                 the ids (hint: give a file with one line per class of the dataset, or leave \
+                 out --classes to use the dataset's own names)",
+                names.len(),
+                s.name,
+                s.classes.len(),
+                s.classes.len().saturating_sub(1)
+            ),
+        });
+    }
+    if let Some(b) = s.background {
+        names.name_background(b);
+    }
+    Ok(names)
 }
 
 impl std::fmt::Display for EvalReport {
@@ -286,6 +373,9 @@ impl std::fmt::Display for EvalReport {
             self.without_prediction,
             self.skipped.len()
         )?;
+        if let Some(w) = without_warning(&self.dataset, &self.without_prediction_ids) {
+            writeln!(f, "{w}")?;
+        }
         writeln!(
             f,
             "mIoU {}  aAcc {}  mAcc {}  fwIoU {}  person IoU {}  ({} of {} classes scored)",

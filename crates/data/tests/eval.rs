@@ -91,6 +91,63 @@ fn a_subset_of_predictions_scores_that_subset() {
     assert_eq!(r.without_prediction, 1);
 }
 
+/// Quality review A5: `--gt DIR` counted no label without a prediction, so a partial
+/// prediction directory scored as complete.
+#[test]
+fn quality_a5_gt_dir_counts_labels_without_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = synthetic_with_predictions(dir.path(), 4);
+    std::fs::remove_file(dir.path().join("pred/synth_0001.png")).unwrap();
+    std::fs::remove_file(dir.path().join("pred/synth_0003.png")).unwrap();
+    let bare = GtSource::dir(
+        dir.path().join("data/labels"),
+        dir.path().join("data/classes.txt"),
+    );
+    let r = eval_dir(
+        &bare,
+        &dir.path().join("pred"),
+        &EvalOptions::default(),
+        &no_progress,
+    )
+    .unwrap();
+    assert_eq!(r.scored, vec!["synth_0000", "synth_0002"]);
+    assert_eq!(r.without_prediction, 2);
+    assert_eq!(r.without_prediction_ids, vec!["synth_0001", "synth_0003"]);
+    let text = r.to_string();
+    assert!(
+        text.contains("2 without prediction") && text.contains("synth_0001, synth_0003"),
+        "{text}"
+    );
+}
+
+/// Quality review C22: `--classes` with a dataset used to be ignored. It now renames the
+/// classes when the count matches, and is an error naming the file and both counts otherwise.
+#[test]
+fn quality_c22_class_override_renames_or_fails_on_a_count_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gt, expected) = synthetic_with_predictions(dir.path(), 2);
+    let names = dir.path().join("names.txt");
+    std::fs::write(&names, "bg\nhuman\nc2\nc3\nc4\nc5\n").unwrap();
+    let opts = EvalOptions {
+        classes: Some(names.clone()),
+        ..EvalOptions::default()
+    };
+    let r = eval_dir(&gt, &dir.path().join("pred"), &opts, &no_progress).unwrap();
+    assert_eq!(r.class_names[1], "human");
+    assert_eq!(r.counts, expected);
+    // The synthetic set has a background class 0: it keeps mmseg's display name.
+    assert_eq!(r.class_names[0], "background");
+
+    std::fs::write(&names, "a\nb\nc\n").unwrap();
+    let e = eval_dir(&gt, &dir.path().join("pred"), &opts, &no_progress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("names.txt") && e.contains("lists 3 classes") && e.contains("has 6"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_predictions_fail_naming_the_file_or_are_skipped_keeping_the_rest() {
     let dir = tempfile::tempdir().unwrap();
