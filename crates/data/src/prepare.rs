@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::dataset::{rel_id, walk, Layout};
 use crate::error::{DataError, Result};
-use crate::io::{load_label, save_label_png, IGNORE_INDEX};
+use crate::io::{load_label, save_label_png, LabelMap, IGNORE_INDEX};
 use crate::progress::ProgressFn;
 use crate::registry::{dataset_spec, DatasetSpec, PrepareKind};
 
@@ -295,9 +295,7 @@ fn convert_tree(
             report.skipped_existing += 1;
         } else {
             let mut label = load_label(&src)?;
-            for v in &mut label.data {
-                *v = u32::from(table[(*v).min(255) as usize]);
-            }
+            map_raw_ids(&mut label, table, &src)?;
             if let Some(parent) = dst.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
             }
@@ -305,6 +303,29 @@ fn convert_tree(
             report.converted += 1;
         }
         progress(k + 1, ids.len());
+    }
+    Ok(())
+}
+
+/// Map the raw ids of an official label through `table`. The official COCO-Stuff and
+/// Cityscapes labels are 8-bit; an id above 255 (a 16-bit PNG) is not one of theirs, so it is an
+/// error naming the file, never clamped into the table.
+fn map_raw_ids(label: &mut LabelMap, table: &[u8; 256], src: &Path) -> Result<()> {
+    for v in &mut label.data {
+        let Some(&out) = table.get(*v as usize) else {
+            return Err(DataError::IdOutOfRange {
+                path: src.to_path_buf(),
+                id: *v,
+                n_classes: table.len(),
+                ignore: IGNORE_INDEX,
+                hint: Some(
+                    "the official release's labels are 8-bit (raw ids 0–255); is this file from \
+                     it?"
+                    .into(),
+                ),
+            });
+        };
+        *v = u32::from(out);
     }
     Ok(())
 }

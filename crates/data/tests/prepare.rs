@@ -63,6 +63,30 @@ fn coco_stuff_and_object_convert_and_rerun_skips() {
     assert_eq!((r.converted, r.skipped_existing), (0, 2));
 }
 
+/// Quality review C23: a raw id above 255 (a 16-bit label) was clamped to 255 and mapped to
+/// ignore (COCO-Stuff) or background (COCO-Object) silently.
+#[test]
+fn quality_c23_raw_ids_above_255_are_an_error_naming_file_and_id() {
+    let from = tempfile::tempdir().unwrap();
+    coco_release(from.path());
+    let bad = from.path().join("annotations/val2017/000000000285.png");
+    write_label(&bad, &label_cycling(7, 12, &[0, 300, 12]));
+    for name in ["coco-stuff164k", "coco-object"] {
+        let root = tempfile::tempdir().unwrap();
+        let e = prepare(name, from.path(), root.path(), &no_progress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("000000000285.png") && e.contains("label id 300") && e.contains("8-bit"),
+            "{name}: {e}"
+        );
+        assert!(!root
+            .path()
+            .join("annotations/val2017/000000000285_labelTrainIds.png")
+            .exists());
+    }
+}
+
 #[test]
 fn coco_tables_follow_mmseg() {
     let stuff = coco_stuff_table();
