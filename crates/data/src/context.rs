@@ -24,6 +24,7 @@
 //! `ImageSets/SegmentationContext/val.txt` beside the images is used as it is.
 
 use std::collections::{BTreeSet, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
@@ -64,13 +65,103 @@ pub fn context59_table() -> [u8; CONTEXT_MAX_ID as usize + 1] {
 /// [`LabelMap`]. Integer classes (and `double` holding whole numbers, as hand-made files may)
 /// are accepted; ids must lie in 0–65535.
 pub fn read_context_mat(path: &Path) -> Result<LabelMap> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    check_mat_size(len, path)?;
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     parse_context_mat(&bytes, path)
 }
 
+/// The largest `.mat` file (and decompressed element) read, in bytes. The official files are
+/// tens of KiB (a 500×500 `uint16` map is 0.5 MB uncompressed); anything near this limit is a
+/// corrupt or crafted file, which must not make us allocate what its header claims.
+pub const MAX_MAT_BYTES: u64 = 64 << 20;
+
+/// The largest label map read from a `.mat`, in pixels (a 16384×16384 image).
+pub const MAX_MAT_PIXELS: usize = 1 << 28;
+
+const WHAT: &str = "PASCAL Context .mat (MATLAB v5)";
+
+fn check_mat_size(len: u64, path: &Path) -> Result<()> {
+    if len > MAX_MAT_BYTES {
+        return Err(DataError::decode(
+            path,
+            WHAT,
+            format!(
+                "{len} bytes, more than the {} MiB a label file can need; is this a PASCAL \
+                 Context label?",
+                MAX_MAT_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Walk the top-level data elements of a MATLAB v5 file and check that each fits in the
+/// file, and that each compressed one inflates to at most [`MAX_MAT_BYTES`], before `matfile`
+/// (which decompresses without a limit) sees it.
+fn check_mat_elements(bytes: &[u8], path: &Path) -> Result<()> {
+    const HEADER: usize = 128;
+    const MI_COMPRESSED: u32 = 15;
+    let bad = |msg: String| DataError::decode(path, WHAT, msg);
+    if bytes.len() < HEADER {
+        return Err(bad(format!(
+            "{} bytes, shorter than the 128-byte MATLAB v5 header (truncated?)",
+            bytes.len()
+        )));
+    }
+    let big_endian = &bytes[126..128] == b"MI";
+    let word = |at: usize| -> u32 {
+        let b = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let mut at = HEADER;
+    while at + 8 <= bytes.len() {
+        let (ty, size) = (word(at), word(at + 4) as usize);
+        if ty & 0xFFFF_0000 != 0 {
+            at += 8; // small element format: the data sits in the tag
+            continue;
+        }
+        let data = at + 8;
+        let Some(end) = data.checked_add(size).filter(|&e| e <= bytes.len()) else {
+            return Err(bad(format!(
+                "the element at byte {at} claims {size} bytes, but only {} remain (truncated or \
+                 corrupt file)",
+                bytes.len() - data
+            )));
+        };
+        if ty == MI_COMPRESSED {
+            let mut z = flate2::read::ZlibDecoder::new(&bytes[data..end]).take(MAX_MAT_BYTES + 1);
+            let n = std::io::copy(&mut z, &mut std::io::sink())
+                .map_err(|e| bad(format!("compressed element at byte {at}: {e}")))?;
+            if n > MAX_MAT_BYTES {
+                return Err(bad(format!(
+                    "the compressed element at byte {at} inflates to more than {} MiB; is this a \
+                     PASCAL Context label?",
+                    MAX_MAT_BYTES >> 20
+                )));
+            }
+            at = end; // compressed elements are not padded
+        } else {
+            at = end.next_multiple_of(8);
+        }
+    }
+    Ok(())
+}
+
 /// [`read_context_mat`] on bytes already in memory; `path` only names the source in errors.
+///
+/// Sizes in the file are checked against its length and [`MAX_MAT_BYTES`] /
+/// [`MAX_MAT_PIXELS`] first, so a truncated or crafted file is an error naming it, not a huge
+/// allocation or a panic.
 pub fn parse_context_mat(bytes: &[u8], path: &Path) -> Result<LabelMap> {
-    const WHAT: &str = "PASCAL Context .mat (MATLAB v5)";
+    check_mat_size(bytes.len() as u64, path)?;
+    check_mat_elements(bytes, path)?;
     let mat = matfile::MatFile::parse(bytes).map_err(|e| {
         DataError::decode(
             path,
@@ -96,6 +187,16 @@ pub fn parse_context_mat(bytes: &[u8], path: &Path) -> Result<LabelMap> {
     }
     let (h, w) = (size[0], size[1]);
     let bad = |msg: String| DataError::decode(path, WHAT, msg);
+    // matfile checks the element count against the product of the dimensions in wrapping
+    // i32 arithmetic and casts negative dimensions to usize: check them here.
+    let n_pixels = h
+        .checked_mul(w)
+        .filter(|&n| n <= MAX_MAT_PIXELS)
+        .ok_or_else(|| {
+            bad(format!(
+                "`LabelMap` has size {size:?}, more than {MAX_MAT_PIXELS} pixels (corrupt header?)"
+            ))
+        })?;
     let col_major: Vec<u32> = match arr.data() {
         matfile::NumericData::UInt16 { real, .. } => real.iter().map(|&v| u32::from(v)).collect(),
         matfile::NumericData::UInt8 { real, .. } => real.iter().map(|&v| u32::from(v)).collect(),
@@ -119,14 +220,14 @@ pub fn parse_context_mat(bytes: &[u8], path: &Path) -> Result<LabelMap> {
             )))
         }
     };
-    if col_major.len() != h * w {
+    if col_major.len() != n_pixels {
         return Err(bad(format!(
             "`LabelMap` holds {} values for {h}×{w}",
             col_major.len()
         )));
     }
     // Column-major (MATLAB) → row-major: element (y, x) is at x * h + y.
-    let mut data = vec![0u32; h * w];
+    let mut data = vec![0u32; n_pixels];
     for x in 0..w {
         for y in 0..h {
             data[y * w + x] = col_major[x * h + y];
@@ -270,10 +371,16 @@ pub fn convert_from_archive(
             if dst.is_file() {
                 on_done(false);
             } else {
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(bad)?;
                 // Errors name the member inside the archive.
                 let member = archive.join(&path);
+                // The size comes from the member's header: check it before trusting it, and
+                // never read more than the limit whatever the header says.
+                check_mat_size(entry.size(), &member)?;
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                (&mut entry)
+                    .take(MAX_MAT_BYTES)
+                    .read_to_end(&mut bytes)
+                    .map_err(bad)?;
                 let mut label = parse_context_mat(&bytes, &member)?;
                 map_to_context59(&mut label, &member)?;
                 if let Some(parent) = dst.parent() {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use common::write_image;
 use segsweep_data::context::{
-    context59_table, map_to_context59, parse_context_mat, read_context_mat, ContextRelease,
-    LabelSource, CONTEXT59_IDS,
+    context59_table, convert_from_archive, map_to_context59, parse_context_mat, read_context_mat,
+    ContextRelease, LabelSource, CONTEXT59_IDS, MAX_MAT_BYTES,
 };
 use segsweep_data::{load_label, no_progress, prepare, DataError, Dataset, LabelMap};
 
@@ -224,6 +224,103 @@ fn ids_above_459_are_an_error() {
     assert!(
         matches!(err, DataError::IdOutOfRange { id: 460, .. }),
         "{err}"
+    );
+}
+
+/// The 128-byte MATLAB v5 header (little-endian) followed by `elements`.
+fn mat_with(elements: &[u8]) -> Vec<u8> {
+    let mut text = b"MATLAB 5.0 MAT-file, crafted by the segsweep-data tests".to_vec();
+    text.resize(116, b' ');
+    let mut out = text;
+    out.extend([0u8; 8]);
+    out.extend(0x0100u16.to_le_bytes());
+    out.extend(b"IM");
+    out.extend(elements);
+    out
+}
+
+/// Quality review C24: the sizes in a `.mat` header were trusted. Dimensions whose product
+/// overflows, a truncated file and a compressed element that inflates beyond any label are
+/// errors naming the file, not a panic or a huge allocation.
+#[test]
+fn quality_c24_crafted_or_truncated_mat_headers_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dimensions (-1, -1): matfile's wrapping i32 product is 1, so one value "fits".
+    let good = dir.path().join("good.mat");
+    write_mat_v5(&good, "LabelMap", &cycling(2, 3, &[0, 2, 9]));
+    let mut bytes = std::fs::read(&good).unwrap();
+    let dims_at = bytes
+        .windows(8)
+        .position(|w| w == [2, 0, 0, 0, 3, 0, 0, 0])
+        .unwrap();
+    bytes[dims_at..dims_at + 8].copy_from_slice(&[0xFF; 8]);
+    // ... and keep a single uint16 value (the data element's tag says 12 bytes).
+    let data_tag = bytes
+        .windows(8)
+        .rposition(|w| w == [4, 0, 0, 0, 12, 0, 0, 0])
+        .unwrap();
+    bytes[data_tag + 4] = 2;
+    let e = parse_context_mat(&bytes, Path::new("neg_dims.mat"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("neg_dims.mat") && e.contains("pixels"), "{e}");
+
+    // Truncated: the matrix element claims more bytes than the file has.
+    let whole = std::fs::read(&good).unwrap();
+    let cut = dir.path().join("cut.mat");
+    std::fs::write(&cut, &whole[..whole.len() - 20]).unwrap();
+    let e = read_context_mat(&cut).unwrap_err().to_string();
+    assert!(e.contains("cut.mat") && e.contains("truncated"), "{e}");
+    let e = parse_context_mat(&whole[..100], Path::new("short.mat"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("short.mat") && e.contains("128-byte"), "{e}");
+
+    // A compressed element of zeros inflating past the limit (a zip bomb).
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..=(MAX_MAT_BYTES >> 20) {
+        std::io::Write::write_all(&mut z, &zeros).unwrap();
+    }
+    let packed = z.finish().unwrap();
+    let mut el = 15u32.to_le_bytes().to_vec();
+    el.extend((packed.len() as u32).to_le_bytes());
+    el.extend(&packed);
+    let e = parse_context_mat(&mat_with(&el), Path::new("bomb.mat"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bomb.mat") && e.contains("inflates"), "{e}");
+}
+
+/// Quality review C24: a tar member's size comes from its header; a crafted one must not
+/// size an allocation.
+#[test]
+fn quality_c24_tar_member_with_a_huge_header_size_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("trainval.tar.gz");
+    let file = std::fs::File::create(&archive).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1 << 50);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "trainval/x.mat", &[0u8; 600][..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let wanted = ["x".to_string()].into_iter().collect();
+    let out_dir = dir.path().to_path_buf();
+    let e = convert_from_archive(
+        &archive,
+        &wanted,
+        &|id| out_dir.join(format!("{id}.png")),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("trainval.tar.gz/trainval/x.mat") && e.contains("MiB"),
+        "{e}"
     );
 }
 
