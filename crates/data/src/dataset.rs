@@ -181,17 +181,13 @@ impl Layout {
             hint: Some(hint.to_string()),
         };
         if !self.root.is_dir() {
-            return Err(missing_dir(
-                "dataset root",
-                &self.root,
-                "pass --root DIR, or see `segsweep data prepare` for the expected layout",
-            ));
+            return Err(missing_dir("dataset root", &self.root, ROOT_HINT));
         }
         if !self.img_dir.is_dir() {
             return Err(missing_dir(
                 "image directory",
                 &self.img_dir,
-                "check --root and the layout",
+                &format!("is the root right? {ROOT_HINT}"),
             ));
         }
         if !self.label_dir.is_dir() {
@@ -276,6 +272,14 @@ pub struct Listing {
 }
 
 /// Every file under `dir`, recursively (symlinks followed).
+/// Every way to give a dataset root: the message is shared by `sweep` (which has no `--root`)
+/// and the `data` / `eval` commands (which have no spec).
+pub const ROOT_HINT: &str =
+    "in a sweep, set `[dataset] root` (`[dataset.custom] root` for a custom dataset) or pass \
+     `--data-dir DIR` (registered datasets live at DIR/<layout root>, see `segsweep data list`); \
+     `segsweep data check` and `segsweep eval` take `--root DIR` or `--data-dir DIR`; \
+     `segsweep data prepare` writes the expected layout";
+
 pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     for entry in rd {

@@ -188,6 +188,33 @@ fn missing_root_names_the_root_and_hints() {
     assert!(e.contains("unknown dataset `voc22`"), "{e}");
 }
 
+/// Contracts review #10: `sweep` has no `--root`, so the hint must name the spec key and
+/// `--data-dir` as well as the `data` / `eval` flag.
+#[test]
+fn contracts_10_missing_root_hint_names_the_sweep_and_data_command_ways() {
+    let msg = Dataset::registered("voc21", Path::new("/nonexistent/VOC2012"))
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "[dataset] root",
+        "--data-dir DIR",
+        "`segsweep data check` and `segsweep eval` take `--root DIR`",
+        "[dataset.custom] root",
+    ] {
+        assert!(msg.contains(want), "missing {want:?} in: {msg}");
+    }
+    assert!(!msg.contains("hint: pass --root"), "{msg}");
+    // A root without the image directory gives the same ways.
+    let dir = tempfile::tempdir().unwrap();
+    let msg = Dataset::registered("voc21", dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("image directory") && msg.contains("[dataset] root"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn bad_samples_are_named_when_loaded() {
     let dir = tempfile::tempdir().unwrap();
