@@ -34,6 +34,11 @@ fn check(case: &str, preset: Preset) {
     let (c, ph, pw) = probs.shape;
     assert_eq!((ph, pw), (h, w));
     let got = refine_probs(&image, &probs.data, c, h, w, &CrfParams::preset(preset)).unwrap();
+    // The element-wise comparisons below zip; a short or empty Q or golden must fail here.
+    assert!(c * h * w > 0, "{case}: empty input");
+    assert_eq!(want.shape, probs.shape, "{case} {preset}: golden shape");
+    assert_eq!(want.data.len(), c * h * w, "{case} {preset}: golden length");
+    assert_eq!(got.len(), c * h * w, "{case} {preset}: Q length");
 
     let max_diff = got
         .iter()
