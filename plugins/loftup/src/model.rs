@@ -83,17 +83,48 @@ impl LoftUpConfig {
                     key: key.to_string(),
                 })
         };
-        let last = |key: &str, rank: usize| -> Result<usize> {
+        // Each size comes from one tensor whose layout is checked first (rank, the fixed axes,
+        // no empty axis), so a foreign or damaged checkpoint is an error naming the key and the
+        // expected shape rather than a panic or a zero-sized model.
+        let sized = |key: &str, layout: &[Option<usize>], expected: &str| -> Result<Vec<usize>> {
             let d = dims(key)?;
-            match d.len() == rank {
-                true => Ok(d[rank - 1]),
-                false => Err(LoftUpError::shape(key, format!("rank {rank}"), &d)),
+            let fits = d.len() == layout.len()
+                && d.iter()
+                    .zip(layout)
+                    .all(|(&n, want)| n > 0 && want.is_none_or(|w| n == w));
+            match fits {
+                true => Ok(d),
+                false => Err(LoftUpError::shape(
+                    format!("{}: tensor `{key}`", path.display()),
+                    expected,
+                    &d,
+                )),
             }
         };
-        let dim = last("channelnorm.norm.weight", 1)?;
-        let n_freqs = last("upsampler.fourier_feat.1.biases", 3)?;
-        let lr_freqs = last("upsampler.lr_pe.biases", 3)?;
-        let mlp_hidden = dims("upsampler.ca_transformer.layers.0.1.net.1.weight")?[0];
+        let dim = sized(
+            "channelnorm.norm.weight",
+            &[None],
+            "(dim,), dim ≥ 1 (haiwen/loftup-clip: (512,))",
+        )?[0];
+        let n_freqs = sized(
+            "upsampler.fourier_feat.1.biases",
+            &[Some(2), Some(5), None],
+            "(2, 5, n_freqs), n_freqs ≥ 1 (haiwen/loftup-clip: (2, 5, 20))",
+        )?[2];
+        let lr_freqs = sized(
+            "upsampler.lr_pe.biases",
+            &[Some(2), Some(2), None],
+            "(2, 2, lr_freqs), lr_freqs ≥ 1 (haiwen/loftup-clip: (2, 2, 5))",
+        )?[2];
+        let width = dim + 4 * lr_freqs;
+        let mlp_hidden = sized(
+            "upsampler.ca_transformer.layers.0.1.net.1.weight",
+            &[None, Some(width)],
+            &format!(
+                "(mlp_hidden, dim + 4·lr_freqs) = (mlp_hidden, {width}), mlp_hidden ≥ 1 \
+                 (haiwen/loftup-clip: (512, 532))"
+            ),
+        )?[0];
         let depth = (0..)
             .take_while(|i| {
                 sd.contains_key(&format!(

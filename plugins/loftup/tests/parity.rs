@@ -123,6 +123,58 @@ fn a_state_dict_with_a_missing_or_extra_key_is_refused() {
     assert!(matches!(err, LoftUpError::UnexpectedKeys { .. }), "{err}");
 }
 
+/// quality review A7: the sizes are read from tensor shapes, and a 0-d tensor under
+/// `…layers.0.1.net.1.weight` used to panic on `dims(..)[0]`. Every malformed size tensor must
+/// be an error naming the checkpoint, the key and the expected shape.
+#[test]
+fn a_malformed_size_tensor_is_an_error_naming_key_and_expected_shape() {
+    let path = fixtures().join("tiny_loftup.bin");
+    let sd = segsweep_plugin_loftup::checkpoint::read_state_dict(&path).unwrap();
+    let f32s = |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu);
+    let cases: [(&str, Tensor, &str); 5] = [
+        (
+            "upsampler.ca_transformer.layers.0.1.net.1.weight",
+            Tensor::new(1f32, &Device::Cpu).unwrap(),
+            "(mlp_hidden, 36)",
+        ),
+        (
+            "upsampler.ca_transformer.layers.0.1.net.1.weight",
+            f32s(&[16, 35]).unwrap(),
+            "(mlp_hidden, 36)",
+        ),
+        ("channelnorm.norm.weight", f32s(&[0]).unwrap(), "(dim,)"),
+        (
+            "upsampler.fourier_feat.1.biases",
+            f32s(&[2, 20]).unwrap(),
+            "(2, 5, n_freqs)",
+        ),
+        (
+            "upsampler.lr_pe.biases",
+            f32s(&[2, 2, 0]).unwrap(),
+            "(2, 2, lr_freqs)",
+        ),
+    ];
+    for (key, bad, expected) in cases {
+        let got = bad.dims().to_vec();
+        let mut broken = sd.clone();
+        broken.insert(key.into(), bad);
+        for err in [
+            LoftUpConfig::from_state_dict(&broken, 4, &path).unwrap_err(),
+            LoftUp::from_state_dict(&broken, 4, &Device::Cpu, &path).unwrap_err(),
+        ] {
+            assert!(matches!(err, LoftUpError::Shape { .. }), "{key}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(key)
+                    && msg.contains(expected)
+                    && msg.contains("tiny_loftup.bin")
+                    && msg.contains(&format!("{got:?}")),
+                "{msg}"
+            );
+        }
+    }
+}
+
 /// Not a test of the committed fixture, so not run by `cargo test`: loads a full-size random
 /// checkpoint and checks the released architecture's sizes and parameter count. Run it with
 /// `python3 tests/reference/loftup_reference.py --full /tmp/loftup_full.bin` and then
