@@ -112,7 +112,6 @@ fn record_path(dir: &Path, hash: &str) -> PathBuf {
 /// Run every configuration not finished yet, writing results as they complete.
 pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     let dir = run_dir(exp, opts);
-    prepare_run_dir(exp, &dir)?;
     let mut pending: Vec<&Config> = Vec::new();
     let mut resumed = 0;
     for c in &exp.configs {
@@ -139,6 +138,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     } else {
         pending.iter().map(|c| vec![*c]).collect()
     };
+    // Everything that can fail on a bad spec or missing files (dataset roots, class files,
+    // plugin parameters and checkpoints, weights) fails here, before the run directory exists.
+    let inputs = groups
+        .iter()
+        .map(|g| preflight(exp, opts, g, &mut models))
+        .collect::<Result<Vec<_>>>()?;
+    prepare_run_dir(exp, &dir)?;
     // Two bars: configurations finished, and images of the group in flight.
     let multi = if opts.progress {
         indicatif::MultiProgress::new()
@@ -155,8 +161,8 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         multi: &multi,
         configs: &configs_bar,
     };
-    for group in groups {
-        run_group(exp, opts, &dir, &group, &mut models, &mut tally, &bars)?;
+    for (group, input) in groups.iter().zip(inputs) {
+        run_group(exp, opts, &dir, group, input, &mut tally, &bars)?;
     }
     configs_bar.finish_and_clear();
     // The default scratch directory goes when empty (spill files are deleted after each image).
@@ -331,15 +337,23 @@ struct Bars<'a> {
     configs: &'a indicatif::ProgressBar,
 }
 
-fn run_group(
+/// What a group of configurations needs before its first image, checked and built up front.
+struct GroupInputs {
+    ds: Dataset,
+    classes: ClassNames,
+    /// Per configuration of the group, in order: its refiners, built.
+    refiners: Vec<Vec<Box<dyn Refiner>>>,
+    model: Arc<ClipModel>,
+}
+
+/// Open the group's dataset, read its class names, build every refiner and load the model:
+/// everything that fails on a bad spec or a missing file, so it fails before any work.
+fn preflight(
     exp: &Experiment,
     opts: &RunOptions,
-    dir: &Path,
     group: &[&Config],
     models: &mut HashMap<ModelSection, Arc<ClipModel>>,
-    tally: &mut Tally,
-    bars: &Bars,
-) -> Result<()> {
+) -> Result<GroupInputs> {
     let first = group[0];
     let seed = exp.spec.raw.experiment.seed;
     let ds = open_dataset(&first.dataset, seed, &opts.data_dir)?;
@@ -352,15 +366,63 @@ fn run_group(
         ));
     }
     let classes = class_names(&first.dataset, &ds)?;
-    // Build every refiner before loading weights, so a missing checkpoint or a bad parameter
-    // fails in seconds.
+    if classes.len() != ds.info.n_classes() {
+        return Err(RunnerError::spec(
+            &exp.spec.file(),
+            "dataset.classes",
+            format!(
+                "{} has {} classes but dataset `{}` has {} (its label ids index them)",
+                first
+                    .dataset
+                    .classes
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                classes.len(),
+                ds.info.name,
+                ds.info.n_classes()
+            ),
+            Some(
+                "a class file replaces the names (synonyms, prompts) one for one; keep one line per class, in the dataset's order".into(),
+            ),
+        ));
+    }
+    let refiners = group
+        .iter()
+        .map(|c| {
+            c.pipeline
+                .iter()
+                .map(|s| (s.plugin.build)(&s.params))
+                .collect::<segsweep_core::Result<Vec<_>>>()
+        })
+        .collect::<segsweep_core::Result<Vec<_>>>()?;
+    let model = load_model(&first.model, models)?;
+    Ok(GroupInputs {
+        ds,
+        classes,
+        refiners,
+        model,
+    })
+}
+
+fn run_group(
+    exp: &Experiment,
+    opts: &RunOptions,
+    dir: &Path,
+    group: &[&Config],
+    input: GroupInputs,
+    tally: &mut Tally,
+    bars: &Bars,
+) -> Result<()> {
+    let first = group[0];
+    let GroupInputs {
+        ds,
+        classes,
+        refiners,
+        model,
+    } = input;
     let mut jobs: Vec<Job> = Vec::new();
-    for c in group {
-        let refiners = c
-            .pipeline
-            .iter()
-            .map(|s| (s.plugin.build)(&s.params))
-            .collect::<segsweep_core::Result<Vec<_>>>()?;
+    for (c, refiners) in group.iter().zip(refiners) {
         let partial = read_partial(dir, &c.hash, classes.len())?;
         jobs.push(Job {
             upstream: upstream_key(c),
@@ -369,7 +431,6 @@ fn run_group(
             partial,
         });
     }
-    let model = load_model(&first.model, models)?;
     let cache_dir = opts
         .cache_dir
         .clone()
@@ -745,11 +806,20 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize) -> Result<Partial> {
             tracing::info!("resuming {hash} at image {}", partial.next_image);
             Ok(partial)
         }
-        Err(_) => Ok(Partial {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Partial {
             next_image: 0,
             counts: IouCounts::new(n_classes),
             seconds: 0.0,
             skipped: 0,
+        }),
+        // Unreadable is not absent: starting over would throw away the images counted so far.
+        Err(e) => Err(RunnerError::Io {
+            path: p,
+            source: e,
+            hint: Some(
+                "fix the file's permissions, or delete it to recompute this configuration from the start"
+                    .into(),
+            ),
         }),
     }
 }

@@ -408,10 +408,7 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
         "model".into(),
         toml::Value::try_from(&raw.model).map_err(|e| internal(file, e))?,
     );
-    doc.insert(
-        "dataset".into(),
-        toml::Value::try_from(&raw.dataset).map_err(|e| internal(file, e))?,
-    );
+    doc.insert("dataset".into(), dataset_identity(&raw.dataset, file)?);
     doc.insert(
         "inference".into(),
         toml::Value::try_from(&inference).map_err(|e| internal(file, e))?,
@@ -438,6 +435,39 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
         resolved,
         hash,
     })
+}
+
+/// The `[dataset]` part of the hashed settings: the section as written, less `short_side`
+/// (resolved into `inference.short_side`, so an explicit default hashes like no value), plus
+/// the SHA-256 of every class file it names, so editing a class file is a new configuration
+/// rather than a stale "already finished" one.
+fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
+    let mut value = toml::Value::try_from(d).map_err(|e| internal(file, e))?;
+    let Some(t) = value.as_table_mut() else {
+        return Err(internal(file, "[dataset] is not a table"));
+    };
+    t.remove("short_side");
+    let digest = |key: &str, path: &std::path::Path| -> Result<toml::Value> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            RunnerError::spec(
+                file,
+                key,
+                format!("cannot read class file {}: {e}", path.display()),
+                Some("class files are part of a configuration's identity; check the path (relative paths are relative to the working directory, [dataset.custom] ones to its root)".into()),
+            )
+        })?;
+        Ok(toml::Value::String(format!("{:x}", Sha256::digest(&bytes))))
+    };
+    if let Some(path) = &d.classes {
+        t.insert("classes_sha256".into(), digest("dataset.classes", path)?);
+    }
+    if let Some(c) = &d.custom {
+        let sha = digest("dataset.custom.classes", &c.root.join(&c.classes))?;
+        if let Some(toml::Value::Table(custom)) = t.get_mut("custom") {
+            custom.insert("classes_sha256".into(), sha);
+        }
+    }
+    Ok(value)
 }
 
 fn internal(file: &str, e: impl std::fmt::Display) -> RunnerError {

@@ -1,0 +1,109 @@
+//! What a configuration's hash covers, and what a run checks before it creates its directory
+//! (built-in tiny random CLIP and synthetic data; no number here is a benchmark).
+
+use std::path::Path;
+
+use segsweep_runner::{expand, load_text, run, run_dir, Experiment, RunOptions};
+
+const SPEC: &str = r#"
+[experiment]
+name = "ident"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "synthetic"
+synthetic_images = 1
+"#;
+
+fn exp(extra: &str, sets: &[(&str, toml::Value)]) -> segsweep_runner::Result<Experiment> {
+    let sets: Vec<(String, toml::Value)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let text = format!("{SPEC}{extra}");
+    expand(load_text(Path::new("ident.toml"), text, &sets)?, &sets)
+}
+
+fn hash(extra: &str, sets: &[(&str, toml::Value)]) -> String {
+    exp(extra, sets).unwrap().configs[0].hash.clone()
+}
+
+#[test]
+fn an_explicit_default_short_side_hashes_like_no_value() {
+    // Synthetic data resizes to short side 224 unless told otherwise.
+    let none = hash("", &[]);
+    let explicit = hash("", &[("dataset.short_side", toml::Value::Integer(224))]);
+    let other = hash("", &[("dataset.short_side", toml::Value::Integer(336))]);
+    assert_eq!(none, explicit);
+    assert_ne!(none, other);
+}
+
+#[test]
+fn the_hash_covers_a_class_file_s_content_not_only_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("classes.txt");
+    let set = |p: &Path| {
+        vec![(
+            "dataset.classes",
+            toml::Value::String(p.display().to_string()),
+        )]
+    };
+    std::fs::write(&path, "background\nperson\n").unwrap();
+    let a = hash("", &set(&path));
+    std::fs::write(&path, "background\nperson, man\n").unwrap();
+    let b = hash("", &set(&path));
+    assert_ne!(a, b, "an edited class file must not resume the old results");
+    let err = exp("", &set(&dir.path().join("missing.txt")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dataset.classes") && err.contains("missing.txt"),
+        "{err}"
+    );
+}
+
+/// A run that cannot start leaves no run directory behind (nothing that looks like a result).
+fn fails_before_any_work(extra: &str, sets: &[(&str, toml::Value)]) -> String {
+    let out = tempfile::tempdir().unwrap();
+    let mut sets = sets.to_vec();
+    sets.push((
+        "experiment.output_dir",
+        toml::Value::String(out.path().display().to_string()),
+    ));
+    let exp = exp(extra, &sets).unwrap();
+    let opts = RunOptions {
+        data_dir: out.path().join("no-data"),
+        ..RunOptions::default()
+    };
+    let err = run(&exp, &opts).unwrap_err().to_string();
+    assert!(
+        !run_dir(&exp, &opts).exists(),
+        "a failed start left {}",
+        run_dir(&exp, &opts).display()
+    );
+    err
+}
+
+#[test]
+fn a_missing_dataset_root_fails_before_the_run_directory_exists() {
+    let err = fails_before_any_work("", &[("dataset.name", toml::Value::String("voc21".into()))]);
+    assert!(err.contains("no-data"), "{err}");
+}
+
+#[test]
+fn a_class_file_with_another_class_count_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("three.txt");
+    std::fs::write(&path, "background\nperson\ncar\n").unwrap();
+    let err = fails_before_any_work(
+        "",
+        &[(
+            "dataset.classes",
+            toml::Value::String(path.display().to_string()),
+        )],
+    );
+    assert!(
+        err.contains("dataset.classes") && err.contains("three.txt"),
+        "{err}"
+    );
+}
