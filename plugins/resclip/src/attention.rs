@@ -82,6 +82,12 @@ pub struct Shared {
 
 impl Shared {
     /// ln_1, q/k/v, the key-key logits, Ω for `grid` and (if RCS is on) A_rcs.
+    ///
+    /// Shapes: `x` is the last block's input `(B, T, D)` with `T = 1 + N` tokens (CLS first,
+    /// then the `N = gh·gw` patches row-major); `grid` is `(gh, gw)`; `prefix` must hold the
+    /// attention probabilities `(B, heads, T, T)` of [`RCS_LAYERS`] when RCS is on. Keeps
+    /// `s_kk` `(B, heads, T, T)`, `v` `(B, heads, T, head_dim)`, Ω `(T, T)` and A_rcs
+    /// `(B, heads, T, T)`.
     pub fn new(
         block: &dyn LastBlock,
         x: &Tensor,

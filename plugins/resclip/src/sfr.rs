@@ -221,6 +221,10 @@ pub fn smooth_rows(m: &[f32], n: usize, sigma: f64) -> Vec<f32> {
 
 /// Step 7: ReLU, divide each row by its sum + 1e-8, and embed in `(N+1, N+1)` with a zero CLS
 /// row and column.
+///
+/// Shapes: `m` is the `(n, n)` patch-to-patch matrix, row-major (`n = gh·gw`); the result is
+/// `(n+1, n+1)` row-major, row and column 0 (the CLS token) zero, `m`'s rows at `1..=n`. An
+/// all-non-positive row stays zero (the 1e-8 keeps the division finite).
 pub fn normalise_with_cls(m: &[f32], n: usize) -> Vec<f32> {
     let t = n + 1;
     let mut out = vec![0f32; t * t];
@@ -275,6 +279,9 @@ pub struct SfrParts {
 /// Step 8's injected term λ·Â with the reference's precisions: Â = A_sfr / max(A_sfr) cast to
 /// f16 (even in an f32 model, `model.py:477-478`), and λ·Â computed as torch multiplies an f16
 /// tensor by a Python float (in f32, rounded back to f16).
+///
+/// Shapes: `a_sfr` is `(N+1, N+1)` row-major (CLS first, as [`normalise_with_cls`] returns it);
+/// the result has the same shape and layout, the f16-rounded values stored as f32.
 pub fn injected_term(a_sfr: &[f32], lambda: f64) -> Vec<f32> {
     let max = a_sfr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lambda = lambda as f32;
