@@ -5,6 +5,9 @@ use candle_core::{DType, Tensor, D};
 use crate::error::{CoreError, Result};
 
 /// L2-normalise along `dim` (no epsilon, as PyTorch's `x / x.norm(dim, keepdim=True)`).
+///
+/// A slice whose norm is 0 (an all-zero row) becomes NaN (0 / 0), exactly as in PyTorch; callers
+/// that can meet one must guard it.
 pub fn l2_normalise(x: &Tensor, dim: usize) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(dim)?.sqrt()?;
     Ok(x.broadcast_div(&norm)?)
