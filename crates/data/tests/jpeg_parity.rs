@@ -20,6 +20,10 @@ fn jpeg_decode_matches_cv2_exactly() {
         let want = std::fs::read(dir().join(format!("{name}.rgb"))).unwrap();
         let got = load_rgb(dir().join(format!("{name}.jpg"))).unwrap();
         assert_eq!((got.h, got.w), (h, w), "{name}");
+        // A truncated `.rgb` golden (or decode) must fail here, not shorten the zip below.
+        assert!(h * w > 0, "{name}: empty image in index.txt");
+        assert_eq!(want.len(), h * w * 3, "{name}: golden length");
+        assert_eq!(got.data.len(), want.len(), "{name}: decoded length");
         let diff = got.data.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(diff, 0, "{name}: {diff} bytes differ from cv2");
         n += 1;
