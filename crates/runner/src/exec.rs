@@ -423,7 +423,7 @@ fn run_group(
     } = input;
     let mut jobs: Vec<Job> = Vec::new();
     for (c, refiners) in group.iter().zip(refiners) {
-        let partial = read_partial(dir, &c.hash, classes.len())?;
+        let partial = read_partial(dir, &c.hash, classes.len(), ds.len())?;
         jobs.push(Job {
             upstream: upstream_key(c),
             config: c,
@@ -791,18 +791,48 @@ fn in_config(c: &Config, image: &str, source: RunnerError) -> RunnerError {
     }
 }
 
-fn read_partial(dir: &Path, hash: &str, n_classes: usize) -> Result<Partial> {
+/// The checkpoint of configuration `hash` (a fresh one if there is none), checked against the
+/// dataset it continues: `n_classes` counts per array, `next_image` at most `n_images`.
+fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Result<Partial> {
     let p = partial_path(dir, hash);
+    let damaged = |msg: String| {
+        RunnerError::spec(
+            &p.display().to_string(),
+            "(checkpoint)",
+            msg,
+            Some("delete the file to recompute this configuration from the start".into()),
+        )
+    };
     match std::fs::read_to_string(&p) {
         Ok(text) => {
-            let partial: Partial = serde_json::from_str(&text).map_err(|e| {
-                RunnerError::spec(
-                    &p.display().to_string(),
-                    "(checkpoint)",
-                    e.to_string(),
-                    Some("delete the file to recompute this configuration from the start".into()),
-                )
-            })?;
+            let partial: Partial =
+                serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+            let c = &partial.counts;
+            for (name, v) in [
+                ("intersect", &c.intersect),
+                ("union", &c.union),
+                ("pred", &c.pred),
+                ("label", &c.label),
+            ] {
+                if v.len() != n_classes {
+                    return Err(damaged(format!(
+                        "counts.{name} has {} entries, the dataset has {n_classes} classes",
+                        v.len()
+                    )));
+                }
+            }
+            if let Some(i) = (0..n_classes).find(|&i| c.intersect[i] > c.union[i].min(c.pred[i]).min(c.label[i])) {
+                return Err(damaged(format!(
+                    "class {i}: intersect {} exceeds union, pred or label ({}, {}, {})",
+                    c.intersect[i], c.union[i], c.pred[i], c.label[i]
+                )));
+            }
+            if partial.next_image > n_images {
+                return Err(damaged(format!(
+                    "next_image {} is past the dataset's {n_images} images",
+                    partial.next_image
+                )));
+            }
             tracing::info!("resuming {hash} at image {}", partial.next_image);
             Ok(partial)
         }

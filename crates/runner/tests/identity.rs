@@ -107,3 +107,53 @@ fn a_class_file_with_another_class_count_is_an_error() {
         "{err}"
     );
 }
+
+/// A damaged checkpoint is an error naming the file, never a panic or a silently wrong record.
+#[test]
+fn a_damaged_checkpoint_is_an_error_naming_the_file() {
+    let out = tempfile::tempdir().unwrap();
+    let sets = [
+        ("dataset.synthetic_images", toml::Value::Integer(3)),
+        (
+            "experiment.output_dir",
+            toml::Value::String(out.path().display().to_string()),
+        ),
+    ];
+    let exp = exp("", &sets).unwrap();
+    let stop = RunOptions {
+        stop_after_images: Some(1),
+        ..RunOptions::default()
+    };
+    let _ = run(&exp, &stop);
+    let partial = run_dir(&exp, &stop)
+        .join("counts")
+        .join(format!("{}.partial.json", exp.configs[0].hash));
+    let good = std::fs::read_to_string(&partial).expect("a checkpoint after one image");
+    let json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let damage = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut j = json.clone();
+        f(&mut j);
+        std::fs::write(&partial, j.to_string()).unwrap();
+        let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+        assert!(
+            err.contains(".partial.json") && err.contains("delete"),
+            "{err}"
+        );
+        err
+    };
+    let err = damage(&|j| {
+        j["counts"]["intersect"].as_array_mut().unwrap().truncate(2);
+    });
+    assert!(err.contains("counts.intersect"), "{err}");
+    let err = damage(&|j| j["next_image"] = serde_json::json!(1000));
+    assert!(err.contains("next_image"), "{err}");
+    let err = damage(&|j| {
+        j["counts"]["intersect"][0] = serde_json::json!(u64::MAX);
+    });
+    assert!(err.contains("exceeds"), "{err}");
+    // The intact checkpoint still resumes to a finished record.
+    std::fs::write(&partial, good).unwrap();
+    let done = run(&exp, &RunOptions::default()).unwrap();
+    assert_eq!(done.records.len(), 1);
+    assert_eq!(done.records[0].images, 3);
+}
