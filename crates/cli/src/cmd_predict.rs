@@ -234,14 +234,14 @@ fn write_outputs(
     let npy = out.join(format!("{stem}.probs.npy"));
     ndarray_npy::write_npy(&npy, &arr)
         .with_context(|| format!("{}: cannot write", npy.display()))?;
-    let labels: Vec<u32> = seg.labels.flatten_all()?.to_vec1()?;
-    segsweep_report::overlay::save_label_ids(&out.join(format!("{stem}.pred.png")), h, w, &labels)?;
+    let labels = segsweep_data::LabelMap::new(h, w, seg.labels.flatten_all()?.to_vec1()?)?;
+    segsweep_data::save_label_png(out.join(format!("{stem}.pred.png")), &labels)?;
     segsweep_report::overlay::save_overlay(
         &out.join(format!("{stem}.overlay.png")),
         h,
         w,
         &image.data,
-        &labels,
+        &labels.data,
     )?;
     Ok(())
 }

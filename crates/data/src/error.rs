@@ -28,6 +28,14 @@ pub enum DataError {
         msg: String,
     },
 
+    /// A label or image could not be encoded into `path`.
+    #[error("{}: cannot encode {what}: {msg}", .path.display())]
+    Encode {
+        path: PathBuf,
+        what: &'static str,
+        msg: String,
+    },
+
     /// A dataset root or a required directory/file is missing.
     #[error("dataset `{dataset}`: {what} not found at {}{}", .path.display(), hint_suffix(.hint))]
     Missing {
@@ -119,6 +127,7 @@ impl DataError {
         match self {
             DataError::Io { path, .. }
             | DataError::Decode { path, .. }
+            | DataError::Encode { path, .. }
             | DataError::Missing { path, .. }
             | DataError::SizeMismatch { path, .. }
             | DataError::IdOutOfRange { path, .. }

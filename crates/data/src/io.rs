@@ -236,8 +236,10 @@ fn unpack_row(row: &[u8], bits: usize, w: usize, out: &mut Vec<u32>) {
 
 /// Save a label map as a grayscale PNG: 8 bit when every id fits in a byte, else 16 bit.
 ///
-/// The file is written to a temporary name and renamed, so a crash never leaves a truncated
-/// label behind (re-running `data prepare` relies on finished files being whole).
+/// This is segsweep's one label-PNG writer (`data prepare`, the synthetic set, `predict`).
+/// An id above 65535 does not fit a PNG and is an error naming the file and the id, never
+/// clamped. The file is written to a temporary name and renamed, so a crash never leaves a
+/// truncated label behind (re-running `data prepare` relies on finished files being whole).
 pub fn save_label_png(path: impl AsRef<Path>, label: &LabelMap) -> Result<()> {
     let path = path.as_ref();
     let max = label.max_id();
@@ -245,9 +247,21 @@ pub fn save_label_png(path: impl AsRef<Path>, label: &LabelMap) -> Result<()> {
         return Err(DataError::IdOutOfRange {
             path: path.to_path_buf(),
             id: max,
-            n_classes: usize::from(u16::MAX),
+            n_classes: usize::from(u16::MAX) + 1,
             ignore: IGNORE_INDEX,
-            hint: Some("PNG labels hold at most 16-bit ids".into()),
+            hint: Some("PNG labels hold at most 16-bit ids (0–65535)".into()),
+        });
+    }
+    if label.data.len() != label.h * label.w || label.h == 0 || label.w == 0 {
+        return Err(DataError::Encode {
+            path: path.to_path_buf(),
+            what: "label PNG",
+            msg: format!(
+                "{} ids for a {}×{} (h×w) map; a PNG needs a non-empty map",
+                label.data.len(),
+                label.h,
+                label.w
+            ),
         });
     }
     let tmp = tmp_path(path);
@@ -270,18 +284,37 @@ pub fn save_label_png(path: impl AsRef<Path>, label: &LabelMap) -> Result<()> {
         writer.write_image_data(&bytes)?;
         writer.finish()
     };
-    encode().map_err(|e| DataError::decode(&tmp, "label PNG (encoding)", e))?;
+    encode().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DataError::Encode {
+            path: path.to_path_buf(),
+            what: "label PNG",
+            msg: e.to_string(),
+        }
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
 /// Save `(h, w, 3)` RGB bytes as a PNG (used by the synthetic dataset and tests).
 pub fn save_rgb_png(path: impl AsRef<Path>, img: &RgbImage) -> Result<()> {
     let path = path.as_ref();
-    let buf = image::RgbImage::from_raw(img.w as u32, img.h as u32, img.data.clone())
-        .ok_or_else(|| DataError::decode(path, "image", "byte count does not match h×w×3"))?;
+    let buf = image::RgbImage::from_raw(img.w as u32, img.h as u32, img.data.clone()).ok_or_else(
+        || DataError::Encode {
+            path: path.to_path_buf(),
+            what: "image PNG",
+            msg: "byte count does not match h×w×3".into(),
+        },
+    )?;
     let tmp = tmp_path(path);
     buf.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| DataError::decode(&tmp, "image (encoding)", e))?;
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            DataError::Encode {
+                path: path.to_path_buf(),
+                what: "image PNG",
+                msg: e.to_string(),
+            }
+        })?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
@@ -416,6 +449,31 @@ mod tests {
         let p = dir.path().join("l16.png");
         save_label_png(&p, &l16).unwrap();
         assert_eq!(load_label(&p).unwrap(), l16);
+    }
+
+    /// Quality review C23/D29: the two label writers disagreed on ids above 65535 (one
+    /// clamped them); the one writer left refuses them, naming the file and the id.
+    #[test]
+    fn quality_d29_ids_above_16_bit_and_empty_maps_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.png");
+        let l = LabelMap::new(1, 3, vec![0, 70000, 5]).unwrap();
+        let e = save_label_png(&p, &l).unwrap_err();
+        assert!(
+            matches!(e, DataError::IdOutOfRange { id: 70000, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("big.png"), "{e}");
+        assert!(!p.exists());
+        let p = dir.path().join("empty.png");
+        let e = save_label_png(&p, &LabelMap::filled(0, 4, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("empty.png") && e.contains("cannot encode") && !e.contains(".empty.png.tmp"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

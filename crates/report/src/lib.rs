@@ -35,6 +35,9 @@ pub enum ReportError {
     Csv { path: String, msg: String },
     #[error("{path}: cannot draw chart: {msg}")]
     Chart { path: String, msg: String },
+    /// An overlay PNG could not be encoded or its pixels do not match its size.
+    #[error("{path}: cannot write PNG: {msg}")]
+    Png { path: String, msg: String },
 }
 
 pub type Result<T, E = ReportError> = std::result::Result<T, E>;

@@ -1,4 +1,8 @@
-//! Prediction overlays and label PNGs: bytes in, PNG files out.
+//! Prediction overlays: bytes in, PNG files out.
+//!
+//! Label-id PNGs are not written here: `segsweep_data::save_label_png` is the one writer
+//! (8-bit, or 16-bit when an id exceeds 255; an id above 65535 is an error naming the file),
+//! shared by `data prepare`, the synthetic set and `predict`.
 
 use std::path::Path;
 
@@ -25,7 +29,7 @@ pub fn palette(id: u32) -> [u8; 3] {
 fn encode_png(path: &Path, img: image::DynamicImage) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
-        .map_err(|e| ReportError::Chart {
+        .map_err(|e| ReportError::Png {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
@@ -34,7 +38,7 @@ fn encode_png(path: &Path, img: image::DynamicImage) -> Result<()> {
 
 /// Save the image `(h, w, 3)` blended 50/50 with the palette colours of `labels` `(h, w)`.
 pub fn save_overlay(path: &Path, h: usize, w: usize, rgb: &[u8], labels: &[u32]) -> Result<()> {
-    let bad = || ReportError::Chart {
+    let bad = || ReportError::Png {
         path: path.display().to_string(),
         msg: format!(
             "overlay of a {h}×{w} image needs {} bytes and {} labels",
@@ -56,31 +60,6 @@ pub fn save_overlay(path: &Path, h: usize, w: usize, rgb: &[u8], labels: &[u32])
     encode_png(path, image::DynamicImage::ImageRgb8(img))
 }
 
-/// Save label ids `(h, w)` as a single-channel PNG (8-bit when every id fits, else 16-bit).
-pub fn save_label_ids(path: &Path, h: usize, w: usize, labels: &[u32]) -> Result<()> {
-    let bad = |msg: String| ReportError::Chart {
-        path: path.display().to_string(),
-        msg,
-    };
-    if labels.len() != h * w {
-        return Err(bad(format!("{} labels for a {h}×{w} map", labels.len())));
-    }
-    let img = if labels.iter().all(|&l| l <= 255) {
-        let data: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
-        image::DynamicImage::ImageLuma8(
-            image::GrayImage::from_raw(w as u32, h as u32, data)
-                .ok_or_else(|| bad("size".into()))?,
-        )
-    } else {
-        let data: Vec<u16> = labels.iter().map(|&l| l.min(65535) as u16).collect();
-        image::DynamicImage::ImageLuma16(
-            image::ImageBuffer::from_raw(w as u32, h as u32, data)
-                .ok_or_else(|| bad("size".into()))?,
-        )
-    };
-    encode_png(path, img)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,19 +73,28 @@ mod tests {
     }
 
     #[test]
-    fn overlay_and_label_png_round_trip_on_a_non_square_map() {
+    fn overlay_of_a_non_square_map() {
         let dir = tempfile::tempdir().unwrap();
         let (h, w) = (3, 5);
         let labels: Vec<u32> = (0..15).map(|i| i % 4).collect();
-        save_label_ids(&dir.path().join("l.png"), h, w, &labels).unwrap();
-        let back = image::open(dir.path().join("l.png")).unwrap().to_luma8();
-        assert_eq!(back.dimensions(), (5, 3));
-        assert_eq!(
-            back.as_raw().iter().map(|&v| v as u32).collect::<Vec<_>>(),
-            labels
-        );
         save_overlay(&dir.path().join("o.png"), h, w, &[100; 45], &labels).unwrap();
         let o = image::open(dir.path().join("o.png")).unwrap().to_rgb8();
+        assert_eq!(o.dimensions(), (5, 3));
         assert_eq!(o.get_pixel(1, 0).0, [114, 50, 50]); // (100+128)/2, 100/2, 100/2
+    }
+
+    /// Quality review C19: overlay failures said "cannot draw chart".
+    #[test]
+    fn quality_c19_overlay_errors_name_the_png_not_a_chart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.overlay.png");
+        let e = save_overlay(&p, 3, 5, &[0; 44], &[0; 15])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x.overlay.png") && e.contains("cannot write PNG") && !e.contains("chart"),
+            "{e}"
+        );
+        assert!(!p.exists());
     }
 }
