@@ -144,6 +144,10 @@ pub struct DenseCtx<'a> {
     pub query_class: &'a [usize],
     /// Number of classes C.
     pub n_classes: usize,
+    /// The short side the pipeline resized the image to before the backbone (`[inference]
+    /// short_side`; mmcv `imrescale` with a 2048-pixel long-side cap), `None` when it ran at the
+    /// original size. For plugins that reproduce a reference fed with the resized image (PAMR).
+    pub short_side: Option<usize>,
     pub device: &'a Device,
 }
 

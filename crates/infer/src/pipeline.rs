@@ -1101,6 +1101,7 @@ fn dense_stage(
         logit_scale: cfg.logit_scale,
         query_class: &classifier.query_class,
         n_classes,
+        short_side: cfg.short_side,
         device,
     };
     for r in &plan.dense {

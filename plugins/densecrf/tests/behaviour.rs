@@ -194,6 +194,7 @@ fn plugin_refines_logits_like_the_library_function() {
         logit_scale: 1.0,
         query_class: &query_class,
         n_classes: C,
+        short_side: None,
         device: &dev,
     };
     let maps = DenseMaps::Logits(Tensor::from_vec(logits, (C, H, W), &dev).unwrap());

@@ -20,17 +20,21 @@ pub const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "guide",
-        ty: ParamType::Choice(&["original", "resized"]),
-        default: ParamDefault::Str("original"),
-        doc: "Which image guides the affinities: `original` (the image at its own size) or \
-              `resized` (what SCLIP/NACLIP feed: the image resized to `guide_short_side` with \
-              bilinear + uint8 rounding, then bilinearly resized back, i.e. slightly blurred).",
+        ty: ParamType::Choice(&["resized", "original"]),
+        default: ParamDefault::Str("resized"),
+        doc: "Which image guides the affinities. `resized` (default; the reference's guide, \
+              methods.md §0): the image as the pipeline resized it for the backbone (short side \
+              = `[inference] short_side`, or `guide_short_side` when set; mmcv-exact bilinear on \
+              uint8), bilinearly resized back to the original size, i.e. slightly blurred; the \
+              original image when the pipeline does not resize. `original`: the image at its own \
+              size.",
     },
     ParamSpec {
         name: "guide_short_side",
         ty: ParamType::Int { min: 16, max: 4096 },
-        default: ParamDefault::Int(336),
-        doc: "Short side in pixels of the `resized` guide (mmcv imrescale with a 2048 long-side \
-              cap); set it to the spec's `[inference] short_side`. Unused with `original`.",
+        default: ParamDefault::None,
+        doc: "Optional override of the `resized` guide's short side in pixels (mmcv imrescale \
+              with a 2048 long-side cap). Unset: the running pipeline's `[inference] \
+              short_side`, as the reference. An error with `guide = \"original\"`.",
     },
 ];

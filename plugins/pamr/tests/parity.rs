@@ -94,11 +94,13 @@ fn plugin_refines_logits_and_probs_through_the_registry() {
     let img = &g["a.image"];
     let (_, h, w) = img.dims3().unwrap();
     let image = rgb(img);
+    // A pipeline that does not resize: the default (resized) guide is the image itself.
     let ctx = DenseCtx {
         image: &image,
         logit_scale: 40.0,
         query_class: &[0, 1, 2, 3],
         n_classes: 4,
+        short_side: None,
         device: &Device::Cpu,
     };
     let DenseMaps::Logits(out) = refiner
@@ -154,7 +156,7 @@ fn resized_guide_matches_reference() {
     let plugin = Pamr::new(10, vec![8, 16])
         .unwrap()
         .with_guide(Guide::Resized(28));
-    let guide = plugin.guide_image(&image, &Device::Cpu).unwrap();
+    let guide = plugin.guide_image(&image, None, &Device::Cpu).unwrap();
     let d = max_abs_diff(&guide, &g["c.guide"]);
     eprintln!("resized guide image: max abs diff {d} (uint8 levels)");
     assert!(d <= 1.0 + 1e-4, "guide image max abs diff {d}");
@@ -178,6 +180,8 @@ fn resized_guide_matches_reference() {
         logit_scale: 40.0,
         query_class: &[0, 1, 2],
         n_classes: 3,
+        // The override wins over the pipeline's short side.
+        short_side: Some(336),
         device: &Device::Cpu,
     };
     let DenseMaps::Logits(out) = refiner
@@ -195,6 +199,78 @@ fn resized_guide_matches_reference() {
     let d_orig = max_abs_diff(&orig, &g["c.out"]);
     eprintln!("original instead of resized guide: max abs diff {d_orig}");
     assert!(d_orig > 10.0 * d);
+}
+
+/// contracts review #5: by default PAMR is guided as in methods.md §0, by the image resized to
+/// the running pipeline's `[inference] short_side` and back, without setting anything by hand.
+#[test]
+fn default_guide_is_the_image_resized_to_the_pipelines_short_side() {
+    let g = golden();
+    let img = &g["c.image"];
+    let image = rgb(img);
+    let refiner = registry()
+        .unwrap()
+        .get("pamr")
+        .unwrap()
+        .instantiate(&BTreeMap::new())
+        .unwrap();
+    let run = |short_side: Option<usize>| -> Tensor {
+        let ctx = DenseCtx {
+            image: &image,
+            logit_scale: 40.0,
+            query_class: &[0, 1, 2],
+            n_classes: 3,
+            short_side,
+            device: &Device::Cpu,
+        };
+        match refiner
+            .dense(DenseMaps::Logits(g["c.mask"].clone()), &ctx)
+            .unwrap()
+        {
+            DenseMaps::Logits(t) => t,
+            DenseMaps::Probs(_) => panic!("logits in, logits out"),
+        }
+    };
+    // The pipeline resized to short side 28: the reference harness's guide.
+    let d = max_abs_diff(&run(Some(28)), &g["c.out"]);
+    eprintln!("default pamr, pipeline short side 28: max abs diff {d}");
+    assert!(d < 1e-3, "max abs diff {d}");
+    // Another short side gives another guide; no resize gives the original image.
+    let orig = pamr(img, &g["c.mask"], 10, &[8, 16]).unwrap();
+    assert_eq!(max_abs_diff(&run(None), &orig), 0.0);
+    assert!(max_abs_diff(&run(Some(20)), &g["c.out"]) > 10.0 * d);
+
+    // The guide is the image at the pipeline's resized size (mmcv `rescale_size`: 28×42),
+    // within one uint8 level of the reference's, bilinearly back.
+    let plugin = Pamr::new(10, vec![8, 16]).unwrap();
+    assert_eq!(plugin.guide(), Guide::Pipeline);
+    let guide = plugin.guide_image(&image, Some(28), &Device::Cpu).unwrap();
+    assert!(max_abs_diff(&guide, &g["c.guide"]) <= 1.0 + 1e-4);
+    let fixed = Pamr::new(10, vec![8, 16])
+        .unwrap()
+        .with_guide(Guide::Resized(28))
+        .guide_image(&image, Some(336), &Device::Cpu)
+        .unwrap();
+    assert_eq!(max_abs_diff(&guide, &fixed), 0.0);
+}
+
+/// `guide = "original"` stays available; `guide_short_side` is refused with it rather than
+/// silently unused.
+#[test]
+fn original_guide_is_an_option_and_refuses_a_short_side() {
+    let spec = registry().unwrap().get("pamr").unwrap();
+    let mut raw = BTreeMap::new();
+    raw.insert("guide".to_string(), toml::Value::String("original".into()));
+    assert!(spec.instantiate(&raw).is_ok());
+    raw.insert("guide_short_side".to_string(), toml::Value::Integer(336));
+    let Err(e) = spec.instantiate(&raw) else {
+        panic!("guide_short_side accepted with guide = \"original\"");
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`pamr`") && msg.contains("guide_short_side"),
+        "{msg}"
+    );
 }
 
 fn rgb(img: &Tensor) -> RgbImage {
