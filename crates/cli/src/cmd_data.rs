@@ -91,7 +91,9 @@ pub struct EvalArgs {
     /// A bare directory of label PNGs (with --classes) instead of a registered dataset.
     #[arg(long, requires = "classes")]
     pub gt: Option<PathBuf>,
-    /// Class-name file for --gt.
+    /// Class-name file (SCLIP format). Required with --gt; with --dataset it replaces the
+    /// dataset's class names in the report (like `[dataset] classes` in a sweep) and must list
+    /// as many classes as the dataset has.
     #[arg(long)]
     pub classes: Option<PathBuf>,
     /// Warn about and count bad files instead of stopping.
@@ -105,9 +107,15 @@ pub struct EvalArgs {
     pub data_dir: PathBuf,
 }
 
+/// The `weights` column of an eval row: the predictions come from outside segsweep, so no
+/// weights of ours produced them (the sweep's values are `real`, `random-fixture`, `synthetic`).
+pub const EXTERNAL_WEIGHTS: &str = "external";
+
 pub fn eval(args: EvalArgs) -> Result<()> {
+    let mut class_override = None;
     let gt = match (&args.dataset, &args.gt, &args.classes) {
-        (Some(name), None, _) => {
+        (Some(name), None, classes) => {
+            class_override = classes.clone();
             let spec = dataset_spec(name)?;
             GtSource::Registered {
                 name: spec.name.to_string(),
@@ -122,6 +130,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     let opts = EvalOptions {
         skip_bad: args.skip_bad,
+        classes: class_override,
         ..EvalOptions::default()
     };
     let bar = ProgressBar::new("eval");
@@ -170,7 +179,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         dtype: String::new(),
         segsweep_version: env!("CARGO_PKG_VERSION").into(),
         git_rev: segsweep_runner::git_rev(),
-        weights: "unknown".into(),
+        weights: EXTERNAL_WEIGHTS.into(),
         kernels: String::new(),
     };
     segsweep_report::write_tables(&out, &[record]).with_context(|| {
