@@ -9,13 +9,16 @@ use segsweep_runner::{expand, load_text, parse_set, Config};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Model: Hugging Face repo id, local directory, or builtin:tiny-random.
-    #[arg(long, default_value = "openai/clip-vit-base-patch16")]
-    pub model: String,
+    /// Model: Hugging Face repo id, local directory, or builtin:tiny-random [default:
+    /// openai/clip-vit-base-patch16, or the spec's `[model] source` with --spec; an explicit
+    /// --model wins over the spec].
+    #[arg(long)]
+    pub model: Option<String>,
     /// Class-name file (SCLIP format: one class per line, synonyms split by ", ").
     #[arg(long)]
     pub classes: PathBuf,
-    /// Images to segment.
+    /// Images to segment. Outputs are named after the file stem, so two images may not share
+    /// one (`a/x.jpg` and `b/x.png` is an error before any work).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Output directory.
@@ -54,7 +57,7 @@ pub struct PredictArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Take model, inference settings and pipeline from a spec instead (its first
-    /// configuration; command-line flags still override).
+    /// configuration); every flag given on the command line, --model included, overrides it.
     #[arg(long)]
     pub spec: Option<PathBuf>,
     /// Device: cpu or cuda:N.
@@ -66,6 +69,36 @@ pub struct PredictArgs {
     /// Class 0 is not a background class (area_thd then counts every class).
     #[arg(long)]
     pub no_background: bool,
+}
+
+/// The model when neither --model nor --spec names one.
+const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch16";
+
+/// The name outputs are written under: the file stem.
+fn stem_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into())
+}
+
+/// Outputs are `<stem>.*`: refuse two inputs with one stem before any work, or the second
+/// would silently overwrite the first's outputs.
+fn check_distinct_stems(images: &[PathBuf]) -> Result<()> {
+    let mut seen: std::collections::HashMap<String, &PathBuf> = Default::default();
+    for p in images {
+        if let Some(first) = seen.insert(stem_of(p), p) {
+            bail!(
+                "{} and {} have the same file stem `{}`, so their outputs (`{}.pred.png`, ...) \
+                 would overwrite each other (hint: rename or link one of them, or run predict \
+                 once per directory with a different --out)",
+                first.display(),
+                p.display(),
+                stem_of(p),
+                stem_of(p)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Build the spec text the flags describe, so predict validates exactly like a sweep.
@@ -84,8 +117,14 @@ fn spec_text(args: &PredictArgs) -> Result<String> {
             .unwrap_or_default()
     };
     let mut model = section(&mut tree, "model");
-    if args.spec.is_none() || args.model != "openai/clip-vit-base-patch16" {
-        model.insert("source".into(), args.model.clone().into());
+    match (&args.model, &args.spec) {
+        (Some(m), _) => {
+            model.insert("source".into(), m.clone().into());
+        }
+        (None, None) => {
+            model.insert("source".into(), DEFAULT_MODEL.into());
+        }
+        (None, Some(_)) => {} // the spec's source (or the spec default)
     }
     if let Some(d) = &args.device {
         model.insert("device".into(), d.clone().into());
@@ -155,6 +194,7 @@ fn cache_dir() -> PathBuf {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    check_distinct_stems(&args.images)?;
     let cfg = config(&args)?;
     let classes = segsweep_data::ClassNames::from_file(&args.classes)?;
     let model = segsweep_runner::load_clip(&cfg.model)?;
@@ -212,10 +252,7 @@ fn write_outputs(
     image: &segsweep_core::RgbImage,
     seg: &segsweep_infer::Segmentation,
 ) -> Result<()> {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
+    let stem = stem_of(path);
     let (c, h, w) = seg.probs.dims3()?;
     if (h, w) != (image.h, image.w) {
         bail!(

@@ -1,0 +1,268 @@
+//! The `eval`, `predict` and dataset-error paths of the `segsweep` binary on temporary
+//! directories: each test is named after the review finding it guards.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use segsweep_data::{save_label_png, LabelMap};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .env("SEGSWEEP_CACHE", cwd.join("cache"))
+        .output()
+        .expect("run segsweep")
+}
+
+fn ok(out: &Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "segsweep failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Column `col` of the first row of a CSV file.
+fn csv_cell(path: &Path, col: &str) -> String {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let h = r.headers().unwrap().clone();
+    let row = r.records().next().unwrap().unwrap();
+    row[h.iter().position(|x| x == col).unwrap()].to_string()
+}
+
+/// `class_name` of every per_class.csv row, in order.
+fn per_class_names(path: &Path) -> Vec<String> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let h = r.headers().unwrap().clone();
+    let c = h.iter().position(|x| x == "class_name").unwrap();
+    r.records().map(|row| row.unwrap()[c].to_string()).collect()
+}
+
+/// A two-image VOC2012 tree (`a`, `b`, 3×4) under `root` and perfect predictions in `pred`.
+fn voc_tree(root: &Path, pred: &Path) {
+    let label = LabelMap::new(3, 4, vec![0, 0, 15, 15, 0, 1, 15, 15, 255, 1, 1, 0]).unwrap();
+    for id in ["a", "b"] {
+        let img = image::RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        std::fs::create_dir_all(root.join("JPEGImages")).unwrap();
+        img.save(root.join(format!("JPEGImages/{id}.jpg"))).unwrap();
+        std::fs::create_dir_all(root.join("SegmentationClass")).unwrap();
+        save_label_png(root.join(format!("SegmentationClass/{id}.png")), &label).unwrap();
+        std::fs::create_dir_all(pred).unwrap();
+        let mut p = label.clone();
+        p.data[8] = 0; // the ignore pixel gets a class
+        save_label_png(pred.join(format!("{id}.png")), &p).unwrap();
+    }
+    std::fs::create_dir_all(root.join("ImageSets/Segmentation")).unwrap();
+    std::fs::write(root.join("ImageSets/Segmentation/val.txt"), "a\nb\n").unwrap();
+}
+
+/// Quality review A5: `eval --gt DIR` said "0 without prediction" whatever was missing.
+#[test]
+fn quality_a5_eval_gt_dir_reports_labels_without_prediction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gt, pred) = (tmp.path().join("gt"), tmp.path().join("pred"));
+    let l = LabelMap::new(3, 4, vec![0, 0, 1, 1, 0, 2, 1, 1, 255, 2, 2, 0]).unwrap();
+    for id in ["a", "b", "c"] {
+        std::fs::create_dir_all(&gt).unwrap();
+        save_label_png(gt.join(format!("{id}.png")), &l).unwrap();
+    }
+    std::fs::create_dir_all(&pred).unwrap();
+    save_label_png(pred.join("b.png"), &l).unwrap();
+    std::fs::write(tmp.path().join("classes.txt"), "background\nperson\ncar\n").unwrap();
+    let (stdout, stderr) = ok(&run(
+        &[
+            "eval",
+            "--gt",
+            "gt",
+            "--classes",
+            "classes.txt",
+            "--pred",
+            "pred",
+            "--out",
+            "scores",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        stdout.contains("1 images scored") && stdout.contains("2 without prediction"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("no prediction") && stderr.contains("a, c"),
+        "{stderr}"
+    );
+}
+
+/// Quality review C22 and contracts #8, #9: `--classes` with `--dataset` was ignored; VOC21's
+/// background was displayed as `sky`; eval wrote `weights = unknown`.
+#[test]
+fn quality_c22_contracts_8_9_eval_dataset_classes_background_and_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    voc_tree(&tmp.path().join("voc"), &tmp.path().join("pred"));
+    let base = [
+        "eval",
+        "--dataset",
+        "voc21",
+        "--root",
+        "voc",
+        "--pred",
+        "pred",
+    ];
+    ok(&run(&[&base[..], &["--out", "s1"]].concat(), tmp.path()));
+    let names = per_class_names(&tmp.path().join("s1/per_class.csv"));
+    assert_eq!(names.len(), 21);
+    assert_eq!(names[0], "background");
+    assert_eq!(names[15], "person");
+    assert_eq!(
+        csv_cell(&tmp.path().join("s1/summary.csv"), "weights"),
+        "external"
+    );
+
+    // --classes with the right count renames the classes.
+    let mine: String = (0..21).map(|i| format!("class{i}\n")).collect();
+    std::fs::write(tmp.path().join("mine.txt"), mine).unwrap();
+    ok(&run(
+        &[&base[..], &["--classes", "mine.txt", "--out", "s2"]].concat(),
+        tmp.path(),
+    ));
+    let names = per_class_names(&tmp.path().join("s2/per_class.csv"));
+    assert_eq!(names[1], "class1");
+    assert_eq!(names[0], "background");
+
+    // ... with another count it is an error naming the file and both counts.
+    std::fs::write(tmp.path().join("few.txt"), "a\nb\n").unwrap();
+    let err = fails(&run(
+        &[&base[..], &["--classes", "few.txt", "--out", "s3"]].concat(),
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("few.txt") && err.contains("lists 2 classes") && err.contains("has 21"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("s3/summary.csv").exists());
+}
+
+/// Contracts #10: the missing-root hint told `sweep` users to pass `--root`, which `sweep`
+/// does not have.
+#[test]
+fn contracts_10_sweep_missing_root_hint_names_the_spec_key_and_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("s.toml"),
+        "[experiment]\nname = \"x\"\noutput_dir = \"out\"\n[model]\nsource = \
+         \"builtin:tiny-random\"\n[dataset]\nname = \"voc21\"\nroot = \"nowhere/VOC2012\"\n",
+    )
+    .unwrap();
+    let err = fails(&run(&["sweep", "s.toml"], tmp.path()));
+    assert!(
+        err.contains("nowhere/VOC2012")
+            && err.contains("[dataset] root")
+            && err.contains("--data-dir DIR"),
+        "{err}"
+    );
+    let err = fails(&run(
+        &["data", "check", "voc21", "--root", "nowhere"],
+        tmp.path(),
+    ));
+    assert!(err.contains("--root DIR"), "{err}");
+}
+
+/// Quality review C21: two inputs with one file stem overwrote each other's outputs.
+#[test]
+fn quality_c21_predict_refuses_duplicate_stems_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    for p in ["a/x.png", "b/x.png"] {
+        let path = tmp.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
+            .save(path)
+            .unwrap();
+    }
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    let err = fails(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "c.txt",
+            "a/x.png",
+            "b/x.png",
+            "--out",
+            "pred",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("a/x.png") && err.contains("b/x.png") && err.contains("hint"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("pred").exists(), "nothing may be written");
+}
+
+/// Quality review C21: an explicit `--model openai/clip-vit-base-patch16` (the old default
+/// string) was ignored when `--spec` named another model; an explicit flag now wins.
+#[test]
+fn quality_c21_predict_explicit_model_wins_over_the_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
+        .save(tmp.path().join("photo.png"))
+        .unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    std::fs::write(
+        tmp.path().join("s.toml"),
+        "[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nshort_side = 224\n",
+    )
+    .unwrap();
+    let args = [
+        "predict",
+        "--spec",
+        "s.toml",
+        "--classes",
+        "c.txt",
+        "photo.png",
+        "--out",
+        "pred",
+    ];
+    let offline = |extra: &[&str]| {
+        bin()
+            .args(args)
+            .args(extra)
+            .current_dir(tmp.path())
+            .env("HF_HOME", tmp.path().join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("SEGSWEEP_CACHE", tmp.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    // The explicit model is used (and is not in the empty offline cache).
+    let err = fails(&offline(&["--model", "openai/clip-vit-base-patch16"]));
+    assert!(
+        err.contains("openai/clip-vit-base-patch16") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("pred/photo.pred.png").exists());
+    // Without --model the spec's model is used.
+    ok(&offline(&[]));
+    assert!(tmp.path().join("pred/photo.pred.png").is_file());
+}
