@@ -67,7 +67,8 @@ pub struct Record {
     pub dtype: String,
     pub segsweep_version: String,
     pub git_rev: String,
-    /// `real`, `random-fixture` or `synthetic`.
+    /// `real`, `random-fixture` or `synthetic` for a sweep; `external` for `segsweep eval`,
+    /// whose predictions come from outside segsweep.
     pub weights: String,
     /// The kernels that computed it: `cpu`, `candle` (candle's CUDA ops) or `fused`
     /// (`SEGSWEEP_CUDA_KERNELS=fused`); empty in records written before this field.
