@@ -362,7 +362,7 @@ impl Dataset {
         let find = |key: &str, name: &str| {
             classes.find(name).ok_or_else(|| {
                 DataError::config(
-                    format!("dataset.{key}"),
+                    format!("dataset.custom.{key}"),
                     format!(
                         "class `{name}` is not in {} (classes: {})",
                         class_path.display(),

@@ -215,6 +215,24 @@ fn contracts_10_missing_root_hint_names_the_sweep_and_data_command_ways() {
     );
 }
 
+/// Quality review C16: the error named `dataset.person_class`; the key is
+/// `dataset.custom.person_class`.
+#[test]
+fn quality_c16_custom_class_errors_name_the_custom_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = segsweep_data::write_synthetic(dir.path(), 1, 0).unwrap();
+    cfg.person_class = Some("pedestrian".into());
+    let e = Dataset::custom(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("`dataset.custom.person_class`") && e.contains("pedestrian"),
+        "{e}"
+    );
+    cfg.person_class = None;
+    cfg.background_class = Some("void".into());
+    let e = Dataset::custom(&cfg).unwrap_err().to_string();
+    assert!(e.contains("`dataset.custom.background_class`"), "{e}");
+}
+
 #[test]
 fn bad_samples_are_named_when_loaded() {
     let dir = tempfile::tempdir().unwrap();
