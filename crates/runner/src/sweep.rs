@@ -73,6 +73,9 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
     let file = spec.file();
     let raw = &spec.raw;
     let memory = MemoryPlan::resolve(&raw.experiment, &file)?;
+    // The pipeline as written, before any sweep refers to it: a misspelled plugin name gets
+    // its did-you-mean here rather than a "not a pipeline entry" from a sweep key.
+    resolve_pipeline(&raw.pipeline, &file)?;
     let mut base = spec.tree.clone();
     base.remove("sweep");
     // --set on pipeline entries (section sets were layered by figment already).
@@ -103,6 +106,66 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
                 format!("variant `{name}` is defined twice"),
                 Some("give every variant a distinct name".into()),
             ));
+        }
+    }
+    if let Some(b) = &raw.sweep.baseline {
+        let names: Vec<&str> = variants.iter().map(|(n, _, _)| n.as_str()).collect();
+        if !names.contains(&b.as_str()) {
+            let near = segsweep_core::registry::nearest(b, names.iter().copied());
+            return Err(RunnerError::spec(
+                &file,
+                "sweep.baseline",
+                format!(
+                    "`{b}` is not a variant{}",
+                    near.map(|n| format!(" (did you mean `{n}`?)"))
+                        .unwrap_or_default()
+                ),
+                Some(format!(
+                    "the delta chart compares against a [[sweep.variants]] name; variants: {}",
+                    if raw.sweep.variants.is_empty() {
+                        "(none)".into()
+                    } else {
+                        names.join(", ")
+                    }
+                )),
+            ));
+        }
+    }
+    // A key set twice where one silently wins is an error: a --set (or environment value) on a
+    // swept key, or a variant's `set` on a key the grid, zip or list also sweeps.
+    let swept_keys: Vec<(&str, String)> = raw
+        .sweep
+        .grid
+        .keys()
+        .map(|k| ("sweep.grid", k.clone()))
+        .chain(raw.sweep.zip.keys().map(|k| ("sweep.zip", k.clone())))
+        .chain(
+            raw.sweep
+                .list
+                .iter()
+                .flat_map(|m| m.keys().map(|k| ("sweep.list", k.clone()))),
+        )
+        .collect();
+    for (key, _) in sets {
+        if let Some((table, _)) = swept_keys.iter().find(|(_, k)| k == key) {
+            return Err(RunnerError::spec(
+                &file,
+                table.to_string(),
+                format!("`{key}` is set on the command line and swept by [{table}]; the sweep would win"),
+                Some("remove the --set, or the key from the sweep".into()),
+            ));
+        }
+    }
+    for (vname, _, vset) in &variants {
+        for (key, _) in vset {
+            if let Some((table, _)) = swept_keys.iter().find(|(_, k)| k == key) {
+                return Err(RunnerError::spec(
+                    &file,
+                    format!("sweep.variants.{vname}.set"),
+                    format!("`{key}` is set by variant `{vname}` and swept by [{table}]; the sweep would win"),
+                    Some("set it in one place only".into()),
+                ));
+            }
         }
     }
     let grid = grid_rows(&raw.sweep.grid, &file)?;
@@ -391,9 +454,9 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
             .map_err(|e: toml::de::Error| {
                 RunnerError::spec(
                     file,
-                    "(after sweep overrides)",
+                    format!("(configuration `{}` after sweep overrides)", swept_label(variant, &swept)),
                     e.message().to_string(),
-                    Some("a swept value has the wrong type for its key".into()),
+                    Some("a key set by [sweep] (grid, zip, list or a variant's `set`) is unknown or its value has the wrong type; section keys are listed in README.md's spec reference".into()),
                 )
             })?;
     let inference = resolve_inference(&raw, file)?;
@@ -470,6 +533,17 @@ fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
     Ok(value)
 }
 
+/// `variant k=v, ...` for error messages about one configuration.
+fn swept_label(variant: &str, swept: &Overrides) -> String {
+    let kv: Vec<String> = swept.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    match (variant.is_empty(), kv.is_empty()) {
+        (true, true) => "default".into(),
+        (true, false) => kv.join(", "),
+        (false, true) => variant.into(),
+        (false, false) => format!("{variant} {}", kv.join(", ")),
+    }
+}
+
 fn internal(file: &str, e: impl std::fmt::Display) -> RunnerError {
     RunnerError::spec(file, "(internal)", e.to_string(), None)
 }
@@ -516,7 +590,14 @@ fn resolve_inference(raw: &RawSpec, file: &str) -> Result<InferConfig> {
     if let Some(s) = i.stride {
         cfg.stride = s;
     }
-    if cfg.crop < 16 || cfg.stride == 0 || cfg.stride > cfg.crop {
+    if cfg.crop < 16 {
+        return Err(bad(
+            "crop",
+            format!("crop {} is smaller than one 16-pixel patch", cfg.crop),
+            "crop ≥ 16 (SCLIP: 224)",
+        ));
+    }
+    if cfg.stride == 0 || cfg.stride > cfg.crop {
         return Err(bad(
             "stride",
             format!("crop {} / stride {} is invalid", cfg.crop, cfg.stride),
@@ -593,6 +674,22 @@ fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
             )
         })?;
         let id = entry_id(entry).unwrap_or_else(|| name.to_string());
+        let addressable = !id.is_empty()
+            && !SECTIONS.contains(&id.as_str())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !addressable {
+            return Err(RunnerError::spec(
+                file,
+                format!("{key}.id"),
+                format!("`{id}` cannot name a pipeline entry"),
+                Some(format!(
+                    "an id is what `--set ID.PARAM=...` and sweeps address: letters, digits, `-` and `_`, not a section name ({})",
+                    SECTIONS.join(", ")
+                )),
+            ));
+        }
         if steps.iter().any(|s| s.id == id) {
             return Err(RunnerError::spec(
                 file,
@@ -731,6 +828,24 @@ fn check_dataset(d: &DatasetSection, file: &str) -> Result<()> {
             "dataset.num_samples",
             "0 samples",
             Some("omit it to use every sample".into()),
+        ));
+    }
+    if let Some(s) = d.short_side {
+        if !(16..=4096).contains(&s) {
+            return Err(RunnerError::spec(
+                file,
+                "dataset.short_side",
+                format!("{s} pixels is outside 16..=4096"),
+                Some("SCLIP resizes the short side to 336 (COCO-Stuff 448, Cityscapes 560); omit it for the dataset's default".into()),
+            ));
+        }
+    }
+    if d.name == "synthetic" && d.synthetic_images == 0 {
+        return Err(RunnerError::spec(
+            file,
+            "dataset.synthetic_images",
+            "0 images",
+            Some("generate at least one image (default 6)".into()),
         ));
     }
     Ok(())

@@ -1,0 +1,126 @@
+//! Spec mistakes that used to pass `validate` and then fail mid-sweep or silently do nothing:
+//! each is now an error naming the key, with a hint.
+
+use std::path::Path;
+
+use segsweep_runner::{expand, load_text, parse_set};
+
+// The binary names every plugin crate; a test of the runner must too (inventory issue #50).
+use segsweep_plugin_cliptrase as _;
+
+const SPEC: &str = r#"
+[experiment]
+name = "checks"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "synthetic"
+[[pipeline]]
+plugin = "cliptrase"
+[sweep]
+baseline = "baseline"
+[sweep.grid]
+"cliptrase.correlation_temperature" = [0.05, 0.5]
+[[sweep.variants]]
+name = "baseline"
+pipeline = []
+[[sweep.variants]]
+name = "full"
+"#;
+
+/// The error of expanding `text` with `sets` (`KEY=VALUE` strings), as `(key, message)`.
+fn error(text: &str, sets: &[&str]) -> String {
+    let sets: Vec<(String, toml::Value)> = sets.iter().map(|s| parse_set(s).unwrap()).collect();
+    match load_text(Path::new("checks.toml"), text.to_string(), &sets)
+        .and_then(|spec| expand(spec, &sets))
+    {
+        Ok(exp) => panic!(
+            "expected an error, got {} configurations",
+            exp.configs.len()
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_spec_itself_is_valid() {
+    let spec = load_text(Path::new("checks.toml"), SPEC.into(), &[]).unwrap();
+    assert_eq!(expand(spec, &[]).unwrap().configs.len(), 3);
+}
+
+#[test]
+fn an_unknown_baseline_is_an_error_with_a_suggestion() {
+    let e = error(
+        &SPEC.replace("baseline = \"baseline\"", "baseline = \"basline\""),
+        &[],
+    );
+    assert!(
+        e.contains("sweep.baseline") && e.contains("did you mean `baseline`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_set_on_a_swept_key_is_an_error_not_silently_ignored() {
+    let e = error(SPEC, &["cliptrase.correlation_temperature=0.1"]);
+    assert!(
+        e.contains("sweep.grid") && e.contains("command line"),
+        "{e}"
+    );
+    let variant_set = SPEC.replace(
+        "name = \"full\"",
+        "name = \"full\"\nset = { \"cliptrase.correlation_temperature\" = 0.2 }",
+    );
+    let e = error(&variant_set, &[]);
+    assert!(e.contains("sweep.variants.full.set"), "{e}");
+}
+
+#[test]
+fn a_misspelled_plugin_gets_its_suggestion_before_any_sweep_key_refers_to_it() {
+    let e = error(
+        &SPEC.replace("plugin = \"cliptrase\"", "plugin = \"cliptrace\""),
+        &[],
+    );
+    assert!(e.contains("did you mean `cliptrase`"), "{e}");
+}
+
+#[test]
+fn a_misspelled_swept_key_names_the_configuration() {
+    let e = error(
+        &SPEC.replace(
+            "name = \"full\"",
+            "name = \"full\"\nset = { \"inference.prob_th\" = 0.2 }",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("prob_th") && e.contains("`full") && e.contains("unknown"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pipeline_ids_must_be_addressable() {
+    for id in ["", "a.b", "inference"] {
+        let e = error(
+            &SPEC.replace(
+                "plugin = \"cliptrase\"",
+                &format!("plugin = \"cliptrase\"\nid = \"{id}\""),
+            ),
+            &[],
+        );
+        assert!(e.contains("pipeline[0].id"), "{id:?}: {e}");
+    }
+}
+
+#[test]
+fn dataset_and_inference_ranges_name_their_key() {
+    let e = error(SPEC, &["dataset.short_side=0"]);
+    assert!(e.contains("dataset.short_side"), "{e}");
+    let e = error(SPEC, &["dataset.synthetic_images=0"]);
+    assert!(e.contains("dataset.synthetic_images"), "{e}");
+    let e = error(SPEC, &["inference.crop=8", "inference.stride=8"]);
+    assert!(e.contains("inference.crop"), "{e}");
+    let e = error(SPEC, &["inference.stride=0"]);
+    assert!(e.contains("inference.stride"), "{e}");
+}
