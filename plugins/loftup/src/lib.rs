@@ -14,13 +14,17 @@
 //!
 //! Training distribution. The checkpoint was trained on MaskCLIP-style last-block features
 //! (`out_proj(v_proj(ln_1 x))`, no residual, no FFN, then `ln_post` and `proj`) of crops
-//! normalised with **ImageNet** mean/std. The faithful setting is `feature_source = "maskclip"`
-//! with `[model] normalisation = "imagenet"` (equivalently `[inference] attention = "maskclip"`
-//! and `feature_source = "pipeline"`), or `feature_source = "maskclip-rerun"` under any
-//! normalisation. Upsampling SCLIP's CSA features (the default `pipeline` source under
-//! `attention = "sclip"`) is outside LoftUp's training distribution: CSA output keeps the
-//! residual and FFN and has different statistics; the channel LayerNorm in front absorbs scale
-//! and offset but not that.
+//! normalised with **ImageNet** mean/std. That is the default, `feature_source =
+//! "maskclip-rerun"`: the backbone prefix runs again on the crops re-normalised with
+//! `input_norm` (ImageNet), then the MaskCLIP block, whatever the pipeline's attention and
+//! normalisation; when the crops already carry `input_norm`'s statistics (`[model]
+//! normalisation = "imagenet"`) the pipeline's prefix is reused instead of recomputed.
+//! `feature_source = "maskclip"` always reuses the pipeline's prefix (faithful only with
+//! `[model] normalisation = "imagenet"`). `// Deviation:` `feature_source = "pipeline"`
+//! upsamples the incoming features, e.g. SCLIP's CSA or ResCLIP's output, which keep the
+//! residual and FFN and have different statistics: outside LoftUp's training distribution (the
+//! channel LayerNorm in front absorbs scale and offset but not that). It is the design notes'
+//! Phase 1 combination, available as an option.
 //!
 //! Design decision: the plugin upsamples each crop on its own. Upstream's `MinMaxScaler` takes
 //! the min and max over the whole batch, so batching crops together would make a crop's
@@ -66,8 +70,11 @@ pub const HEADS: usize = 4;
 /// Where the LR features come from (see the `feature_source` parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeatureSource {
+    /// The incoming features (outside the training distribution unless they are MaskCLIP's).
     Pipeline,
+    /// MaskCLIP's last block on the pipeline's prefix.
     MaskClip,
+    /// MaskCLIP's last block on a prefix of the crops normalised with `input_norm` (default).
     MaskClipRerun,
 }
 
@@ -109,9 +116,9 @@ impl LoftUpRefiner {
             _ => (IMAGENET_MEAN, IMAGENET_STD),
         };
         let source = match p.str("feature_source")? {
+            "pipeline" => FeatureSource::Pipeline,
             "maskclip" => FeatureSource::MaskClip,
-            "maskclip-rerun" => FeatureSource::MaskClipRerun,
-            _ => FeatureSource::Pipeline,
+            _ => FeatureSource::MaskClipRerun,
         };
         tracing::info!(
             checkpoint = %checkpoint.display(),
@@ -223,6 +230,11 @@ impl Refiner for LoftUpRefiner {
             FeatureSource::MaskClip => {
                 maskclip_features(ctx.backbone, &ctx.prefix.tokens, ctx.prefix.grid)?
             }
+            // The crops already carry `input_norm`'s statistics: the rerun would repeat the
+            // pipeline's own prefix pass.
+            FeatureSource::MaskClipRerun if from == self.norm => {
+                maskclip_features(ctx.backbone, &ctx.prefix.tokens, ctx.prefix.grid)?
+            }
             FeatureSource::MaskClipRerun => {
                 let crops = renormalise(ctx.crops, from, self.norm)?.to_dtype(ctx.crops.dtype())?;
                 let prefix = ctx.backbone.prefix(&crops, &Needs::default())?;
@@ -283,10 +295,13 @@ turns a crop's patch features (B, 512, h, w) into per-pixel features at the crop
 (or crop / output_stride), guided by Fourier features of the crop image; the head then takes the \
 per-pixel cosine with the text. Runs the released checkpoint haiwen/loftup-clip \
 (pytorch_model.bin, ~7.2 M parameters, 28.7 MB), loaded at build time. It was trained on \
-MaskCLIP-style last-block features of ImageNet-normalised crops: use feature_source = \
-\"maskclip\" with [model] normalisation = \"imagenet\", or feature_source = \"maskclip-rerun\". \
-With SCLIP's CSA attention (feature_source = \"pipeline\" under attention = \"sclip\") the input \
-is outside LoftUp's training distribution. Cost: about 645 GFLOP per 224² crop at \
+MaskCLIP-style last-block features of ImageNet-normalised crops, which is the default: \
+feature_source = \"maskclip-rerun\" re-runs the backbone prefix on the crops normalised with \
+input_norm (ImageNet) and takes the MaskCLIP block, under any attention and normalisation (no \
+extra pass when [model] normalisation = \"imagenet\"). feature_source = \"maskclip\" reuses the \
+pipeline's prefix (faithful with [model] normalisation = \"imagenet\"). DEVIATION: \
+feature_source = \"pipeline\" upsamples the incoming features (e.g. SCLIP's or ResCLIP's), \
+which are outside LoftUp's training distribution. Cost: about 645 GFLOP per 224² crop at \
 output_stride 1 (16× less at output_stride 4); on a loaded 2-core CPU that was 25 s per crop \
 (bench/loftup.sh).";
 

@@ -7,7 +7,7 @@ use segsweep_core::{ParamDefault, ParamSpec, ParamType};
 pub const INPUT_NORMS: &[&str] = &["imagenet", "clip"];
 
 /// `feature_source` choices.
-pub const FEATURE_SOURCES: &[&str] = &["pipeline", "maskclip", "maskclip-rerun"];
+pub const FEATURE_SOURCES: &[&str] = &["maskclip-rerun", "maskclip", "pipeline"];
 
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -32,14 +32,17 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "feature_source",
         ty: ParamType::Choice(FEATURE_SOURCES),
-        default: ParamDefault::Str("pipeline"),
-        doc: "Which LR features are upsampled. `pipeline`: the incoming patch features, i.e. \
-              whatever `[inference] attention` and earlier feature plugins produced. `maskclip`: \
-              recompute the checkpoint's training features from the cached prefix, \
-              ln_post(out_proj(v_proj(ln_1 x))) @ proj with no residual and no FFN (faithful when \
-              the crops were ImageNet-normalised). `maskclip-rerun`: re-run the backbone prefix \
-              on the crops re-normalised with `input_norm`, then as `maskclip` (faithful whatever \
-              the spec's normalisation; one extra backbone pass per crop).",
+        default: ParamDefault::Str("maskclip-rerun"),
+        doc: "Which LR features are upsampled. `maskclip-rerun` (default; what the checkpoint \
+              was trained on): re-run the backbone prefix on the crops re-normalised with \
+              `input_norm`, then ln_post(out_proj(v_proj(ln_1 x))) @ proj with no residual and \
+              no FFN; faithful whatever the spec's attention and normalisation, at one extra \
+              backbone pass per crop (none when the crops already have `input_norm`'s \
+              statistics). `maskclip`: the same block on the pipeline's cached prefix (faithful \
+              with `[model] normalisation = \"imagenet\"`). `pipeline` (a deviation): the \
+              incoming patch features, i.e. whatever `[inference] attention` and earlier \
+              feature plugins produced; SCLIP/ResCLIP features are outside LoftUp's training \
+              distribution.",
     },
     ParamSpec {
         name: "output_stride",

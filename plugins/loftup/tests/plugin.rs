@@ -220,7 +220,7 @@ fn plugin_output_matches_pytorch_from_clip_normalised_crops() {
     // The reference fed ImageNet-normalised guidance; the plugin gets CLIP-normalised crops and
     // must de-normalise and re-normalise. Rounding of that round trip is amplified by the top
     // Fourier frequency (≈2.2e4), hence the looser bound than the model's 1e-4 (measured below).
-    let r = build("tile_rows = 5").unwrap();
+    let r = build("tile_rows = 5\nfeature_source = \"pipeline\"").unwrap();
     let fake = Fake::new();
     let crops = clip_crops().narrow(0, 0, 1).unwrap();
     let out = run(
@@ -237,7 +237,7 @@ fn plugin_output_matches_pytorch_from_clip_normalised_crops() {
 
 #[test]
 fn crops_of_a_batch_are_upsampled_independently() {
-    let r = build("").unwrap();
+    let r = build("feature_source = \"pipeline\"").unwrap();
     let fake = Fake::new();
     let crops = clip_crops();
     let lr = npy("lr_feats.npy");
@@ -255,7 +255,7 @@ fn crops_of_a_batch_are_upsampled_independently() {
 
 #[test]
 fn output_stride_upsamples_to_an_area_averaged_guidance() {
-    let r = build("output_stride = 3").unwrap();
+    let r = build("output_stride = 3\nfeature_source = \"pipeline\"").unwrap();
     let fake = Fake::new();
     let crops = clip_crops().narrow(0, 0, 1).unwrap();
     let lr = npy("lr_feats.npy").narrow(0, 0, 1).unwrap();
@@ -316,7 +316,8 @@ fn maskclip_source_recomputes_value_features_from_the_prefix() {
     let r = build("feature_source = \"maskclip\"").unwrap();
     let junk = Tensor::ones((1, 16, 3, 4), DType::F32, &Device::Cpu).unwrap();
     let a = run(r.as_ref(), &fake, junk, &crops).unwrap();
-    let b = run(build("").unwrap().as_ref(), &fake, want, &crops).unwrap();
+    let pipeline = build("feature_source = \"pipeline\"").unwrap();
+    let b = run(pipeline.as_ref(), &fake, want, &crops).unwrap();
     let e = rel_err(&a, &b);
     assert!(e < 1e-5, "{e:.2e}");
 }
@@ -354,9 +355,90 @@ fn maskclip_rerun_feeds_the_backbone_imagenet_normalised_crops() {
     assert!(rel_err(&seen, &want) < 1e-6);
 }
 
+/// The fixture's first crop cut to 24×32 (a 3×4 patch grid), CLIP-normalised.
+fn small_crops() -> Tensor {
+    clip_crops()
+        .narrow(0, 0, 1)
+        .unwrap()
+        .narrow(2, 0, 24)
+        .unwrap()
+        .narrow(3, 0, 32)
+        .unwrap()
+}
+
+/// contracts review #6 (issue #8): by default the plugin upsamples the features the checkpoint
+/// was trained on (MaskCLIP last block of ImageNet-normalised crops), not the pipeline's.
+#[test]
+fn default_feature_source_is_maskclip_on_imagenet_normalised_crops() {
+    let fake = Fake::new();
+    let crops = small_crops();
+    let junk = Tensor::ones((1, 16, 3, 4), DType::F32, &Device::Cpu).unwrap();
+    let default = run(build("").unwrap().as_ref(), &fake, junk.clone(), &crops).unwrap();
+    // The backbone saw the crops re-normalised with ImageNet statistics.
+    let seen = fake.seen.lock().unwrap().clone().unwrap();
+    let imagenet =
+        renormalise(&crops, (CLIP_MEAN, CLIP_STD), (IMAGENET_MEAN, IMAGENET_STD)).unwrap();
+    assert!(rel_err(&seen, &imagenet) < 1e-6);
+    // Identical to asking for it, and to the pipeline source fed with those features.
+    let explicit = build("feature_source = \"maskclip-rerun\"").unwrap();
+    let e = rel_err(
+        &default,
+        &run(explicit.as_ref(), &fake, junk.clone(), &crops).unwrap(),
+    );
+    assert_eq!(e, 0.0);
+    let prefix = fake.prefix(&imagenet, &Needs::default()).unwrap();
+    let trained_on = maskclip_features(&fake, &prefix.tokens, prefix.grid).unwrap();
+    let pipeline = build("feature_source = \"pipeline\"").unwrap();
+    let want = run(pipeline.as_ref(), &fake, trained_on, &crops).unwrap();
+    assert!(rel_err(&default, &want) < 1e-5);
+    // And not what the pipeline source makes of the incoming features.
+    let incoming = run(pipeline.as_ref(), &fake, junk, &crops).unwrap();
+    assert!(rel_err(&default, &incoming) > 1e-2);
+}
+
+/// With `[model] normalisation = "imagenet"` the crops already have the training statistics:
+/// the default reuses the pipeline's prefix instead of running the backbone again.
+#[test]
+fn maskclip_rerun_reuses_the_prefix_of_imagenet_normalised_crops() {
+    let mut fake = Fake::new();
+    fake.info.mean = IMAGENET_MEAN;
+    fake.info.std = IMAGENET_STD;
+    let crops = renormalise(
+        &small_crops(),
+        (CLIP_MEAN, CLIP_STD),
+        (IMAGENET_MEAN, IMAGENET_STD),
+    )
+    .unwrap();
+    let prefix = fake.prefix(&crops, &Needs::default()).unwrap();
+    *fake.seen.lock().unwrap() = None;
+    let text = Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap();
+    let ctx = FeatureCtx {
+        backbone: &fake,
+        prefix: &prefix,
+        crops: &crops,
+        text: &text,
+    };
+    let junk = Tensor::ones((1, 16, 3, 4), DType::F32, &Device::Cpu).unwrap();
+    let feats = |r: &dyn Refiner| {
+        r.features(
+            FeatureMap {
+                feats: junk.clone(),
+                normalised: false,
+            },
+            &ctx,
+        )
+        .unwrap()
+        .feats
+    };
+    let default = feats(build("").unwrap().as_ref());
+    assert!(fake.seen.lock().unwrap().is_none(), "the prefix ran again");
+    let maskclip = feats(build("feature_source = \"maskclip\"").unwrap().as_ref());
+    assert_eq!(rel_err(&default, &maskclip), 0.0);
+}
+
 #[test]
 fn wrong_feature_width_names_the_checkpoint_and_the_expected_width() {
-    let r = build("").unwrap();
+    let r = build("feature_source = \"pipeline\"").unwrap();
     let fake = Fake::new();
     let crops = clip_crops().narrow(0, 0, 1).unwrap();
     let feats = Tensor::zeros((1, 8, 3, 4), DType::F32, &Device::Cpu).unwrap();
