@@ -111,6 +111,16 @@ fn record_path(dir: &Path, hash: &str) -> PathBuf {
 
 /// Run every configuration not finished yet, writing results as they complete.
 pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
+    if let Some(id) = &opts.run_id {
+        crate::sweep::check_dir_name(id).map_err(|msg| {
+            RunnerError::spec(
+                &exp.spec.file(),
+                "--run-id",
+                msg,
+                Some("a run id names one directory under <output_dir>/<experiment>/: letters, digits, `-`, `_`, `.` or `+`".into()),
+            )
+        })?;
+    }
     let dir = run_dir(exp, opts);
     let mut pending: Vec<&Config> = Vec::new();
     let mut resumed = 0;
@@ -318,7 +328,15 @@ pub fn open_dataset(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<Da
 
 fn class_names(d: &DatasetSection, ds: &Dataset) -> Result<ClassNames> {
     match &d.classes {
-        Some(path) => Ok(ClassNames::from_file(path)?),
+        Some(path) => {
+            // The file replaces the prompts; the dataset's background stays `background` in
+            // tables and charts, as with the dataset's own class list.
+            let mut names = ClassNames::from_file(path)?;
+            if let Some(b) = ds.info.background_class {
+                names.name_background(b);
+            }
+            Ok(names)
+        }
         None => Ok(ds.info.classes.clone()),
     }
 }

@@ -73,6 +73,14 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
     let file = spec.file();
     let raw = &spec.raw;
     let memory = MemoryPlan::resolve(&raw.experiment, &file)?;
+    check_dir_name(&raw.experiment.name).map_err(|msg| {
+        RunnerError::spec(
+            &file,
+            "experiment.name",
+            msg,
+            Some("results go to <output_dir>/<name>/<run-id>/; use letters, digits, `-`, `_`, `.` or `+` (set the parent with experiment.output_dir)".into()),
+        )
+    })?;
     // The pipeline as written, before any sweep refers to it: a misspelled plugin name gets
     // its did-you-mean here rather than a "not a pipeline entry" from a sweep key.
     resolve_pipeline(&raw.pipeline, &file)?;
@@ -531,6 +539,23 @@ fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
         }
     }
     Ok(value)
+}
+
+/// An experiment name or run id must stay one directory level under its parent: non-empty,
+/// not `.` or `..`, and made of letters, digits, `-`, `_`, `.` and `+` only.
+pub fn check_dir_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("`{name}` is not a directory name"));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '+')))
+    {
+        Some(c) => Err(format!(
+            "`{name}` contains `{c}`, which would leave or escape the results directory"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `variant k=v, ...` for error messages about one configuration.

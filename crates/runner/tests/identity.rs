@@ -157,3 +157,32 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
     assert_eq!(done.records.len(), 1);
     assert_eq!(done.records[0].images, 3);
 }
+
+/// A `[dataset] classes` file replaces the prompts one for one; the dataset's background class
+/// keeps its display name `background` in the records (SCLIP's background line starts `sky`).
+#[test]
+fn a_class_file_keeps_the_background_display_name() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("classes.txt");
+    std::fs::write(
+        &path,
+        "sky, wall, floor\nperson, man\ncar\ntree\nsky\nroad\n",
+    )
+    .unwrap();
+    let sets = [
+        (
+            "dataset.classes",
+            toml::Value::String(path.display().to_string()),
+        ),
+        (
+            "experiment.output_dir",
+            toml::Value::String(out.path().display().to_string()),
+        ),
+    ];
+    let exp = exp("", &sets).unwrap();
+    let done = run(&exp, &RunOptions::default()).unwrap();
+    let names = &done.records[0].class_names;
+    assert_eq!(names[0], "background");
+    assert_eq!(names[1], "person");
+    assert_eq!(names[4], "sky");
+}

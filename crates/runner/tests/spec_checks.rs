@@ -124,3 +124,28 @@ fn dataset_and_inference_ranges_name_their_key() {
     let e = error(SPEC, &["inference.stride=0"]);
     assert!(e.contains("inference.stride"), "{e}");
 }
+
+#[test]
+fn experiment_names_and_run_ids_stay_inside_the_output_directory() {
+    for name in ["", "..", "a/b", "/abs"] {
+        let e = error(
+            &SPEC.replace("name = \"checks\"", &format!("name = \"{name}\"")),
+            &[],
+        );
+        assert!(e.contains("experiment.name"), "{name:?}: {e}");
+    }
+    let spec = load_text(Path::new("checks.toml"), SPEC.into(), &[]).unwrap();
+    let exp = expand(spec, &[]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for id in ["", "../..", "/tmp/x", "a/b"] {
+        let opts = segsweep_runner::RunOptions {
+            run_id: Some(id.into()),
+            data_dir: out.path().into(),
+            ..Default::default()
+        };
+        let e = segsweep_runner::run(&exp, &opts).unwrap_err().to_string();
+        assert!(e.contains("--run-id"), "{id:?}: {e}");
+    }
+    assert!(segsweep_runner::sweep::check_dir_name("run-2ae801ce0814").is_ok());
+    assert!(segsweep_runner::sweep::check_dir_name("phase2a+pamr_v1.2").is_ok());
+}
