@@ -48,6 +48,16 @@
 //!    A crop where DBSCAN finds no cluster keeps its patch features, bilinearly upsampled to the
 //!    crop so that a batch has one shape (the logits are the pipeline's own upsampled logits).
 //!
+//!    **Which vote is the paper's.** The paper's README code and issue #5 ("majority vote per
+//!    cluster") vote by majority: `vote = "majority"`. The default is `mean-logits`, the
+//!    authors' d2 version, because a majority vote is a per-window label map, and label maps
+//!    cannot be averaged across the overlapping windows of slide inference (methods.md §3),
+//!    which is segsweep's default mode: the averaged logits of two windows that voted `a` and
+//!    `b` are the mean of the text–text cosine rows of `a` and `b`, whose argmax can be a third
+//!    query neither voted for, and the softmax probabilities (`prob_thd`) are then text–text
+//!    cosines, not image evidence. The issue's method is `vote = "majority"` with
+//!    `[inference] mode = "whole"` (one window, as upstream's single centre crop).
+//!
 //! What we reproduce is the per-crop computation. What we do not: upstream runs CLIP in fp32 on
 //! one bicubic-resized, centre-cropped 224/336 px image with its own metric (`+0.01` IoU
 //! denominator, classes with GT only) and `100·` logits; segsweep runs its own protocol (mmseg
@@ -309,9 +319,11 @@ variant = \"paper\" is the published method, run at the features stage: it recom
 block with softmax(qqᵀs)+softmax(kkᵀs)+softmax(vvᵀs) (residual and FFN kept) from the prefix \
 tokens, discarding the incoming features (use it as the first feature refiner); clusters the \
 patches by DBSCAN (sklearn semantics) on the layer-11 self-correlation with the CLS row removed; \
-median-filters the cluster maps; and votes per cluster region at crop resolution. vote = \
-\"mean-logits\" (d2 version, averages across windows) or \"majority\" (per-window vote over \
-queries, not classes). Output: per-pixel features (B, E, crop h, crop w). Not reproduced: \
+median-filters the cluster maps; and votes per cluster region at crop resolution. The paper's \
+(README) method and issue #5 vote by MAJORITY: vote = \"majority\" (per-window vote over \
+queries, not classes; use it with [inference] mode = \"whole\", since per-window label maps \
+cannot be averaged across overlapping slide windows). The default vote = \"mean-logits\" is the \
+authors' d2 version, which averages logits and so also works with slide inference. Output: per-pixel features (B, E, crop h, crop w). Not reproduced: \
 upstream's centre-crop protocol, metric, fp32-only model and VOC20 CLS reweighting.";
 
 segsweep_core::register_plugin!(PluginSpec {

@@ -64,9 +64,12 @@ pub const PARAMS: &[ParamSpec] = &[
         name: "vote",
         ty: ParamType::Choice(VOTES),
         default: ParamDefault::Str("mean-logits"),
-        doc: "paper: `mean-logits` (the d2 version: a region's pixels take the mean of its \
-              upsampled logits; averages across windows) or `majority` (per-window majority \
-              query, output as that query's text embedding).",
+        doc: "paper: `majority` is the paper's (README) method and issue #5's: each region's \
+              pixels get the query most of them argmax to, per window, output as that query's \
+              text embedding; use it with `[inference] mode = \"whole\"`, because per-window \
+              label maps cannot be averaged across overlapping slide windows. `mean-logits` \
+              (default; the authors' d2 version): a region's pixels take the mean of its \
+              upsampled logits, which averages across windows and so works in both modes.",
     },
     ParamSpec {
         name: "correlation_layer",

@@ -451,3 +451,44 @@ fn dbscan_presets_follow_the_resolution() {
     assert_eq!(paper::dbscan_preset(11 * 16), (0.7, 3));
     assert_eq!(paper::dbscan_preset(21 * 28), (1.1, 7));
 }
+
+/// contracts review #4 (issue #5 says "majority vote per cluster"): the default vote stays the
+/// d2 `mean-logits`, for the reason shown here, and `segsweep plugins cliptrase` says plainly
+/// that `majority` is the issue's and the paper's method and how to run it.
+#[test]
+fn default_vote_is_mean_logits_and_the_docs_name_majority_as_the_papers() {
+    let spec = registry().unwrap().get("cliptrase").unwrap();
+    let params = spec
+        .resolve(&BTreeMap::from([(
+            "variant".to_string(),
+            toml::Value::String("paper".into()),
+        )]))
+        .unwrap();
+    assert_eq!(params.str("vote").unwrap(), "mean-logits");
+    let vote_doc = spec.params.iter().find(|p| p.name == "vote").unwrap().doc;
+    for doc in [spec.doc, vote_doc] {
+        assert!(
+            doc.contains("issue #5") && doc.contains("mode = \"whole\""),
+            "{doc}"
+        );
+    }
+
+    // Why majority cannot be the default under slide inference: a majority window outputs the
+    // voted query's text embedding, so a pixel covered by windows that voted a and b gets the
+    // mean of the text–text cosine rows of a and b. With unit text embeddings where
+    // a·b = 0.5 and a·c = b·c = 0.8, that mean is (0.75, 0.75, 0.8): query c, which no window
+    // voted for, wins.
+    let (ab, ac) = (0.5f32, 0.8f32);
+    let a = [1.0, 0.0, 0.0];
+    let b = [ab, (1.0 - ab * ab).sqrt(), 0.0];
+    let c1 = (ac - ab * ac) / b[1];
+    let c = [ac, c1, (1.0 - ac * ac - c1 * c1).sqrt()];
+    let text = Tensor::new(&[a, b, c], &Device::Cpu).unwrap(); // (Q = 3, E = 3)
+    let windows = text.i(0..2).unwrap(); // the two windows' outputs: t_a and t_b
+    let logits = windows.matmul(&text.t().unwrap()).unwrap(); // (window, query)
+    let averaged: Vec<f32> = logits.mean(0).unwrap().to_vec1().unwrap();
+    let winner = (0..3)
+        .max_by(|&i, &j| averaged[i].total_cmp(&averaged[j]))
+        .unwrap();
+    assert_eq!(winner, 2, "{averaged:?}");
+}
