@@ -390,10 +390,14 @@ fn predict_writes_probs_labels_and_overlay_for_a_non_square_image() {
 
 // ---- bad input: one test per case; each names the file, the key and a hint, writes no result.
 
-fn bad(spec_text: &str) -> (String, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap().keep();
-    let spec = write_spec(&tmp, "bad.toml", spec_text);
-    let err = fails(&run(&["sweep", spec.to_str().unwrap(), "--quiet"], &tmp));
+/// Runs `segsweep sweep` on `spec_text` in a fresh temporary directory and expects it to fail.
+/// Returns the error text and the directory's guard: keep it bound (`_tmp`) so the directory
+/// lives as long as the test and is removed afterwards.
+fn bad(spec_text: &str) -> (String, tempfile::TempDir) {
+    let guard = tempfile::tempdir().unwrap();
+    let tmp = guard.path();
+    let spec = write_spec(tmp, "bad.toml", spec_text);
+    let err = fails(&run(&["sweep", spec.to_str().unwrap(), "--quiet"], tmp));
     assert!(
         err.contains("bad.toml"),
         "error does not name the file: {err}"
@@ -407,14 +411,14 @@ fn bad(spec_text: &str) -> (String, PathBuf) {
                 .exists()),
         "a failed spec wrote results"
     );
-    (err, tmp)
+    (err, guard)
 }
 
 const HEAD: &str = "[experiment]\nname = \"e2e\"\noutput_dir = \"out\"\n[model]\nsource = \"builtin:tiny-random\"\n";
 
 #[test]
 fn bad_input_malformed_toml() {
-    let (err, _) = bad(&format!("{HEAD}[inference\nmode = \"slide\"\n"));
+    let (err, _tmp) = bad(&format!("{HEAD}[inference\nmode = \"slide\"\n"));
     assert!(
         err.contains("malformed TOML") && err.contains("line"),
         "{err}"
@@ -423,7 +427,7 @@ fn bad_input_malformed_toml() {
 
 #[test]
 fn bad_input_unknown_key() {
-    let (err, _) = bad(&format!("{HEAD}[inference]\nprob_thrd = 0.1\n"));
+    let (err, _tmp) = bad(&format!("{HEAD}[inference]\nprob_thrd = 0.1\n"));
     assert!(
         err.contains("inference") && err.contains("prob_thrd") && err.contains("hint"),
         "{err}"
@@ -432,7 +436,7 @@ fn bad_input_unknown_key() {
 
 #[test]
 fn bad_input_unknown_plugin() {
-    let (err, _) = bad(&format!("{HEAD}[[pipeline]]\nplugin = \"cliptrace\"\n"));
+    let (err, _tmp) = bad(&format!("{HEAD}[[pipeline]]\nplugin = \"cliptrace\"\n"));
     assert!(
         err.contains("pipeline[0].plugin") && err.contains("did you mean `cliptrase`"),
         "{err}"
@@ -441,7 +445,7 @@ fn bad_input_unknown_plugin() {
 
 #[test]
 fn bad_input_wrong_type() {
-    let (err, _) = bad(&format!("{HEAD}[inference]\ncrop = \"big\"\n"));
+    let (err, _tmp) = bad(&format!("{HEAD}[inference]\ncrop = \"big\"\n"));
     assert!(
         err.contains("inference.crop") && err.contains("hint"),
         "{err}"
@@ -450,7 +454,7 @@ fn bad_input_wrong_type() {
 
 #[test]
 fn bad_input_out_of_range_plugin_value() {
-    let (err, _) = bad(&format!(
+    let (err, _tmp) = bad(&format!(
         "{HEAD}[[pipeline]]\nplugin = \"cliptrase\"\ncorrelation_temperature = 50.0\n"
     ));
     assert!(
@@ -463,7 +467,7 @@ fn bad_input_out_of_range_plugin_value() {
 
 #[test]
 fn bad_input_empty_sweep() {
-    let (err, _) = bad(&format!(
+    let (err, _tmp) = bad(&format!(
         "{HEAD}[sweep.grid]\n\"inference.prob_thd\" = []\n"
     ));
     assert!(
@@ -474,14 +478,14 @@ fn bad_input_empty_sweep() {
 
 #[test]
 fn bad_input_duplicate_sweep() {
-    let (err, _) = bad(&format!(
+    let (err, _tmp) = bad(&format!(
         "{HEAD}[sweep.grid]\n\"inference.prob_thd\" = [0.1, 0.1]\n"
     ));
     assert!(
         err.contains("appears twice") && err.contains("duplicate"),
         "{err}"
     );
-    let (err, _) = bad(&format!(
+    let (err, _tmp) = bad(&format!(
         "{HEAD}[[sweep.variants]]\nname = \"a\"\n[[sweep.variants]]\nname = \"b\"\n"
     ));
     assert!(err.contains("identical settings"), "{err}");
@@ -489,7 +493,7 @@ fn bad_input_duplicate_sweep() {
 
 #[test]
 fn bad_input_stage_order_names_both_plugins() {
-    let (err, _) = bad(&format!(
+    let (err, _tmp) = bad(&format!(
         "{HEAD}[[pipeline]]\nplugin = \"pamr\"\n[[pipeline]]\nplugin = \"cliptrase\"\n"
     ));
     assert!(
@@ -904,7 +908,7 @@ fn bad_input_memory_settings_name_the_key() {
             &format!("output_dir = \"out\"\n{line}"),
             1,
         );
-        let (err, _) = bad(&text);
+        let (err, _tmp) = bad(&text);
         assert!(err.contains(key), "`{line}`: {err}");
     }
 }
