@@ -171,6 +171,24 @@ pub fn plot(args: PlotArgs) -> Result<()> {
         "{}: no finished configuration to plot (counts/ has no record)",
         dir.display()
     );
+    if let Some(b) = &args.baseline {
+        let mut variants: Vec<&str> = Vec::new();
+        for r in &records {
+            if !variants.contains(&r.variant.as_str()) {
+                variants.push(&r.variant);
+            }
+        }
+        anyhow::ensure!(
+            variants.contains(&b.as_str()),
+            "{}: no configuration has the variant `{b}` for --baseline\n  hint: variants in this run: {}",
+            dir.display(),
+            if variants.iter().all(|v| v.is_empty()) {
+                "(none: the spec has no [[sweep.variants]])".to_string()
+            } else {
+                variants.join(", ")
+            }
+        );
+    }
     let baseline = args.baseline.or_else(|| {
         let spec = std::fs::read_to_string(dir.join("spec.toml")).ok()?;
         let t: toml::Table = spec.parse().ok()?;

@@ -135,7 +135,8 @@ fn text_style(px: u32) -> TextStyle<'static> {
 }
 
 /// Draw every chart of a run into `<run_dir>/charts/`. `baseline` names the variant the delta
-/// chart compares against (default: `baseline` if present).
+/// chart compares against (default: `baseline` if present); without such records there is no
+/// delta chart, and a stale one is removed.
 pub fn draw_charts(
     run_dir: &Path,
     records: &[Record],
@@ -170,8 +171,14 @@ pub fn draw_charts(
         &mut out,
     )?;
     let base = baseline.unwrap_or("baseline");
-    if let Some(chart) = Bars::delta(records, base, note) {
-        render(&dir.join("delta"), &chart, &mut out)?;
+    match Bars::delta(records, base, note) {
+        Some(chart) => render(&dir.join("delta"), &chart, &mut out)?,
+        None => {
+            // No baseline, no delta chart: a stale one from an earlier drawing would mislead.
+            for ext in ["png", "svg"] {
+                let _ = std::fs::remove_file(dir.join(format!("delta.{ext}")));
+            }
+        }
     }
     Ok(out)
 }

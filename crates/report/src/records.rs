@@ -16,6 +16,41 @@ pub struct Counts {
     pub label: Vec<u64>,
 }
 
+impl Counts {
+    /// Check that the counts describe `n_classes` classes consistently: one entry per class in
+    /// each array and, per class, `union = pred + label − intersect` with `intersect` at most
+    /// `pred` and `label` (how the metric defines them).
+    pub fn check(&self, n_classes: usize) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("intersect", &self.intersect),
+            ("union", &self.union),
+            ("pred", &self.pred),
+            ("label", &self.label),
+        ] {
+            if v.len() != n_classes {
+                return Err(format!(
+                    "counts.{name} has {} entries for {n_classes} class names",
+                    v.len()
+                ));
+            }
+        }
+        for c in 0..n_classes {
+            let (i, u, p, l) = (
+                self.intersect[c],
+                self.union[c],
+                self.pred[c],
+                self.label[c],
+            );
+            if i > p || i > l || p.checked_add(l).and_then(|s| s.checked_sub(i)) != Some(u) {
+                return Err(format!(
+                    "class {c}: intersect {i}, union {u}, pred {p}, label {l} are inconsistent (union must be pred + label − intersect)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Metrics derived from [`Counts`] by the runner (percentages; `None` where undefined).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -138,10 +173,23 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
     let mut records = Vec::with_capacity(paths.len());
     for p in paths {
         let text = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
-        let r: Record = serde_json::from_str(&text).map_err(|e| ReportError::BadRecord {
+        let bad = |msg: String| ReportError::BadRecord {
             path: p.display().to_string(),
-            msg: e.to_string(),
-        })?;
+            msg,
+        };
+        let r: Record = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        r.counts
+            .check(r.class_names.len())
+            .map_err(|m| bad(m.to_string()))?;
+        if let Some(first) = records
+            .iter()
+            .find(|o: &&Record| o.config_hash == r.config_hash)
+        {
+            return Err(bad(format!(
+                "config_hash {} is also the record of variant `{}`",
+                r.config_hash, first.variant
+            )));
+        }
         records.push(r);
     }
     let order_file = run_dir.join("order.txt");

@@ -125,6 +125,10 @@ struct PerClassRow<'a> {
     union_px: u64,
     pred_px: u64,
     label_px: u64,
+    /// As in `summary.csv`: `real`, `random-fixture`, `synthetic` (or `external` for eval).
+    weights: &'a str,
+    /// As in `summary.csv`: `real` or `synthetic`.
+    data_kind: &'a str,
 }
 
 fn per_class_bytes(records: &[Record]) -> Result<Vec<u8>> {
@@ -144,6 +148,8 @@ fn per_class_bytes(records: &[Record]) -> Result<Vec<u8>> {
                 union_px: get(&r.counts.union),
                 pred_px: get(&r.counts.pred),
                 label_px: get(&r.counts.label),
+                weights: &r.weights,
+                data_kind: &r.data_kind,
             })
             .map_err(|e| csv_err(PER_CLASS_CSV, e))?;
         }

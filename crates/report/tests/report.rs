@@ -192,3 +192,70 @@ fn atomic_writes_get_the_mode_of_a_plain_create() {
     );
     assert_eq!(std::fs::read(&atomic).unwrap(), b"a,b\n");
 }
+
+fn write_records(dir: &std::path::Path, recs: &[Record]) {
+    for (i, r) in recs.iter().enumerate() {
+        let path = dir.join("counts").join(format!("{i}.json"));
+        write_atomic(&path, serde_json::to_string(r).unwrap().as_bytes()).unwrap();
+    }
+}
+
+/// `plot` redraws from records alone, so a record whose counts contradict themselves or its
+/// class list, or two records of one configuration, are errors naming the file.
+#[test]
+fn inconsistent_records_are_rejected_by_name() {
+    let cases: [(&str, fn(&mut Record)); 4] = [
+        ("counts.union has 2 entries", |r| r.counts.union.truncate(2)),
+        ("inconsistent", |r| r.counts.intersect[1] = 9),
+        ("inconsistent", |r| r.counts.union[0] += 1),
+        ("counts.intersect has 3 entries for 2", |r| {
+            r.class_names.pop();
+        }),
+    ];
+    for (want, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut recs = records();
+        damage(&mut recs[2]);
+        write_records(dir.path(), &recs);
+        let msg = load_records(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("2.json") && msg.contains(want),
+            "{want}: {msg}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut recs = records();
+    recs[3].config_hash = recs[0].config_hash.clone();
+    write_records(dir.path(), &recs);
+    let msg = load_records(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("config_hash"), "{msg}");
+}
+
+#[test]
+fn per_class_rows_carry_the_weights_and_data_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path(), &records()).unwrap();
+    let mut rd = csv::Reader::from_path(dir.path().join(PER_CLASS_CSV)).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(&header[header.len() - 2..], ["weights", "data_kind"]);
+    let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4 * 3);
+    assert!(rows
+        .iter()
+        .all(|r| &r[header.len() - 2] == "synthetic" && &r[header.len() - 1] == "synthetic"));
+}
+
+#[test]
+fn a_stale_delta_chart_is_removed_when_there_is_no_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = draw_charts(dir.path(), &records(), None).unwrap();
+    let delta = dir.path().join("charts/delta.png");
+    assert!(files.paths.contains(&delta) && delta.exists());
+    let no_base: Vec<Record> = records()
+        .into_iter()
+        .filter(|r| r.variant != "baseline")
+        .collect();
+    let files = draw_charts(dir.path(), &no_base, None).unwrap();
+    assert!(!files.paths.contains(&delta));
+    assert!(!delta.exists() && !dir.path().join("charts/delta.svg").exists());
+}
