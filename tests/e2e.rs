@@ -548,6 +548,19 @@ fn imagenet_normalisation_changes_the_crops_and_is_part_of_the_hash() {
     assert_ne!(rows[0][1..], rows[1][1..], "normalisation had no effect");
 }
 
+/// N from the "N configuration(s)" line a sweep prints (parsed whole, so 14 is not read as 4).
+fn configurations(out: &str) -> usize {
+    let end = out
+        .find(" configuration(s)")
+        .unwrap_or_else(|| panic!("no \"configuration(s)\" in the output: {out}"));
+    let n = out[..end]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap();
+    n.parse()
+        .unwrap_or_else(|e| panic!("`{n}` before \"configuration(s)\": {e}; output: {out}"))
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -559,7 +572,12 @@ fn shipped_phase_specs_run_through_the_runner_on_synthetic_stand_ins() {
     let tmp = tempfile::tempdir().unwrap();
     let root = repo_root();
     let loftup = root.join("tests/fixtures/loftup/tiny_loftup.bin");
-    for (spec, loftup_set) in [("phase2a", false), ("phase1", true), ("full", true)] {
+    // Configurations per spec: its variants (phase1 has a fifth, the faithful-LoftUp one).
+    for (spec, loftup_set, n_configs) in [
+        ("phase2a", false, 4),
+        ("phase1", true, 5),
+        ("full", true, 4),
+    ] {
         let path = root.join(format!("experiments/{spec}.toml"));
         let mut args = vec![
             "sweep".to_string(),
@@ -582,10 +600,7 @@ fn shipped_phase_specs_run_through_the_runner_on_synthetic_stand_ins() {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = ok(&run(&args, &root));
-        assert!(
-            out.contains("4 configuration(s)") || out.contains("5 configuration(s)"),
-            "{spec}: {out}"
-        );
+        assert_eq!(configurations(&out), n_configs, "{spec}: {out}");
         assert!(out.contains("synthetic weights"), "{spec}: {out}");
     }
 }
