@@ -172,9 +172,33 @@ fn sweep_2x2_writes_tables_counts_and_charts() {
         let m: f64 = row[miou].parse().unwrap();
         assert!((0.0..=100.0).contains(&m));
     }
-    // Thresholds change predictions: prob_thd 0.2 on random weights pushes pixels to class 0.
     let variant = header.iter().position(|h| h == "variant").unwrap();
     assert_eq!(rows.iter().filter(|r| &r[variant] == "baseline").count(), 2);
+    // Thresholds change predictions: with random weights many pixels' top probability is below
+    // 0.2, and prob_thd 0.2 sends those to class 0, so each variant's metrics differ between
+    // prob_thd 0.0 and 0.2 (the class-0 counts are checked below).
+    let thd = header
+        .iter()
+        .position(|h| h == "inference.prob_thd")
+        .unwrap();
+    let metric_cols: Vec<usize> = ["miou_pct", "aacc_pct", "macc_pct", "fwiou_pct"]
+        .iter()
+        .map(|c| header.iter().position(|h| h == c).unwrap())
+        .collect();
+    for v in ["baseline", "+pamr"] {
+        let metrics = |t: &str| -> Vec<&str> {
+            let row = rows
+                .iter()
+                .find(|r| &r[variant] == v && &r[thd] == t)
+                .unwrap_or_else(|| panic!("no `{v}` row at prob_thd {t}: {rows:?}"));
+            metric_cols.iter().map(|&i| &row[i]).collect()
+        };
+        assert_ne!(
+            metrics("0.0"),
+            metrics("0.2"),
+            "{v}: prob_thd had no effect"
+        );
+    }
 
     let per_class = std::fs::read_to_string(dir.join("per_class.csv")).unwrap();
     let n_classes = per_class
@@ -190,6 +214,8 @@ fn sweep_2x2_writes_tables_counts_and_charts() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(counts.len(), 4, "{counts:?}");
+    // Pixels predicted as class 0, by (variant, prob_thd).
+    let mut class0 = std::collections::BTreeMap::new();
     for c in &counts {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(c).unwrap()).unwrap();
@@ -198,6 +224,22 @@ fn sweep_2x2_writes_tables_counts_and_charts() {
         assert_eq!(inter.len(), n_classes);
         let total: u64 = label.iter().map(|x| x.as_u64().unwrap()).sum();
         assert!(total > 0, "no labelled pixel counted in {}", c.display());
+        let key = (
+            v["variant"].as_str().unwrap().to_string(),
+            v["swept"][0]["value"].as_str().unwrap().to_string(),
+        );
+        class0.insert(key, v["counts"]["pred"][0].as_u64().unwrap());
+    }
+    // So prob_thd 0.2 predicts class 0 on more pixels than 0.0 (on this fixture 2390 → 2645
+    // for the baseline, 444 → 729 with PAMR).
+    for v in ["baseline", "+pamr"] {
+        let at = |t: &str| class0[&(v.to_string(), t.to_string())];
+        assert!(
+            at("0.2") > at("0.0"),
+            "{v}: class 0 predicted on {} pixels at prob_thd 0.2, {} at 0.0",
+            at("0.2"),
+            at("0.0")
+        );
     }
     assert_eq!(std::fs::read_dir(dir.join("configs")).unwrap().count(), 4);
     assert!(dir.join("spec.toml").exists());
