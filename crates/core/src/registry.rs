@@ -23,14 +23,23 @@ pub struct PluginSpec {
     pub stage: Stage,
     /// Declared parameters; spec values are validated against them before anything runs.
     pub params: &'static [ParamSpec],
-    /// Build the plugin from validated parameters.
+    /// Checks the schema cannot express (a parameter that only one variant reads, an empty
+    /// list, two parameters that exclude each other). It must be cheap and touch no files or
+    /// weights: [`PluginSpec::resolve`] runs it, so `segsweep validate` reports these mistakes
+    /// before a sweep starts rather than when the configuration's turn comes. Plugins whose
+    /// `build` only parses parameters pass `|p| build_fn(p).map(drop)`; `|_| Ok(())` if the
+    /// schema says everything.
+    pub check: fn(&Params) -> Result<()>,
+    /// Build the plugin from validated parameters (may load files, e.g. a checkpoint).
     pub build: fn(&Params) -> Result<Box<dyn Refiner>>,
 }
 
 impl PluginSpec {
-    /// Validate raw spec values against this plugin's schema.
+    /// Validate raw spec values against this plugin's schema, then run its [`check`](Self::check).
     pub fn resolve(&self, raw: &BTreeMap<String, toml::Value>) -> Result<Params> {
-        Params::resolve(self.name, self.params, raw)
+        let params = Params::resolve(self.name, self.params, raw)?;
+        (self.check)(&params)?;
+        Ok(params)
     }
 
     /// Validate and build in one step.
@@ -60,6 +69,7 @@ inventory::collect!(PluginSpec);
 ///     doc: "...",
 ///     stage: segsweep_core::Stage::DenseLogits,
 ///     params: PARAMS,
+///     check: |p| Pamr::from_params(p).map(drop),
 ///     build: |p| Ok(Box::new(Pamr::from_params(p)?)),
 /// });
 /// ```

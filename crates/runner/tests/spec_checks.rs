@@ -7,6 +7,7 @@ use segsweep_runner::{expand, load_text, parse_set};
 
 // The binary names every plugin crate; a test of the runner must too (inventory issue #50).
 use segsweep_plugin_cliptrase as _;
+use segsweep_plugin_pamr as _;
 
 const SPEC: &str = r#"
 [experiment]
@@ -148,4 +149,25 @@ fn experiment_names_and_run_ids_stay_inside_the_output_directory() {
     }
     assert!(segsweep_runner::sweep::check_dir_name("run-2ae801ce0814").is_ok());
     assert!(segsweep_runner::sweep::check_dir_name("phase2a+pamr_v1.2").is_ok());
+}
+
+/// Rules across parameters (a plugin's `check`) fail `validate`, not the sweep hours later.
+#[test]
+fn plugin_checks_run_at_validation() {
+    let e = error(
+        &SPEC.replace(
+            "plugin = \"cliptrase\"",
+            "plugin = \"cliptrase\"\n[[pipeline]]\nplugin = \"pamr\"\ndilations = []",
+        ),
+        &[],
+    );
+    assert!(e.contains("pamr") && e.contains("dilations"), "{e}");
+    let e = error(
+        &SPEC.replace(
+            "plugin = \"cliptrase\"",
+            "plugin = \"cliptrase\"\neps = 0.5",
+        ),
+        &[],
+    );
+    assert!(e.contains("cliptrase") && e.contains("eps"), "{e}");
 }

@@ -333,5 +333,6 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::Features,
     params: PARAMS,
+    check: |p| ClipTrase::from_params(p).map(drop),
     build: |p| Ok(Box::new(ClipTrase::from_params(p)?)),
 });

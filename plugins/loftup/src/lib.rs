@@ -311,5 +311,8 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::Features,
     params: PARAMS,
+    // Every parameter is a schema-checked choice or count; the checkpoint is checked
+    // when the run builds the plugin, before any image.
+    check: |_| Ok(()),
     build: |p| Ok(Box::new(LoftUpRefiner::from_params(p)?)),
 });
