@@ -72,14 +72,27 @@ impl ClipModel {
             return Self::builtin(name, device, dtype);
         }
         let path = Path::new(source);
-        let files = if path.is_dir() {
+        let files = if let Some(repo) = source.strip_prefix("hf:") {
+            source::hub_files(repo, hub)?
+        } else if path.is_dir() {
             source::local_files(path)?
         } else if source::looks_like_repo_id(source) {
+            // `models/clip` where `models/` is a local directory is a mistyped path far more
+            // often than a repo id; asking the hub would only hide that.
+            if let Some(parent) = path.parent().filter(|p| p.is_dir()) {
+                return Err(ClipError::Source {
+                    spec: source.to_string(),
+                    msg: format!(
+                        "no such directory (though {} exists); for the Hugging Face repo of that name write `hf:{source}`",
+                        parent.display()
+                    ),
+                });
+            }
             source::hub_files(source, hub)?
         } else {
             return Err(ClipError::Source {
                 spec: source.to_string(),
-                msg: "not a directory, not a Hugging Face repo id (`org/name`) and not `builtin:tiny-random`".into(),
+                msg: "not a directory, not a Hugging Face repo id (`org/name` or `hf:org/name`) and not `builtin:tiny-random`".into(),
             });
         };
         Self::from_files(source, &files, device, dtype)
@@ -124,7 +137,7 @@ impl ClipModel {
         let info = BackboneInfo {
             model_id: model_id.to_string(),
             file_hash: source::file_hash(w)?,
-            weights: source::weights_kind(&files.dir),
+            weights: source::weights_kind(&files.dir)?,
             ..base_info(&config, device, dtype)
         };
         Self::build(vb, config, tokenizer, info, device, dtype).map_err(|e| match e {

@@ -78,9 +78,15 @@ pub fn hub_files(repo: &str, env: &HubEnv) -> Result<ModelFiles> {
         .map_err(|e| hub_err("config.json", &e))?;
     let weights = match api.get(WEIGHT_FILES[0]) {
         Ok(p) => p,
-        Err(first) => api
-            .get(WEIGHT_FILES[1])
-            .map_err(|_| hub_err(WEIGHT_FILES[0], &first))?,
+        Err(first) => api.get(WEIGHT_FILES[1]).map_err(|second| {
+            hub_err(
+                &WEIGHT_FILES.join(" / "),
+                &format!(
+                    "{}: {first}; {}: {second}",
+                    WEIGHT_FILES[0], WEIGHT_FILES[1]
+                ),
+            )
+        })?,
     };
     // Optional: without it the built-in vocabulary is used.
     let tokenizer = api.get("tokenizer.json").ok();
@@ -171,24 +177,32 @@ pub fn file_hash(path: &Path) -> Result<String> {
 }
 
 /// `WeightsKind` from `segsweep-fixture.json` in the model directory (written by the fixture
-/// script); `Real` without one.
-pub fn weights_kind(dir: &Path) -> segsweep_core::WeightsKind {
+/// script); `Real` without one. A marker that exists but cannot be read, parsed or understood
+/// is an error naming it: failing open to `Real` would label random-weight numbers as real.
+pub fn weights_kind(dir: &Path) -> Result<segsweep_core::WeightsKind> {
     let p = dir.join("segsweep-fixture.json");
-    let Ok(text) = std::fs::read_to_string(p) else {
-        return segsweep_core::WeightsKind::Real;
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(segsweep_core::WeightsKind::Real)
+        }
+        Err(e) => return Err(ClipError::io(&p, e)),
     };
-    match serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| {
-            v.get("weights")
-                .and_then(|w| w.as_str())
-                .map(str::to_string)
-        })
-        .as_deref()
-    {
-        Some("random-fixture") => segsweep_core::WeightsKind::RandomFixture,
-        Some("synthetic") => segsweep_core::WeightsKind::Synthetic,
-        _ => segsweep_core::WeightsKind::Real,
+    let bad = |msg: String| {
+        ClipError::Config {
+        path: p.clone(),
+        msg: format!(
+            "{msg} (this marker labels generated weights; expected {{\"weights\": \"random-fixture\"}} or {{\"weights\": \"synthetic\"}}, or delete it for real weights)"
+        ),
+    }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match v.get("weights").and_then(|w| w.as_str()) {
+        Some("random-fixture") => Ok(segsweep_core::WeightsKind::RandomFixture),
+        Some("synthetic") => Ok(segsweep_core::WeightsKind::Synthetic),
+        Some(other) => Err(bad(format!("unknown weights kind `{other}`"))),
+        None => Err(bad("no string field `weights`".into())),
     }
 }
 
@@ -212,5 +226,27 @@ mod tests {
         std::fs::write(&p, b"abc").unwrap();
         // sha256("abc") = ba7816bf8f01cfea...
         assert_eq!(file_hash(&p).unwrap(), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn a_fixture_marker_that_cannot_be_understood_is_an_error() {
+        use segsweep_core::WeightsKind;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(weights_kind(dir.path()).unwrap(), WeightsKind::Real);
+        let marker = dir.path().join("segsweep-fixture.json");
+        std::fs::write(&marker, r#"{"weights": "random-fixture"}"#).unwrap();
+        assert_eq!(
+            weights_kind(dir.path()).unwrap(),
+            WeightsKind::RandomFixture
+        );
+        for bad in [
+            r#"{"weights": "random_fixture"}"#,
+            "{not json",
+            r#"{"kind": 1}"#,
+        ] {
+            std::fs::write(&marker, bad).unwrap();
+            let e = weights_kind(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("segsweep-fixture.json"), "{bad}: {e}");
+        }
     }
 }

@@ -120,6 +120,37 @@ fn repo_id_missing_offline_says_how_to_download() {
     assert!(msg.contains("openai/clip-vit-base-patch16"), "{msg}");
 }
 
+/// `models/clip` with a local `models/` is a mistyped path, not a repo id: no hub lookup, and
+/// `hf:` says "the hub" explicitly.
+#[test]
+fn a_two_part_path_under_an_existing_directory_is_not_sent_to_the_hub() {
+    let home = tempfile::tempdir().unwrap();
+    fake_hf_cache(home.path(), "segsweep/tiny-clip");
+    let local = tempfile::Builder::new()
+        .prefix("models")
+        .tempdir_in(".")
+        .unwrap();
+    let name = local.path().file_name().unwrap().to_str().unwrap();
+    let source = format!("{name}/clip");
+    let e = ClipModel::load_with_hub(&source, &Device::Cpu, DType::F32, &offline_env(home.path()))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&source) && msg.contains(&format!("hf:{source}")),
+        "{msg}"
+    );
+    assert!(!matches!(e, ClipError::Offline { .. }), "{msg}");
+    // `hf:` forces the hub (here: the fake offline cache).
+    let hub = ClipModel::load_with_hub(
+        "hf:segsweep/tiny-clip",
+        &Device::Cpu,
+        DType::F32,
+        &offline_env(home.path()),
+    )
+    .unwrap();
+    assert_eq!(hub.info().weights, WeightsKind::Real);
+}
+
 #[test]
 fn hub_env_reads_hf_home_and_offline() {
     // The only test that touches these variables (tests run in threads of one process).
