@@ -912,7 +912,11 @@ fn make_record(
                 number: v.as_float().or_else(|| v.as_integer().map(|i| i as f64)),
             })
             .collect(),
-        dataset: c.dataset.name.clone(),
+        // A custom dataset is known by the name its `[dataset.custom]` table gives it.
+        dataset: match (&c.dataset.custom, c.dataset.name.as_str()) {
+            (Some(custom), "custom") => custom.name.clone(),
+            _ => c.dataset.name.clone(),
+        },
         data_kind: data_kind.into(),
         images,
         skipped: job.partial.skipped,

@@ -186,3 +186,33 @@ fn a_class_file_keeps_the_background_display_name() {
     assert_eq!(names[1], "person");
     assert_eq!(names[4], "sky");
 }
+
+/// A custom dataset's records carry the name of its `[dataset.custom]` table, so two custom
+/// datasets can be told apart in summary.csv.
+#[test]
+fn a_custom_dataset_is_recorded_under_its_own_name() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("mine");
+    segsweep_data::write_synthetic(&data, 1, 0).unwrap();
+    let text = format!(
+        r#"
+[experiment]
+name = "custom"
+output_dir = "{out}"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "custom"
+[dataset.custom]
+name = "my-shapes"
+root = "{root}"
+img_suffix = ".png"
+classes = "classes.txt"
+"#,
+        out = out.path().display(),
+        root = data.display()
+    );
+    let exp = expand(load_text(Path::new("custom.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let done = run(&exp, &RunOptions::default()).unwrap();
+    assert_eq!(done.records[0].dataset, "my-shapes");
+}
