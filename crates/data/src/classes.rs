@@ -55,6 +55,20 @@ impl ClassNames {
                     i + 1
                 )));
             }
+            // A repeated class name makes two rows of the tables indistinguishable, and a
+            // repeated line is a class that could never be predicted (ties go to the first).
+            if let Some(j) = classes
+                .iter()
+                .position(|c: &Vec<String>| c[0] == names[0] || *c == names)
+            {
+                return Err(err(format!(
+                    "line {} (class {i}, `{}`) repeats line {} (class {j}, `{}`) (hint: one line per class; put synonyms on one line, separated by \", \")",
+                    i + 1,
+                    names[0],
+                    j + 1,
+                    classes[j][0]
+                )));
+            }
             classes.push(names);
         }
         Ok(ClassNames {
@@ -63,11 +77,34 @@ impl ClassNames {
         })
     }
 
-    /// Read and parse a class-name file.
+    /// Read and parse a class-name file; warns about [`ClassNames::shadowed`] classes.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ClassNames> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        ClassNames::parse(&text, &path.display().to_string())
+        let names = ClassNames::parse(&text, &path.display().to_string())?;
+        for (c, by) in names.shadowed() {
+            tracing::warn!(
+                "{}: class {c} (`{}`) can never be predicted: each of its names is also a name of class {by} (`{}`), and ties go to the first class",
+                path.display(),
+                names.classes[c][0],
+                names.classes[by][0]
+            );
+        }
+        Ok(names)
+    }
+
+    /// Classes that can never win the argmax, with the earlier class that shadows each: every
+    /// one of their names is also a name of that class (its logit is then never lower, and
+    /// ties go to the first class). SCLIP's own COCO-Object file has one: `bed` (class 60) is
+    /// also on the background line.
+    pub fn shadowed(&self) -> Vec<(usize, usize)> {
+        (0..self.classes.len())
+            .filter_map(|i| {
+                (0..i)
+                    .find(|&j| self.classes[i].iter().all(|n| self.classes[j].contains(n)))
+                    .map(|j| (i, j))
+            })
+            .collect()
     }
 
     /// Number of classes C.
@@ -131,6 +168,29 @@ impl ClassNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_class_is_an_error_naming_both_lines() {
+        for text in [
+            "background\nperson\nperson\n",
+            "background\nperson, man\nperson, woman\n",
+            "background\nman, person\nman, person\n",
+        ] {
+            let e = ClassNames::parse(text, "dup.txt").unwrap_err().to_string();
+            assert!(
+                e.contains("dup.txt") && e.contains("line 3") && e.contains("line 2"),
+                "{text:?}: {e}"
+            );
+        }
+        // A synonym shared by two classes is allowed; a class whose names all belong to an
+        // earlier one is reported as shadowed (a warning when read from a file).
+        let c = ClassNames::parse("sofa, bed\ncouch, bed\nbed\n", "t").unwrap();
+        assert_eq!(c.shadowed(), vec![(2, 0)]);
+        // SCLIP's COCO-Object file: `bed` is also on the background line.
+        let coco =
+            ClassNames::parse(include_str!("../classnames/coco_object.txt"), "coco").unwrap();
+        assert_eq!(coco.shadowed(), vec![(60, 0)]);
+    }
 
     #[test]
     fn synonyms_trailing_space_and_final_newline() {
