@@ -8,15 +8,16 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// Errors raised while reading, preparing, checking or scoring datasets.
 ///
-/// Every variant names the file, dataset or key involved and, where it helps, a hint.
+/// Every variant names the file, dataset or key involved and, where it helps, a hint. A message
+/// holds its cause's text, so no variant returns that cause again from `source()` (the binary
+/// prints that chain too), and a hint ends the message.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or directory could not be read or written.
-    #[error("{}: {source}{}", .path.display(), hint_suffix(.hint))]
+    #[error("{}: {cause}{}", .path.display(), hint_suffix(.hint))]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
         hint: Option<String>,
     },
 
@@ -46,7 +47,7 @@ pub enum DataError {
     },
 
     /// No dataset is registered under this name.
-    #[error("unknown dataset `{name}`; known datasets: {}", .known.join(", "))]
+    #[error("unknown dataset `{name}`; registered datasets: {} (hint: `synthetic` is generated and `custom` is declared by a spec's [dataset.custom]; neither has files to prepare or check — run `segsweep validate SPEC` / `sweep SPEC` on such a spec)", .known.join(", "))]
     UnknownDataset { name: String, known: Vec<String> },
 
     /// A label map does not have the size of its image (or of the prediction).
@@ -81,11 +82,10 @@ pub enum DataError {
     Metric(String),
 
     /// A JSON (de)serialisation failed.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {cause}", .path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
@@ -97,10 +97,10 @@ fn hint_suffix(hint: &Option<String>) -> String {
 
 impl DataError {
     /// An I/O error on `path`, without a hint.
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, cause: std::io::Error) -> Self {
         DataError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause,
             hint: None,
         }
     }

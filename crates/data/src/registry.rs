@@ -285,7 +285,7 @@ pub fn dataset_spec(name: &str) -> Result<&'static DatasetSpec> {
         .find(|d| d.name == norm)
         .ok_or_else(|| DataError::UnknownDataset {
             name: name.to_string(),
-            known: dataset_names(),
+            known: DATASETS.iter().map(|d| d.name.to_string()).collect(),
         })
 }
 

@@ -809,7 +809,7 @@ fn check_dataset(d: &DatasetSection, file: &str) -> Result<()> {
         d.name == "synthetic" || d.name == "custom" || segsweep_data::dataset_spec(&d.name).is_ok();
     if !ok {
         let mut all: Vec<&str> = known.iter().map(String::as_str).collect();
-        all.extend(["synthetic", "custom"]);
+        all.push("custom"); // `synthetic` is in `dataset_names()` already
         let near = segsweep_core::registry::nearest(&d.name, all.iter().copied());
         return Err(RunnerError::spec(
             file,
