@@ -166,7 +166,7 @@ fn a_class_file_keeps_the_background_display_name() {
     let path = out.path().join("classes.txt");
     std::fs::write(
         &path,
-        "sky, wall, floor\nperson, man\ncar\ntree\nsky\nroad\n",
+        "wall, floor, ceiling\nperson, man\ncar\ntree\nsky\nroad\n",
     )
     .unwrap();
     let sets = [
