@@ -8,11 +8,15 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 /// Errors raised by core types, parameter validation, the registry and plugins.
 ///
 /// Every variant names what went wrong (plugin, key, shape) and, where it helps, a hint.
+///
+/// Like every error enum of the workspace, a variant's message is complete: it holds its cause's
+/// text and does not also return the cause from `source()`, so a printer that walks the chain
+/// (`{:#}` in the binary) shows each cause once and a hint stays last.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    /// A tensor operation failed.
+    /// A tensor operation failed (built through `From`, which drops candle's backtrace).
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     /// A plugin parameter is missing, of the wrong type or out of range.
     #[error("plugin `{plugin}`, parameter `{key}`: {msg}{}", hint_suffix(.hint))]
@@ -52,16 +56,38 @@ pub enum CoreError {
     Plugin { plugin: String, msg: String },
 
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
 
     /// Anything else, with a message that says what and where.
     #[error("{0}")]
     Msg(String),
+}
+
+impl From<candle_core::Error> for CoreError {
+    fn from(e: candle_core::Error) -> Self {
+        CoreError::Candle(without_backtrace(e))
+    }
+}
+
+/// `e` without the stack traces candle attaches when `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` is
+/// set (`Error::WithBacktrace`, also inside `Context` and `WithPath`): candle prints them as
+/// part of the message, and a user-facing message must not hold 30 lines of frames. Every
+/// conversion of a candle error into a segsweep error goes through here.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        E::Context { inner, context } => E::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        E::WithPath { inner, path } => E::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        other => other,
+    }
 }
 
 fn hint_suffix(hint: &Option<String>) -> String {
@@ -93,5 +119,42 @@ impl CoreError {
             expected: expected.to_string(),
             got: got.to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_candle_error_loses_its_backtrace_also_inside_context_and_path() {
+        let traced = |msg: &str| candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg(msg.into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(
+            CoreError::from(traced("bad shape")).to_string(),
+            "tensor operation failed: bad shape"
+        );
+        let nested = traced("no tensor")
+            .with_path("w.safetensors")
+            .context("loading");
+        let msg = CoreError::from(nested).to_string();
+        assert!(
+            msg.ends_with("no tensor") && !msg.contains("Backtrace"),
+            "{msg}"
+        );
+        assert!(msg.lines().count() <= 2, "{msg}");
+    }
+
+    #[test]
+    fn an_io_error_is_printed_by_display_only_not_again_as_source() {
+        let e = CoreError::Io {
+            path: "x.npy".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(e.to_string(), "x.npy: entity not found");
+        assert!(e.source().is_none());
     }
 }

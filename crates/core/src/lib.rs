@@ -22,9 +22,9 @@ pub mod tensor;
 
 pub use backbone::{Backbone, BackboneInfo, LastBlock, Needs, PrefixOut, WeightsKind};
 pub use config::{InferConfig, Mode};
-pub use error::{CoreError, Result};
+pub use error::{without_backtrace, CoreError, Result};
 pub use params::{ParamDefault, ParamSpec, ParamType, ParamValue, Params};
-pub use registry::{registry, PluginSpec, Registry};
+pub use registry::{registry, PipelinePos, PluginSpec, Registry};
 pub use stage::{
     AttentionCtx, Classifier, DenseCtx, DenseMaps, FeatureCtx, FeatureMap, LabelCtx, Refiner,
     RgbImage, Stage,
