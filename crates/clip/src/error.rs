@@ -6,20 +6,20 @@ use std::path::PathBuf;
 /// repo or prompt involved and, where it helps, how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
-    /// A tensor operation failed (shape mismatch, device, dtype).
+    /// A tensor operation failed (shape mismatch, device, dtype). Built through `From`, which
+    /// drops candle's backtrace.
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     /// An error from segsweep-core (passed through).
     #[error(transparent)]
     Core(#[from] segsweep_core::CoreError),
 
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// `config.json` is missing, not JSON, or describes something this crate cannot run.
@@ -56,11 +56,17 @@ pub enum ClipError {
 }
 
 impl ClipError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         ClipError::Io {
             path: path.into(),
-            source,
+            cause,
         }
+    }
+}
+
+impl From<candle_core::Error> for ClipError {
+    fn from(e: candle_core::Error) -> Self {
+        ClipError::Candle(segsweep_core::without_backtrace(e))
     }
 }
 

@@ -132,7 +132,7 @@ impl ClipModel {
         }
         .map_err(|e| ClipError::Weights {
             path: w.clone(),
-            msg: e.to_string(),
+            msg: weights_msg(e),
         })?;
         let info = BackboneInfo {
             model_id: model_id.to_string(),
@@ -143,7 +143,7 @@ impl ClipModel {
         Self::build(vb, config, tokenizer, info, device, dtype).map_err(|e| match e {
             ClipError::Candle(c) => ClipError::Weights {
                 path: w.clone(),
-                msg: c.to_string(),
+                msg: weights_msg(c),
             },
             other => other,
         })
@@ -238,6 +238,15 @@ impl ClipModel {
     fn last(&self) -> &crate::block::Block {
         // `validate` guarantees at least one layer.
         &self.vision.layers[self.vision.layers.len() - 1]
+    }
+}
+
+/// A candle error about a weights file as the message of [`ClipError::Weights`], which names the
+/// file itself: without candle's backtrace and without candle's own `path: "..."` prefix.
+fn weights_msg(e: candle_core::Error) -> String {
+    match segsweep_core::without_backtrace(e) {
+        candle_core::Error::WithPath { inner, .. } => inner.to_string(),
+        other => other.to_string(),
     }
 }
 
