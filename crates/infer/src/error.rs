@@ -12,9 +12,10 @@ pub enum InferError {
     #[error(transparent)]
     Core(#[from] CoreError),
 
-    /// A tensor operation failed.
+    /// A tensor operation failed. Built through `From`, which drops candle's backtrace; the
+    /// message holds the cause, so `source()` does not return it again.
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     /// An inference setting is out of range.
     #[error("inference setting `{key}`: {msg}")]
@@ -49,4 +50,10 @@ pub enum InferError {
         expected: String,
         got: Vec<usize>,
     },
+}
+
+impl From<candle_core::Error> for InferError {
+    fn from(e: candle_core::Error) -> Self {
+        InferError::Candle(segsweep_core::without_backtrace(e))
+    }
 }

@@ -89,14 +89,14 @@ pub fn resolve(source: &str, env: &HubEnv) -> Result<PathBuf> {
 
 /// Read every tensor of a `torch.save(state_dict)` file, by key, on the CPU.
 pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let tensors = candle_core::pickle::read_all(path).map_err(|source| LoftUpError::Read {
+    let tensors = candle_core::pickle::read_all(path).map_err(|e| LoftUpError::Read {
         path: path.to_path_buf(),
-        source,
+        cause: segsweep_core::without_backtrace(e),
     })?;
     if tensors.is_empty() {
         return Err(LoftUpError::Read {
             path: path.to_path_buf(),
-            source: candle_core::Error::Msg("no tensors found".into()),
+            cause: candle_core::Error::Msg("no tensors found".into()),
         });
     }
     Ok(tensors.into_iter().collect())

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while finding, reading or running the LoftUp checkpoint.
 ///
 /// Each variant names the file, tensor key or shape involved; checkpoint errors say how to get
-/// the file.
+/// the file. A message holds its cause's text, so no variant returns that cause again from
+/// `source()`; candle errors lose their backtrace on the way in.
 #[derive(Debug, thiserror::Error)]
 pub enum LoftUpError {
     /// The checkpoint is neither a readable file, nor a directory holding `pytorch_model.bin`,
@@ -19,11 +20,10 @@ pub enum LoftUpError {
     },
 
     /// The file exists but candle's pickle reader could not read it as a torch state dict.
-    #[error("{path}: cannot read as a PyTorch state dict (`torch.save(state_dict)` zip format): {source}")]
+    #[error("{path}: cannot read as a PyTorch state dict (`torch.save(state_dict)` zip format): {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 
     /// A key the LoftUp architecture needs is absent from the state dict.
@@ -49,7 +49,13 @@ pub enum LoftUpError {
 
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for LoftUpError {
+    fn from(e: candle_core::Error) -> Self {
+        LoftUpError::Candle(segsweep_core::without_backtrace(e))
+    }
 }
 
 impl LoftUpError {
