@@ -131,7 +131,7 @@ fn extract_part(
             let mut out = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
             std::io::copy(&mut entry, &mut out).map_err(|e| DataError::Io {
                 path: zip_path.to_path_buf(),
-                source: e,
+                cause: e,
                 hint: Some(format!("while extracting {}", name.display())),
             })?;
             std::fs::rename(&tmp, &dst).map_err(|e| DataError::io(&dst, e))?;

@@ -343,7 +343,7 @@ pub fn convert_from_archive(
 ) -> Result<BTreeSet<String>> {
     let bad = |e: std::io::Error| DataError::Io {
         path: archive.to_path_buf(),
-        source: e,
+        cause: e,
         hint: Some("reading the official PASCAL Context trainval.tar.gz".into()),
     };
     let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;

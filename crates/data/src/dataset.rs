@@ -201,7 +201,7 @@ impl Layout {
             Some(split) => {
                 let text = std::fs::read_to_string(split).map_err(|e| DataError::Io {
                     path: split.clone(),
-                    source: e,
+                    cause: e,
                     hint: Some(format!("dataset `{dataset}` needs its split file")),
                 })?;
                 // mmseg: `img_name = line.strip()` for every line; blank lines are skipped here.
