@@ -146,7 +146,7 @@ pub fn draw_charts(
     let dir = run_dir.join("charts");
     std::fs::create_dir_all(&dir).map_err(|x| ReportError::Io {
         path: dir.display().to_string(),
-        source: x,
+        cause: x,
     })?;
     let mut out = ChartFiles::default();
     if records.is_empty() {

@@ -20,15 +20,12 @@ pub use charts::{draw_charts, ChartFiles};
 pub use records::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
 pub use tables::{write_tables, PER_CLASS_CSV, SUMMARY_CSV};
 
-/// Errors of the report crate; each names the file involved.
+/// Errors of the report crate; each names the file involved. A message holds its cause's text,
+/// so no variant returns that cause again from `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{path}: not a valid segsweep record: {msg} (hint: records are written by `segsweep sweep`; delete a corrupt file and re-run the sweep to recompute it)")]
     BadRecord { path: String, msg: String },
     #[error("{path}: cannot write CSV: {msg}")]

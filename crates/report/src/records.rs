@@ -139,7 +139,7 @@ impl Record {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |e: std::io::Error| ReportError::Io {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -161,7 +161,7 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
     let dir = run_dir.join("counts");
     let io = |p: &Path, e: std::io::Error| ReportError::Io {
         path: p.display().to_string(),
-        source: e,
+        cause: e,
     };
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| io(&dir, e))?
