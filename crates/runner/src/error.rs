@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 /// Errors while reading a spec, expanding a sweep or running it.
+///
+/// A variant's message holds its cause's text, so no variant returns that cause again from
+/// `source()` (the binary prints the `source()` chain); a hint ends the message.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     /// The spec is malformed or a value is invalid.
@@ -14,11 +17,10 @@ pub enum RunnerError {
         hint: Option<String>,
     },
     /// A file or directory could not be read or written.
-    #[error("{}: {source}{}", path.display(), hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+    #[error("{}: {cause}{}", path.display(), hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
         hint: Option<String>,
     },
     #[error(transparent)]
@@ -31,13 +33,12 @@ pub enum RunnerError {
     Infer(#[from] segsweep_infer::InferError),
     #[error(transparent)]
     Report(#[from] segsweep_report::ReportError),
-    #[error("configuration {hash} ({label}), image {image}: {source}")]
+    #[error("configuration {hash} ({label}), image {image}: {cause}")]
     InConfig {
         hash: String,
         label: String,
         image: String,
-        #[source]
-        source: Box<RunnerError>,
+        cause: Box<RunnerError>,
     },
     #[error("interrupted; finished configurations are saved, re-run the same command to resume")]
     Interrupted,

@@ -192,7 +192,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
 fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {
     let unwritable = |p: &Path, e: std::io::Error| RunnerError::Io {
         path: p.to_path_buf(),
-        source: e,
+        cause: e,
         hint: Some(
             "choose a writable [experiment] output_dir (or --set experiment.output_dir=...)".into(),
         ),
@@ -201,10 +201,10 @@ fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| unwritable(&dir.join(sub), e))?;
     }
     let spec_copy = dir.join("spec.toml");
-    write_atomic(&spec_copy, exp.spec.text.as_bytes()).map_err(|e| RunnerError::Io {
-        path: spec_copy.clone(),
-        source: std::io::Error::other(e.to_string()),
-        hint: Some("choose a writable [experiment] output_dir".into()),
+    write_atomic(&spec_copy, exp.spec.text.as_bytes()).map_err(|e| match e {
+        // The report error names the same path: keep only its cause.
+        segsweep_report::ReportError::Io { cause, .. } => unwritable(&spec_copy, cause),
+        other => other.into(),
     })?;
     for c in &exp.configs {
         let header = format!(
@@ -262,7 +262,11 @@ fn device_of(m: &ModelSection) -> Result<Device> {
         RunnerError::spec(
             "[model]",
             "model.device",
-            format!("cannot open {}: {e}", m.device),
+            format!(
+                "cannot open {}: {}",
+                m.device,
+                segsweep_core::without_backtrace(e)
+            ),
             Some(
                 "a GPU run needs an NVIDIA driver and CUDA 13 libraries, and a binary built with `just build-cuda` (cargo feature `cuda`)".into(),
             ),
@@ -800,12 +804,12 @@ fn sanitize(id: &str) -> String {
         .collect()
 }
 
-fn in_config(c: &Config, image: &str, source: RunnerError) -> RunnerError {
+fn in_config(c: &Config, image: &str, cause: RunnerError) -> RunnerError {
     RunnerError::InConfig {
         hash: c.hash.clone(),
         label: c.label(),
         image: image.to_string(),
-        source: Box::new(source),
+        cause: Box::new(cause),
     }
 }
 
@@ -863,7 +867,7 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
         // Unreadable is not absent: starting over would throw away the images counted so far.
         Err(e) => Err(RunnerError::Io {
             path: p,
-            source: e,
+            cause: e,
             hint: Some(
                 "fix the file's permissions, or delete it to recompute this configuration from the start"
                     .into(),

@@ -267,7 +267,7 @@ impl<'a> PrefixSlot<'a> {
             State::Held => {}
             State::Spilled(file) => {
                 let named = candle_core::safetensors::load(file.path(), &Device::Cpu)
-                    .map_err(|e| spill_io(file.path(), std::io::Error::other(e.to_string())))?;
+                    .map_err(|e| spill_io(file.path(), candle_io(e)))?;
                 let named: HashMap<String, Tensor> = named.into_iter().collect();
                 self.prepared
                     .restore_prefix(named, self.ctx.backbone.device())?;
@@ -367,7 +367,7 @@ fn save_named(
         .tempfile_in(dir)
         .map_err(|e| io_err(dir, e))?;
     candle_core::safetensors::save(&map, file.path())
-        .map_err(|e| io_err(file.path(), std::io::Error::other(e.to_string())))?;
+        .map_err(|e| io_err(file.path(), candle_io(e)))?;
     Ok((file, bytes))
 }
 
@@ -424,10 +424,15 @@ pub(crate) fn prepare_batch(
     Ok(out)
 }
 
-fn spill_io(path: &Path, source: std::io::Error) -> RunnerError {
+/// A candle error reading or writing a scratch file, as the cause of an I/O error on that file.
+fn candle_io(e: candle_core::Error) -> std::io::Error {
+    std::io::Error::other(segsweep_core::without_backtrace(e).to_string())
+}
+
+fn spill_io(path: &Path, cause: std::io::Error) -> RunnerError {
     RunnerError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
         hint: Some(
             "set [experiment] spill_dir to a writable disk with space, or spill = \"none\" to recompute instead"
                 .into(),
@@ -435,10 +440,10 @@ fn spill_io(path: &Path, source: std::io::Error) -> RunnerError {
     }
 }
 
-fn cache_io(path: &Path, source: std::io::Error) -> RunnerError {
+fn cache_io(path: &Path, cause: std::io::Error) -> RunnerError {
     RunnerError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
         hint: Some(
             "set [experiment] feature_cache_dir to a writable disk with space, or feature_cache = \"none\""
                 .into(),
@@ -521,7 +526,7 @@ impl FeatureCache {
             return Ok(false);
         }
         let restored = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| e.to_string())
+            .map_err(|e| segsweep_core::without_backtrace(e).to_string())
             .and_then(|named| {
                 prepared
                     .restore_prefix(named.into_iter().collect(), device)

@@ -257,7 +257,7 @@ pub fn parse_set(arg: &str) -> Result<(String, toml::Value)> {
 pub fn load(path: &Path, sets: &[(String, toml::Value)]) -> Result<LoadedSpec> {
     let text = std::fs::read_to_string(path).map_err(|e| RunnerError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
         hint: Some("pass the path of an experiment spec, e.g. experiments/demo.toml".into()),
     })?;
     load_text(path, text, sets)
