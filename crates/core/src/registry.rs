@@ -24,21 +24,39 @@ pub struct PluginSpec {
     /// Declared parameters; spec values are validated against them before anything runs.
     pub params: &'static [ParamSpec],
     /// Checks the schema cannot express (a parameter that only one variant reads, an empty
-    /// list, two parameters that exclude each other). It must be cheap and touch no files or
-    /// weights: [`PluginSpec::resolve`] runs it, so `segsweep validate` reports these mistakes
-    /// before a sweep starts rather than when the configuration's turn comes. Plugins whose
-    /// `build` only parses parameters pass `|p| build_fn(p).map(drop)`; `|_| Ok(())` if the
+    /// list, two parameters that exclude each other, a plugin that must come before others of
+    /// its pipeline). It must be cheap and touch no files or weights:
+    /// [`PluginSpec::resolve_at`] runs it, so `segsweep validate` reports these mistakes before
+    /// a sweep starts rather than when the configuration's turn comes. Plugins whose `build`
+    /// only parses parameters pass `|p, _| build_fn(p).map(drop)`; `|_, _| Ok(())` if the
     /// schema says everything.
-    pub check: fn(&Params) -> Result<()>,
+    pub check: fn(&Params, &PipelinePos) -> Result<()>,
     /// Build the plugin from validated parameters (may load files, e.g. a checkpoint).
     pub build: fn(&Params) -> Result<Box<dyn Refiner>>,
 }
 
+/// Where an entry sits in its pipeline, for [`PluginSpec::check`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelinePos<'a> {
+    /// The entries before this one, in order: (plugin name, stage).
+    pub before: &'a [(&'a str, Stage)],
+}
+
 impl PluginSpec {
-    /// Validate raw spec values against this plugin's schema, then run its [`check`](Self::check).
+    /// Validate raw spec values against this plugin's schema, then run its [`check`](Self::check)
+    /// as the first entry of a pipeline.
     pub fn resolve(&self, raw: &BTreeMap<String, toml::Value>) -> Result<Params> {
+        self.resolve_at(raw, &PipelinePos::default())
+    }
+
+    /// [`PluginSpec::resolve`] for an entry at `pos` of a pipeline.
+    pub fn resolve_at(
+        &self,
+        raw: &BTreeMap<String, toml::Value>,
+        pos: &PipelinePos,
+    ) -> Result<Params> {
         let params = Params::resolve(self.name, self.params, raw)?;
-        (self.check)(&params)?;
+        (self.check)(&params, pos)?;
         Ok(params)
     }
 
@@ -69,7 +87,7 @@ inventory::collect!(PluginSpec);
 ///     doc: "...",
 ///     stage: segsweep_core::Stage::DenseLogits,
 ///     params: PARAMS,
-///     check: |p| Pamr::from_params(p).map(drop),
+///     check: |p, _| Pamr::from_params(p).map(drop),
 ///     build: |p| Ok(Box::new(Pamr::from_params(p)?)),
 /// });
 /// ```

@@ -728,8 +728,12 @@ fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
             .filter(|(k, _)| *k != "plugin" && *k != "id")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let before: Vec<(&str, Stage)> = steps
+            .iter()
+            .map(|s| (s.plugin.name, s.plugin.stage))
+            .collect();
         let params = plugin
-            .resolve(&params_raw)
+            .resolve_at(&params_raw, &segsweep_core::PipelinePos { before: &before })
             .map_err(|e| RunnerError::spec(file, format!("{key} ({id})"), e.to_string(), None))?;
         if let Some(prev) = steps.last() {
             if plugin.stage < prev.plugin.stage {

@@ -6,6 +6,7 @@ use std::path::Path;
 use segsweep_runner::{expand, load_text, parse_set};
 
 // The binary names every plugin crate; a test of the runner must too (inventory issue #50).
+use segsweep_plugin_clip_rc as _;
 use segsweep_plugin_cliptrase as _;
 use segsweep_plugin_pamr as _;
 
@@ -170,4 +171,30 @@ fn plugin_checks_run_at_validation() {
         &[],
     );
     assert!(e.contains("cliptrase") && e.contains("eps"), "{e}");
+}
+
+/// CLIPtrase's paper variant recomputes the last block and the features: a feature plugin
+/// before it would be silently discarded, so that order is an error; after it, fine.
+#[test]
+fn cliptrase_paper_after_a_feature_plugin_is_an_error() {
+    // Without the grid on `correlation_temperature`, a phase2a-only parameter.
+    let pipeline = |first: &str, second: &str| {
+        SPEC.replace(
+            "[[pipeline]]\nplugin = \"cliptrase\"",
+            &format!("{first}\n{second}"),
+        )
+        .replace(
+            "[sweep.grid]\n\"cliptrase.correlation_temperature\" = [0.05, 0.5]\n",
+            "",
+        )
+    };
+    let rc = "[[pipeline]]\nplugin = \"clip-rc\"";
+    let paper = "[[pipeline]]\nplugin = \"cliptrase\"\nvariant = \"paper\"";
+    let e = error(&pipeline(rc, paper), &[]);
+    assert!(
+        e.contains("cliptrase") && e.contains("clip-rc") && e.contains("variant"),
+        "{e}"
+    );
+    let spec = load_text(Path::new("checks.toml"), pipeline(paper, rc), &[]).unwrap();
+    expand(spec, &[]).unwrap();
 }

@@ -117,6 +117,6 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::Features,
     params: PARAMS,
-    check: |p| ClipRc::from_params(p).map(drop),
+    check: |p, _| ClipRc::from_params(p).map(drop),
     build: |p| Ok(Box::new(ClipRc::from_params(p)?)),
 });

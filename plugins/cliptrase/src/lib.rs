@@ -88,7 +88,8 @@ pub use params::PARAMS;
 use candle_core::{DType, Tensor};
 use segsweep_core::tensor::l2_normalise;
 use segsweep_core::{
-    CoreError, FeatureCtx, FeatureMap, Needs, Params, PluginSpec, Refiner, Result, Stage,
+    CoreError, FeatureCtx, FeatureMap, Needs, Params, PipelinePos, PluginSpec, Refiner, Result,
+    Stage,
 };
 
 pub use paper::Vote;
@@ -326,6 +327,30 @@ cannot be averaged across overlapping slide windows). The default vote = \"mean-
 authors' d2 version, which averages logits and so also works with slide inference. Output: per-pixel features (B, E, crop h, crop w). Not reproduced: \
 upstream's centre-crop protocol, metric, fp32-only model and VOC20 CLS reweighting.";
 
+/// [`PluginSpec::check`]: the parameters parse, and the paper variant, which recomputes the
+/// last block and the patch features from the prefix, has no attention or feature plugin
+/// before it whose work it would silently discard.
+fn check(p: &Params, pos: &PipelinePos) -> Result<()> {
+    let trase = ClipTrase::from_params(p)?;
+    if matches!(trase.variant, Variant::Paper { .. }) {
+        if let Some((name, stage)) = pos
+            .before
+            .iter()
+            .find(|(_, s)| matches!(s, Stage::Attention | Stage::Features))
+        {
+            return Err(param_err(
+                "variant",
+                format!(
+                    "\"paper\" recomputes the last block and the patch features, so `{name}` ({} stage) before it would have no effect",
+                    stage.describe()
+                ),
+                Some("list cliptrase first among the attention and feature plugins, or use variant = \"phase2a\"".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 segsweep_core::register_plugin!(PluginSpec {
     name: NAME,
     summary: "CLIPtrase: phase2a (design notes, default) feature recalibration | paper (ECCV'24) \
@@ -333,6 +358,6 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::Features,
     params: PARAMS,
-    check: |p| ClipTrase::from_params(p).map(drop),
+    check,
     build: |p| Ok(Box::new(ClipTrase::from_params(p)?)),
 });

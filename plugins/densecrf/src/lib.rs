@@ -90,6 +90,6 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::DenseLogits,
     params: PARAMS,
-    check: |p| Ok(DenseCrf::from_params(p).map(drop)?),
+    check: |p, _| Ok(DenseCrf::from_params(p).map(drop)?),
     build: |p| Ok(Box::new(DenseCrf::from_params(p)?)),
 });

@@ -313,6 +313,6 @@ segsweep_core::register_plugin!(PluginSpec {
     params: PARAMS,
     // Every parameter is a schema-checked choice or count; the checkpoint is checked
     // when the run builds the plugin, before any image.
-    check: |_| Ok(()),
+    check: |_, _| Ok(()),
     build: |p| Ok(Box::new(LoftUpRefiner::from_params(p)?)),
 });

@@ -223,6 +223,6 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::DenseLogits,
     params: PARAMS,
-    check: |p| Pamr::from_params(p).map(drop),
+    check: |p, _| Pamr::from_params(p).map(drop),
     build: |p| Ok(Box::new(Pamr::from_params(p)?)),
 });

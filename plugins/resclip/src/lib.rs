@@ -119,6 +119,6 @@ segsweep_core::register_plugin!(PluginSpec {
     doc: DOC,
     stage: Stage::Attention,
     params: PARAMS,
-    check: |p| ResClip::from_params(p).map(drop),
+    check: |p, _| ResClip::from_params(p).map(drop),
     build: |p| Ok(Box::new(ResClip::from_params(p)?)),
 });
