@@ -829,26 +829,9 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
         Ok(text) => {
             let partial: Partial =
                 serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
-            let c = &partial.counts;
-            for (name, v) in [
-                ("intersect", &c.intersect),
-                ("union", &c.union),
-                ("pred", &c.pred),
-                ("label", &c.label),
-            ] {
-                if v.len() != n_classes {
-                    return Err(damaged(format!(
-                        "counts.{name} has {} entries, the dataset has {n_classes} classes",
-                        v.len()
-                    )));
-                }
-            }
-            if let Some(i) = (0..n_classes).find(|&i| c.intersect[i] > c.union[i].min(c.pred[i]).min(c.label[i])) {
-                return Err(damaged(format!(
-                    "class {i}: intersect {} exceeds union, pred or label ({}, {}, {})",
-                    c.intersect[i], c.union[i], c.pred[i], c.label[i]
-                )));
-            }
+            counts_of(&partial.counts)
+                .check(n_classes)
+                .map_err(damaged)?;
             if partial.next_image > n_images {
                 return Err(damaged(format!(
                     "next_image {} is past the dataset's {n_images} images",

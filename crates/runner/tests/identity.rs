@@ -150,7 +150,7 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
     let err = damage(&|j| {
         j["counts"]["intersect"][0] = serde_json::json!(u64::MAX);
     });
-    assert!(err.contains("exceeds"), "{err}");
+    assert!(err.contains("inconsistent"), "{err}");
     // The intact checkpoint still resumes to a finished record.
     std::fs::write(&partial, good).unwrap();
     let done = run(&exp, &RunOptions::default()).unwrap();
