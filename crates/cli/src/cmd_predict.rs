@@ -104,8 +104,12 @@ fn check_distinct_stems(images: &[PathBuf]) -> Result<()> {
 /// Build the spec text the flags describe, so predict validates exactly like a sweep.
 fn spec_text(args: &PredictArgs) -> Result<String> {
     let mut tree: toml::Table = match &args.spec {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("{}: cannot read spec", p.display()))?
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot read spec: {e}\n  hint: --spec takes an experiment spec, e.g. experiments/demo.toml",
+                p.display()
+            )
+        })?
             .parse()
             .with_context(|| format!("{}: malformed TOML", p.display()))?,
         None => toml::Table::new(),

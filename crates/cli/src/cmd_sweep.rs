@@ -1,9 +1,9 @@
 //! `segsweep sweep`, `validate` and `plot`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use segsweep_runner::{load_experiment, run, run_dir, RunOptions};
 
@@ -124,8 +124,15 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         }
         eprintln!("\ninterrupt: stopping after the image in flight (Ctrl-C again to quit now)");
     });
-    let summary =
-        run(&exp, &opts).with_context(|| format!("sweep {}", args.spec.spec.display()))?;
+    let summary = run(&exp, &opts).map_err(|e| {
+        // Name the spec unless the message opens with it already (a spec key's error).
+        let spec = args.spec.spec.display().to_string();
+        if e.to_string().starts_with(&spec) {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(format!("sweep {spec}"))
+        }
+    })?;
     println!(
         "{} configuration(s): {} computed, {} already finished. Results: {}",
         summary.records.len(),
@@ -154,18 +161,43 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// A run directory without a readable `counts/` is the wrong directory: say so, and which
+/// sub-directories are run directories. Other errors (a corrupt record) name their own file.
+fn not_a_run_dir(dir: &Path, e: segsweep_report::ReportError) -> anyhow::Error {
+    let counts = dir.join("counts");
+    match &e {
+        segsweep_report::ReportError::Io { path, .. } if Path::new(path) == counts => {
+            let mut runs: Vec<String> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.ok())
+                .filter(|d| d.path().join("counts").is_dir())
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .collect();
+            runs.sort();
+            let hint = if runs.is_empty() {
+                "pass a run directory, the `Results:` path `segsweep sweep` prints \
+                 (<output_dir>/<experiment>/<run-id>)"
+                    .to_string()
+            } else {
+                format!("run directories here: {}", runs.join(", "))
+            };
+            anyhow::anyhow!(
+                "{}: not a segsweep run directory (expected counts/*.json): {e}\n  hint: {hint}",
+                dir.display()
+            )
+        }
+        _ => e.into(),
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into())
 }
 
 pub fn plot(args: PlotArgs) -> Result<()> {
     let dir = &args.results_dir;
-    let records = segsweep_report::load_records(dir).with_context(|| {
-        format!(
-            "{}: not a segsweep run directory (expected counts/*.json)",
-            dir.display()
-        )
-    })?;
+    let records = segsweep_report::load_records(dir).map_err(|e| not_a_run_dir(dir, e))?;
     anyhow::ensure!(
         !records.is_empty(),
         "{}: no finished configuration to plot (counts/ has no record)",

@@ -1,7 +1,8 @@
 //! The `segsweep` command line: sweeps, validation, plugin listing, plots, single-image
 //! prediction, dataset tools, evaluation and stand-alone DenseCRF.
 //!
-//! Errors are printed with their whole chain (`{:#}`) and a non-zero exit code.
+//! Errors are printed with their whole chain, each cause once and hints last (see `render`),
+//! and a non-zero exit code.
 
 // Doc comments on clap arguments are the `--help` text users read, written for a terminal
 // (`<output_dir>/<experiment>`, `[dataset] root`), not rustdoc markup.
@@ -73,6 +74,15 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() {
+    // candle attaches a stack trace to its errors, printed as part of the message, whenever
+    // RUST_BACKTRACE or RUST_LIB_BACKTRACE asks for library backtraces; a user who set
+    // RUST_BACKTRACE=1 for panics must not get 30 lines of frames inside an error message. Unless
+    // library backtraces were asked for by name, turn them off (panics still follow
+    // RUST_BACKTRACE). This runs first, while the process has one thread, and before std reads
+    // and caches the variable. The error types strip candle's backtraces as well (explicit opt-in).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
@@ -86,7 +96,85 @@ fn main() {
         Command::Densecrf(a) => cmd_data::densecrf(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        tracing::debug!("error chain: {e:?}");
+        eprintln!("error: {}", render(&e));
         std::process::exit(1);
+    }
+}
+
+const HINT: &str = "\n  hint: ";
+
+/// `e` and its causes joined by ": " like anyhow's `{:#}`, but each cause once and hints last.
+///
+/// segsweep's error types hold their cause's text in their message and return no `source()`;
+/// some other libraries' errors do both, so a cause whose text is already printed is skipped.
+/// A hint (`"\n  hint: ..."`) of any layer moves to the end, after the innermost cause.
+fn render(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut hints: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        let (body, hint) = match msg.split_once(HINT) {
+            Some((body, hint)) => (body, Some(hint)),
+            None => (msg.as_str(), None),
+        };
+        if !body.is_empty() && !text.contains(body) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(body);
+        }
+        if let Some(h) = hint.filter(|h| !hints.iter().any(|x| x == h)) {
+            hints.push(h.to_string());
+        }
+    }
+    for h in hints {
+        text.push_str(HINT);
+        text.push_str(&h);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    /// An error that prints its cause and also returns it from `source()`, as some libraries do.
+    #[derive(Debug)]
+    struct Both {
+        path: String,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Both {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}\n  hint: check the path", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Both {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_printed_by_its_wrapper_is_not_printed_again_and_the_hint_comes_last() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Both {
+            path: "x.toml".into(),
+            source: io,
+        })
+        .context("sweep x.toml");
+        assert_eq!(
+            render(&e),
+            "sweep x.toml: x.toml: entity not found\n  hint: check the path"
+        );
+    }
+
+    #[test]
+    fn a_chain_of_distinct_causes_is_joined_like_anyhow_alternate() {
+        let e = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(render(&e), format!("{e:#}"));
     }
 }
