@@ -204,7 +204,8 @@ fn write_records(dir: &std::path::Path, recs: &[Record]) {
 /// class list, or two records of one configuration, are errors naming the file.
 #[test]
 fn inconsistent_records_are_rejected_by_name() {
-    let cases: [(&str, fn(&mut Record)); 4] = [
+    type Damage = fn(&mut Record);
+    let cases: [(&str, Damage); 4] = [
         ("counts.union has 2 entries", |r| r.counts.union.truncate(2)),
         ("inconsistent", |r| r.counts.intersect[1] = 9),
         ("inconsistent", |r| r.counts.union[0] += 1),
