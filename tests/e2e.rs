@@ -5,37 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../crates/cli/tests/common/mod.rs"]
+mod common;
+use common::{fails, run};
+
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
-    c.env_remove("RUST_LOG");
-    c
+    common::segsweep()
 }
 
-fn run(args: &[&str], cwd: &Path) -> Output {
-    bin()
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run segsweep")
-}
-
+/// Stdout of a run that must have succeeded.
+#[track_caller]
 fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "segsweep failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn fails(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure; stdout:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::ok(out).0
 }
 
 /// variants (baseline, +pamr) × one grid parameter (prob_thd): 2×2 configurations.

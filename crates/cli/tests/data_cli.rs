@@ -2,44 +2,14 @@
 //! directories: each test is named after the review finding it guards.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use segsweep_data::{save_label_png, LabelMap};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
-    c.env_remove("RUST_LOG");
-    c
-}
+mod common;
+use common::{fails, ok, run};
 
-fn run(args: &[&str], cwd: &Path) -> Output {
-    bin()
-        .args(args)
-        .current_dir(cwd)
-        .env("SEGSWEEP_CACHE", cwd.join("cache"))
-        .output()
-        .expect("run segsweep")
-}
-
-fn ok(out: &Output) -> (String, String) {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "segsweep failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    (stdout, stderr)
-}
-
-fn fails(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure; stdout:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+fn bin() -> std::process::Command {
+    common::segsweep()
 }
 
 /// Column `col` of the first row of a CSV file.

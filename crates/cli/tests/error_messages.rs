@@ -6,38 +6,21 @@
 //! after the hint), and candle errors carried 20–30 lines of frames under `RUST_BACKTRACE=1`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+mod common;
+use common::repo;
 
-/// `segsweep ARGS` with `env`, no `SEGSWEEP_*`, `RUST_LOG` or `RUST_*BACKTRACE` from the caller,
-/// and a private cache; returns stderr, asserting that the command failed.
+/// `segsweep ARGS` with `env` (and nothing of the caller's `SEGSWEEP_*`, `RUST_LOG` or
+/// `RUST_*BACKTRACE`) and a private cache; returns stderr, asserting that the command failed.
 fn fails(args: &[&str], env: &[(&str, &str)], cache: &Path) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SEGSWEEP_") {
-            c.env_remove(k);
-        }
-    }
-    let out: Output = c
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env("SEGSWEEP_CACHE", cache)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run segsweep");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "expected a failure, got success; stderr:\n{err}"
-    );
-    err
+    common::fails(
+        &common::segsweep()
+            .env("SEGSWEEP_CACHE", cache)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run segsweep"),
+    )
 }
 
 /// The OS's text for a missing file, as std prints it ("No such file or directory (os error 2)"

@@ -3,21 +3,17 @@
 //! issue 7's flag). `validate` loads no weights, so these run in milliseconds.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 fn demo_spec() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments/demo.toml")
+    common::repo("experiments/demo.toml")
 }
 
 /// `segsweep SUB demo.toml ARGS` with `env` set and every other `SEGSWEEP_*` removed.
 fn segsweep(sub: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_segsweep"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SEGSWEEP_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_LOG")
+    common::segsweep()
         .arg(sub)
         .arg(demo_spec())
         .args(args)
