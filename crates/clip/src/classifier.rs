@@ -161,7 +161,13 @@ pub fn build_classifier(
         None => {
             let t = encode_queries(model, &queries, templates)?;
             if let Some(f) = &cache_file {
-                write_atomic(f, &t)?;
+                // The cache only saves time: a cache directory that cannot be written (a file
+                // in its place, no permission, a full disk) is worth a warning, not the run.
+                if let Err(e) = write_atomic(f, &t) {
+                    tracing::warn!(
+                        "cannot cache the text classifier ({e}); continuing without the cache (set SEGSWEEP_CACHE to a writable directory to keep it)"
+                    );
+                }
             }
             t
         }

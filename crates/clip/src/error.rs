@@ -27,7 +27,7 @@ pub enum ClipError {
     Config { path: PathBuf, msg: String },
 
     /// A weights file lacks a tensor or has one of the wrong shape.
-    #[error("{path}: {msg} (hint: the file must use the Hugging Face `CLIPModel` layout, e.g. `vision_model.encoder.layers.0.self_attn.q_proj.weight`)")]
+    #[error("{path}: {msg} (hint: a damaged or partly downloaded file: download it again; otherwise the file must use the Hugging Face `CLIPModel` layout, e.g. `vision_model.encoder.layers.0.self_attn.q_proj.weight`, with the sizes config.json gives)")]
     Weights { path: PathBuf, msg: String },
 
     /// The source string is neither a directory, a repo id nor a `builtin:` name.

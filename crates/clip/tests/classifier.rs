@@ -134,6 +134,19 @@ fn corrupt_cache_file_is_recomputed() {
     assert_eq!(c.text.dims(), &[2, 16]);
 }
 
+/// The cache only saves time: a cache "directory" that is a file is no reason to fail.
+#[test]
+fn an_unwritable_cache_is_skipped_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let m = counting();
+    let classes = parse_class_names("a\nb\n");
+    let c = build_classifier(&m, &classes, &["{}"], Some(&file)).unwrap();
+    assert_eq!(c.text.dims(), &[2, 16]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let m = counting();

@@ -357,6 +357,17 @@ impl Dataset {
     /// A custom dataset (see [`CustomConfig`]).
     pub fn custom(cfg: &CustomConfig) -> Result<Dataset> {
         // Relative paths are relative to the root, like image_dir and label_dir.
+        if !cfg.root.is_dir() {
+            return Err(DataError::Missing {
+                dataset: cfg.name.clone(),
+                what: "custom dataset root".into(),
+                path: cfg.root.clone(),
+                hint: Some(
+                    "set [dataset.custom] root to the directory holding the images, labels and class file"
+                        .into(),
+                ),
+            });
+        }
         let class_path = cfg.root.join(&cfg.classes);
         let classes = ClassNames::from_file(&class_path)?;
         let find = |key: &str, name: &str| {

@@ -233,6 +233,22 @@ fn quality_c16_custom_class_errors_name_the_custom_key() {
     assert!(e.contains("`dataset.custom.background_class`"), "{e}");
 }
 
+/// A missing custom root is named as the root, not as the class file inside it.
+#[test]
+fn a_missing_custom_root_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = segsweep_data::write_synthetic(dir.path(), 1, 0).unwrap();
+    cfg.root = dir.path().join("elsewhere");
+    let e = Dataset::custom(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("custom dataset root")
+            && e.contains("elsewhere")
+            && e.contains("[dataset.custom] root"),
+        "{e}"
+    );
+    assert!(!e.contains("classes.txt"), "{e}");
+}
+
 #[test]
 fn bad_samples_are_named_when_loaded() {
     let dir = tempfile::tempdir().unwrap();

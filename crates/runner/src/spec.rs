@@ -331,21 +331,34 @@ fn figment_error(file: &str, err: figment::Error) -> RunnerError {
         Some(n) if n.contains("Serialized") => format!("{file} (via --set)"),
         _ => file.to_string(),
     };
+    use figment::error::{Actual, Kind};
     let hint = match &err.kind {
-        figment::error::Kind::UnknownField(_, expected) => Some(format!(
-            "known keys here: {}",
-            expected
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+        Kind::UnknownField(name, expected) => {
+            let near = segsweep_core::registry::nearest(name, expected.iter().copied());
+            Some(format!(
+                "{}known keys here: {}",
+                near.map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default(),
+                expected.join(", ")
+            ))
+        }
+        Kind::InvalidValue(Actual::Signed(n), _) if *n < 0 => Some(format!(
+            "`{key}` is a count or size: give a non-negative integer"
         )),
-        figment::error::Kind::InvalidType(..) => {
+        Kind::InvalidType(..) | Kind::InvalidValue(..) => {
             Some("see the spec reference in README.md for each key's type".into())
         }
+        Kind::MissingField(name) => Some(format!(
+            "add `{name} = ...` here (see the spec reference in README.md)"
+        )),
         _ => None,
     };
-    RunnerError::spec(&source, key, err.kind.to_string(), hint)
+    let msg = match &err.kind {
+        // figment's text repeats the known keys with garbled quoting; the hint lists them.
+        Kind::UnknownField(name, _) => format!("unknown key `{name}`"),
+        other => other.to_string(),
+    };
+    RunnerError::spec(&source, key, msg, hint)
 }
 
 #[cfg(test)]

@@ -533,6 +533,14 @@ fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
         t.insert("classes_sha256".into(), digest("dataset.classes", path)?);
     }
     if let Some(c) = &d.custom {
+        if !c.root.is_dir() {
+            return Err(RunnerError::spec(
+                file,
+                "dataset.custom.root",
+                format!("{} is not a directory", c.root.display()),
+                Some("set it to the directory holding the images, labels and class file".into()),
+            ));
+        }
         let sha = digest("dataset.custom.classes", &c.root.join(&c.classes))?;
         if let Some(toml::Value::Table(custom)) = t.get_mut("custom") {
             custom.insert("classes_sha256".into(), sha);
@@ -683,10 +691,14 @@ fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
             .get("plugin")
             .and_then(|v| v.as_str())
             .ok_or_else(|| {
+                let msg = match entry.get("plugin") {
+                    Some(v) => format!("`plugin = {v}` is not a plugin name (a string)"),
+                    None => "missing `plugin = \"name\"`".into(),
+                };
                 RunnerError::spec(
                     file,
-                    &key,
-                    "missing `plugin = \"name\"`",
+                    format!("{key}.plugin"),
+                    msg,
                     Some(format!("registered plugins: {}", reg.names().join(", "))),
                 )
             })?;

@@ -198,3 +198,24 @@ fn cliptrase_paper_after_a_feature_plugin_is_an_error() {
     let spec = load_text(Path::new("checks.toml"), pipeline(paper, rc), &[]).unwrap();
     expand(spec, &[]).unwrap();
 }
+
+/// Messages for common slips: a non-string plugin name, a misspelled section key (with a
+/// suggestion), a negative count.
+#[test]
+fn common_slips_get_specific_messages() {
+    let e = error(&SPEC.replace("plugin = \"cliptrase\"", "plugin = 5"), &[]);
+    assert!(
+        e.contains("pipeline[0].plugin") && e.contains("not a plugin name"),
+        "{e}"
+    );
+    let e = error(SPEC, &["inference.logit_scal=3"]);
+    assert!(
+        e.contains("unknown key `logit_scal`") && e.contains("did you mean `logit_scale`"),
+        "{e}"
+    );
+    let e = error(SPEC, &["inference.crop=-1"]);
+    assert!(
+        e.contains("inference.crop") && e.contains("non-negative"),
+        "{e}"
+    );
+}
