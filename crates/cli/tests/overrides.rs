@@ -123,3 +123,17 @@ fn bad_device_and_dtype_flags_name_the_key() {
     let err = stderr(&validate(&["--dtype", "f64"], &[]));
     assert!(err.contains("model.dtype") && err.contains("hint"), "{err}");
 }
+
+/// `SEGSWEEP_<SECTION>__<KEY>` for a section the environment does not set (a typo, a pipeline
+/// entry, the sweep) is an error naming the variable, not silently ignored.
+#[test]
+fn an_environment_variable_for_an_unknown_section_is_an_error() {
+    for (var, want) in [
+        ("SEGSWEEP_INFERNCE__PROB_THD", "did you mean `inference`"),
+        ("SEGSWEEP_PAMR__STEPS", "--set"),
+        ("SEGSWEEP_SWEEP__BASELINE", "--set"),
+    ] {
+        let err = stderr(&validate(&[], &[(var, "1")]));
+        assert!(err.contains(var) && err.contains(want), "{var}: {err}");
+    }
+}

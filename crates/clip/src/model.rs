@@ -73,6 +73,12 @@ impl ClipModel {
         }
         let path = Path::new(source);
         let files = if let Some(repo) = source.strip_prefix("hf:") {
+            if !source::looks_like_repo_id(repo) {
+                return Err(ClipError::Source {
+                    spec: source.to_string(),
+                    msg: "`hf:` must be followed by a Hugging Face repo id, `org/name`".into(),
+                });
+            }
             source::hub_files(repo, hub)?
         } else if path.is_dir() {
             source::local_files(path)?

@@ -149,6 +149,12 @@ fn a_two_part_path_under_an_existing_directory_is_not_sent_to_the_hub() {
     )
     .unwrap();
     assert_eq!(hub.info().weights, WeightsKind::Real);
+    for bad in ["hf:", "hf:../../etc", "hf:org/name/extra"] {
+        let e = ClipModel::load_with_hub(bad, &Device::Cpu, DType::F32, &offline_env(home.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("org/name"), "{bad}: {e}");
+    }
 }
 
 #[test]

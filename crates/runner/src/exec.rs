@@ -419,6 +419,30 @@ fn preflight(
         })
         .collect::<segsweep_core::Result<Vec<_>>>()?;
     let model = load_model(&first.model, models)?;
+    // What plugins asked the prefix to record must exist in this model (a layer number is a
+    // plugin parameter; its range depends on the model, so it is checked here).
+    let layers = model.info().layers;
+    for (c, refs) in group.iter().zip(&refiners) {
+        for (step, r) in c.pipeline.iter().zip(refs) {
+            let needs = r.needs();
+            if let Some(n) = needs
+                .attn_probs
+                .iter()
+                .chain(&needs.qkv)
+                .find(|&&n| n == 0 || n > layers)
+            {
+                return Err(RunnerError::spec(
+                    &exp.spec.file(),
+                    format!("pipeline entry `{}`", step.id),
+                    format!(
+                        "plugin `{}` needs layer {n} of the backbone, which has layers 1..={layers}",
+                        step.plugin.name
+                    ),
+                    Some(format!("`segsweep plugins {}` shows the parameter that picks the layer", step.plugin.name)),
+                ));
+            }
+        }
+    }
     Ok(GroupInputs {
         ds,
         classes,
@@ -832,6 +856,12 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
             counts_of(&partial.counts)
                 .check(n_classes)
                 .map_err(damaged)?;
+            if partial.next_image as u64 != partial.counts.images + partial.skipped as u64 {
+                return Err(damaged(format!(
+                    "next_image {} disagrees with its {} counted and {} skipped images",
+                    partial.next_image, partial.counts.images, partial.skipped
+                )));
+            }
             if partial.next_image > n_images {
                 return Err(damaged(format!(
                     "next_image {} is past the dataset's {n_images} images",
@@ -841,12 +871,17 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
             tracing::info!("resuming {hash} at image {}", partial.next_image);
             Ok(partial)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Partial {
+        // Absent means absent: a dangling link in its place is a damaged checkpoint.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&p).is_err() =>
+        {
+            Ok(Partial {
             next_image: 0,
             counts: IouCounts::new(n_classes),
             seconds: 0.0,
             skipped: 0,
-        }),
+        })
+        }
         // Unreadable is not absent: starting over would throw away the images counted so far.
         Err(e) => Err(RunnerError::Io {
             path: p,

@@ -104,6 +104,14 @@ impl MemoryPlan {
                 "<output_dir>/.cache/features",
             ),
         ] {
+            if let Some(d) = dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+                return Err(RunnerError::spec(
+                    file,
+                    key,
+                    format!("{} exists and is not a directory", d.display()),
+                    Some(format!("name a directory, or leave it out for {default}")),
+                ));
+            }
             if dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
                 return Err(RunnerError::spec(
                     file,

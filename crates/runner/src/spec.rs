@@ -275,6 +275,30 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
             Some("check quoting and brackets; dotted sweep keys must be quoted".into()),
         ));
     }
+    // `SEGSWEEP_<SECTION>__<KEY>` for a section that is not layered from the environment (a
+    // typo, a pipeline entry, [sweep]) would be ignored silently: name it instead.
+    if let Some((var, section)) = std::env::vars().find_map(|(var, _)| {
+        let rest = var.strip_prefix("SEGSWEEP_")?;
+        let (section, _) = rest.split_once("__")?;
+        (!SECTIONS[..4]
+            .iter()
+            .any(|s| section.eq_ignore_ascii_case(s)))
+        .then(|| (var.clone(), section.to_ascii_lowercase()))
+    }) {
+        let near = segsweep_core::registry::nearest(&section, SECTIONS[..4].iter().copied());
+        return Err(RunnerError::spec(
+            &format!("{file} (via SEGSWEEP_* environment)"),
+            var,
+            format!(
+                "`{section}` is not a section the environment can set{}",
+                near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default()
+            ),
+            Some(format!(
+                "SEGSWEEP_<SECTION>__<KEY> sets {}; use --set for pipeline entries and the sweep, or unset the variable",
+                SECTIONS[..4].join(", ")
+            )),
+        ));
+    }
     let mut fig = Figment::from(Serialized::defaults(RawSpec::default()))
         .merge(Toml::string(&text))
         .merge(
@@ -303,8 +327,8 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
             return Err(RunnerError::spec(
                 &file,
                 "(top level)",
-                "cannot re-serialise the layered spec",
-                None,
+                "a value does not fit TOML (integers must be at most 9223372036854775807)",
+                Some("check large numbers in the spec, --set and SEGSWEEP_* variables".into()),
             ))
         }
     };

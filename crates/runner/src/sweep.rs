@@ -117,7 +117,7 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
         }
     }
     if let Some(b) = &raw.sweep.baseline {
-        let names: Vec<&str> = variants.iter().map(|(n, _, _)| n.as_str()).collect();
+        let names: Vec<&str> = raw.sweep.variants.iter().map(|v| v.name.as_str()).collect();
         if !names.contains(&b.as_str()) {
             let near = segsweep_core::registry::nearest(b, names.iter().copied());
             return Err(RunnerError::spec(
@@ -164,8 +164,26 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
             ));
         }
     }
+    for (i, (table, key)) in swept_keys.iter().enumerate() {
+        if let Some((other, _)) = swept_keys[..i].iter().find(|(t, k)| k == key && t != table) {
+            return Err(RunnerError::spec(
+                &file,
+                table.to_string(),
+                format!("`{key}` is swept by both [{other}] and [{table}]"),
+                Some("sweep a key in one place: [sweep.grid] for a product, [sweep.zip] for lists that advance together, [[sweep.list]] for explicit rows".into()),
+            ));
+        }
+    }
     for (vname, _, vset) in &variants {
         for (key, _) in vset {
+            if sets.iter().any(|(k, _)| k == key) {
+                return Err(RunnerError::spec(
+                    &file,
+                    format!("sweep.variants.{vname}.set"),
+                    format!("`{key}` is set on the command line and by variant `{vname}`; the variant would win"),
+                    Some("remove the --set, or the key from the variant's `set`".into()),
+                ));
+            }
             if let Some((table, _)) = swept_keys.iter().find(|(_, k)| k == key) {
                 return Err(RunnerError::spec(
                     &file,
@@ -518,30 +536,22 @@ fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
         return Err(internal(file, "[dataset] is not a table"));
     };
     t.remove("short_side");
-    let digest = |key: &str, path: &std::path::Path| -> Result<toml::Value> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            RunnerError::spec(
-                file,
-                key,
-                format!("cannot read class file {}: {e}", path.display()),
-                Some("class files are part of a configuration's identity; check the path (relative paths are relative to the working directory, [dataset.custom] ones to its root)".into()),
-            )
-        })?;
-        Ok(toml::Value::String(format!("{:x}", Sha256::digest(&bytes))))
+    // A class file that cannot be read here (validating a spec on another machine, `predict
+    // --spec` with its own --classes) leaves the path alone in the hash: a run reads the file
+    // before any work and fails there, naming it.
+    let digest = |path: &std::path::Path| {
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| toml::Value::String(format!("{:x}", Sha256::digest(&bytes))))
     };
-    if let Some(path) = &d.classes {
-        t.insert("classes_sha256".into(), digest("dataset.classes", path)?);
+    if let Some(sha) = d.classes.as_deref().and_then(digest) {
+        t.insert("classes_sha256".into(), sha);
     }
-    if let Some(c) = &d.custom {
-        if !c.root.is_dir() {
-            return Err(RunnerError::spec(
-                file,
-                "dataset.custom.root",
-                format!("{} is not a directory", c.root.display()),
-                Some("set it to the directory holding the images, labels and class file".into()),
-            ));
-        }
-        let sha = digest("dataset.custom.classes", &c.root.join(&c.classes))?;
+    if let Some(sha) = d
+        .custom
+        .as_ref()
+        .and_then(|c| digest(&c.root.join(&c.classes)))
+    {
         if let Some(toml::Value::Table(custom)) = t.get_mut("custom") {
             custom.insert("classes_sha256".into(), sha);
         }

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+// The binary names every plugin crate; a test of the runner must too (inventory issue #50).
+use segsweep_plugin_cliptrase as _;
 use segsweep_runner::{expand, load_text, run, run_dir, Experiment, RunOptions};
 
 const SPEC: &str = r#"
@@ -53,13 +55,13 @@ fn the_hash_covers_a_class_file_s_content_not_only_its_path() {
     std::fs::write(&path, "background\nperson, man\n").unwrap();
     let b = hash("", &set(&path));
     assert_ne!(a, b, "an edited class file must not resume the old results");
-    let err = exp("", &set(&dir.path().join("missing.txt")))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("dataset.classes") && err.contains("missing.txt"),
-        "{err}"
-    );
+    // A class file that cannot be read here still validates (a spec may be checked on another
+    // machine, `predict --spec` brings its own --classes); a run reads it before any work and
+    // fails naming it.
+    let missing = set(&dir.path().join("missing.txt"));
+    exp("", &missing).unwrap();
+    let err = fails_before_any_work("", &missing);
+    assert!(err.contains("missing.txt"), "{err}");
 }
 
 /// A run that cannot start leaves no run directory behind (nothing that looks like a result).
@@ -147,6 +149,17 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
     assert!(err.contains("counts.intersect"), "{err}");
     let err = damage(&|j| j["next_image"] = serde_json::json!(1000));
     assert!(err.contains("next_image"), "{err}");
+    let err = damage(&|j| j["next_image"] = serde_json::json!(2));
+    assert!(err.contains("disagrees"), "{err}");
+    // A dangling link in the checkpoint's place is damage, not "no checkpoint".
+    #[cfg(unix)]
+    {
+        std::fs::remove_file(&partial).unwrap();
+        std::os::unix::fs::symlink(out.path().join("nowhere"), &partial).unwrap();
+        let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(".partial.json"), "{err}");
+        std::fs::remove_file(&partial).unwrap();
+    }
     let err = damage(&|j| {
         j["counts"]["intersect"][0] = serde_json::json!(u64::MAX);
     });
@@ -215,4 +228,18 @@ classes = "classes.txt"
     let exp = expand(load_text(Path::new("custom.toml"), text, &[]).unwrap(), &[]).unwrap();
     let done = run(&exp, &RunOptions::default()).unwrap();
     assert_eq!(done.records[0].dataset, "my-shapes");
+}
+
+/// A layer a plugin asks the prefix to record must exist in the loaded model; that is known
+/// only after the model loads, still before the run directory exists.
+#[test]
+fn a_plugin_layer_beyond_the_model_fails_before_the_run_directory_exists() {
+    let err = fails_before_any_work(
+        "[[pipeline]]\nplugin = \"cliptrase\"\nvariant = \"paper\"\ncorrelation_layer = 64\n",
+        &[],
+    );
+    assert!(
+        err.contains("layer 64") && err.contains("cliptrase"),
+        "{err}"
+    );
 }

@@ -219,3 +219,41 @@ fn common_slips_get_specific_messages() {
         "{e}"
     );
 }
+
+/// More places where one setting would silently win over another.
+#[test]
+fn conflicting_and_misplaced_sweep_settings_are_errors() {
+    let variant_set = SPEC.replace(
+        "name = \"full\"",
+        "name = \"full\"\nset = { \"inference.logit_scale\" = 65.0 }",
+    );
+    let e = error(&variant_set, &["inference.logit_scale=50"]);
+    assert!(
+        e.contains("sweep.variants.full.set") && e.contains("command line"),
+        "{e}"
+    );
+    let twice = SPEC.replace(
+        "[[sweep.variants]]\nname = \"baseline\"",
+        "[sweep.zip]\n\"cliptrase.correlation_temperature\" = [0.1]\n[[sweep.variants]]\nname = \"baseline\"",
+    );
+    let e = error(&twice, &[]);
+    assert!(e.contains("swept by both"), "{e}");
+    let no_variants = "[experiment]\nname = \"x\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\n[sweep]\nbaseline = \"base\"\n";
+    let e = error(no_variants, &[]);
+    assert!(
+        e.contains("sweep.baseline") && e.contains("(none)") && !e.contains("did you mean"),
+        "{e}"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let e = error(
+        SPEC,
+        &[&format!(
+            "experiment.spill_dir=\"{}\"",
+            file.path().display()
+        )],
+    );
+    assert!(
+        e.contains("experiment.spill_dir") && e.contains("not a directory"),
+        "{e}"
+    );
+}
