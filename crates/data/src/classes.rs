@@ -57,10 +57,14 @@ impl ClassNames {
             }
             // A repeated class name makes two rows of the tables indistinguishable, and a
             // repeated line is a class that could never be predicted (ties go to the first).
-            if let Some(j) = classes
-                .iter()
-                .position(|c: &Vec<String>| c[0] == names[0] || *c == names)
-            {
+            // Compared as the text tower sees them: CLIP's tokenizer lower-cases, trims and
+            // collapses whitespace, so `Person` and `person ` are `person`.
+            let seen = |c: &Vec<String>| {
+                prompt_key(&c[0]) == prompt_key(&names[0])
+                    || (c.len() == names.len()
+                        && c.iter().zip(&names).all(|(a, b)| prompt_key(a) == prompt_key(b)))
+            };
+            if let Some(j) = classes.iter().position(seen) {
                 return Err(err(format!(
                     "line {} (class {i}, `{}`) repeats line {} (class {j}, `{}`) (hint: one line per class; put synonyms on one line, separated by \", \")",
                     i + 1,
@@ -101,7 +105,13 @@ impl ClassNames {
         (0..self.classes.len())
             .filter_map(|i| {
                 (0..i)
-                    .find(|&j| self.classes[i].iter().all(|n| self.classes[j].contains(n)))
+                    .find(|&j| {
+                        self.classes[i].iter().all(|n| {
+                            self.classes[j]
+                                .iter()
+                                .any(|m| prompt_key(m) == prompt_key(n))
+                        })
+                    })
                     .map(|j| (i, j))
             })
             .collect()
@@ -165,6 +175,15 @@ impl ClassNames {
     }
 }
 
+/// A class name as CLIP's text tower sees it: lower case, trimmed, whitespace collapsed (what
+/// open_clip's `whitespace_clean(basic_clean(text)).lower()` does to plain ASCII names).
+fn prompt_key(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +194,8 @@ mod tests {
             "background\nperson\nperson\n",
             "background\nperson, man\nperson, woman\n",
             "background\nman, person\nman, person\n",
+            "background\nperson\nPerson\n",
+            "background\nperson\nperson \n",
         ] {
             let e = ClassNames::parse(text, "dup.txt").unwrap_err().to_string();
             assert!(
