@@ -251,6 +251,24 @@ fn pairs(
                 })
                 .collect();
             pairs.sort_by(|a, b| a.id.cmp(&b.id));
+            let stray: Vec<&Pair> = pairs.iter().filter(|p| !p.gt.is_file()).collect();
+            if let Some(first) = stray.first() {
+                return Err(DataError::Missing {
+                    dataset: gt_dir.display().to_string(),
+                    what: format!(
+                        "the label of {} prediction(s) ({}{})",
+                        stray.len(),
+                        stray.iter().take(5).map(|p| p.id.as_str()).collect::<Vec<_>>().join(", "),
+                        if stray.len() > 5 { ", …" } else { "" }
+                    ),
+                    path: first.gt.clone(),
+                    hint: Some(format!(
+                        "every prediction <id>{pred_suffix} under {} needs the label <id>{label_suffix} under {}; remove stray predictions or check the suffixes",
+                        pred_dir.display(),
+                        gt_dir.display()
+                    )),
+                });
+            }
             let without = labels_without_prediction(gt_dir, label_suffix, &pairs)?;
             let person = classes.find("person");
             let scoring = Scoring {

@@ -248,3 +248,32 @@ fn registered_dataset_with_nested_or_flat_prediction_names() {
         .to_string();
     assert!(e.contains("empty") && e.contains("prediction"), "{e}");
 }
+
+/// A prediction with no label under `--gt DIR` is an error naming it and the label it needs,
+/// before anything is scored.
+#[test]
+fn a_stray_prediction_under_gt_dir_is_named_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = synthetic_with_predictions(dir.path(), 2);
+    std::fs::copy(
+        dir.path().join("pred/synth_0000.png"),
+        dir.path().join("pred/stray.png"),
+    )
+    .unwrap();
+    let bare = GtSource::dir(
+        dir.path().join("data/labels"),
+        dir.path().join("data/classes.txt"),
+    );
+    let e = eval_dir(
+        &bare,
+        &dir.path().join("pred"),
+        &EvalOptions::default(),
+        &no_progress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("stray") && e.contains("1 prediction") && e.contains("stray predictions"),
+        "{e}"
+    );
+}
