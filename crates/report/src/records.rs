@@ -133,6 +133,66 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Check that the record holds together, since tables and charts are redrawn from records
+    /// alone: counts consistent with each other and the class list ([`Counts::check`]), the
+    /// person class among the classes, and every stored metric equal to the one mmseg's
+    /// `IoUMetric` derives from the counts (`segsweep_data::IouCounts::summary`).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let n = self.class_names.len();
+        self.counts.check(n)?;
+        if let Some(p) = self.person_class.filter(|&p| p >= n) {
+            return Err(format!("person_class {p} is not among the {n} classes"));
+        }
+        let derived = segsweep_data::IouCounts {
+            intersect: self.counts.intersect.clone(),
+            union: self.counts.union.clone(),
+            pred: self.counts.pred.clone(),
+            label: self.counts.label.clone(),
+            images: 0,
+        }
+        .summary(self.person_class);
+        let m = &self.metrics;
+        let same = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+            (None, None) => true,
+            _ => false,
+        };
+        let scalars = [
+            ("miou_pct", m.miou_pct, derived.miou_pct),
+            ("person_iou_pct", m.person_iou_pct, derived.person_iou_pct),
+            ("aacc_pct", m.aacc_pct, derived.aacc_pct),
+            ("macc_pct", m.macc_pct, derived.macc_pct),
+            ("fwiou_pct", m.fwiou_pct, derived.fwiou_pct),
+        ];
+        for (name, stored, want) in scalars {
+            if !same(stored, want) {
+                return Err(format!(
+                    "metrics.{name} is {stored:?} but the counts give {want:?}"
+                ));
+            }
+        }
+        for (name, stored, want) in [
+            ("per_class_iou_pct", &m.per_class_iou_pct, &derived.iou_pct),
+            ("per_class_acc_pct", &m.per_class_acc_pct, &derived.acc_pct),
+        ] {
+            if stored.len() != n {
+                return Err(format!(
+                    "metrics.{name} has {} entries for {n} classes",
+                    stored.len()
+                ));
+            }
+            if let Some(c) = (0..n).find(|&c| !same(stored[c], want[c])) {
+                return Err(format!(
+                    "metrics.{name}[{c}] is {:?} but the counts give {:?}",
+                    stored[c], want[c]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Write `bytes` to `path` atomically: a temp file in the same directory, then a rename, so a
 /// crash never leaves a half-written result. The file gets the permissions a plain
 /// `File::create` would give it (0666 less the umask).
@@ -178,9 +238,7 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
             msg,
         };
         let r: Record = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        r.counts
-            .check(r.class_names.len())
-            .map_err(|m| bad(m.to_string()))?;
+        r.check().map_err(bad)?;
         if let Some(first) = records
             .iter()
             .find(|o: &&Record| o.config_hash == r.config_hash)

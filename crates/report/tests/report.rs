@@ -2,8 +2,18 @@
 
 use segsweep_report::*;
 
-fn record(variant: &str, t: f64, miou: f64, person: f64) -> Record {
+/// A record whose metrics are derived from its counts, as the runner writes them; the person
+/// class (1) has `person_hits` of its 8 labelled pixels right, so its IoU is `10 × person_hits`.
+fn record(variant: &str, t: f64, person_hits: u64) -> Record {
     let classes = vec!["background".to_string(), "person".into(), "car".into()];
+    let counts = segsweep_data::IouCounts {
+        intersect: vec![10, person_hits, 0],
+        union: vec![20, 10, 3],
+        pred: vec![15, person_hits + 2, 3],
+        label: vec![15, 8, 0],
+        images: 4,
+    };
+    let m = counts.summary(Some(1));
     Record {
         run_id: "run1".into(),
         config_hash: format!("{variant}-{t}"),
@@ -21,19 +31,19 @@ fn record(variant: &str, t: f64, miou: f64, person: f64) -> Record {
         class_names: classes,
         person_class: Some(1),
         counts: Counts {
-            intersect: vec![10, 5, 0],
-            union: vec![20, 10, 3],
-            pred: vec![15, 7, 3],
-            label: vec![15, 8, 0],
+            intersect: counts.intersect.clone(),
+            union: counts.union.clone(),
+            pred: counts.pred.clone(),
+            label: counts.label.clone(),
         },
         metrics: Metrics {
-            miou_pct: Some(miou),
-            person_iou_pct: Some(person),
-            aacc_pct: Some(50.0),
-            macc_pct: Some(40.0),
-            fwiou_pct: Some(30.0),
-            per_class_iou_pct: vec![Some(50.0), Some(person), Some(0.0)],
-            per_class_acc_pct: vec![Some(66.7), Some(62.5), None],
+            miou_pct: m.miou_pct,
+            person_iou_pct: m.person_iou_pct,
+            aacc_pct: m.aacc_pct,
+            macc_pct: m.macc_pct,
+            fwiou_pct: m.fwiou_pct,
+            per_class_iou_pct: m.iou_pct,
+            per_class_acc_pct: m.acc_pct,
         },
         seconds: 1.5,
         ms_per_image: 375.0,
@@ -50,10 +60,10 @@ fn record(variant: &str, t: f64, miou: f64, person: f64) -> Record {
 
 fn records() -> Vec<Record> {
     vec![
-        record("baseline", 0.01, 30.0, 40.0),
-        record("baseline", 0.1, 30.0, 40.0),
-        record("+cliptrase", 0.01, 32.5, 45.0),
-        record("+cliptrase", 0.1, 29.0, 38.0),
+        record("baseline", 0.01, 4),
+        record("baseline", 0.1, 4),
+        record("+cliptrase", 0.01, 5),
+        record("+cliptrase", 0.1, 3),
     ]
 }
 
@@ -93,7 +103,8 @@ fn summary_has_contract_columns_and_one_row_per_config() {
     let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 4);
     let miou = header.iter().position(|h| h == "miou_pct").unwrap();
-    assert_eq!(&rows[2][miou], "32.5000");
+    // (50 + 50 + 0) / 3: background 10/20, person 5/10, car 0/3.
+    assert_eq!(&rows[2][miou], "33.3333");
 
     let per_class = std::fs::read_to_string(dir.path().join(PER_CLASS_CSV)).unwrap();
     assert_eq!(per_class.lines().count(), 1 + 4 * 3);
@@ -205,7 +216,14 @@ fn write_records(dir: &std::path::Path, recs: &[Record]) {
 #[test]
 fn inconsistent_records_are_rejected_by_name() {
     type Damage = fn(&mut Record);
-    let cases: [(&str, Damage); 4] = [
+    let cases: [(&str, Damage); 7] = [
+        ("metrics.miou_pct is Some(99.0)", |r| {
+            r.metrics.miou_pct = Some(99.0)
+        }),
+        ("metrics.per_class_iou_pct[1]", |r| {
+            r.metrics.per_class_iou_pct[1] = Some(16.44)
+        }),
+        ("person_class 7", |r| r.person_class = Some(7)),
         ("counts.union has 2 entries", |r| r.counts.union.truncate(2)),
         ("inconsistent", |r| r.counts.intersect[1] = 9),
         ("inconsistent", |r| r.counts.union[0] += 1),
