@@ -62,7 +62,9 @@ impl ClassNames {
             let seen = |c: &Vec<String>| {
                 prompt_key(&c[0]) == prompt_key(&names[0])
                     || (c.len() == names.len()
-                        && c.iter().zip(&names).all(|(a, b)| prompt_key(a) == prompt_key(b)))
+                        && c.iter()
+                            .zip(&names)
+                            .all(|(a, b)| prompt_key(a) == prompt_key(b)))
             };
             if let Some(j) = classes.iter().position(seen) {
                 return Err(err(format!(
