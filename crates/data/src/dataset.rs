@@ -180,6 +180,13 @@ impl Layout {
             path: path.to_path_buf(),
             hint: Some(hint.to_string()),
         };
+        if self.root.exists() && !self.root.is_dir() {
+            return Err(missing_dir(
+                "dataset root (a directory; this is a file)",
+                &self.root,
+                ROOT_HINT,
+            ));
+        }
         if !self.root.is_dir() {
             return Err(missing_dir("dataset root", &self.root, ROOT_HINT));
         }

@@ -233,6 +233,16 @@ fn quality_c16_custom_class_errors_name_the_custom_key() {
     assert!(e.contains("`dataset.custom.background_class`"), "{e}");
 }
 
+/// A file given as a dataset root is called a file, not "not found".
+#[test]
+fn a_file_as_dataset_root_is_called_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("voc.tar");
+    std::fs::write(&file, b"x").unwrap();
+    let e = Dataset::registered("voc21", &file).unwrap_err().to_string();
+    assert!(e.contains("this is a file") && e.contains("voc.tar"), "{e}");
+}
+
 /// A missing custom root is named as the root, not as the class file inside it.
 #[test]
 fn a_missing_custom_root_is_named() {

@@ -267,12 +267,35 @@ pub fn load(path: &Path, sets: &[(String, toml::Value)]) -> Result<LoadedSpec> {
 pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> Result<LoadedSpec> {
     let file = path.display().to_string();
     // Parse once with toml 1.x first: its syntax errors carry line, column and a snippet.
-    if let Err(e) = text.parse::<toml::Table>() {
+    let table = match text.parse::<toml::Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(RunnerError::spec(
+                &file,
+                "(syntax)",
+                format!("malformed TOML: {e}"),
+                Some("check quoting and brackets; dotted sweep keys must be quoted".into()),
+            ))
+        }
+    };
+    // A [dataset.custom] table is read only with name = "custom"; for any other dataset its
+    // missing fields would be reported as if they mattered.
+    let dataset = table.get("dataset").and_then(|d| d.as_table());
+    let name = sets
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "dataset.name")
+        .and_then(|(_, v)| v.as_str())
+        .or_else(|| dataset.and_then(|d| d.get("name")).and_then(|n| n.as_str()));
+    if dataset.is_some_and(|d| d.contains_key("custom")) && name != Some("custom") {
         return Err(RunnerError::spec(
             &file,
-            "(syntax)",
-            format!("malformed TOML: {e}"),
-            Some("check quoting and brackets; dotted sweep keys must be quoted".into()),
+            "dataset.custom",
+            format!(
+                "a [dataset.custom] table with dataset name `{}`",
+                name.unwrap_or("(none)")
+            ),
+            Some("set [dataset] name = \"custom\" to use it, or remove the table".into()),
         ));
     }
     // `SEGSWEEP_<SECTION>__<KEY>` for a section that is not layered from the environment (a

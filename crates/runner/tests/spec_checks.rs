@@ -257,3 +257,17 @@ fn conflicting_and_misplaced_sweep_settings_are_errors() {
         "{e}"
     );
 }
+
+/// A [dataset.custom] table is read only with `name = "custom"`.
+#[test]
+fn a_custom_table_for_another_dataset_is_named() {
+    let text = SPEC.replace(
+        "[dataset]\nname = \"synthetic\"",
+        "[dataset]\nname = \"synthetic\"\n[dataset.custom]\nname = \"mine\"",
+    );
+    let e = error(&text, &[]);
+    assert!(
+        e.contains("dataset.custom") && e.contains("name = \"custom\""),
+        "{e}"
+    );
+}
