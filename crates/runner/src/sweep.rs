@@ -498,10 +498,17 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
         toml::Value::try_from(&raw.model).map_err(|e| internal(file, e))?,
     );
     doc.insert("dataset".into(), dataset_identity(&raw.dataset, file)?);
-    doc.insert(
-        "inference".into(),
-        toml::Value::try_from(&inference).map_err(|e| internal(file, e))?,
-    );
+    let mut inference_doc = toml::Value::try_from(&inference).map_err(|e| internal(file, e))?;
+    if let Some(t) = inference_doc.as_table_mut() {
+        // The settings are f32: write each as the shortest decimal that is that f32 (0.1, not
+        // 0.10000000149011612), so configs/<hash>.toml reads as the spec was written.
+        for (_, v) in t.iter_mut() {
+            if let toml::Value::Float(x) = v {
+                *x = (*x as f32).to_string().parse().unwrap_or(*x);
+            }
+        }
+    }
+    doc.insert("inference".into(), inference_doc);
     let steps: Vec<toml::Value> = pipeline
         .iter()
         .map(|s| {
