@@ -137,3 +137,30 @@ fn an_environment_variable_for_an_unknown_section_is_an_error() {
         assert!(err.contains(var) && err.contains(want), "{var}: {err}");
     }
 }
+
+/// An environment value on a key the sweep sets would be overwritten silently: an error. One
+/// underscore where two are needed gets the spelling.
+#[test]
+fn environment_values_that_would_be_ignored_are_errors() {
+    // demo.toml sweeps cliptrase.correlation_temperature; its variants set no section keys, so
+    // use a grid on a section key through a spec of our own.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.toml");
+    std::fs::write(
+        &spec,
+        "[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\n[sweep.grid]\n\"inference.logit_scale\" = [40.0, 50.0]\n",
+    )
+    .unwrap();
+    let out = common::segsweep()
+        .args(["validate", spec.to_str().unwrap()])
+        .env("SEGSWEEP_INFERENCE__LOGIT_SCALE", "70")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("inference.logit_scale") && err.contains("SEGSWEEP_"),
+        "{err}"
+    );
+    let err = stderr(&validate(&[], &[("SEGSWEEP_INFERENCE_PROB_THD", "0.1")]));
+    assert!(err.contains("SEGSWEEP_INFERENCE__PROB_THD"), "{err}");
+}

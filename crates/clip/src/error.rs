@@ -35,7 +35,7 @@ pub enum ClipError {
     Source { spec: String, msg: String },
 
     /// `HF_HUB_OFFLINE` is set and the repo is not in the local cache.
-    #[error("model `{repo}` is not in the Hugging Face cache at {cache} and HF_HUB_OFFLINE is set (hint: download it once with network access, e.g. `HF_HUB_OFFLINE=0 segsweep predict --model {repo} ...`, or `huggingface-cli download {repo} config.json model.safetensors`, or pass a local directory)")]
+    #[error("model `{repo}` is not in the Hugging Face cache at {cache} and HF_HUB_OFFLINE is set (hint: download it once with network access, e.g. `HF_HUB_OFFLINE=0 segsweep predict --model hf:{repo} ...`, or `huggingface-cli download {repo} config.json model.safetensors`, or pass a local directory)")]
     Offline { repo: String, cache: PathBuf },
 
     /// Downloading from the Hugging Face hub failed.

@@ -133,6 +133,12 @@ impl Record {
     }
 }
 
+/// A metric for messages: its value, or `undefined` (`None`: no pixel to divide by).
+fn show(v: Option<f64>) -> String {
+    v.map(|x| x.to_string())
+        .unwrap_or_else(|| "undefined".into())
+}
+
 impl Record {
     /// Check that the record holds together, since tables and charts are redrawn from records
     /// alone: counts consistent with each other and the class list ([`Counts::check`]), the
@@ -168,7 +174,9 @@ impl Record {
         for (name, stored, want) in scalars {
             if !same(stored, want) {
                 return Err(format!(
-                    "metrics.{name} is {stored:?} but the counts give {want:?}"
+                    "metrics.{name} is {} but the counts give {}",
+                    show(stored),
+                    show(want)
                 ));
             }
         }
@@ -184,8 +192,9 @@ impl Record {
             }
             if let Some(c) = (0..n).find(|&c| !same(stored[c], want[c])) {
                 return Err(format!(
-                    "metrics.{name}[{c}] is {:?} but the counts give {:?}",
-                    stored[c], want[c]
+                    "metrics.{name}[{c}] is {} but the counts give {}",
+                    show(stored[c]),
+                    show(want[c])
                 ));
             }
         }
@@ -239,15 +248,16 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
         };
         let r: Record = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         r.check().map_err(bad)?;
-        if let Some(first) = records
-            .iter()
-            .find(|o: &&Record| o.config_hash == r.config_hash)
-        {
+        // The runner names each record by its configuration's hash; a renamed or copied file
+        // would show one configuration's numbers under another's name.
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem != r.config_hash {
             return Err(bad(format!(
-                "config_hash {} is also the record of variant `{}`",
-                r.config_hash, first.variant
+                "the file is named {stem}.json but holds configuration {}",
+                r.config_hash
             )));
         }
+        // (File names are unique, so with the name check no two records share a hash.)
         records.push(r);
     }
     let order_file = run_dir.join("order.txt");

@@ -205,14 +205,15 @@ fn atomic_writes_get_the_mode_of_a_plain_create() {
 }
 
 fn write_records(dir: &std::path::Path, recs: &[Record]) {
-    for (i, r) in recs.iter().enumerate() {
-        let path = dir.join("counts").join(format!("{i}.json"));
+    for r in recs {
+        let path = dir.join("counts").join(format!("{}.json", r.config_hash));
         write_atomic(&path, serde_json::to_string(r).unwrap().as_bytes()).unwrap();
     }
 }
 
-/// `plot` redraws from records alone, so a record whose counts contradict themselves or its
-/// class list, or two records of one configuration, are errors naming the file.
+/// `plot` redraws from records alone, so a record whose counts contradict themselves, its class
+/// list or its metrics, or a record under another configuration's file name, is an error naming
+/// the file.
 #[test]
 fn inconsistent_records_are_rejected_by_name() {
     type Damage = fn(&mut Record);
@@ -238,16 +239,20 @@ fn inconsistent_records_are_rejected_by_name() {
         write_records(dir.path(), &recs);
         let msg = load_records(dir.path()).unwrap_err().to_string();
         assert!(
-            msg.contains("2.json") && msg.contains(want),
+            msg.contains("+cliptrase-0.01.json") && msg.contains(want),
             "{want}: {msg}"
         );
     }
+    // A record copied under another configuration's name.
     let dir = tempfile::tempdir().unwrap();
-    let mut recs = records();
-    recs[3].config_hash = recs[0].config_hash.clone();
-    write_records(dir.path(), &recs);
+    write_records(dir.path(), &records());
+    let copy = dir.path().join("counts/+cliptrase-0.1.json");
+    std::fs::copy(dir.path().join("counts/baseline-0.01.json"), &copy).unwrap();
     let msg = load_records(dir.path()).unwrap_err().to_string();
-    assert!(msg.contains("config_hash"), "{msg}");
+    assert!(
+        msg.contains("+cliptrase-0.1.json") && msg.contains("holds configuration baseline-0.01"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -99,6 +99,12 @@ struct Partial {
     counts: IouCounts,
     seconds: f64,
     skipped: usize,
+    /// The weights the counts so far were computed with ([`BackboneInfo::file_hash`]); a
+    /// resume with other weights under the same `model.source` is refused.
+    ///
+    /// [`BackboneInfo::file_hash`]: segsweep_core::BackboneInfo::file_hash
+    #[serde(default)]
+    model_file_hash: String,
 }
 
 fn partial_path(dir: &Path, hash: &str) -> PathBuf {
@@ -232,9 +238,10 @@ fn groups<'a>(pending: &[&'a Config]) -> Vec<Vec<&'a Config>> {
     let key = |c: &Config| {
         let i = &c.inference;
         format!(
-            "{:?}|{}|{:?}|{}|{}|{:?}|{}",
+            "{:?}|{}|{}|{:?}|{}|{}|{:?}|{}",
             c.model,
             serde_json::to_string(&c.dataset).unwrap_or_default(),
+            c.seed,
             i.mode,
             i.crop,
             i.stride,
@@ -377,8 +384,7 @@ fn preflight(
     models: &mut HashMap<ModelSection, Arc<ClipModel>>,
 ) -> Result<GroupInputs> {
     let first = group[0];
-    let seed = exp.spec.raw.experiment.seed;
-    let ds = open_dataset(&first.dataset, seed, &opts.data_dir)?;
+    let ds = open_dataset(&first.dataset, first.seed, &opts.data_dir)?;
     if ds.is_empty() {
         return Err(RunnerError::spec(
             &exp.spec.file(),
@@ -468,8 +474,22 @@ fn run_group(
         model,
     } = input;
     let mut jobs: Vec<Job> = Vec::new();
+    let weights = model.info().file_hash.clone();
     for (c, refiners) in group.iter().zip(refiners) {
-        let partial = read_partial(dir, &c.hash, classes.len(), ds.len())?;
+        let mut partial = read_partial(dir, &c.hash, classes.len(), ds.len())?;
+        if partial.model_file_hash.is_empty() {
+            partial.model_file_hash = weights.clone();
+        } else if partial.model_file_hash != weights {
+            return Err(RunnerError::spec(
+                &partial_path(dir, &c.hash).display().to_string(),
+                "(checkpoint)",
+                format!(
+                    "its counts come from weights {} but {} now holds weights {weights}",
+                    partial.model_file_hash, c.model.source
+                ),
+                Some("the files behind model.source changed: delete the checkpoint to recompute with the new weights, or restore the old ones".into()),
+            ));
+        }
         jobs.push(Job {
             upstream: upstream_key(c),
             config: c,
@@ -557,7 +577,14 @@ fn run_group(
                     tracing::warn!("skipping sample {}: {e}", ds.id(i).unwrap_or("?"));
                     chunk.push((i, None));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(RunnerError::spec(
+                        &exp.spec.file(),
+                        "dataset",
+                        e.to_string(),
+                        Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
+                    ))
+                }
             }
             i += 1;
         }
@@ -872,26 +899,28 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
             Ok(partial)
         }
         // Absent means absent: a dangling link in its place is a damaged checkpoint.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&p).is_err() =>
-        {
-            Ok(Partial {
+        Err(e) if is_absent(&p, &e) => Ok(Partial {
             next_image: 0,
             counts: IouCounts::new(n_classes),
             seconds: 0.0,
             skipped: 0,
-        })
-        }
+            model_file_hash: String::new(),
+        }),
         // Unreadable is not absent: starting over would throw away the images counted so far.
         Err(e) => Err(RunnerError::Io {
             path: p,
             cause: e,
             hint: Some(
-                "fix the file's permissions, or delete it to recompute this configuration from the start"
+                "fix or delete the file (deleting recomputes this configuration from the start)"
                     .into(),
             ),
         }),
     }
+}
+
+/// `path` does not exist, not even as a (dangling) link.
+fn is_absent(path: &Path, e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(path).is_err()
 }
 
 fn write_partial(dir: &Path, hash: &str, p: &Partial) -> Result<()> {

@@ -300,6 +300,28 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
     }
     // `SEGSWEEP_<SECTION>__<KEY>` for a section that is not layered from the environment (a
     // typo, a pipeline entry, [sweep]) would be ignored silently: name it instead.
+    // One underscore where two are needed (`SEGSWEEP_INFERENCE_PROB_THD`) is a likely slip.
+    if let Some(var) = std::env::vars().map(|(v, _)| v).find(|v| {
+        v.strip_prefix("SEGSWEEP_").is_some_and(|rest| {
+            !rest.contains("__")
+                && SECTIONS[..4].iter().any(|s| {
+                    rest.len() > s.len() + 1
+                        && rest[..s.len()].eq_ignore_ascii_case(s)
+                        && rest.as_bytes()[s.len()] == b'_'
+                })
+        })
+    }) {
+        return Err(RunnerError::spec(
+            &format!("{file} (via SEGSWEEP_* environment)"),
+            &var,
+            "a spec key needs two underscores between section and key",
+            Some(format!(
+                "write SEGSWEEP_<SECTION>__<KEY>, e.g. {}",
+                var.replacen('_', "__", 2)
+                    .replacen("SEGSWEEP__", "SEGSWEEP_", 1)
+            )),
+        ));
+    }
     if let Some((var, section)) = std::env::vars().find_map(|(var, _)| {
         let rest = var.strip_prefix("SEGSWEEP_")?;
         let (section, _) = rest.split_once("__")?;

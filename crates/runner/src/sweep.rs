@@ -35,6 +35,9 @@ pub struct Config {
     pub swept: Vec<(String, toml::Value)>,
     pub model: ModelSection,
     pub dataset: DatasetSection,
+    /// `experiment.seed`: it picks a random subset and generates the synthetic set, so it is
+    /// part of the hash whenever it does either.
+    pub seed: u64,
     pub inference: InferConfig,
     pub pipeline: Vec<Step>,
     /// The resolved settings as TOML (saved as `configs/<hash>.toml`).
@@ -154,13 +157,25 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
                 .flat_map(|m| m.keys().map(|k| ("sweep.list", k.clone()))),
         )
         .collect();
-    for (key, _) in sets {
+    // The spec's keys set from outside: --set and SEGSWEEP_<SECTION>__<KEY> variables.
+    let env_keys: Vec<String> = std::env::vars()
+        .filter_map(|(var, _)| {
+            let (section, key) = var.strip_prefix("SEGSWEEP_")?.split_once("__")?;
+            Some(format!("{section}.{}", key.replace("__", ".")).to_ascii_lowercase())
+        })
+        .collect();
+    let outside: Vec<&str> = sets
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain(env_keys.iter().map(String::as_str))
+        .collect();
+    for key in &outside {
         if let Some((table, _)) = swept_keys.iter().find(|(_, k)| k == key) {
             return Err(RunnerError::spec(
                 &file,
                 table.to_string(),
-                format!("`{key}` is set on the command line and swept by [{table}]; the sweep would win"),
-                Some("remove the --set, or the key from the sweep".into()),
+                format!("`{key}` is set on the command line or by a SEGSWEEP_* variable and swept by [{table}]; the sweep would win"),
+                Some("remove the --set (or unset the variable), or the key from the sweep".into()),
             ));
         }
     }
@@ -176,12 +191,12 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
     }
     for (vname, _, vset) in &variants {
         for (key, _) in vset {
-            if sets.iter().any(|(k, _)| k == key) {
+            if outside.contains(&key.as_str()) {
                 return Err(RunnerError::spec(
                     &file,
                     format!("sweep.variants.{vname}.set"),
-                    format!("`{key}` is set on the command line and by variant `{vname}`; the variant would win"),
-                    Some("remove the --set, or the key from the variant's `set`".into()),
+                    format!("`{key}` is set on the command line or by a SEGSWEEP_* variable and by variant `{vname}`; the variant would win"),
+                    Some("remove the --set (or unset the variable), or the key from the variant's `set`".into()),
                 ));
             }
             if let Some((table, _)) = swept_keys.iter().find(|(_, k)| k == key) {
@@ -482,7 +497,12 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
                     file,
                     format!("(configuration `{}` after sweep overrides)", swept_label(variant, &swept)),
                     e.message().to_string(),
-                    Some("a key set by [sweep] (grid, zip, list or a variant's `set`) is unknown or its value has the wrong type; section keys are listed in README.md's spec reference".into()),
+                    Some(format!(
+                        "{}a key set by [sweep] (grid, zip, list or a variant's `set`) is unknown or its value has the wrong type; section keys are listed in README.md's spec reference",
+                        unknown_field_suggestion(e.message())
+                            .map(|n| format!("did you mean `{n}`? "))
+                            .unwrap_or_default()
+                    )),
                 )
             })?;
     let inference = resolve_inference(&raw, file)?;
@@ -497,7 +517,18 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
         "model".into(),
         toml::Value::try_from(&raw.model).map_err(|e| internal(file, e))?,
     );
-    doc.insert("dataset".into(), dataset_identity(&raw.dataset, file)?);
+    let mut dataset_doc = dataset_identity(&raw.dataset, file)?;
+    let d = &raw.dataset;
+    if d.name == "synthetic" || (d.subset == "random" && d.num_samples.is_some()) {
+        if let Some(t) = dataset_doc.as_table_mut() {
+            // A u64 seed beyond TOML's integer range is kept as text.
+            let seed = i64::try_from(raw.experiment.seed)
+                .map(toml::Value::Integer)
+                .unwrap_or_else(|_| toml::Value::String(raw.experiment.seed.to_string()));
+            t.insert("seed".into(), seed);
+        }
+    }
+    doc.insert("dataset".into(), dataset_doc);
     let mut inference_doc = toml::Value::try_from(&inference).map_err(|e| internal(file, e))?;
     if let Some(t) = inference_doc.as_table_mut() {
         // The settings are f32: write each as the shortest decimal that is that f32 (0.1, not
@@ -526,6 +557,7 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
         swept,
         model: raw.model,
         dataset: raw.dataset,
+        seed: raw.experiment.seed,
         inference,
         pipeline,
         resolved,
@@ -581,6 +613,14 @@ pub fn check_dir_name(name: &str) -> std::result::Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// The nearest known name for serde's "unknown field `x`, expected one of `a`, `b`, ..." text.
+fn unknown_field_suggestion(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    segsweep_core::registry::nearest(name, known.into_iter()).map(str::to_string)
 }
 
 /// `variant k=v, ...` for error messages about one configuration.
@@ -797,6 +837,19 @@ fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
 }
 
 fn check_model(m: &ModelSection, file: &str) -> Result<()> {
+    if let Some(repo) = m.source.strip_prefix("hf:") {
+        if !segsweep_clip::source::looks_like_repo_id(repo) {
+            return Err(RunnerError::spec(
+                file,
+                "model.source",
+                format!(
+                    "`{}`: `hf:` must be followed by a Hugging Face repo id",
+                    m.source
+                ),
+                Some("write hf:org/name, e.g. hf:openai/clip-vit-base-patch16".into()),
+            ));
+        }
+    }
     if !["f32", "f16", "bf16"].contains(&m.dtype.as_str()) {
         return Err(RunnerError::spec(
             file,

@@ -151,6 +151,10 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
     assert!(err.contains("next_image"), "{err}");
     let err = damage(&|j| j["next_image"] = serde_json::json!(2));
     assert!(err.contains("disagrees"), "{err}");
+    // Counts from other weights under the same model.source are not continued.
+    assert!(!json["model_file_hash"].as_str().unwrap_or("").is_empty());
+    let err = damage(&|j| j["model_file_hash"] = serde_json::json!("0123456789abcdef"));
+    assert!(err.contains("weights 0123456789abcdef"), "{err}");
     // A dangling link in the checkpoint's place is damage, not "no checkpoint".
     #[cfg(unix)]
     {
@@ -240,6 +244,56 @@ fn a_plugin_layer_beyond_the_model_fails_before_the_run_directory_exists() {
     );
     assert!(
         err.contains("layer 64") && err.contains("cliptrase"),
+        "{err}"
+    );
+}
+
+/// The seed picks a random subset and generates the synthetic set: where it does, it is part of
+/// the configuration (a sweep over seeds is legal, a changed seed is not "already finished").
+#[test]
+fn the_seed_is_part_of_the_hash_where_it_selects_data() {
+    let seed = |n: i64| ("experiment.seed", toml::Value::Integer(n));
+    assert_ne!(hash("", &[seed(0)]), hash("", &[seed(1)]));
+    let voc = ("dataset.name", toml::Value::String("voc21".into()));
+    assert_eq!(
+        hash("", &[voc.clone(), seed(0)]),
+        hash("", &[voc.clone(), seed(1)])
+    );
+    let random = [
+        voc.clone(),
+        ("dataset.num_samples", toml::Value::Integer(5)),
+        ("dataset.subset", toml::Value::String("random".into())),
+    ];
+    let with = |n| {
+        let mut v = random.to_vec();
+        v.push(seed(n));
+        hash("", &v)
+    };
+    assert_ne!(with(0), with(1));
+    let grid = exp("[sweep.grid]\n\"experiment.seed\" = [0, 1, 2]\n", &[]).unwrap();
+    assert_eq!(grid.configs.len(), 3);
+    assert_eq!(
+        grid.configs.iter().map(|c| c.seed).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+}
+
+/// A sample that cannot be loaded stops the run with the file named and the way to skip it.
+#[test]
+fn an_unloadable_sample_names_the_skip_bad_switch() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("shapes");
+    segsweep_data::write_synthetic(&data, 2, 0).unwrap();
+    std::fs::remove_file(data.join("labels/synth_0001.png")).unwrap();
+    let text = format!(
+        "[experiment]\nname = \"bad\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"custom\"\n[dataset.custom]\nname = \"shapes\"\nroot = \"{}\"\nimg_suffix = \".png\"\nclasses = \"classes.txt\"\n",
+        out.path().display(),
+        data.display()
+    );
+    let exp = expand(load_text(Path::new("bad.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("synth_0001") && err.contains("skip_bad"),
         "{err}"
     );
 }

@@ -96,7 +96,10 @@ fn a_misspelled_swept_key_names_the_configuration() {
         &[],
     );
     assert!(
-        e.contains("prob_th") && e.contains("`full") && e.contains("unknown"),
+        e.contains("prob_th")
+            && e.contains("`full")
+            && e.contains("unknown")
+            && e.contains("did you mean `prob_thd`"),
         "{e}"
     );
 }
@@ -268,6 +271,15 @@ fn a_custom_table_for_another_dataset_is_named() {
     let e = error(&text, &[]);
     assert!(
         e.contains("dataset.custom") && e.contains("name = \"custom\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_hf_source_must_name_a_repo() {
+    let e = error(SPEC, &["model.source=\"hf:org\""]);
+    assert!(
+        e.contains("model.source") && e.contains("hf:org/name"),
         "{e}"
     );
 }
