@@ -218,7 +218,7 @@ fn write_records(dir: &std::path::Path, recs: &[Record]) {
 fn inconsistent_records_are_rejected_by_name() {
     type Damage = fn(&mut Record);
     let cases: [(&str, Damage); 7] = [
-        ("metrics.miou_pct is Some(99.0)", |r| {
+        ("metrics.miou_pct is 99 but", |r| {
             r.metrics.miou_pct = Some(99.0)
         }),
         ("metrics.per_class_iou_pct[1]", |r| {
