@@ -41,6 +41,11 @@ fn suffix(dt: DType, what: &str) -> Result<&'static str> {
     })
 }
 
+/// The name of `base`'s instance for `dt` in `fused.cu` (`split_qkv_f16`, ...).
+fn fused_name(base: &str, dt: DType) -> Result<String> {
+    Ok(format!("{base}_{}", suffix(dt, base)?))
+}
+
 /// A 2-D launch: `blocks_x` blocks of `threads` across, rows strided over at most 65 535
 /// blocks down (the kernels loop `r += gridDim.y`).
 fn grid2(blocks_x: u32, threads: u32, rows: u32) -> Result<LaunchConfig> {
@@ -121,10 +126,14 @@ pub(crate) fn bias_act(
     let rows = n / cols;
     let cfg = grid2(cols.div_ceil(256), 256, rows)?;
     let act = act as u32;
-    let name = match res {
-        None => format!("bias_act_{}", suffix(dt, "bias_act")?),
-        Some(_) => format!("bias_act_res_{}", suffix(dt, "bias_act")?),
-    };
+    let name = fused_name(
+        if res.is_some() {
+            "bias_act_res"
+        } else {
+            "bias_act"
+        },
+        dt,
+    )?;
     let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
     by_dtype!(dt, "bias_act", |T| {
         let x = view::<T>(s1, l1, "bias_act x")?;
@@ -159,11 +168,7 @@ pub(crate) fn split_qkv(
     let (heads, hd) = (count(op.heads, "split_qkv")?, count(op.hd, "split_qkv")?);
     let q_scale = op.q_scale;
     let cfg = grid2(3 * heads, hd, b_n * t_n)?;
-    let func = dev.get_or_load_custom_func(
-        &format!("split_qkv_{}", suffix(dt, "split_qkv")?),
-        MODULE,
-        PTX,
-    )?;
+    let func = dev.get_or_load_custom_func(&fused_name("split_qkv", dt)?, MODULE, PTX)?;
     by_dtype!(dt, "split_qkv", |T| {
         let y = view::<T>(s1, l1, "split_qkv")?;
         let b = view::<T>(s2, l2, "split_qkv bias")?;
@@ -190,11 +195,7 @@ pub(crate) fn merge_heads(
     );
     let rows = n / (heads * hd).max(1);
     let cfg = grid2(heads, hd, rows)?;
-    let func = dev.get_or_load_custom_func(
-        &format!("merge_heads_{}", suffix(dt, "merge_heads")?),
-        MODULE,
-        PTX,
-    )?;
+    let func = dev.get_or_load_custom_func(&fused_name("merge_heads", dt)?, MODULE, PTX)?;
     by_dtype!(dt, "merge_heads", |T| {
         let o = view::<T>(s, l, "merge_heads")?;
         // SAFETY: the merge is a permutation: every element is written.
@@ -251,8 +252,8 @@ pub(crate) fn attention(
                 .iter()
                 .all(|x| x.device_ptr(&stream).0.is_multiple_of(32))
         {
-            let name = format!("attention_mma_{}", suffix(dt, "attention")?);
-            dev.get_or_load_custom_func(&name, MODULE, PTX).ok()
+            dev.get_or_load_custom_func(&fused_name("attention_mma", dt)?, MODULE, PTX)
+                .ok()
         } else {
             None
         };
@@ -275,8 +276,7 @@ pub(crate) fn attention(
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let name = format!("attention_{}", suffix(dt, "attention")?);
-            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let func = dev.get_or_load_custom_func(&fused_name("attention", dt)?, MODULE, PTX)?;
             launch!(func, cfg, "attention";
                 p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
         }
@@ -301,11 +301,7 @@ pub(crate) fn layer_norm(
         bail!("layer_norm: {n} elements in rows of {cols}");
     }
     let rows = n / cols;
-    let func = dev.get_or_load_custom_func(
-        &format!("layer_norm_{}", suffix(dt, "layer_norm")?),
-        MODULE,
-        PTX,
-    )?;
+    let func = dev.get_or_load_custom_func(&fused_name("layer_norm", dt)?, MODULE, PTX)?;
     let w = view::<f32>(s2, l2, "layer_norm weight")?;
     let b = view::<f32>(s3, l3, "layer_norm bias")?;
     // One warp per row, 8 rows per block of 256 threads.
