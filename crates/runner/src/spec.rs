@@ -251,6 +251,18 @@ pub fn parse_set(arg: &str) -> Result<(String, toml::Value)> {
     Ok((key, parsed))
 }
 
+/// The `SEGSWEEP_<SECTION>__<KEY>` variables of the environment, as (variable, dotted key in
+/// lower case): `SEGSWEEP_INFERENCE__PROB_THD` → `inference.prob_thd`, as figment reads them.
+pub(crate) fn env_spec_keys() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(var, _)| {
+            let (section, key) = var.strip_prefix("SEGSWEEP_")?.split_once("__")?;
+            let dotted = format!("{section}.{}", key.replace("__", ".")).to_ascii_lowercase();
+            Some((var.clone(), dotted))
+        })
+        .collect()
+}
+
 /// Read and layer a spec: defaults < file < `SEGSWEEP_<SECTION>__<KEY>` environment < `sets`
 /// whose first segment is a section (`inference.prob_thd=0.1`). Sets addressing a pipeline entry
 /// (`cliptrase.correlation_temperature=0.1`) are applied by [`crate::sweep::expand`].
@@ -322,13 +334,9 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
             )),
         ));
     }
-    if let Some((var, section)) = std::env::vars().find_map(|(var, _)| {
-        let rest = var.strip_prefix("SEGSWEEP_")?;
-        let (section, _) = rest.split_once("__")?;
-        (!SECTIONS[..4]
-            .iter()
-            .any(|s| section.eq_ignore_ascii_case(s)))
-        .then(|| (var.clone(), section.to_ascii_lowercase()))
+    if let Some((var, section)) = env_spec_keys().into_iter().find_map(|(var, key)| {
+        let section = key.split('.').next().unwrap_or("").to_string();
+        (!SECTIONS[..4].contains(&section.as_str())).then_some((var, section))
     }) {
         let near = segsweep_core::registry::nearest(&section, SECTIONS[..4].iter().copied());
         return Err(RunnerError::spec(

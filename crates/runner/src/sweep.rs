@@ -158,11 +158,9 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
         )
         .collect();
     // The spec's keys set from outside: --set and SEGSWEEP_<SECTION>__<KEY> variables.
-    let env_keys: Vec<String> = std::env::vars()
-        .filter_map(|(var, _)| {
-            let (section, key) = var.strip_prefix("SEGSWEEP_")?.split_once("__")?;
-            Some(format!("{section}.{}", key.replace("__", ".")).to_ascii_lowercase())
-        })
+    let env_keys: Vec<String> = crate::spec::env_spec_keys()
+        .into_iter()
+        .map(|(_, key)| key)
         .collect();
     let outside: Vec<&str> = sets
         .iter()
