@@ -495,6 +495,26 @@ impl Dataset {
         }
     }
 
+    /// Images and labels of the listed samples (after any subset) that are not files, in
+    /// sample order: what [`Dataset::load`] would fail on for a missing file. One `stat` per
+    /// file; in-memory sets have none.
+    pub fn missing_files(&self) -> Vec<PathBuf> {
+        match &self.entries {
+            Entries::Memory(_) => Vec::new(),
+            Entries::Files(f) => f
+                .iter()
+                .flat_map(|s| [&s.image, &s.label])
+                .filter(|p| !p.is_file())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// One line naming up to 10 of `missing` (see [`Dataset::missing_files`]), `None` when empty.
+    pub fn describe_missing(&self, missing: &[PathBuf]) -> Option<String> {
+        missing_warning(&self.info.name, missing)
+    }
+
     /// Keep only the samples `subset` selects, in split order.
     pub fn subset(self, subset: &Subset) -> Dataset {
         let keep = subset.indices(self.len());

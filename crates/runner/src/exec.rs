@@ -393,6 +393,19 @@ fn preflight(
             Some("check [dataset] root and `segsweep data check NAME`".into()),
         ));
     }
+    // A missing image or label would stop the run at that image, after the run directory
+    // exists; without `skip_bad` it is an error now, before any work.
+    if !first.dataset.skip_bad {
+        let missing = ds.missing_files();
+        if let Some(line) = ds.describe_missing(&missing) {
+            return Err(RunnerError::spec(
+                &exp.spec.file(),
+                "dataset",
+                line,
+                Some("restore the files (check [dataset] root; some datasets need `segsweep data prepare`), or set [dataset] skip_bad = true to skip those samples (counted in `skipped`)".into()),
+            ));
+        }
+    }
     let classes = class_names(&first.dataset, &ds)?;
     if classes.len() != ds.info.n_classes() {
         return Err(RunnerError::spec(

@@ -278,19 +278,60 @@ fn the_seed_is_part_of_the_hash_where_it_selects_data() {
     );
 }
 
-/// A sample that cannot be loaded stops the run with the file named and the way to skip it.
-#[test]
-fn an_unloadable_sample_names_the_skip_bad_switch() {
-    let out = tempfile::tempdir().unwrap();
-    let data = out.path().join("shapes");
+/// A custom dataset of 2 synthetic samples whose sample 1 is broken by `damage`, as an
+/// experiment writing into `out`.
+fn damaged_custom(
+    out: &Path,
+    skip_bad: bool,
+    damage: impl FnOnce(&Path),
+) -> segsweep_runner::Experiment {
+    let data = out.join("shapes");
     segsweep_data::write_synthetic(&data, 2, 0).unwrap();
-    std::fs::remove_file(data.join("labels/synth_0001.png")).unwrap();
+    damage(&data.join("labels/synth_0001.png"));
     let text = format!(
-        "[experiment]\nname = \"bad\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"custom\"\n[dataset.custom]\nname = \"shapes\"\nroot = \"{}\"\nimg_suffix = \".png\"\nclasses = \"classes.txt\"\n",
-        out.path().display(),
+        "[experiment]\nname = \"bad\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"custom\"\nskip_bad = {skip_bad}\n[dataset.custom]\nname = \"shapes\"\nroot = \"{}\"\nimg_suffix = \".png\"\nclasses = \"classes.txt\"\n",
+        out.display(),
         data.display()
     );
-    let exp = expand(load_text(Path::new("bad.toml"), text, &[]).unwrap(), &[]).unwrap();
+    expand(load_text(Path::new("bad.toml"), text, &[]).unwrap(), &[]).unwrap()
+}
+
+/// A missing label is found before any work: the error names the file and the way to skip
+/// it, and no run directory is created.
+#[test]
+fn a_missing_label_fails_before_the_run_directory_exists() {
+    let out = tempfile::tempdir().unwrap();
+    let exp = damaged_custom(out.path(), false, |l| std::fs::remove_file(l).unwrap());
+    let opts = RunOptions::default();
+    let err = run(&exp, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("synth_0001.png") && err.contains("skip_bad") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        !run_dir(&exp, &opts).exists(),
+        "a failed start left a run directory"
+    );
+}
+
+/// With `skip_bad`, the same missing label is skipped and counted.
+#[test]
+fn a_missing_label_with_skip_bad_is_skipped_and_counted() {
+    let out = tempfile::tempdir().unwrap();
+    let exp = damaged_custom(out.path(), true, |l| std::fs::remove_file(l).unwrap());
+    let summary = run(&exp, &RunOptions::default()).unwrap();
+    let rec = &summary.records[0];
+    assert_eq!((rec.images, rec.skipped), (1, 1), "{rec:?}");
+}
+
+/// A label that exists but cannot be decoded is only found when it is loaded: the run stops
+/// there with the file named and the way to skip it.
+#[test]
+fn an_unreadable_label_names_the_skip_bad_switch() {
+    let out = tempfile::tempdir().unwrap();
+    let exp = damaged_custom(out.path(), false, |l| {
+        std::fs::write(l, b"not a png").unwrap()
+    });
     let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
     assert!(
         err.contains("synth_0001") && err.contains("skip_bad"),
