@@ -197,7 +197,33 @@ fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".segsweep-cache"))
 }
 
+/// Every input must be a file: refuse missing paths and directories before the model loads.
+fn check_inputs_exist(images: &[PathBuf]) -> Result<()> {
+    let bad: Vec<String> = images
+        .iter()
+        .filter(|p| !p.is_file())
+        .map(|p| {
+            let what = if p.is_dir() {
+                "a directory"
+            } else {
+                "not found"
+            };
+            format!("{} ({what})", p.display())
+        })
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "{} input image(s) cannot be read: {} (hint: predict takes image files (JPEG, PNG, \
+             ...); for a directory pass its files, e.g. `DIR/*.jpg`)",
+            bad.len(),
+            bad.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: PredictArgs) -> Result<()> {
+    check_inputs_exist(&args.images)?;
     check_distinct_stems(&args.images)?;
     let cfg = config(&args)?;
     let classes = segsweep_data::ClassNames::from_file(&args.classes)?;

@@ -190,6 +190,44 @@ fn quality_c21_predict_refuses_duplicate_stems_before_any_work() {
     assert!(!tmp.path().join("pred").exists(), "nothing may be written");
 }
 
+/// A missing input or a directory is refused before the model loads, naming each path.
+#[test]
+fn predict_refuses_missing_inputs_and_directories_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("photos")).unwrap();
+    image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
+        .save(tmp.path().join("ok.png"))
+        .unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    let err = fails(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "c.txt",
+            "ok.png",
+            "gone.jpg",
+            "photos",
+            "--out",
+            "pred",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("2 input image(s)")
+            && err.contains("gone.jpg (not found)")
+            && err.contains("photos (a directory)")
+            && err.contains("DIR/*.jpg"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("synthetic weights"),
+        "the model must not load first: {err}"
+    );
+    assert!(!tmp.path().join("pred").exists(), "nothing may be written");
+}
+
 /// Quality review C21: an explicit `--model openai/clip-vit-base-patch16` (the old default
 /// string) was ignored when `--spec` named another model; an explicit flag now wins.
 #[test]
