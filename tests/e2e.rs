@@ -839,6 +839,33 @@ fn densecrf_command_refines_a_probability_map_and_names_mismatched_files() {
         err.contains("small.npy") && err.contains("img.png"),
         "{err}"
     );
+    // Missing inputs are named together, with the flag each came from and a hint.
+    let err = fails(&run(
+        &[
+            "densecrf", "--image", "gone.png", "--probs", "gone.npy", "--out", "q3.npy",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("--image gone.png (not found)")
+            && err.contains("--probs gone.npy (not found)")
+            && err.contains("hint"),
+        "{err}"
+    );
+    // The output's directory is created.
+    ok(&run(
+        &[
+            "densecrf",
+            "--image",
+            "img.png",
+            "--probs",
+            "p.npy",
+            "--out",
+            "new/dir/q.npy",
+        ],
+        tmp.path(),
+    ));
+    assert!(tmp.path().join("new/dir/q.npy").is_file());
 }
 
 /// Two attentions (two upstream keys, so the prefix is needed again) × two thresholds.

@@ -209,16 +209,19 @@ pub struct DenseCrfArgs {
     /// Mean-field iterations (default: the preset's).
     #[arg(long)]
     pub iterations: Option<usize>,
-    /// Gaussian kernel: spatial std in pixels, and weight.
+    /// Gaussian (smoothness) kernel: spatial std in pixels (default: the preset's).
     #[arg(long)]
     pub gauss_sxy: Option<f32>,
+    /// Gaussian kernel: weight (Potts compatibility; default: the preset's).
     #[arg(long)]
     pub gauss_compat: Option<f32>,
-    /// Bilateral kernel: spatial std in pixels, colour std, and weight.
+    /// Bilateral (appearance) kernel: spatial std in pixels (default: the preset's).
     #[arg(long)]
     pub bilateral_sxy: Option<f32>,
+    /// Bilateral kernel: colour std in RGB units 0–255 (default: the preset's).
     #[arg(long)]
     pub bilateral_srgb: Option<f32>,
+    /// Bilateral kernel: weight (Potts compatibility; default: the preset's).
     #[arg(long)]
     pub bilateral_compat: Option<f32>,
 }
@@ -241,6 +244,32 @@ pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
     set(&mut p.bilateral_srgb, args.bilateral_srgb);
     set(&mut p.bilateral_compat, args.bilateral_compat);
     p.validate()?;
+    let missing: Vec<String> = [("--image", &args.image), ("--probs", &args.probs)]
+        .iter()
+        .filter(|(_, path)| !path.is_file())
+        .map(|(flag, path)| {
+            format!(
+                "{flag} {} ({})",
+                path.display(),
+                if path.is_dir() {
+                    "a directory"
+                } else {
+                    "not found"
+                }
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "cannot read {} (hint: --probs is a float32 .npy of shape (C, H, W), e.g. `segsweep \
+             predict`'s <stem>.probs.npy, and --image the image it was computed from)",
+            missing.join(" and ")
+        );
+    }
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output's directory", dir.display()))?;
+    }
     let image = segsweep_data::load_rgb(&args.image)?;
     let probs = npy::read_map_npy(&args.probs)?;
     let (c, h, w) = probs.shape;
