@@ -6,6 +6,7 @@
 //! applied, validated like a spec of its own, and hashed over its fully resolved settings.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use segsweep_core::{registry, InferConfig, Mode, Params, PluginSpec, Stage};
 use sha2::{Digest, Sha256};
@@ -511,10 +512,9 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
     // Canonical resolved settings: everything that can change a number, nothing that cannot
     // (names, descriptions, output paths).
     let mut doc = toml::Table::new();
-    doc.insert(
-        "model".into(),
-        toml::Value::try_from(&raw.model).map_err(|e| internal(file, e))?,
-    );
+    let mut model_doc = toml::Value::try_from(&raw.model).map_err(|e| internal(file, e))?;
+    normalise_paths(&mut model_doc, &["source"]);
+    doc.insert("model".into(), model_doc);
     let mut dataset_doc = dataset_identity(&raw.dataset, file)?;
     let d = &raw.dataset;
     if d.name == "synthetic" || (d.subset == "random" && d.num_samples.is_some()) {
@@ -573,6 +573,20 @@ fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
         return Err(internal(file, "[dataset] is not a table"));
     };
     t.remove("short_side");
+    // A registered benchmark is named by `name`; where it is installed is like `--data-dir`
+    // (a moved dataset is not a new configuration). A custom dataset keeps its root: there the
+    // directory is what identifies the data.
+    t.remove("root");
+    normalise_paths(&mut value, &["classes"]);
+    if let Some(custom) = value.get_mut("custom") {
+        normalise_paths(
+            custom,
+            &["root", "image_dir", "label_dir", "split_file", "classes"],
+        );
+    }
+    let Some(t) = value.as_table_mut() else {
+        return Err(internal(file, "[dataset] is not a table"));
+    };
     // A class file that cannot be read here (validating a spec on another machine, `predict
     // --spec` with its own --classes) leaves the path alone in the hash: a run reads the file
     // before any work and fails there, naming it.
@@ -594,6 +608,27 @@ fn dataset_identity(d: &DatasetSection, file: &str) -> Result<toml::Value> {
         }
     }
     Ok(value)
+}
+
+/// Write the path strings at `keys` of table `v` in one lexical form, so spellings of one path
+/// (`./m`, `m/`, `a//m`) hash alike: `.` components and repeated or trailing separators are
+/// dropped; `..` and symlinks are kept (resolving them would need the file system, and an
+/// absolute path in the hash would differ between machines). Hub ids and `builtin:` names
+/// pass through unchanged.
+fn normalise_paths(v: &mut toml::Value, keys: &[&str]) {
+    let Some(t) = v.as_table_mut() else { return };
+    for key in keys {
+        if let Some(toml::Value::String(s)) = t.get_mut(*key) {
+            let clean: PathBuf = Path::new(s.as_str())
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            let clean = clean.to_string_lossy();
+            if !clean.is_empty() {
+                *s = clean.into_owned();
+            }
+        }
+    }
 }
 
 /// An experiment name or run id must stay one directory level under its parent: non-empty,

@@ -338,3 +338,45 @@ fn an_unreadable_label_names_the_skip_bad_switch() {
         "{err}"
     );
 }
+
+/// Spellings of one path hash alike (`./m`, `m/`, `m`); other paths do not.
+#[test]
+fn spellings_of_one_path_hash_alike() {
+    let source = |s: &str| vec![("model.source", toml::Value::String(s.into()))];
+    let plain = hash("", &source("weights/clip"));
+    for other in ["./weights/clip", "weights/clip/", "weights//./clip"] {
+        assert_eq!(plain, hash("", &source(other)), "{other}");
+    }
+    assert_ne!(plain, hash("", &source("weights/clip2")));
+    assert_ne!(plain, hash("", &source("../weights/clip")));
+    let classes = |s: &str| vec![("dataset.classes", toml::Value::String(s.into()))];
+    assert_eq!(
+        hash("", &classes("cls/voc.txt")),
+        hash("", &classes("./cls/voc.txt"))
+    );
+}
+
+/// A registered benchmark's location is not part of its identity (like `--data-dir`); a
+/// custom dataset's root is.
+#[test]
+fn a_registered_dataset_s_root_is_not_hashed_a_custom_one_is() {
+    let voc = |root: Option<&str>| {
+        let mut v = vec![("dataset.name", toml::Value::String("voc21".into()))];
+        if let Some(r) = root {
+            v.push(("dataset.root", toml::Value::String(r.into())));
+        }
+        hash("", &v)
+    };
+    assert_eq!(voc(None), voc(Some("/data/VOCdevkit/VOC2012")));
+    assert_eq!(voc(Some("/a/voc")), voc(Some("/b/voc")));
+    let custom = |root: &str| {
+        hash(
+            &format!(
+                "[dataset.custom]\nname = \"mine\"\nroot = \"{root}\"\nclasses = \"classes.txt\"\n"
+            ),
+            &[("dataset.name", toml::Value::String("custom".into()))],
+        )
+    };
+    assert_ne!(custom("/a/mine"), custom("/b/mine"));
+    assert_eq!(custom("/a/mine"), custom("/a/./mine/"));
+}
