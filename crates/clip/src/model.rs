@@ -27,6 +27,9 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Name of the generated tiny model (see [`crate::synthetic`]).
 pub const BUILTIN_TINY: &str = "builtin:tiny-random";
+/// The `file_hash` recorded for [`BUILTIN_TINY`]: it identifies the generator, not a file;
+/// bump it when `synthetic.rs` changes its output.
+pub const BUILTIN_TINY_HASH: &str = "synthetic-tiny-v1";
 
 /// A CLIP model (vision and text towers) in candle.
 pub struct ClipModel {
@@ -58,6 +61,26 @@ impl ClipModel {
     /// in f32).
     pub fn load(source: &str, device: &Device, dtype: DType) -> Result<ClipModel> {
         Self::load_with_hub(source, device, dtype, &HubEnv::from_env())
+    }
+
+    /// The weights file hash [`ClipModel::load`] would record for `source`
+    /// ([`BackboneInfo::file_hash`]), found without loading the model and without network:
+    /// `None` where it cannot be told here (a hub repo not in the local cache, a directory that
+    /// does not exist or has no weights).
+    pub fn weights_hash(source: &str, hub: &HubEnv) -> Option<String> {
+        if let Some(name) = source.strip_prefix("builtin:") {
+            return (name == "tiny-random").then(|| BUILTIN_TINY_HASH.to_string());
+        }
+        let path = Path::new(source);
+        let weights = if path.is_dir() && !source.starts_with("hf:") {
+            source::local_files(path).ok()?.weights
+        } else {
+            let repo = source.strip_prefix("hf:").unwrap_or(source);
+            source::WEIGHT_FILES
+                .iter()
+                .find_map(|f| hub.cached(repo, f))?
+        };
+        source::file_hash(&weights).ok()
     }
 
     /// [`ClipModel::load`] with an explicit Hugging Face environment (tests use a fake cache).
@@ -167,8 +190,7 @@ impl ClipModel {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let info = BackboneInfo {
             model_id: BUILTIN_TINY.to_string(),
-            // Identifies the generator, not a file: bump when synthetic.rs changes its output.
-            file_hash: "synthetic-tiny-v1".to_string(),
+            file_hash: BUILTIN_TINY_HASH.to_string(),
             weights: WeightsKind::Synthetic,
             ..base_info(&config, device, dtype)
         };

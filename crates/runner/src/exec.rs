@@ -138,6 +138,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     if resumed > 0 {
+        check_finished_weights(exp, &dir)?;
         tracing::info!(
             "{resumed} configuration(s) already finished in {}; skipping them",
             dir.display()
@@ -193,6 +194,49 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         ran,
         memory: tally.memory,
     })
+}
+
+/// A finished configuration is skipped on resume; refuse that when the files behind its
+/// `model.source` now hold other weights than its record was computed with (a checkpoint is
+/// checked the same way in `run_group`). Sources whose hash cannot be told without loading
+/// or network (a hub repo not in the cache) are not checked.
+fn check_finished_weights(exp: &Experiment, dir: &Path) -> Result<()> {
+    let hub = segsweep_clip::HubEnv::from_env();
+    let mut now: HashMap<&str, Option<String>> = HashMap::new();
+    for c in &exp.configs {
+        let path = record_path(dir, &c.hash);
+        if !path.exists() {
+            continue;
+        }
+        let source = c.model.source.as_str();
+        let Some(current) = now
+            .entry(source)
+            .or_insert_with(|| ClipModel::weights_hash(source, &hub))
+            .as_deref()
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| RunnerError::Io {
+            path: path.clone(),
+            cause: e,
+            hint: Some("a finished configuration's record must be readable to resume".into()),
+        })?;
+        // Only the one field; a damaged record is reported with every check by `finalize`.
+        let recorded = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("model_file_hash")?.as_str().map(str::to_string));
+        if let Some(recorded) = recorded.filter(|r| !r.is_empty() && r != current) {
+            return Err(RunnerError::spec(
+                &path.display().to_string(),
+                "(finished configuration)",
+                format!(
+                    "its results come from weights {recorded} but {source} now holds weights {current}"
+                ),
+                Some("the files behind model.source changed since this run: pass --run-id NEW to compute the new weights' results beside these, or restore the old files".into()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {

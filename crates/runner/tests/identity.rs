@@ -380,3 +380,46 @@ fn a_registered_dataset_s_root_is_not_hashed_a_custom_one_is() {
     assert_ne!(custom("/a/mine"), custom("/b/mine"));
     assert_eq!(custom("/a/mine"), custom("/a/./mine/"));
 }
+
+/// A finished configuration is not silently kept when the files behind `model.source` were
+/// replaced in place: resuming is an error naming its record; unchanged weights resume.
+#[test]
+fn finished_results_of_replaced_weights_are_not_resumed() {
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("clip");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-clip");
+    for f in ["config.json", "model.safetensors", "segsweep-fixture.json"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    let sets = [
+        (
+            "model.source",
+            toml::Value::String(model.display().to_string()),
+        ),
+        (
+            "experiment.output_dir",
+            toml::Value::String(out.path().display().to_string()),
+        ),
+    ];
+    let exp = exp("", &sets).unwrap();
+    let opts = RunOptions::default();
+    assert_eq!(run(&exp, &opts).unwrap().ran, 1);
+    assert_eq!(
+        run(&exp, &opts).unwrap().resumed,
+        1,
+        "unchanged weights resume"
+    );
+    // Another value in the last tensor's bytes: a loadable file with other weights.
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let err = run(&exp, &opts).unwrap_err().to_string();
+    let record = format!("{}.json", exp.configs[0].hash);
+    assert!(
+        err.contains(&record) && err.contains("now holds weights") && err.contains("--run-id"),
+        "{err}"
+    );
+}
