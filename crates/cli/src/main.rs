@@ -83,6 +83,15 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+    // Rust ignores SIGPIPE, so `segsweep validate spec.toml | head -1` panicked in `println!`
+    // once `head` closed the pipe. Restore the default action, as other command-line tools
+    // have: the process ends quietly. (A sweep killed this way keeps everything but the image
+    // in flight, as after Ctrl-C.)
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {

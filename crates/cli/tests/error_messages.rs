@@ -193,3 +193,44 @@ fn a_truncated_weights_file_is_named_once_without_backtrace() {
     assert_eq!(err.matches("hint").count(), 1, "{err}");
     assert_no_backtrace(&err);
 }
+
+/// `segsweep validate SPEC | head -1`: a reader that closes the pipe early ends the process
+/// quietly (SIGPIPE, as other tools), not with a `println!` panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_ends_quietly_without_a_panic() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // 1,000 configurations print far more than a pipe buffer (64 KiB) holds.
+    let values: Vec<String> = (0..1000)
+        .map(|i| format!("{}", 0.001 * f64::from(i)))
+        .collect();
+    let spec = tmp.path().join("big.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[experiment]\nname = \"big\"\n[model]\nsource = \"builtin:tiny-random\"\n[sweep.grid]\n\"inference.prob_thd\" = [{}]\n",
+            values.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut child = common::segsweep()
+        .args(["validate", spec.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is dropped here, closing the pipe while the child still writes.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE; stderr: {stderr}"
+    );
+}

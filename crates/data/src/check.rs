@@ -238,6 +238,6 @@ impl fmt::Display for CheckReport {
                 writeln!(f, "  {}", chunk.join("  "))?;
             }
         }
-        write!(f, "{}", if self.is_ok() { "OK" } else { "PROBLEMS FOUND" })
+        writeln!(f, "{}", if self.is_ok() { "OK" } else { "PROBLEMS FOUND" })
     }
 }
