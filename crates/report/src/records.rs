@@ -112,7 +112,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// A short label for charts: the variant plus the swept values.
+    /// A short label for charts and the console: the variant plus the swept values, or
+    /// `default` when there are neither (as `validate` and the log name that configuration).
     pub fn label(&self) -> String {
         let mut parts = vec![self.variant.clone()];
         for s in &self.swept {
@@ -121,7 +122,7 @@ impl Record {
         }
         parts.retain(|p| !p.is_empty());
         if parts.is_empty() {
-            self.config_hash.clone()
+            "default".into()
         } else {
             parts.join(" ")
         }

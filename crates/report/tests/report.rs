@@ -283,3 +283,15 @@ fn a_stale_delta_chart_is_removed_when_there_is_no_baseline() {
     assert!(!files.paths.contains(&delta));
     assert!(!delta.exists() && !dir.path().join("charts/delta.svg").exists());
 }
+
+/// A configuration with no variant and nothing swept is `default` everywhere (as `validate`
+/// and the log call it), not its hash.
+#[test]
+fn a_record_without_variant_or_swept_values_is_labelled_default() {
+    let mut r = record("", 0.5, 4);
+    assert_eq!(r.label(), "correlation_temperature=0.5");
+    r.swept.clear();
+    assert_eq!(r.label(), "default");
+    r.variant = "baseline".into();
+    assert_eq!(r.label(), "baseline");
+}
