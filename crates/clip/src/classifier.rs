@@ -165,7 +165,7 @@ pub fn build_classifier(
                 // in its place, no permission, a full disk) is worth a warning, not the run.
                 if let Err(e) = write_atomic(f, &t) {
                     tracing::warn!(
-                        "cannot cache the text classifier ({e}); continuing without the cache (set SEGSWEEP_CACHE to a writable directory to keep it)"
+                        "cannot cache the text classifier ({e}); continuing without the cache (a sweep caches under <output_dir>/.cache, `predict` under $SEGSWEEP_CACHE, default ~/.cache/segsweep: make that directory writable to keep it)"
                     );
                 }
             }

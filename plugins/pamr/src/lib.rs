@@ -28,7 +28,7 @@
 //! - The guide image ([`Guide`], parameters `guide` and `guide_short_side`). SCLIP's harness
 //!   feeds PAMR the *resized* network input (short side S, cv2 bilinear on uint8) bilinearly
 //!   resized back to the original size, a slightly blurred image. `guide = "resized"` (default)
-//!   does that with the running pipeline's `[inference] short_side` ([`DenseCtx::short_side`]) and
+//!   does that with the running pipeline's short side (`[dataset] short_side`; [`DenseCtx::short_side`]) and
 //!   the pipeline's output size (mmcv `rescale_size` from segsweep-infer); `guide_short_side`
 //!   overrides S, and a pipeline that does not resize is guided by the original image, as the
 //!   reference would be. `// Deviation:` the downscale is float bilinear rounded to uint8 (the

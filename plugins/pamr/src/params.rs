@@ -24,7 +24,7 @@ pub const PARAMS: &[ParamSpec] = &[
         default: ParamDefault::Str("resized"),
         doc: "Which image guides the affinities. `resized` (default; the reference's guide, \
               methods.md §0): the image as the pipeline resized it for the backbone (short side \
-              = `[inference] short_side`, or `guide_short_side` when set; mmcv-exact bilinear on \
+              = `[dataset] short_side` or the dataset's default, or `guide_short_side` when set; mmcv-exact bilinear on \
               uint8), bilinearly resized back to the original size, i.e. slightly blurred; the \
               original image when the pipeline does not resize. `original`: the image at its own \
               size.",

@@ -19,7 +19,7 @@ pub struct Preset {
     pub prob_thd: f64,
     /// Whether the config sets whole-image inference (`slide_crop=0`); otherwise slide 224/112.
     pub whole: bool,
-    /// `[inference] short_side` of the same config.
+    /// `[dataset] short_side` of the same config.
     pub short_side: usize,
 }
 
