@@ -76,6 +76,13 @@ fn summary_rows(dir: &Path) -> Vec<csv::StringRecord> {
     r.records().map(|x| x.unwrap()).collect()
 }
 
+/// The index of `name` in summary.csv's header.
+fn summary_col(dir: &Path, name: &str) -> usize {
+    let mut r = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    h.iter().position(|x| x == name).unwrap()
+}
+
 fn metric_columns(dir: &Path) -> Vec<Vec<String>> {
     let mut r = csv::Reader::from_path(dir.join("summary.csv")).unwrap();
     let h = r.headers().unwrap().clone();
@@ -298,6 +305,57 @@ fn interrupted_sweep_resumes_to_identical_numbers() {
         tmp.path(),
     ));
     assert!(out.contains("0 computed, 4 already finished"), "{out}");
+}
+
+/// The hash covers plugin parameters and plugin versions, not code: resuming results that
+/// another build of segsweep wrote keeps them, with a warning saying so and what to do.
+#[test]
+fn resuming_another_build_s_results_warns_and_plugin_versions_are_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "spec.toml", SPEC_2X2);
+    let spec = spec.to_str().unwrap();
+    let args = ["sweep", spec, "--quiet", "--run-id", "r"];
+    let (stdout, stderr) = common::ok(&run(&args, tmp.path()));
+    assert!(stdout.contains("4 computed"), "{stdout}");
+    assert!(!stderr.contains("git revision"), "{stderr}");
+    let dir = tmp.path().join("out/e2e/r");
+    let configs: Vec<String> = std::fs::read_dir(dir.join("configs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(configs.len(), 4);
+    let with_pamr = configs
+        .iter()
+        .filter(|t| t.contains("plugin = \"pamr\""))
+        .count();
+    let versioned = configs
+        .iter()
+        .filter(|t| t.contains("plugin_version = 1"))
+        .count();
+    assert_eq!((with_pamr, versioned), (2, 2), "{configs:?}");
+    // The records now claim another revision, as after `git pull` and a rebuild.
+    let rev = summary_rows(&dir)[0][summary_col(&dir, "git_rev")].to_string();
+    for e in std::fs::read_dir(dir.join("counts")).unwrap() {
+        let path = e.unwrap().path();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["git_rev"] = "0123456789ab".into();
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    let (stdout, stderr) = common::ok(&run(&args, tmp.path()));
+    assert!(
+        stdout.contains("0 computed, 4 already finished"),
+        "{stdout}"
+    );
+    if rev == "unknown" {
+        // Built outside a git checkout: there is nothing to compare with.
+        assert!(!stderr.contains("git revision"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("git revision 0123456789ab") && stderr.contains("`version`"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -23,11 +23,12 @@ pub fn run(args: PluginsArgs) -> Result<()> {
         Some(name) => {
             let p = reg.get(&name)?;
             println!(
-                "{} — {}\nstage: {} ({})\n",
+                "{} — {}\nstage: {} ({})\nversion: {} (part of the configuration hash)\n",
                 p.name,
                 p.summary,
                 p.stage.describe(),
-                p.stage
+                p.stage,
+                p.version
             );
             println!("{}\n", p.doc.trim());
             if p.params.is_empty() {

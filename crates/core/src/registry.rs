@@ -15,6 +15,11 @@ use crate::stage::{Refiner, Stage};
 pub struct PluginSpec {
     /// Unique name used in specs (`plugin = "pamr"`), lower-case with dashes.
     pub name: &'static str,
+    /// What the plugin computes, as a number: bump it whenever a change to the code changes
+    /// its output for the same parameters. It is part of every configuration's hash, so a
+    /// sweep re-run after the change computes new results instead of resuming the old ones
+    /// (the hash covers parameters, not code). Start at 1.
+    pub version: u32,
     /// One line for `segsweep plugins`.
     pub summary: &'static str,
     /// Longer documentation: the paper, what is computed, variants and deviations.
@@ -71,6 +76,7 @@ impl std::fmt::Debug for PluginSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginSpec")
             .field("name", &self.name)
+            .field("version", &self.version)
             .field("stage", &self.stage)
             .finish()
     }
@@ -83,6 +89,7 @@ inventory::collect!(PluginSpec);
 /// ```ignore
 /// segsweep_core::register_plugin!(segsweep_core::PluginSpec {
 ///     name: "pamr",
+///     version: 1,
 ///     summary: "pixel-adaptive mask refinement",
 ///     doc: "...",
 ///     stage: segsweep_core::Stage::DenseLogits,
@@ -104,10 +111,32 @@ pub struct Registry {
     map: BTreeMap<&'static str, &'static PluginSpec>,
 }
 
+/// Keys a pipeline entry uses itself (and the hash adds), so no plugin parameter may take them.
+pub const RESERVED_PARAM_NAMES: [&str; 3] = ["plugin", "id", "plugin_version"];
+
 impl Registry {
     fn build() -> Result<Registry> {
+        Self::from_specs(inventory::iter::<PluginSpec>)
+    }
+
+    /// The registry of `specs`: refuses two plugins with one name, and a parameter named like
+    /// a pipeline entry's own keys ([`RESERVED_PARAM_NAMES`]), which a spec could never set.
+    pub fn from_specs(specs: impl IntoIterator<Item = &'static PluginSpec>) -> Result<Registry> {
         let mut map = BTreeMap::new();
-        for spec in inventory::iter::<PluginSpec> {
+        for spec in specs {
+            if let Some(p) = spec
+                .params
+                .iter()
+                .find(|p| RESERVED_PARAM_NAMES.contains(&p.name))
+            {
+                return Err(CoreError::Msg(format!(
+                    "plugin `{}` declares a parameter `{}`, a key every pipeline entry uses \
+                     itself ({}) (hint: rename the parameter in the plugin's ParamSpec list)",
+                    spec.name,
+                    p.name,
+                    RESERVED_PARAM_NAMES.join(", ")
+                )));
+            }
             if map.insert(spec.name, spec).is_some() {
                 return Err(CoreError::DuplicatePlugin(spec.name.to_string()));
             }
@@ -173,6 +202,41 @@ fn levenshtein(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::params::{ParamDefault, ParamType};
+
+    const ID_PARAM: &[ParamSpec] = &[ParamSpec {
+        name: "id",
+        ty: ParamType::Int { min: 0, max: 9 },
+        default: ParamDefault::Int(0),
+        doc: "",
+    }];
+    static BAD: PluginSpec = PluginSpec {
+        name: "bad",
+        version: 1,
+        summary: "",
+        doc: "",
+        stage: Stage::Labels,
+        params: ID_PARAM,
+        check: |_, _| Ok(()),
+        build: |_| Err(CoreError::Msg("unused".into())),
+    };
+    static GOOD: PluginSpec = PluginSpec {
+        name: "good",
+        params: &[],
+        ..BAD
+    };
+
+    #[test]
+    fn a_parameter_named_like_an_entry_key_or_a_repeated_name_is_refused() {
+        let err = Registry::from_specs([&BAD]).unwrap_err().to_string();
+        assert!(err.contains("`bad`") && err.contains("`id`"), "{err}");
+        let err = Registry::from_specs([&GOOD, &GOOD])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("good"), "{err}");
+        assert_eq!(Registry::from_specs([&GOOD]).unwrap().names(), ["good"]);
+    }
 
     #[test]
     fn nearest_finds_typos_only() {

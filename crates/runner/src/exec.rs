@@ -161,6 +161,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         .iter()
         .map(|g| preflight(exp, opts, g, &mut models))
         .collect::<Result<Vec<_>>>()?;
+    for (group, input) in groups.iter().zip(&inputs) {
+        trial(exp, opts, group, input)?;
+    }
     prepare_run_dir(exp, &dir)?;
     // Two bars: configurations finished, and images of the group in flight.
     let multi = if opts.progress {
@@ -199,16 +202,31 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
 /// A finished configuration is skipped on resume; refuse that when the files behind its
 /// `model.source` now hold other weights than its record was computed with (a checkpoint is
 /// checked the same way in `run_group`). Sources whose hash cannot be told without loading
-/// or network (a hub repo not in the cache) are not checked.
+/// or network (a hub repo not in the cache) are not checked. Records written by another git
+/// revision of segsweep get a warning.
 fn check_finished_weights(exp: &Experiment, dir: &Path) -> Result<()> {
     let hub = segsweep_clip::HubEnv::from_env();
     let mut now: HashMap<&str, Option<String>> = HashMap::new();
+    let this_rev = crate::git_rev();
+    let mut other_revs = std::collections::BTreeSet::new();
     for c in &exp.configs {
         let path = record_path(dir, &c.hash);
         if !path.exists() {
             continue;
         }
         let source = c.model.source.as_str();
+        let text = std::fs::read_to_string(&path).map_err(|e| RunnerError::Io {
+            path: path.clone(),
+            cause: e,
+            hint: Some("a finished configuration's record must be readable to resume".into()),
+        })?;
+        // Only these fields; a damaged record is reported with every check by `finalize`.
+        let value = serde_json::from_str::<serde_json::Value>(&text).ok();
+        let field = |k: &str| value.as_ref()?.get(k)?.as_str().map(str::to_string);
+        if let Some(rev) = field("git_rev").filter(|r| *r != this_rev && r != "unknown") {
+            other_revs.insert(rev);
+        }
+        let recorded = field("model_file_hash");
         let Some(current) = now
             .entry(source)
             .or_insert_with(|| ClipModel::weights_hash(source, &hub))
@@ -216,15 +234,6 @@ fn check_finished_weights(exp: &Experiment, dir: &Path) -> Result<()> {
         else {
             continue;
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| RunnerError::Io {
-            path: path.clone(),
-            cause: e,
-            hint: Some("a finished configuration's record must be readable to resume".into()),
-        })?;
-        // Only the one field; a damaged record is reported with every check by `finalize`.
-        let recorded = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("model_file_hash")?.as_str().map(str::to_string));
         if let Some(recorded) = recorded.filter(|r| !r.is_empty() && r != current) {
             return Err(RunnerError::spec(
                 &path.display().to_string(),
@@ -235,6 +244,15 @@ fn check_finished_weights(exp: &Experiment, dir: &Path) -> Result<()> {
                 Some("the files behind model.source changed since this run: pass --run-id NEW to compute the new weights' results beside these, or restore the old files".into()),
             ));
         }
+    }
+    // The hash covers parameters and plugin versions, not code: say when another build wrote
+    // the results being kept.
+    if !other_revs.is_empty() && this_rev != "unknown" {
+        tracing::warn!(
+            "finished configurations in {} were computed by segsweep at git revision {} (this build: {this_rev}); they are kept, not recomputed. If a change since then alters what a plugin computes, bump that plugin's `version` (it is part of the hash) or pass --run-id NEW",
+            dir.display(),
+            other_revs.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(())
 }
@@ -400,7 +418,7 @@ struct Job<'a> {
     config: &'a Config,
     /// [`upstream_key`] of the configuration, computed once.
     upstream: String,
-    refiners: Vec<Box<dyn Refiner>>,
+    refiners: &'a [Box<dyn Refiner>],
     partial: Partial,
 }
 
@@ -487,6 +505,18 @@ fn preflight(
     let layers = model.info().layers;
     for (c, refs) in group.iter().zip(&refiners) {
         for (step, r) in c.pipeline.iter().zip(refs) {
+            if r.name() != step.plugin.name {
+                return Err(RunnerError::spec(
+                    &exp.spec.file(),
+                    format!("pipeline entry `{}`", step.id),
+                    format!(
+                        "plugin `{}` builds a refiner whose name() is `{}`",
+                        step.plugin.name,
+                        r.name()
+                    ),
+                    Some("in the plugin's code, Refiner::name must return the name it registers (errors and logs use it)".into()),
+                ));
+            }
             let needs = r.needs();
             if let Some(n) = needs
                 .attn_probs
@@ -532,7 +562,7 @@ fn run_group(
     } = input;
     let mut jobs: Vec<Job> = Vec::new();
     let weights = model.info().file_hash.clone();
-    for (c, refiners) in group.iter().zip(refiners) {
+    for (c, refiners) in group.iter().zip(&refiners) {
         let mut partial = read_partial(dir, &c.hash, classes.len(), ds.len())?;
         if partial.model_file_hash.is_empty() {
             partial.model_file_hash = weights.clone();
@@ -554,10 +584,7 @@ fn run_group(
             partial,
         });
     }
-    let cache_dir = opts
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| exp.spec.raw.experiment.output_dir.join(".cache"));
+    let cache_dir = cache_dir(exp, opts);
     let classifier = build_classifier(
         model.as_ref(),
         &classes.classes,
@@ -570,12 +597,7 @@ fn run_group(
     };
     let background = ds.info.background_class;
 
-    let needs = jobs
-        .iter()
-        .flat_map(|j| j.refiners.iter())
-        .fold(segsweep_core::Needs::default(), |acc, r| {
-            acc.union(&r.needs())
-        });
+    let needs = needs_of(&jobs);
     let start = jobs.iter().map(|j| j.partial.next_image).min().unwrap_or(0);
     let bar = bars.multi.add(progress_bar(
         opts,
@@ -684,6 +706,109 @@ fn run_group(
     // Tables and charts after each group, so a later failure leaves them current.
     finalize(exp, dir)?;
     Ok(())
+}
+
+/// Where a run caches text classifiers and (by default) features: `<output_dir>/.cache`.
+fn cache_dir(exp: &Experiment, opts: &RunOptions) -> PathBuf {
+    opts.cache_dir
+        .clone()
+        .unwrap_or_else(|| exp.spec.raw.experiment.output_dir.join(".cache"))
+}
+
+/// What the prefix must record for the jobs' plugins (the union of their `needs()`).
+fn needs_of(jobs: &[Job]) -> segsweep_core::Needs {
+    jobs.iter()
+        .flat_map(|j| j.refiners.iter())
+        .fold(segsweep_core::Needs::default(), |acc, r| {
+            acc.union(&r.needs())
+        })
+}
+
+/// A trial before the run directory exists: every configuration of the group on the group's
+/// first readable image, through the same code as the run (shared prefix, per-key dense
+/// logits, tails), with its checkpoints written to a scratch directory and nothing cached. A
+/// plugin that fails on real inputs (a stage it does not implement, shapes it cannot take, a
+/// position after a plugin whose output it cannot read) fails here, naming the configuration
+/// and the image, instead of when its turn comes. Costs one image per group.
+fn trial(
+    exp: &Experiment,
+    opts: &RunOptions,
+    group: &[&Config],
+    input: &GroupInputs,
+) -> Result<()> {
+    let Some((i, sample)) =
+        (0..input.ds.len().min(16)).find_map(|i| input.ds.load(i).ok().map(|s| (i, s)))
+    else {
+        // Unreadable first images are the run's to report (or to skip with skip_bad).
+        return Ok(());
+    };
+    let scratch = tempfile::tempdir().map_err(|e| RunnerError::Io {
+        path: std::env::temp_dir(),
+        cause: e,
+        hint: Some("the trial before a run needs a scratch directory (TMPDIR)".into()),
+    })?;
+    let counts = scratch.path().join("counts");
+    std::fs::create_dir_all(&counts).map_err(|e| RunnerError::Io {
+        path: counts.clone(),
+        cause: e,
+        hint: None,
+    })?;
+    let first = group[0];
+    let model = input.model.as_ref();
+    let classifier = build_classifier(
+        model,
+        &input.classes.classes,
+        &IMAGENET_TEMPLATES,
+        Some(&cache_dir(exp, opts)),
+    )?;
+    let mut jobs: Vec<Job> = group
+        .iter()
+        .zip(&input.refiners)
+        .map(|(c, refiners)| Job {
+            upstream: upstream_key(c),
+            config: c,
+            refiners,
+            partial: Partial {
+                next_image: 0,
+                counts: IouCounts::new(input.classes.len()),
+                seconds: 0.0,
+                skipped: 0,
+                model_file_hash: String::new(),
+            },
+        })
+        .collect();
+    let needs = needs_of(&jobs);
+    let ctx = ImageCtx {
+        model,
+        classifier: &classifier,
+        prefix: PrefixCtx {
+            backbone: model,
+            cfg: &first.inference,
+            needs: &needs,
+            plan: &exp.memory,
+            spill_dir: scratch.path(),
+            cache: None,
+        },
+        background: input.ds.info.background_class,
+        ignore_index: input.ds.info.ignore_index,
+        dir: scratch.path(),
+        visualise: false,
+        max_vis: 0,
+    };
+    tracing::info!(
+        "trial: {} configuration(s) on image {} before the run starts",
+        jobs.len(),
+        sample.id
+    );
+    let mut stats = MemoryStats::new(&exp.memory);
+    run_batch(
+        &ctx,
+        &mut jobs,
+        &[(i, Some(sample))],
+        &mut stats,
+        opts,
+        &indicatif::ProgressBar::hidden(),
+    )
 }
 
 /// Counters over the groups of one `run` call.
@@ -824,7 +949,7 @@ fn steps<'a>(job: &'a Job) -> Vec<(Stage, &'a dyn Refiner)> {
     job.config
         .pipeline
         .iter()
-        .zip(&job.refiners)
+        .zip(job.refiners)
         .map(|(s, r)| (s.plugin.stage, r.as_ref()))
         .collect()
 }

@@ -543,6 +543,11 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
         .map(|s| {
             let mut t = s.params.to_toml();
             t.insert("plugin".into(), toml::Value::String(s.plugin.name.into()));
+            // The code's version: results of older plugin code are not resumed.
+            t.insert(
+                "plugin_version".into(),
+                toml::Value::Integer(i64::from(s.plugin.version)),
+            );
             t.insert("id".into(), toml::Value::String(s.id.clone()));
             toml::Value::Table(t)
         })

@@ -113,6 +113,7 @@ The head normalises out.";
 
 segsweep_core::register_plugin!(PluginSpec {
     name: NAME,
+    version: 1,
     summary: "regional clues, phase2a (design notes; training-free, not the trained CLIP-RC)",
     doc: DOC,
     stage: Stage::Features,

@@ -353,6 +353,7 @@ fn check(p: &Params, pos: &PipelinePos) -> Result<()> {
 
 segsweep_core::register_plugin!(PluginSpec {
     name: NAME,
+    version: 1,
     summary: "CLIPtrase: phase2a (design notes, default) feature recalibration | paper (ECCV'24) \
               qq+kk+vv block, DBSCAN regions, vote",
     doc: DOC,

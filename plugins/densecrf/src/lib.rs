@@ -85,6 +85,7 @@ only post-processing is PAMR, so numbers with `densecrf` are not comparable to t
 
 segsweep_core::register_plugin!(PluginSpec {
     name: "densecrf",
+    version: 1,
     summary:
         "fully connected CRF (Krähenbühl & Koltun 2011) on class probabilities, pydensecrf parity",
     doc: DOC,

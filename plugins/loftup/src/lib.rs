@@ -307,6 +307,7 @@ output_stride 1 (16× less at output_stride 4); on a loaded 2-core CPU that was 
 
 segsweep_core::register_plugin!(PluginSpec {
     name: "loftup",
+    version: 1,
     summary: "LoftUp learned feature upsampler (released CLIP checkpoint) → per-pixel features",
     doc: DOC,
     stage: Stage::Features,

@@ -219,6 +219,7 @@ impl Refiner for Pamr {
 
 segsweep_core::register_plugin!(PluginSpec {
     name: "pamr",
+    version: 1,
     summary: "pixel-adaptive mask refinement of the dense logits/probabilities (SCLIP/NACLIP post-processing)",
     doc: DOC,
     stage: Stage::DenseLogits,

@@ -115,6 +115,7 @@ impl Refiner for ResClip {
 
 segsweep_core::register_plugin!(PluginSpec {
     name: "resclip",
+    version: 1,
     summary: "ResCLIP (CVPR'25) last block: NACLIP attention + RCS (layers 6-9) + SFR feedback, per-dataset presets",
     doc: DOC,
     stage: Stage::Attention,
