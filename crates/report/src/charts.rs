@@ -30,6 +30,18 @@ const SERIES: [RGBColor; 8] = [
     RGBColor(0x7f, 0x7f, 0x7f),
 ];
 
+/// Colour of series `i`: the 8 base colours, then darker and lighter shades of them, so up
+/// to 24 series are told apart (the cycle repeats after that).
+fn series_color(i: usize) -> RGBColor {
+    let RGBColor(r, g, b) = SERIES[i % SERIES.len()];
+    let mix = |c: u8, to: f64, t: f64| (f64::from(c) * (1.0 - t) + to * t).round() as u8;
+    match (i / SERIES.len()) % 3 {
+        0 => RGBColor(r, g, b),
+        1 => RGBColor(mix(r, 0.0, 0.45), mix(g, 0.0, 0.45), mix(b, 0.0, 0.45)),
+        _ => RGBColor(mix(r, 255.0, 0.5), mix(g, 255.0, 0.5), mix(b, 255.0, 0.5)),
+    }
+}
+
 type DrawResult = std::result::Result<(), String>;
 
 fn e<E: std::fmt::Display>(err: E) -> String {
@@ -375,9 +387,10 @@ impl ParamLines {
                 };
                 let mut rest = vec![r.variant.clone()];
                 rest.extend(
-                    r.swept.iter().filter(|s| s.path != path).map(|s| {
-                        format!("{}={}", s.path.rsplit('.').next().unwrap_or(""), s.value)
-                    }),
+                    r.swept
+                        .iter()
+                        .filter(|s| s.path != path)
+                        .map(|s| format!("{}={}", s.short_key(&r.swept), s.display())),
                 );
                 rest.retain(|s| !s.is_empty());
                 let name = rest.join(" ");
@@ -443,7 +456,7 @@ impl Chart for ParamLines {
             .draw()
             .map_err(e)?;
         for (i, (_, pts)) in self.series.iter().enumerate() {
-            let c = SERIES[i % SERIES.len()];
+            let c = series_color(i);
             let overall: Vec<(f64, f64)> = pts.iter().filter_map(|p| Some((p.0, p.2?))).collect();
             let person: Vec<(f64, f64)> = pts.iter().filter_map(|p| Some((p.0, p.1?))).collect();
             chart
@@ -471,7 +484,7 @@ impl Chart for ParamLines {
             ))
             .map_err(e)?;
         for (i, (name, _)) in self.series.iter().enumerate() {
-            let c = SERIES[i % SERIES.len()];
+            let c = series_color(i);
             let y = 28 + 22 * i as i32;
             legend
                 .draw(&Rectangle::new([(20, y), (34, y + 14)], c.filled()))
@@ -607,5 +620,21 @@ impl Chart for Heatmap {
             .map_err(e)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twenty_four_series_get_distinct_colours() {
+        let colours: std::collections::HashSet<(u8, u8, u8)> = (0..24)
+            .map(|i| {
+                let RGBColor(r, g, b) = series_color(i);
+                (r, g, b)
+            })
+            .collect();
+        assert_eq!(colours.len(), 24);
     }
 }

@@ -74,6 +74,37 @@ pub struct SweptValue {
     pub number: Option<f64>,
 }
 
+impl SweptValue {
+    /// The value for people: a TOML string without its quotes (`slide`, not `"slide"`),
+    /// anything else as TOML writes it. Used in tables, chart legends and labels.
+    pub fn display(&self) -> String {
+        if self.value.starts_with('"') || self.value.starts_with('\'') {
+            // A TOML document holding the value under a key reads it with its escapes.
+            if let Ok(t) = format!("v = {}", self.value).parse::<toml::Table>() {
+                if let Some(toml::Value::String(s)) = t.get("v") {
+                    return s.clone();
+                }
+            }
+        }
+        self.value.clone()
+    }
+
+    /// The parameter's short name for labels: the last part of its path (`prob_thd`), or the
+    /// whole path when another of `all` ends the same way (`a.alpha`, `b.alpha`).
+    pub fn short_key(&self, all: &[SweptValue]) -> &str {
+        let last = |p: &str| p.rsplit('.').next().unwrap_or("").to_string();
+        let key = self.path.rsplit('.').next().unwrap_or(&self.path);
+        if all
+            .iter()
+            .any(|o| o.path != self.path && last(&o.path) == key)
+        {
+            &self.path
+        } else {
+            key
+        }
+    }
+}
+
 /// The result of one configuration over a dataset: what `counts/<hash>.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -117,8 +148,7 @@ impl Record {
     pub fn label(&self) -> String {
         let mut parts = vec![self.variant.clone()];
         for s in &self.swept {
-            let key = s.path.rsplit('.').next().unwrap_or(&s.path);
-            parts.push(format!("{key}={}", s.value.trim_matches('"')));
+            parts.push(format!("{}={}", s.short_key(&self.swept), s.display()));
         }
         parts.retain(|p| !p.is_empty());
         if parts.is_empty() {

@@ -81,7 +81,7 @@ fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
                 r.swept
                     .iter()
                     .find(|s| &s.path == c)
-                    .map(|s| s.value.clone())
+                    .map(|s| s.display())
                     .unwrap_or_default(),
             );
         }

@@ -295,3 +295,32 @@ fn a_record_without_variant_or_swept_values_is_labelled_default() {
     r.variant = "baseline".into();
     assert_eq!(r.label(), "baseline");
 }
+
+/// String values appear without their TOML quotes (`slide`, not `"slide"`) in labels and
+/// summary.csv; two swept parameters with one last name keep their paths apart.
+#[test]
+fn swept_strings_lose_their_quotes_and_same_named_parameters_keep_their_paths() {
+    let sv = |path: &str, value: &str| SweptValue {
+        path: path.into(),
+        value: value.into(),
+        number: value.parse().ok(),
+    };
+    assert_eq!(sv("inference.mode", "\"slide\"").display(), "slide");
+    assert_eq!(sv("x.s", r#""a \"q\"""#).display(), "a \"q\"");
+    assert_eq!(sv("x.v", "[8, 16]").display(), "[8, 16]");
+    assert_eq!(sv("x.t", "0.05").display(), "0.05");
+    let mut r = record("v", 0.5, 4);
+    r.swept = vec![
+        sv("a.alpha", "0.1"),
+        sv("b.alpha", "0.2"),
+        sv("inference.mode", "\"whole\""),
+    ];
+    assert_eq!(r.label(), "v a.alpha=0.1 b.alpha=0.2 mode=whole");
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path(), &[r]).unwrap();
+    let mut rd = csv::Reader::from_path(dir.path().join("summary.csv")).unwrap();
+    let h = rd.headers().unwrap().clone();
+    let row = rd.records().next().unwrap().unwrap();
+    let col = h.iter().position(|c| c == "inference.mode").unwrap();
+    assert_eq!(&row[col], "whole");
+}
