@@ -77,6 +77,11 @@ fn a_missing_spec_prints_the_os_error_once_then_the_hint() {
 fn a_missing_class_file_for_predict_prints_the_os_error_once() {
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
+    // The image exists (inputs are checked first), the class file does not.
+    let image = out.path().join("x.png");
+    image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
+        .save(&image)
+        .unwrap();
     let err = fails(
         &[
             "predict",
@@ -84,7 +89,7 @@ fn a_missing_class_file_for_predict_prints_the_os_error_once() {
             "builtin:tiny-random",
             "--classes",
             "/segsweep/missing/classes.txt",
-            "x.jpg",
+            image.to_str().unwrap(),
             "--out",
             out.path().to_str().unwrap(),
         ],

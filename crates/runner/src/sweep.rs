@@ -87,14 +87,16 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
     })?;
     // The pipeline as written, before any sweep refers to it: a misspelled plugin name gets
     // its did-you-mean here rather than a "not a pipeline entry" from a sweep key.
-    resolve_pipeline(&raw.pipeline, &file)?;
+    resolve_pipeline(&raw.pipeline, &file, &[])?;
     let mut base = spec.tree.clone();
     base.remove("sweep");
     // --set on pipeline entries (section sets were layered by figment already).
+    let mut set_origins: Vec<(String, String)> = Vec::new();
     for (key, value) in sets {
         let section = key.split('.').next().unwrap_or("");
         if !SECTIONS[..4].contains(&section) {
             apply(&mut base, key, value, &file, "--set")?;
+            set_origins.push((key.clone(), format!("--set {key}")));
         }
     }
     let variants: Vec<(String, Option<Vec<String>>, Overrides)> = if raw.sweep.variants.is_empty() {
@@ -208,6 +210,30 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
             }
         }
     }
+    // Every swept or variant-set key must address a section or an entry of the spec's
+    // pipeline (checked against the whole pipeline, before variants switch entries off).
+    let base_ids = pipeline_ids(&base);
+    let set_keys = variants.iter().flat_map(|(vname, _, vset)| {
+        vset.iter()
+            .map(move |(k, _)| (format!("sweep.variants.{vname}.set"), k.clone()))
+    });
+    for (table, key) in swept_keys
+        .iter()
+        .map(|(t, k)| (t.to_string(), k.clone()))
+        .chain(set_keys)
+    {
+        if let Some((head, rest)) = key.split_once('.') {
+            if !SECTIONS[..4].contains(&head) && !base_ids.iter().any(|i| i == head) {
+                return Err(unknown_head(
+                    &base,
+                    head,
+                    rest,
+                    &file,
+                    &format!("{table} `{key}`"),
+                ));
+            }
+        }
+    }
     let grid = grid_rows(&raw.sweep.grid, &file)?;
     let zip = zip_rows(&raw.sweep.zip, &file)?;
     let list: Vec<Overrides> = if raw.sweep.list.is_empty() {
@@ -229,9 +255,12 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
                     if let Some(ids) = vpipe {
                         select_pipeline(&mut tree, ids, vname, &file)?;
                     }
+                    // Where each overridden key came from, for errors about its value.
+                    let mut origins = set_origins.clone();
                     let key = format!("sweep.variants.{vname}.set");
                     for (k, v) in vset {
                         apply(&mut tree, k, v, &file, &key)?;
+                        origins.push((k.clone(), format!("{key} `{k}`")));
                     }
                     // A swept key of a pipeline entry that this variant switches off does not
                     // apply to it (the `baseline` row of an ablation has no cliptrase
@@ -248,8 +277,9 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
                         }
                         apply(&mut tree, k, v, &file, &format!("sweep `{k}`"))?;
                         swept.push((k.clone(), v.clone()));
+                        origins.push((k.clone(), format!("sweep `{k}` = {v}")));
                     }
-                    let config = resolve(&tree, vname, swept, &file)?;
+                    let config = resolve(&tree, vname, swept, &file, &origins)?;
                     let same = configs.iter().find(|c| c.hash == config.hash);
                     if not_applicable && same.is_some_and(|c| c.variant == config.variant) {
                         continue;
@@ -456,7 +486,6 @@ fn apply(
         t.insert(parts[parts.len() - 1].to_string(), value.clone());
         return Ok(());
     }
-    let ids = pipeline_ids(tree);
     let entries = match tree.get_mut("pipeline") {
         Some(toml::Value::Array(a)) => a,
         _ => &mut Vec::new(),
@@ -468,26 +497,64 @@ fn apply(
     match entry {
         Some(e) => {
             if rest == "plugin" || rest == "id" {
-                return Err(RunnerError::spec(file, origin, format!("`{path}`: the plugin and id of an entry cannot be swept"), Some("use [[sweep.variants]] with `pipeline = [...]` to switch entries on and off".into())));
+                return Err(RunnerError::spec(file, origin, "the plugin and id of an entry cannot be swept".to_string(), Some("use [[sweep.variants]] with `pipeline = [...]` to switch entries on and off".into())));
             }
             e.insert(rest.to_string(), value.clone());
             Ok(())
         }
-        None => Err(RunnerError::spec(
-            file,
-            origin,
-            format!("`{path}`: `{head}` is neither a section nor a pipeline entry of this configuration"),
-            Some(format!(
-                "sections: {}; pipeline entries: {} (an entry switched off by a variant cannot be set)",
-                SECTIONS[..4].join(", "),
-                if ids.is_empty() { "(none)".into() } else { ids.join(", ") }
-            )),
-        )),
+        None => Err(unknown_head(tree, head, rest, file, origin)),
     }
 }
 
+/// `head.rest` where `head` is neither a section nor a pipeline entry of `tree`: the error,
+/// suggesting the id of an entry whose plugin is called `head`, or the nearest section or id.
+fn unknown_head(
+    tree: &toml::Table,
+    head: &str,
+    rest: &str,
+    file: &str,
+    origin: &str,
+) -> RunnerError {
+    let ids = pipeline_ids(tree);
+    let by_plugin = tree
+        .get("pipeline")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_table())
+        .find(|e| e.get("plugin").and_then(|p| p.as_str()) == Some(head))
+        .and_then(entry_id);
+    let suggestion = match by_plugin {
+        Some(id) => format!("did you mean `{id}.{rest}`? Keys address a pipeline entry by its id (`{id}`), not by its plugin's name; "),
+        None => segsweep_core::registry::nearest(
+            head,
+            SECTIONS[..4].iter().copied().chain(ids.iter().map(String::as_str)),
+        )
+        .map(|n| format!("did you mean `{n}.{rest}`? "))
+        .unwrap_or_default(),
+    };
+    RunnerError::spec(
+        file,
+        origin,
+        format!("`{head}` is neither a section nor a pipeline entry of this configuration"),
+        Some(format!(
+            "{suggestion}sections: {}; pipeline entries: {} (an entry switched off by a variant cannot be set)",
+            SECTIONS[..4].join(", "),
+            if ids.is_empty() { "(none)".into() } else { ids.join(", ") }
+        )),
+    )
+}
+
 /// Validate one configuration tree into a [`Config`].
-fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> Result<Config> {
+/// `origins`: (key, where its value was set) for keys that sweeps, variants or `--set`
+/// override, so an error about such a value points there rather than at the pipeline entry.
+fn resolve(
+    tree: &toml::Table,
+    variant: &str,
+    swept: Overrides,
+    file: &str,
+    origins: &[(String, String)],
+) -> Result<Config> {
     let raw: RawSpec =
         toml::Value::Table(tree.clone())
             .try_into()
@@ -505,7 +572,7 @@ fn resolve(tree: &toml::Table, variant: &str, swept: Overrides, file: &str) -> R
                 )
             })?;
     let inference = resolve_inference(&raw, file)?;
-    let pipeline = resolve_pipeline(&raw.pipeline, file)?;
+    let pipeline = resolve_pipeline(&raw.pipeline, file, origins)?;
     check_model(&raw.model, file)?;
     check_dataset(&raw.dataset, file)?;
 
@@ -777,7 +844,11 @@ fn resolve_inference(raw: &RawSpec, file: &str) -> Result<InferConfig> {
     Ok(cfg)
 }
 
-fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
+fn resolve_pipeline(
+    entries: &[toml::Table],
+    file: &str,
+    origins: &[(String, String)],
+) -> Result<Vec<Step>> {
     let reg = registry()?;
     let mut steps: Vec<Step> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
@@ -841,7 +912,31 @@ fn resolve_pipeline(entries: &[toml::Table], file: &str) -> Result<Vec<Step>> {
             .collect();
         let params = plugin
             .resolve_at(&params_raw, &segsweep_core::PipelinePos { before: &before })
-            .map_err(|e| RunnerError::spec(file, format!("{key} ({id})"), e.to_string(), None))?;
+            .map_err(|e| match e {
+                // The key, the message and the hint apart (the hint printed last), and the
+                // origin of an overridden value rather than the entry that does not hold it.
+                segsweep_core::CoreError::Param {
+                    key: param,
+                    msg,
+                    hint,
+                    ..
+                } => {
+                    let full = format!("{id}.{param}");
+                    let origin = origins
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| *k == full)
+                        .map(|(_, o)| format!("{o} (pipeline entry `{id}`)"))
+                        .unwrap_or_else(|| format!("{key} ({id})"));
+                    RunnerError::spec(
+                        file,
+                        origin,
+                        format!("plugin `{}`, parameter `{param}`: {msg}", plugin.name),
+                        hint,
+                    )
+                }
+                other => RunnerError::spec(file, format!("{key} ({id})"), other.to_string(), None),
+            })?;
         if let Some(prev) = steps.last() {
             if plugin.stage < prev.plugin.stage {
                 return Err(RunnerError::spec(

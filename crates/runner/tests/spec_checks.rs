@@ -283,3 +283,62 @@ fn an_hf_source_must_name_a_repo() {
         "{e}"
     );
 }
+
+/// A bad value that a sweep, a variant's `set` or `--set` supplies is reported where it was
+/// written, not at the pipeline entry (which does not hold it), with the hint on its own line.
+#[test]
+fn a_bad_overridden_value_is_reported_where_it_was_written() {
+    let grid = SPEC.replace(
+        "\"cliptrase.correlation_temperature\" = [0.05, 0.5]",
+        "\"cliptrase.correlation_temperature\" = [0.05, \"0.5\"]",
+    );
+    let e = error(&grid, &[]);
+    assert!(
+        e.contains("sweep `cliptrase.correlation_temperature` = \"0.5\"")
+            && e.contains("parameter `correlation_temperature`")
+            && e.contains("\n  hint: ")
+            && !e.contains("(hint:"),
+        "{e}"
+    );
+    let variant = SPEC.replace(
+        "name = \"full\"",
+        "name = \"full\"\nset = { \"cliptrase.correlation_temperatur\" = 0.2 }",
+    );
+    let e = error(&variant, &[]);
+    assert!(
+        e.contains("sweep.variants.full.set `cliptrase.correlation_temperatur`")
+            && e.contains("correlation_temperature"),
+        "{e}"
+    );
+    let e = error(SPEC, &["cliptrase.variant=\"nonsense\""]);
+    assert!(
+        e.contains("--set cliptrase.variant") && e.contains("nonsense"),
+        "{e}"
+    );
+}
+
+/// A key that names an entry by its plugin instead of its id, or misspells a section, gets
+/// the key it most likely meant, and the path is printed once.
+#[test]
+fn a_sweep_key_by_plugin_name_or_a_misspelt_section_suggests_the_right_key() {
+    let by_name = SPEC.replace(
+        "plugin = \"cliptrase\"",
+        "plugin = \"cliptrase\"\nid = \"ct\"",
+    );
+    let e = error(&by_name, &[]);
+    assert!(
+        e.contains("did you mean `ct.correlation_temperature`"),
+        "{e}"
+    );
+    assert_eq!(
+        e.matches("cliptrase.correlation_temperature").count(),
+        1,
+        "{e}"
+    );
+    let typo = SPEC.replace(
+        "\"cliptrase.correlation_temperature\" = [0.05, 0.5]",
+        "\"inferense.prob_thd\" = [0.0, 0.5]",
+    );
+    let e = error(&typo, &[]);
+    assert!(e.contains("did you mean `inference.prob_thd`"), "{e}");
+}
