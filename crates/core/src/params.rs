@@ -315,12 +315,19 @@ fn convert(spec: &ParamSpec, v: &toml::Value) -> std::result::Result<ParamValue,
                 Ok(ParamValue::Str(s.clone()))
             }
             toml::Value::String(s) => Err(format!(
-                "`{s}` is not one of {}",
+                "`{s}` is not one of {}{}",
                 choices
                     .iter()
                     .map(|c| format!("\"{c}\""))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                choices
+                    .iter()
+                    .copied()
+                    .find(|c| c.eq_ignore_ascii_case(s))
+                    .or_else(|| crate::registry::nearest(s, choices.iter().copied()))
+                    .map(|c| format!(" (did you mean \"{c}\"?)"))
+                    .unwrap_or_default()
             )),
             _ => Err(wrong()),
         },
@@ -455,7 +462,20 @@ mod tests {
         let m = Params::resolve("x", SCHEMA, &raw("variant = \"nope\""))
             .unwrap_err()
             .to_string();
-        assert!(m.contains("\"paper\""), "{m}");
+        assert!(
+            m.contains("\"paper\"") && !m.contains("did you mean"),
+            "{m}"
+        );
+        for (typo, meant) in [
+            ("Paper", "paper"),
+            ("PHASE2A", "phase2a"),
+            ("papr", "paper"),
+        ] {
+            let m = Params::resolve("x", SCHEMA, &raw(&format!("variant = \"{typo}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains(&format!("did you mean \"{meant}\"")), "{m}");
+        }
 
         let m = Params::resolve("x", SCHEMA, &raw("dilations = [0, 8]"))
             .unwrap_err()

@@ -422,6 +422,18 @@ fn figment_error(file: &str, err: figment::Error) -> RunnerError {
         Kind::InvalidValue(Actual::Signed(n), _) if *n < 0 => Some(format!(
             "`{key}` is a count or size: give a non-negative integer"
         )),
+        // `pamr.steps = [1, 2]` under [sweep.grid] is a nested table in TOML: sweep keys
+        // hold a dot and must be quoted.
+        Kind::InvalidType(Actual::Map, _)
+            if ["sweep.grid.", "sweep.zip.", "sweep.list."]
+                .iter()
+                .any(|p| key.starts_with(p)) =>
+        {
+            let name = key.splitn(3, '.').nth(2).unwrap_or("id");
+            Some(format!(
+                "quote dotted sweep keys: `\"{name}.PARAM\" = [...]`; unquoted, TOML reads `{name}.PARAM` as a table `{name}`"
+            ))
+        }
         Kind::InvalidType(..) | Kind::InvalidValue(..) => {
             Some("see the spec reference in README.md for each key's type".into())
         }

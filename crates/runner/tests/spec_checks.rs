@@ -342,3 +342,19 @@ fn a_sweep_key_by_plugin_name_or_a_misspelt_section_suggests_the_right_key() {
     let e = error(&typo, &[]);
     assert!(e.contains("did you mean `inference.prob_thd`"), "{e}");
 }
+
+/// An unquoted dotted sweep key is a nested table in TOML; the error says to quote it.
+#[test]
+fn an_unquoted_dotted_sweep_key_gets_the_quoting_hint() {
+    let e = error(
+        &SPEC.replace(
+            "\"cliptrase.correlation_temperature\" = [0.05, 0.5]",
+            "cliptrase.correlation_temperature = [0.05, 0.5]",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("sweep.grid.cliptrase") && e.contains("quote dotted sweep keys"),
+        "{e}"
+    );
+}
