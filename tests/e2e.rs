@@ -1112,3 +1112,54 @@ batch_size = {batch}
     assert_eq!(rows[0].1, "1", "{rows:?}");
     assert_eq!(rows[0], rows[1]);
 }
+
+/// One interrupt delivered twice (a terminal's Ctrl-C reaches the process group; `timeout -s
+/// INT` signals the child and its group) stops after the image in flight, as one Ctrl-C does,
+/// rather than quitting at once without a word.
+#[cfg(unix)]
+#[test]
+fn an_interrupt_delivered_twice_at_once_still_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "spec.toml",
+        // Large images, so that the image in flight outlasts the second delivery.
+        &SPEC_2X2
+            .replace("synthetic_images = 3", "synthetic_images = 40")
+            .replace("short_side = 224", "short_side = 1200"),
+    );
+    let mut child = bin()
+        .args(["sweep", spec.to_str().unwrap(), "--quiet", "--run-id", "r"])
+        .current_dir(tmp.path())
+        .env("SEGSWEEP_CACHE", tmp.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the run has started (its first checkpoint exists).
+    let counts = tmp.path().join("out/e2e/r/counts");
+    let started = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_dir(&counts).is_ok_and(|mut d| d.next().is_some())
+    });
+    assert!(started, "the sweep did not start");
+    let pid = child.id() as i32;
+    // Two deliveries 100 ms apart (back to back, the kernel merges them into one). SAFETY:
+    // kill(2) on our own child's pid (not yet reaped, so the pid cannot be reused).
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopping after the image in flight")
+            && stderr.contains("re-run the same command to resume")
+            && !stderr.contains("quitting now"),
+        "{stderr}"
+    );
+}

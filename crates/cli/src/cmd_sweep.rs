@@ -117,11 +117,21 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     };
     let cancel = opts.cancel.clone();
     // First Ctrl-C: finish the image in flight, checkpoint, exit. Second: exit at once (the
-    // checkpoints written so far are atomic, so nothing finished is lost either way).
+    // checkpoints written so far are atomic, so nothing finished is lost either way). A
+    // second signal within a second of the first is the same interrupt delivered twice (a
+    // terminal's Ctrl-C reaches the whole process group, and `timeout -s INT` signals the
+    // child and its group), not a request to quit now.
+    let first_at: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     let _ = ctrlc::set_handler(move || {
+        let mut first = first_at.lock().unwrap_or_else(|p| p.into_inner());
         if cancel.swap(true, Ordering::SeqCst) {
+            if first.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            eprintln!("\ninterrupt: quitting now; finished images are saved, re-run the same command to resume");
             std::process::exit(130);
         }
+        *first = Some(std::time::Instant::now());
         eprintln!("\ninterrupt: stopping after the image in flight (Ctrl-C again to quit now)");
     });
     let summary = run(&exp, &opts).map_err(|e| {
