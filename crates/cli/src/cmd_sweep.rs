@@ -102,6 +102,18 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
             c.model.device,
             c.model.dtype
         );
+        // What the variant sets is part of the configuration but not of its label.
+        if let Some(v) = exp
+            .spec
+            .raw
+            .sweep
+            .variants
+            .iter()
+            .find(|v| v.name == c.variant && !v.set.is_empty())
+        {
+            let set: Vec<String> = v.set.iter().map(|(k, x)| format!("{k}={x}")).collect();
+            println!("        variant `{}` sets: {}", v.name, set.join(", "));
+        }
     }
     Ok(())
 }

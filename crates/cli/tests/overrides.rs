@@ -164,3 +164,25 @@ fn environment_values_that_would_be_ignored_are_errors() {
     let err = stderr(&validate(&[], &[("SEGSWEEP_INFERENCE_PROB_THD", "0.1")]));
     assert!(err.contains("SEGSWEEP_INFERENCE__PROB_THD"), "{err}");
 }
+
+/// What a variant's `set` changes is listed under its configuration (the label shows only the
+/// variant's name).
+#[test]
+fn validate_lists_what_a_variant_sets() {
+    let out = common::segsweep()
+        .args(["validate"])
+        .arg(common::repo("experiments/phase1.toml"))
+        .output()
+        .unwrap();
+    let (stdout, _) = common::ok(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("phase1-loftup-faithful"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        lines[at + 1].trim(),
+        "variant `phase1-loftup-faithful` sets: loftup.feature_source=\"maskclip-rerun\""
+    );
+    assert_eq!(stdout.matches(" sets: ").count(), 1, "{stdout}");
+}
