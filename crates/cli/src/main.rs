@@ -127,14 +127,19 @@ fn render(e: &anyhow::Error) -> String {
             Some((body, hint)) => (body, Some(hint)),
             None => (msg.as_str(), None),
         };
+        // Some layers (plugin parameters, the binary's own checks) end their message with an
+        // inline ` (hint: ...)`; it is printed like every other hint.
+        let (body, inline) = split_inline_hint(body);
         if !body.is_empty() && !text.contains(body) {
             if !text.is_empty() {
                 text.push_str(": ");
             }
             text.push_str(body);
         }
-        if let Some(h) = hint.filter(|h| !hints.iter().any(|x| x == h)) {
-            hints.push(h.to_string());
+        for h in [inline, hint].into_iter().flatten() {
+            if !hints.iter().any(|x| x == h) {
+                hints.push(h.to_string());
+            }
         }
     }
     for h in hints {
@@ -144,9 +149,37 @@ fn render(e: &anyhow::Error) -> String {
     text
 }
 
+/// `"msg (hint: h)"` → `("msg", Some("h"))` when the message ends with the hint and its
+/// parentheses balance; anything else is returned whole.
+fn split_inline_hint(msg: &str) -> (&str, Option<&str>) {
+    const OPEN: &str = " (hint: ";
+    if let (Some(at), true) = (msg.find(OPEN), msg.ends_with(')')) {
+        let hint = &msg[at + OPEN.len()..msg.len() - 1];
+        if hint.matches('(').count() == hint.matches(')').count() {
+            return (&msg[..at], Some(hint));
+        }
+    }
+    (msg, None)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::render;
+    use super::{render, split_inline_hint};
+
+    #[test]
+    fn an_inline_hint_moves_to_the_hint_lines() {
+        assert_eq!(
+            split_inline_hint("bad `x` (hint: use (a) or b)"),
+            ("bad `x`", Some("use (a) or b"))
+        );
+        assert_eq!(split_inline_hint("f(x) is (odd)"), ("f(x) is (odd)", None));
+        let e = anyhow::anyhow!("plugin `p`, parameter `k`: out of range (hint: in [0, 1])")
+            .context("spec.toml: pipeline[0]\n  hint: see README");
+        assert_eq!(
+            render(&e),
+            "spec.toml: pipeline[0]: plugin `p`, parameter `k`: out of range\n  hint: see README\n  hint: in [0, 1]"
+        );
+    }
 
     /// An error that prints its cause and also returns it from `source()`, as some libraries do.
     #[derive(Debug)]
