@@ -60,6 +60,10 @@ pub struct SweepArgs {
     /// Stop as if interrupted after this many images (to try out resuming).
     #[arg(long, value_name = "N")]
     pub stop_after_images: Option<usize>,
+    /// Compute every configuration not finished in this run directory, even when another run
+    /// directory under the output_dir holds its finished record (by default those are reused).
+    #[arg(long)]
+    pub no_reuse: bool,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +129,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         data_dir: args.data_dir,
         progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         stop_after_images: args.stop_after_images,
+        reuse: !args.no_reuse,
         ..RunOptions::default()
     };
     let cancel = opts.cancel.clone();
@@ -162,6 +167,25 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         summary.resumed,
         summary.run_dir.display()
     );
+    if summary.reused > 0 {
+        println!(
+            "{} of the finished ones reused from {} (same configuration hash and weights; --no-reuse computes them again)",
+            summary.reused,
+            summary
+                .reused_from
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let width = summary
+        .records
+        .iter()
+        .map(|r| r.label().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(40);
     for r in &summary.records {
         let caveat = if r.is_not_benchmark() {
             format!(
@@ -172,7 +196,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             String::new()
         };
         println!(
-            "  {} {:<40} mIoU {:>7}  person IoU {:>7}{}",
+            "  {} {:<width$} mIoU {:>7}  person IoU {:>7}{}",
             r.config_hash,
             r.label(),
             pct(r.metrics.miou_pct),
@@ -219,7 +243,16 @@ fn pct(v: Option<f64>) -> String {
 
 pub fn plot(args: PlotArgs) -> Result<()> {
     let dir = &args.results_dir;
-    let records = segsweep_report::load_records(dir).map_err(|e| not_a_run_dir(dir, e))?;
+    let segsweep_report::RunRecords { records, others } =
+        segsweep_report::load_run(dir).map_err(|e| not_a_run_dir(dir, e))?;
+    if !others.is_empty() {
+        eprintln!(
+            "warning: {} record(s) in {}/counts belong to no configuration of the run's last spec (order.txt): {}; left out of the tables and charts",
+            others.len(),
+            dir.display(),
+            others.join(", ")
+        );
+    }
     anyhow::ensure!(
         !records.is_empty(),
         "{}: no finished configuration to plot (counts/ has no record)",

@@ -107,7 +107,13 @@ fn main() {
     if let Err(e) = result {
         tracing::debug!("error chain: {e:?}");
         eprintln!("error: {}", render(&e));
-        std::process::exit(1);
+        // An interrupt is not a failure of the inputs: 130 (128 + SIGINT), as shells report
+        // a Ctrl-C, so scripts can tell the two apart.
+        let interrupted = matches!(
+            e.downcast_ref::<segsweep_runner::RunnerError>(),
+            Some(segsweep_runner::RunnerError::Interrupted)
+        );
+        std::process::exit(if interrupted { 130 } else { 1 });
     }
 }
 

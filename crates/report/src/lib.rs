@@ -17,7 +17,10 @@ mod records;
 mod tables;
 
 pub use charts::{draw_charts, ChartFiles};
-pub use records::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
+pub use records::{
+    load_record, load_records, load_run, run_order, write_atomic, Counts, Metrics, Record,
+    RunRecords, SweptValue,
+};
 pub use tables::{write_tables, PER_CLASS_CSV, SUMMARY_CSV};
 
 /// Errors of the report crate; each names the file involved. A message holds its cause's text,

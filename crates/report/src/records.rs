@@ -255,45 +255,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Read every `counts/*.json` record of a run directory, sorted by (variant order of appearance
-/// is not known here, so) run order: the `order` file if present, else file name.
+/// One record file, checked: it parses, its counts and metrics agree ([`Record::check`]), and
+/// it is named by the hash of the configuration it holds.
+pub fn load_record(path: &Path) -> Result<Record> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::Io {
+        path: path.display().to_string(),
+        cause: e,
+    })?;
+    let bad = |msg: String| ReportError::BadRecord {
+        path: path.display().to_string(),
+        msg,
+    };
+    let r: Record = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    r.check().map_err(bad)?;
+    // The runner names each record by its configuration's hash; a renamed or copied file
+    // would show one configuration's numbers under another's name.
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if stem != r.config_hash {
+        return Err(bad(format!(
+            "the file is named {stem}.json but holds configuration {}",
+            r.config_hash
+        )));
+    }
+    Ok(r)
+}
+
+/// Every finished record in `<run_dir>/counts/` (checked by [`load_record`]), in the order of
+/// `order.txt` when the run has one (records it does not list last).
 pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
     let dir = run_dir.join("counts");
-    let io = |p: &Path, e: std::io::Error| ReportError::Io {
-        path: p.display().to_string(),
-        cause: e,
-    };
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|e| io(&dir, e))?
+        .map_err(|e| ReportError::Io {
+            path: dir.display().to_string(),
+            cause: e,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter(|p| !p.to_string_lossy().ends_with(".partial.json"))
         .collect();
     paths.sort();
-    let mut records = Vec::with_capacity(paths.len());
-    for p in paths {
-        let text = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
-        let bad = |msg: String| ReportError::BadRecord {
-            path: p.display().to_string(),
-            msg,
-        };
-        let r: Record = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        r.check().map_err(bad)?;
-        // The runner names each record by its configuration's hash; a renamed or copied file
-        // would show one configuration's numbers under another's name.
-        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if stem != r.config_hash {
-            return Err(bad(format!(
-                "the file is named {stem}.json but holds configuration {}",
-                r.config_hash
-            )));
-        }
-        // (File names are unique, so with the name check no two records share a hash.)
-        records.push(r);
-    }
-    let order_file = run_dir.join("order.txt");
-    if let Ok(order) = std::fs::read_to_string(&order_file) {
-        let pos: Vec<&str> = order.lines().collect();
+    // (File names are unique, so with the name check no two records share a hash.)
+    let mut records = paths
+        .iter()
+        .map(|p| load_record(p))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(pos) = run_order(run_dir) {
         records.sort_by_key(|r| {
             pos.iter()
                 .position(|h| *h == r.config_hash)
@@ -301,4 +307,40 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<Record>> {
         });
     }
     Ok(records)
+}
+
+/// The configuration hashes of the run's spec, in sweep order (`order.txt`), if it has one.
+pub fn run_order(run_dir: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(run_dir.join("order.txt")).ok()?;
+    Some(text.lines().map(str::to_string).collect())
+}
+
+/// The records of a run that its current spec lists (`order.txt`), in that order, and the
+/// hashes of other records in `counts/` (left there by an earlier spec run into the same run
+/// directory with `--run-id`): tables and charts show only the current ones. A run directory
+/// without `order.txt` (records gathered by hand) shows every record.
+pub fn load_run(run_dir: &Path) -> Result<RunRecords> {
+    let all = load_records(run_dir)?;
+    let Some(order) = run_order(run_dir) else {
+        return Ok(RunRecords {
+            records: all,
+            others: Vec::new(),
+        });
+    };
+    let (records, others): (Vec<Record>, Vec<Record>) = all
+        .into_iter()
+        .partition(|r| order.contains(&r.config_hash));
+    Ok(RunRecords {
+        records,
+        others: others.into_iter().map(|r| r.config_hash).collect(),
+    })
+}
+
+/// What [`load_run`] found.
+#[derive(Debug, Clone)]
+pub struct RunRecords {
+    /// The current spec's finished configurations, in sweep order.
+    pub records: Vec<Record>,
+    /// Hashes of records in `counts/` that the current spec does not list.
+    pub others: Vec<String>,
 }

@@ -40,7 +40,7 @@ pub enum RunnerError {
         image: String,
         cause: Box<RunnerError>,
     },
-    #[error("interrupted; finished configurations are saved, re-run the same command to resume")]
+    #[error("interrupted: every finished image is saved (checkpoints in counts/); re-run the same command to resume")]
     Interrupted,
 }
 

@@ -17,7 +17,7 @@ use candle_core::{DType, Device};
 use segsweep_clip::{build_classifier, ClipModel, IMAGENET_TEMPLATES};
 use segsweep_core::{Backbone, Classifier, Refiner, Stage};
 use segsweep_data::{ClassNames, CustomConfig, Dataset, IouCounts, Sample, Subset};
-use segsweep_report::{load_records, write_atomic, Counts, Metrics, Record, SweptValue};
+use segsweep_report::{write_atomic, Counts, Metrics, Record, SweptValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
@@ -45,6 +45,10 @@ pub struct RunOptions {
     /// Stop as if interrupted after this many images (over all groups); used to test and
     /// demonstrate resuming.
     pub stop_after_images: Option<usize>,
+    /// Take a configuration's finished record from another run directory under the same
+    /// `output_dir` (any experiment) when one exists for its hash and the same weights, instead
+    /// of computing it again (default true; `--no-reuse` turns it off).
+    pub reuse: bool,
 }
 
 impl Default for RunOptions {
@@ -57,6 +61,7 @@ impl Default for RunOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             stop_after_images: None,
             share_prefix: true,
+            reuse: true,
         }
     }
 }
@@ -67,8 +72,12 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
     /// Every record of the run, in configuration order (finished earlier or now).
     pub records: Vec<Record>,
-    /// Configurations skipped because an earlier run had finished them.
+    /// Configurations skipped because an earlier run had finished them (in this run directory,
+    /// or in another one: see `reused`).
     pub resumed: usize,
+    /// Of `resumed`, those whose records were copied from other run directories, and which.
+    pub reused: usize,
+    pub reused_from: Vec<PathBuf>,
     /// Configurations computed by this call.
     pub ran: usize,
     /// Intermediates held, spilled and recomputed by this call (also in `memory.json`).
@@ -144,6 +153,14 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
             dir.display()
         );
     }
+    let reusable = if opts.reuse {
+        reusable_records(exp, &dir, &pending)
+    } else {
+        Vec::new()
+    };
+    pending.retain(|c| !reusable.iter().any(|(h, _)| *h == c.hash));
+    let reused = reusable.len();
+    let resumed = resumed + reused;
     let ran = pending.len();
     let mut models: HashMap<ModelSection, Arc<ClipModel>> = HashMap::new();
     let mut tally = Tally {
@@ -165,6 +182,33 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         trial(exp, opts, group, input)?;
     }
     prepare_run_dir(exp, &dir)?;
+    let mut reused_from: Vec<PathBuf> = Vec::new();
+    for (hash, src) in &reusable {
+        let bytes = std::fs::read(src).map_err(|e| RunnerError::Io {
+            path: src.clone(),
+            cause: e,
+            hint: None,
+        })?;
+        write_atomic(&record_path(&dir, hash), &bytes)?;
+        let run = src
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        if !reused_from.contains(&run) {
+            reused_from.push(run);
+        }
+    }
+    if reused > 0 {
+        tracing::info!(
+            "{reused} configuration(s) finished in other runs with the same weights are reused, not computed again ({}); --no-reuse computes them again",
+            reused_from
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     // Two bars: configurations finished, and images of the group in flight.
     let multi = if opts.progress {
         indicatif::MultiProgress::new()
@@ -189,14 +233,83 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     if exp.memory.spill_dir.is_none() {
         let _ = std::fs::remove_dir(dir.join("cache"));
     }
-    let records = finalize(exp, &dir)?;
+    let records = finalize(exp, &dir, true)?;
     Ok(RunSummary {
         run_dir: dir,
         records,
         resumed,
+        reused,
+        reused_from,
         ran,
         memory: tally.memory,
     })
+}
+
+/// Finished records of `pending` configurations in other run directories under the spec's
+/// `output_dir` (`<output_dir>/<experiment>/<run>/counts/<hash>.json`, any experiment: the hash
+/// holds every setting that can change a number), as `(hash, path)`. A record is taken only
+/// when it passes every check `plot` makes and was computed with the weights `model.source`
+/// holds now; weights that cannot be told without loading or network (a hub repo not in the
+/// cache) are computed instead. The first run directory in name order wins.
+fn reusable_records(exp: &Experiment, dir: &Path, pending: &[&Config]) -> Vec<(String, PathBuf)> {
+    let root = &exp.spec.raw.experiment.output_dir;
+    let subdirs = |p: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let counts_dirs: Vec<PathBuf> = subdirs(root)
+        .iter()
+        .flat_map(|e| subdirs(e))
+        .filter(|run| run.as_path() != dir)
+        .map(|run| run.join("counts"))
+        .filter(|c| c.is_dir())
+        .collect();
+    if counts_dirs.is_empty() {
+        return Vec::new();
+    }
+    let hub = segsweep_clip::HubEnv::from_env();
+    let mut weights: HashMap<&str, Option<String>> = HashMap::new();
+    let mut found = Vec::new();
+    for c in pending {
+        let source = c.model.source.as_str();
+        let Some(current) = weights
+            .entry(source)
+            .or_insert_with(|| ClipModel::weights_hash(source, &hub))
+            .clone()
+        else {
+            continue;
+        };
+        for counts in &counts_dirs {
+            let path = counts.join(format!("{}.json", c.hash));
+            if !path.is_file() {
+                continue;
+            }
+            match segsweep_report::load_record(&path) {
+                Ok(r) if r.model_file_hash == current => {
+                    found.push((c.hash.clone(), path));
+                    break;
+                }
+                Ok(_) => tracing::debug!(
+                    "{}: computed with other weights than {source} holds now; not reused",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!("not reusing a damaged record: {e}"),
+            }
+        }
+    }
+    found
 }
 
 /// A finished configuration is skipped on resume; refuse that when the files behind its
@@ -657,12 +770,17 @@ fn run_group(
                     chunk.push((i, None));
                 }
                 Err(e) => {
+                    // The images loaded before it still run, so that "finished images are
+                    // kept" holds for the whole batch, not only for earlier batches.
+                    if !chunk.is_empty() {
+                        run_batch(&ctx, &mut jobs, &chunk, &mut tally.memory, opts, &bar)?;
+                    }
                     return Err(RunnerError::spec(
                         &exp.spec.file(),
                         "dataset",
                         e.to_string(),
                         Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
-                    ))
+                    ));
                 }
             }
             i += 1;
@@ -704,7 +822,7 @@ fn run_group(
         );
     }
     // Tables and charts after each group, so a later failure leaves them current.
-    finalize(exp, dir)?;
+    finalize(exp, dir, false)?;
     Ok(())
 }
 
@@ -1199,8 +1317,19 @@ pub fn metrics_of(s: &segsweep_data::IouSummary) -> Metrics {
 }
 
 /// Rewrite `summary.csv`, `per_class.csv` and the charts from every saved record.
-pub fn finalize(exp: &Experiment, dir: &Path) -> Result<Vec<Record>> {
-    let records = load_records(dir)?;
+/// Tables and charts of the spec's finished configurations (`order.txt`); records that an
+/// earlier spec left in the run directory (a reused `--run-id`) stay on disk but are not shown,
+/// with a warning when `warn` is set.
+pub fn finalize(exp: &Experiment, dir: &Path, warn: bool) -> Result<Vec<Record>> {
+    let segsweep_report::RunRecords { records, others } = segsweep_report::load_run(dir)?;
+    if warn && !others.is_empty() {
+        tracing::warn!(
+            "{} record(s) in {} belong to no configuration of this spec (an earlier spec run with this run id: {}); they stay in counts/ but are left out of the tables and charts",
+            others.len(),
+            dir.display(),
+            others.join(", ")
+        );
+    }
     segsweep_report::write_tables(dir, &records)?;
     segsweep_report::draw_charts(dir, &records, exp.spec.raw.sweep.baseline.as_deref())?;
     Ok(records)

@@ -332,11 +332,20 @@ fn an_unreadable_label_names_the_skip_bad_switch() {
     let exp = damaged_custom(out.path(), false, |l| {
         std::fs::write(l, b"not a png").unwrap()
     });
-    let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+    let opts = RunOptions::default();
+    let err = run(&exp, &opts).unwrap_err().to_string();
     assert!(
         err.contains("synth_0001") && err.contains("skip_bad"),
         "{err}"
     );
+    // Sample 0, loaded into the same backbone batch, is counted and checkpointed first, as the
+    // message's "finished images are kept" says.
+    let partial = run_dir(&exp, &opts)
+        .join("counts")
+        .join(format!("{}.partial.json", exp.configs[0].hash));
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&partial).unwrap()).unwrap();
+    assert_eq!(p["next_image"], 1, "{p}");
 }
 
 /// Spellings of one path hash alike (`./m`, `m/`, `m`); other paths do not.

@@ -92,11 +92,14 @@ fn sharing_the_backbone_prefix_gives_identical_results() {
         &RunOptions {
             run_id: Some("alone".into()),
             share_prefix: false,
+            // Computed again, not copied from the `shared` run's records.
+            reuse: false,
             ..RunOptions::default()
         },
     )
     .unwrap();
     assert_eq!(shared.records.len(), 6);
+    assert_eq!((alone.ran, alone.reused), (6, 0), "computed, not reused");
     for (a, b) in paired(&shared.records, &alone.records) {
         assert_eq!(a.config_hash, b.config_hash);
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
@@ -140,6 +143,9 @@ fn run_mem(
         &exp,
         &RunOptions {
             run_id: Some(run_id.into()),
+            // Each run computes (the memory settings are not in the hash, so the records of
+            // an earlier run would otherwise be reused).
+            reuse: false,
             ..RunOptions::default()
         },
     )
@@ -401,4 +407,79 @@ batch_size = {batch}
             assert_eq!(x.counts, y.counts, "batch {b}: {} differs", y.label());
         }
     }
+}
+
+/// Extending a sweep (a new grid value: new configuration hashes, so a new default run id)
+/// computes only the new configurations: finished ones are copied from the earlier run, with
+/// identical records. `reuse: false` computes everything.
+#[test]
+fn an_extended_sweep_reuses_finished_configurations_of_earlier_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = run(&experiment(tmp.path()), &RunOptions::default()).unwrap();
+    assert_eq!((first.ran, first.reused), (6, 0));
+    let text = SPEC
+        .replacen(
+            "name = \"t\"",
+            &format!("name = \"t\"\noutput_dir = \"{}\"", tmp.path().display()),
+            1,
+        )
+        .replace("[0.05, 0.5]", "[0.05, 0.5, 0.1]");
+    let extended = expand(load_text(Path::new("t.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let second = run(&extended, &RunOptions::default()).unwrap();
+    assert_ne!(first.run_dir, second.run_dir);
+    assert_eq!((second.ran, second.reused, second.resumed), (2, 6, 6));
+    assert_eq!(second.reused_from, [first.run_dir.clone()]);
+    assert_eq!(second.records.len(), 8);
+    for r in &first.records {
+        let copy = second
+            .records
+            .iter()
+            .find(|s| s.config_hash == r.config_hash)
+            .unwrap();
+        assert_eq!(copy, r, "a reused record is the earlier run's record");
+    }
+    let fresh = run(
+        &extended,
+        &RunOptions {
+            run_id: Some("fresh".into()),
+            reuse: false,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((fresh.ran, fresh.reused), (8, 0));
+}
+
+/// A run directory reused with `--run-id` for another spec shows only that spec's
+/// configurations: the earlier spec's records stay in counts/ but not in the tables.
+#[test]
+fn tables_of_a_reused_run_id_hold_only_the_current_spec_s_configurations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        run_id: Some("pinned".into()),
+        ..RunOptions::default()
+    };
+    let first = run(&experiment(tmp.path()), &opts).unwrap();
+    let text = SPEC
+        .replacen(
+            "name = \"t\"",
+            &format!("name = \"t\"\noutput_dir = \"{}\"", tmp.path().display()),
+            1,
+        )
+        .replace("steps = 1", "steps = 2");
+    let changed = expand(load_text(Path::new("t.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let second = run(&changed, &opts).unwrap();
+    // The baseline rows (no pamr) are unchanged and finished; the 4 pamr rows are new.
+    assert_eq!((second.ran, second.resumed), (4, 2));
+    assert_eq!(second.records.len(), changed.configs.len());
+    let summary = std::fs::read_to_string(second.run_dir.join("summary.csv")).unwrap();
+    assert_eq!(
+        summary.lines().count(),
+        1 + changed.configs.len(),
+        "{summary}"
+    );
+    let on_disk = std::fs::read_dir(second.run_dir.join("counts"))
+        .unwrap()
+        .count();
+    assert_eq!(on_disk, first.records.len() + 4, "old records stay on disk");
 }
