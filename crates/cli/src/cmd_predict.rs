@@ -56,10 +56,15 @@ pub struct PredictArgs {
     /// Override a value: PLUGIN.PARAM=VALUE or inference.KEY=VALUE (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Take model, inference settings and pipeline from a spec instead (its first
-    /// configuration); every flag given on the command line, --model included, overrides it.
+    /// Take model, inference settings and pipeline from one configuration of a spec (see
+    /// --config; default its first, as `validate` numbers them); every flag given on the
+    /// command line, --model included, overrides it.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// With --spec: which configuration, as `validate` lists them: its number (1 = the
+    /// first), its hash, or its label (e.g. a variant name).
+    #[arg(long, requires = "spec", value_name = "N|HASH|LABEL")]
+    pub config: Option<String>,
     /// Device: cpu or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
@@ -101,17 +106,75 @@ fn check_distinct_stems(images: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// The configuration of `spec` that `selector` names (default the first), as a spec tree
+/// without `[sweep]`, with a line for the user saying which one it is.
+fn spec_config(spec: &Path, selector: Option<&str>) -> Result<(toml::Table, String)> {
+    if !spec.is_file() {
+        bail!(
+            "{}: cannot read spec: not found\n  hint: --spec takes an experiment spec, e.g. experiments/demo.toml",
+            spec.display()
+        );
+    }
+    let exp = segsweep_runner::load(spec, &[]).and_then(|s| expand(s, &[]))?;
+    let selector = selector.unwrap_or("1");
+    let hits: Vec<(usize, &Config)> = exp
+        .configs
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| {
+            selector.parse::<usize>().ok() == Some(i + 1)
+                || c.hash == selector
+                || c.label() == selector
+                || c.variant == selector
+        })
+        .collect();
+    let listing = || {
+        exp.configs
+            .iter()
+            .enumerate()
+            .take(12)
+            .map(|(i, c)| format!("#{} {} {}", i + 1, c.hash, c.label()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match hits.as_slice() {
+        [(i, c)] => Ok((
+            c.spec_tree.clone(),
+            format!(
+                "configuration #{} {} ({}) of {}",
+                i + 1,
+                c.hash,
+                c.label(),
+                spec.display()
+            ),
+        )),
+        [] => bail!(
+            "--config {selector}: no configuration of {} has that number, hash or label (hint: `segsweep validate {}` lists them: {}{})",
+            spec.display(),
+            spec.display(),
+            listing(),
+            if exp.configs.len() > 12 { "; ..." } else { "" }
+        ),
+        many => bail!(
+            "--config {selector}: {} configurations of {} match (hint: give a number or a hash: {})",
+            many.len(),
+            spec.display(),
+            many.iter()
+                .map(|(i, c)| format!("#{} {} {}", i + 1, c.hash, c.label()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
 /// Build the spec text the flags describe, so predict validates exactly like a sweep.
 fn spec_text(args: &PredictArgs) -> Result<String> {
     let mut tree: toml::Table = match &args.spec {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot read spec: {e}\n  hint: --spec takes an experiment spec, e.g. experiments/demo.toml",
-                p.display()
-            )
-        })?
-            .parse()
-            .with_context(|| format!("{}: malformed TOML", p.display()))?,
+        Some(p) => {
+            let (tree, which) = spec_config(p, args.config.as_deref())?;
+            eprintln!("predict: {which}");
+            tree
+        }
         None => toml::Table::new(),
     };
     tree.remove("sweep");
@@ -222,12 +285,47 @@ fn check_inputs_exist(images: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Decode every input once and check the settings can segment its size with the model's
+/// `patch`-pixel patches, before any output is written: a bad file stops the command at its start, not
+/// halfway through the list.
+fn check_inputs_decode(images: &[PathBuf], cfg: &Config, patch: usize) -> Result<()> {
+    let mut bad: Vec<String> = Vec::new();
+    for path in images {
+        let problem = match segsweep_data::load_rgb(path) {
+            Ok(img) => segsweep_infer::window_count_for(img.h, img.w, &cfg.inference, patch)
+                .err()
+                .map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(p) = problem {
+            // The data error names the file already; the window error does not.
+            let shown = path.display().to_string();
+            bad.push(if p.contains(&shown) {
+                p
+            } else {
+                format!("{shown}: {p}")
+            });
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "{} input image(s) cannot be segmented, nothing was written: {} (hint: remove them \
+             from the list; a very thin image needs another --short-side, --crop or --mode whole)",
+            bad.len(),
+            bad.join("; ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: PredictArgs) -> Result<()> {
     check_inputs_exist(&args.images)?;
     check_distinct_stems(&args.images)?;
     let cfg = config(&args)?;
     let classes = segsweep_data::ClassNames::from_file(&args.classes)?;
     let model = segsweep_runner::load_clip(&cfg.model)?;
+    let patch = segsweep_core::Backbone::info(&model).patch_size;
+    check_inputs_decode(&args.images, &cfg, patch)?;
     let classifier = segsweep_clip::build_classifier(
         &model,
         &classes.classes,

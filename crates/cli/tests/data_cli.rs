@@ -274,3 +274,133 @@ fn quality_c21_predict_explicit_model_wins_over_the_spec() {
     ok(&offline(&[]));
     assert!(tmp.path().join("pred/photo.pred.png").is_file());
 }
+
+/// `predict --spec` runs one configuration of the spec as `validate` lists it (the first by
+/// default, or `--config N|HASH|LABEL`) and says which; before, it ran every `[[pipeline]]`
+/// entry, which is no configuration of demo.toml.
+#[test]
+fn predict_spec_runs_the_configuration_validate_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
+        .save(tmp.path().join("photo.png"))
+        .unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\ncar\n").unwrap();
+    let demo = common::repo("experiments/demo.toml");
+    let demo = demo.to_str().unwrap();
+    let predict = |out: &str, extra: &[&str]| -> (Vec<u8>, String) {
+        let mut args = vec!["predict", "--classes", "c.txt", "photo.png", "--out", out];
+        args.extend(extra);
+        let (_, stderr) = ok(&run(&args, tmp.path()));
+        let probs = std::fs::read(tmp.path().join(out).join("photo.probs.npy")).unwrap();
+        (probs, stderr)
+    };
+    let (first, stderr) = predict("a", &["--spec", demo]);
+    assert!(
+        stderr.contains("configuration #1 2746da4a6ebd (baseline)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        first,
+        predict("b", &["--spec", demo, "--config", "baseline"]).0
+    );
+    let (second, stderr) = predict("c", &["--spec", demo, "--config", "77194b6014d9"]);
+    assert!(stderr.contains("configuration #2 77194b6014d9"), "{stderr}");
+    assert_ne!(first, second);
+    // The same as the flags that describe configuration #2.
+    let by_flags = predict(
+        "d",
+        &[
+            "--model",
+            "builtin:tiny-random",
+            "--short-side",
+            "224",
+            "--logit-scale",
+            "40",
+            "--prob-thd",
+            "0",
+            "--pipeline",
+            "cliptrase",
+            "--set",
+            "cliptrase.correlation_temperature=0.05",
+        ],
+    )
+    .0;
+    assert_eq!(second, by_flags);
+    let err = fails(&run(
+        &[
+            "predict",
+            "--classes",
+            "c.txt",
+            "photo.png",
+            "--out",
+            "e",
+            "--spec",
+            demo,
+            "--config",
+            "+cliptrase",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("2 configurations") && err.contains("#2 77194b6014d9"),
+        "{err}"
+    );
+    let err = fails(&run(
+        &[
+            "predict",
+            "--classes",
+            "c.txt",
+            "photo.png",
+            "--out",
+            "e",
+            "--spec",
+            demo,
+            "--config",
+            "9",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("#5 d82c8a49a129") && err.contains("validate"),
+        "{err}"
+    );
+}
+
+/// An input that cannot be decoded, or is too thin to segment, stops predict before it writes
+/// anything, naming every such file (before, the images before it were written and the rest
+/// never ran).
+#[test]
+fn predict_checks_every_input_decodes_and_fits_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([1, 2, 3]))
+        .save(tmp.path().join("ok.png"))
+        .unwrap();
+    image::RgbImage::from_pixel(500, 1, image::Rgb([1, 2, 3]))
+        .save(tmp.path().join("thin.png"))
+        .unwrap();
+    std::fs::write(tmp.path().join("text.png"), "not an image").unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    let err = fails(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "c.txt",
+            "ok.png",
+            "thin.png",
+            "text.png",
+            "--out",
+            "pred",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("2 input image(s)")
+            && err.contains("thin.png: inference setting `short_side`")
+            && err.contains("text.png")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("pred").exists(), "nothing may be written");
+}

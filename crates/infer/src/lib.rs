@@ -35,8 +35,8 @@ pub use error::{InferError, Result};
 pub use interp::resize_planes;
 pub use pipeline::{
     dense_logits, finish, finish_traced, needs_of, postprocess, prepare, prepare_many,
-    prepare_staged, segment, stage, window_count, DenseLogits, Prepared, Segmentation, Step, Trace,
-    LONG_SIDE_CAP,
+    prepare_staged, segment, stage, window_count, window_count_for, DenseLogits, Prepared,
+    Segmentation, Step, Trace, LONG_SIDE_CAP,
 };
 pub use post::{class_probs, threshold_labels};
 pub use resize::{normalise, rescale_size, resize_short_side};

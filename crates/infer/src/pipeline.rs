@@ -347,18 +347,12 @@ fn stage_image(
         None => img.clone(),
     };
     let windows = windows_for(resized.h, resized.w, cfg)?;
-    if let Some(w) = windows
-        .iter()
-        .find(|w| w.h < info.patch_size || w.w < info.patch_size)
-    {
-        return Err(InferError::Config {
-            key: "short_side",
-            msg: format!(
-                "a {}×{} window is smaller than the {}-pixel patch (image {}×{} resized to {}×{})",
-                w.h, w.w, info.patch_size, img.h, img.w, resized.h, resized.w
-            ),
-        });
-    }
+    check_windows(
+        &windows,
+        info.patch_size,
+        (img.h, img.w),
+        (resized.h, resized.w),
+    )?;
     let norm = normalise_vec(&resized, info.mean, info.std);
     let device = backbone.device();
     let norm_dev = match dense_on_device(device) {
@@ -391,6 +385,39 @@ pub fn window_count(image: &RgbImage, cfg: &InferConfig) -> Result<usize> {
         None => (image.h, image.w),
     };
     Ok(windows_for(h, w, cfg)?.len())
+}
+
+/// [`window_count`] for an image of `(h, w)` pixels and a backbone of `patch`-pixel patches,
+/// failing as [`prepare`] would for a size the settings cannot segment: a window (after the
+/// short-side resize) smaller than one patch, as a very thin image gives.
+pub fn window_count_for(h: usize, w: usize, cfg: &InferConfig, patch: usize) -> Result<usize> {
+    validate(cfg)?;
+    let (rh, rw) = match cfg.short_side {
+        Some(s) => crate::resize::rescale_size(h, w, s, LONG_SIDE_CAP),
+        None => (h, w),
+    };
+    let windows = windows_for(rh, rw, cfg)?;
+    check_windows(&windows, patch, (h, w), (rh, rw))?;
+    Ok(windows.len())
+}
+
+/// Every window must hold at least one `patch`-pixel patch each way.
+fn check_windows(
+    windows: &[crate::windows::Window],
+    patch: usize,
+    (h, w): (usize, usize),
+    (rh, rw): (usize, usize),
+) -> Result<()> {
+    match windows.iter().find(|x| x.h < patch || x.w < patch) {
+        Some(x) => Err(InferError::Config {
+            key: "short_side",
+            msg: format!(
+                "a {}×{} window is smaller than the {patch}-pixel patch (image {h}×{w} resized to {rh}×{rw})",
+                x.h, x.w
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Everything [`prepare`] does except running the backbone prefix: resize, normalise, cut the

@@ -760,9 +760,24 @@ fn run_group(
                 break;
             }
             tally.images_done += 1;
-            match ds.load(i) {
-                Ok(s) => {
-                    windows += segsweep_infer::window_count(&s.image, ctx.prefix.cfg)?;
+            // A sample that cannot be read, or whose size the settings cannot segment (a very
+            // thin image), is a bad sample: skipped with skip_bad, else the run stops at it.
+            let patch = ctx.model.info().patch_size;
+            let loaded = ds.load(i).map_err(|e| e.to_string()).and_then(|s| {
+                match segsweep_infer::window_count_for(s.image.h, s.image.w, ctx.prefix.cfg, patch)
+                {
+                    Ok(n) => Ok((s, n)),
+                    Err(e) => Err(format!(
+                        "{}: {e}",
+                        ds.sample_ref(i)
+                            .map(|r| r.image.display().to_string())
+                            .unwrap_or_else(|| format!("sample {}", s.id))
+                    )),
+                }
+            });
+            match loaded {
+                Ok((s, n)) => {
+                    windows += n;
                     chunk.push((i, Some(s)));
                 }
                 Err(e) if first.dataset.skip_bad => {
@@ -778,7 +793,7 @@ fn run_group(
                     return Err(RunnerError::spec(
                         &exp.spec.file(),
                         "dataset",
-                        e.to_string(),
+                        e,
                         Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
                     ));
                 }
@@ -854,10 +869,14 @@ fn trial(
     group: &[&Config],
     input: &GroupInputs,
 ) -> Result<()> {
-    let Some((i, sample)) =
-        (0..input.ds.len().min(16)).find_map(|i| input.ds.load(i).ok().map(|s| (i, s)))
+    let patch = input.model.info().patch_size;
+    let segmentable = |s: &Sample| {
+        segsweep_infer::window_count_for(s.image.h, s.image.w, &group[0].inference, patch).is_ok()
+    };
+    let Some((i, sample)) = (0..input.ds.len().min(16))
+        .find_map(|i| input.ds.load(i).ok().filter(segmentable).map(|s| (i, s)))
     else {
-        // Unreadable first images are the run's to report (or to skip with skip_bad).
+        // Bad first images are the run's to report (or to skip with skip_bad).
         return Ok(());
     };
     let scratch = tempfile::tempdir().map_err(|e| RunnerError::Io {

@@ -45,6 +45,10 @@ pub struct Config {
     pub resolved: String,
     /// First 12 hex digits of the SHA-256 of `resolved`.
     pub hash: String,
+    /// This configuration as a spec without `[sweep]`: the spec's tables with the variant's
+    /// pipeline selection and every sweep, variant and `--set` value applied (what `predict
+    /// --spec --config` starts from).
+    pub spec_tree: toml::Table,
 }
 
 impl Config {
@@ -622,6 +626,8 @@ fn resolve(
     doc.insert("pipeline".into(), toml::Value::Array(steps));
     let resolved = toml::to_string(&doc).map_err(|e| internal(file, e))?;
     let hash = hex12(&Sha256::digest(resolved.as_bytes()));
+    let mut spec_tree = tree.clone();
+    spec_tree.remove("sweep");
     Ok(Config {
         variant: variant.to_string(),
         swept,
@@ -632,6 +638,7 @@ fn resolve(
         pipeline,
         resolved,
         hash,
+        spec_tree,
     })
 }
 

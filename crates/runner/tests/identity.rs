@@ -432,3 +432,46 @@ fn finished_results_of_replaced_weights_are_not_resumed() {
         "{err}"
     );
 }
+
+/// A sample too thin to segment (1×500: its windows resize below one patch) is a bad sample:
+/// named with the file and the skip_bad hint, or skipped and counted with skip_bad.
+#[test]
+fn a_sample_too_thin_to_segment_is_a_bad_sample() {
+    let thin = |label: &Path| {
+        let image = label
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("images/synth_0001.png");
+        let (h, w) = (1, 500);
+        segsweep_data::save_rgb_png(
+            &image,
+            &segsweep_core::RgbImage::new(h, w, vec![90; h * w * 3]).unwrap(),
+        )
+        .unwrap();
+        segsweep_data::save_label_png(
+            label,
+            &segsweep_data::LabelMap {
+                h,
+                w,
+                data: vec![0; h * w],
+            },
+        )
+        .unwrap();
+    };
+    let out = tempfile::tempdir().unwrap();
+    let exp = damaged_custom(out.path(), false, thin);
+    let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("synth_0001.png")
+            && err.contains("smaller than the")
+            && err.contains("skip_bad"),
+        "{err}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let exp = damaged_custom(out.path(), true, thin);
+    let summary = run(&exp, &RunOptions::default()).unwrap();
+    let rec = &summary.records[0];
+    assert_eq!((rec.images, rec.skipped), (1, 1), "{rec:?}");
+}
