@@ -152,6 +152,37 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     for sk in &report.skipped {
         println!("  skipped {}: {}", sk.path.display(), sk.reason);
     }
+    // What made the predictions, where `segsweep predict` wrote it into the PNGs.
+    let (weights, model_id) = match (
+        report.prediction_weights.as_slice(),
+        report.unlabelled_predictions,
+    ) {
+        ([w], 0) => (
+            w.clone(),
+            match report.prediction_models.as_slice() {
+                [m] => m.clone(),
+                _ => "(several models)".into(),
+            },
+        ),
+        ([], _) => (
+            EXTERNAL_WEIGHTS.to_string(),
+            "(external predictions)".to_string(),
+        ),
+        _ => ("mixed".to_string(), "(several models)".to_string()),
+    };
+    let data_kind = if args.dataset.is_some() {
+        "benchmark"
+    } else {
+        "custom"
+    };
+    match weights.as_str() {
+        "real" if data_kind == "benchmark" => {}
+        EXTERNAL_WEIGHTS => println!(
+            "  [predictions from outside segsweep: a benchmark result only if a real model made them on the real {} data]",
+            report.dataset
+        ),
+        w => println!("  [{w} weights, {data_kind} data: not a benchmark result]"),
+    }
     let out = args.out.clone().unwrap_or_else(|| args.pred.clone());
     let record = Record {
         run_id: "eval".into(),
@@ -159,11 +190,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         variant: "eval".into(),
         swept: Vec::<SweptValue>::new(),
         dataset: report.dataset.clone(),
-        data_kind: if args.dataset.is_some() {
-            "benchmark".into()
-        } else {
-            "custom".into()
-        },
+        data_kind: data_kind.into(),
         images: report.scored.len(),
         skipped: report.skipped.len(),
         sample_ids: report.scored.clone(),
@@ -173,13 +200,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         metrics: segsweep_runner::metrics_of(s),
         seconds: 0.0,
         ms_per_image: 0.0,
-        model_id: "(external predictions)".into(),
+        model_id,
         model_file_hash: String::new(),
         device: String::new(),
         dtype: String::new(),
         segsweep_version: env!("CARGO_PKG_VERSION").into(),
         git_rev: segsweep_runner::git_rev(),
-        weights: EXTERNAL_WEIGHTS.into(),
+        weights,
         kernels: String::new(),
     };
     segsweep_report::write_tables(&out, &[record]).with_context(|| {

@@ -364,7 +364,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             background,
         )
         .with_context(|| format!("{}: segmentation failed", path.display()))?;
-        write_outputs(&args.out, path, &image, &seg)?;
+        write_outputs(&args.out, path, &image, &seg, info)?;
     }
     println!(
         "wrote {} image(s) to {}",
@@ -374,11 +374,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// Write `<stem>.probs.npy`, `<stem>.pred.png` (16-bit when there are over 256 classes; its
+/// text chunks say which weights and model made it, for `eval`) and `<stem>.overlay.png`.
 fn write_outputs(
     out: &Path,
     path: &Path,
     image: &segsweep_core::RgbImage,
     seg: &segsweep_infer::Segmentation,
+    info: &segsweep_core::BackboneInfo,
 ) -> Result<()> {
     let stem = stem_of(path);
     let (c, h, w) = seg.probs.dims3()?;
@@ -400,7 +403,16 @@ fn write_outputs(
     ndarray_npy::write_npy(&npy, &arr)
         .with_context(|| format!("{}: cannot write", npy.display()))?;
     let labels = segsweep_data::LabelMap::new(h, w, seg.labels.flatten_all()?.to_vec1()?)?;
-    segsweep_data::save_label_png(out.join(format!("{stem}.pred.png")), &labels)?;
+    let weights = info.weights.to_string();
+    segsweep_data::save_label_png_with(
+        out.join(format!("{stem}.pred.png")),
+        &labels,
+        c > 256,
+        &[
+            (segsweep_data::PREDICTION_WEIGHTS_KEY, weights.as_str()),
+            (segsweep_data::PREDICTION_MODEL_KEY, info.model_id.as_str()),
+        ],
+    )?;
     segsweep_report::overlay::save_overlay(
         &out.join(format!("{stem}.overlay.png")),
         h,

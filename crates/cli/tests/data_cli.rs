@@ -404,3 +404,87 @@ fn predict_checks_every_input_decodes_and_fits_before_writing() {
     );
     assert!(!tmp.path().join("pred").exists(), "nothing may be written");
 }
+
+/// `eval` reads `predict`'s output directory as it is (`<stem>.pred.png`, overlays ignored),
+/// and labels the numbers with the weights predict recorded in the PNGs: random weights are
+/// never presented as a benchmark result.
+#[test]
+fn eval_scores_predict_s_outputs_and_keeps_their_weights_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("gt")).unwrap();
+    for (name, w) in [("a", 40), ("b", 24)] {
+        image::RgbImage::from_fn(w, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 70]))
+            .save(tmp.path().join(format!("{name}.png")))
+            .unwrap();
+        let label = LabelMap::new(30, w as usize, vec![1; 30 * w as usize]).unwrap();
+        save_label_png(tmp.path().join(format!("gt/{name}.png")), &label).unwrap();
+    }
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    ok(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "c.txt",
+            "a.png",
+            "b.png",
+            "--out",
+            "pred",
+        ],
+        tmp.path(),
+    ));
+    let (stdout, _) = ok(&run(
+        &[
+            "eval",
+            "--gt",
+            "gt",
+            "--classes",
+            "c.txt",
+            "--pred",
+            "pred",
+            "--out",
+            "ev",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        stdout.contains("2 images scored")
+            && stdout.contains("[synthetic weights, custom data: not a benchmark result]"),
+        "{stdout}"
+    );
+    let mut rd = csv::Reader::from_path(tmp.path().join("ev/summary.csv")).unwrap();
+    let h = rd.headers().unwrap().clone();
+    let row = rd.records().next().unwrap().unwrap();
+    let col = |n: &str| row[h.iter().position(|c| c == n).unwrap()].to_string();
+    assert_eq!(
+        (col("weights"), col("model_id")),
+        ("synthetic".into(), "builtin:tiny-random".into())
+    );
+}
+
+/// `.pred.png` is 16-bit when there are more than 256 classes, whatever ids the image holds.
+#[test]
+fn prediction_pngs_are_sixteen_bit_beyond_256_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::from_pixel(20, 16, image::Rgb([9, 9, 9]))
+        .save(tmp.path().join("x.png"))
+        .unwrap();
+    let classes: Vec<String> = (0..300).map(|i| format!("thing{i}")).collect();
+    std::fs::write(tmp.path().join("c.txt"), classes.join("\n")).unwrap();
+    ok(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "c.txt",
+            "x.png",
+            "--out",
+            "p",
+        ],
+        tmp.path(),
+    ));
+    let img = image::open(tmp.path().join("p/x.pred.png")).unwrap();
+    assert_eq!(img.color(), image::ColorType::L16);
+}

@@ -2,7 +2,9 @@
 //!
 //! Predictions are label PNGs (palette or grayscale ids) at the label's resolution, named
 //! `<id>.png` after the dataset's sample id (`2007_000033.png`; Cityscapes
-//! `frankfurt/frankfurt_000000_000294.png`), or `<basename of id>.png` in a flat directory.
+//! `frankfurt/frankfurt_000000_000294.png`), or `<basename of id>.png` in a flat directory;
+//! a directory of `segsweep predict` outputs is read as `<id>.pred.png` (overlays ignored),
+//! and the weights predict recorded in those PNGs are reported.
 //! Samples without a prediction (for `--gt DIR`: label files `<id><label_suffix>` under the
 //! directory with no prediction) are not scored; they are counted and named in the report and
 //! logged as a warning, so a directory holding the predictions of a subset scores that subset
@@ -16,7 +18,9 @@ use serde::Serialize;
 use crate::classes::ClassNames;
 use crate::dataset::{check_ids, rel_id, walk, CustomConfig, Dataset};
 use crate::error::{DataError, Result};
-use crate::io::{load_label, LabelMap, IGNORE_INDEX};
+use crate::io::{
+    load_label, png_text, LabelMap, IGNORE_INDEX, PREDICTION_MODEL_KEY, PREDICTION_WEIGHTS_KEY,
+};
 use crate::metric::{IouCounts, IouSummary};
 use crate::progress::ProgressFn;
 
@@ -100,6 +104,15 @@ pub struct EvalReport {
     pub without_prediction_ids: Vec<String>,
     /// Files skipped with `skip_bad`.
     pub skipped: Vec<SkippedFile>,
+    /// What made the scored predictions, where `segsweep predict` recorded it in the PNG
+    /// (`segsweep:weights`, `segsweep:model`): the distinct weights kinds and models, sorted.
+    pub prediction_weights: Vec<String>,
+    pub prediction_models: Vec<String>,
+    /// Scored predictions that do not say what made them (from outside segsweep).
+    pub unlabelled_predictions: usize,
+    /// The prediction file suffix used (`.pred.png` when the directory holds `predict`'s
+    /// outputs and no other suffix was asked for).
+    pub pred_suffix: String,
 }
 
 struct Pair {
@@ -138,14 +151,25 @@ pub fn eval_dir(
             hint: None,
         });
     }
-    let (mut scoring, pairs, without) = pairs(gt, pred_dir, &opts.pred_suffix)?;
+    // `segsweep predict` writes <stem>.pred.png beside .overlay.png and .probs.npy: with the
+    // default suffix, a directory holding such files is read as predict's output.
+    let pred_suffix = if opts.pred_suffix == ".png" && holds_predict_outputs(pred_dir)? {
+        tracing::info!(
+            "{} holds `segsweep predict` outputs: scoring <id>.pred.png",
+            pred_dir.display()
+        );
+        PREDICT_SUFFIX.to_string()
+    } else {
+        opts.pred_suffix.clone()
+    };
+    let (mut scoring, pairs, without) = pairs(gt, pred_dir, &pred_suffix)?;
     if let Some(path) = &opts.classes {
         scoring.classes = override_classes(&scoring, path)?;
     }
     if pairs.is_empty() {
         return Err(DataError::Missing {
             dataset: scoring.name.clone(),
-            what: format!("any prediction `<id>{}` matching a label", opts.pred_suffix),
+            what: format!("any prediction `<id>{pred_suffix}` matching a label"),
             path: pred_dir.to_path_buf(),
             hint: Some("predictions are named after sample ids, e.g. 2007_000033.png".into()),
         });
@@ -154,11 +178,23 @@ pub fn eval_dir(
     let mut counts = IouCounts::new(n);
     let mut scored = Vec::new();
     let mut skipped = Vec::new();
+    let mut weights = std::collections::BTreeSet::new();
+    let mut models = std::collections::BTreeSet::new();
+    let mut unlabelled = 0;
     for (k, p) in pairs.iter().enumerate() {
         match score_pair(&scoring, p) {
             Ok((pred, label)) => {
                 counts.add(&pred.data, &label.data, scoring.ignore)?;
                 scored.push(p.id.clone());
+                let text = png_text(&p.pred).unwrap_or_default();
+                let get = |key: &str| text.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+                match get(PREDICTION_WEIGHTS_KEY) {
+                    Some(w) => {
+                        weights.insert(w);
+                        models.extend(get(PREDICTION_MODEL_KEY));
+                    }
+                    None => unlabelled += 1,
+                }
             }
             Err(e) if opts.skip_bad => {
                 tracing::warn!("skipped: {e}");
@@ -189,7 +225,25 @@ pub fn eval_dir(
         without_prediction: without.len(),
         without_prediction_ids: without,
         skipped,
+        prediction_weights: weights.into_iter().collect(),
+        prediction_models: models.into_iter().collect(),
+        unlabelled_predictions: unlabelled,
+        pred_suffix,
     })
+}
+
+/// The suffix of `segsweep predict`'s label maps.
+pub const PREDICT_SUFFIX: &str = ".pred.png";
+
+/// Whether `dir` holds files named like `predict`'s label maps (`<stem>.pred.png`).
+fn holds_predict_outputs(dir: &Path) -> Result<bool> {
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    Ok(files.iter().any(|f| {
+        f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(PREDICT_SUFFIX))
+    }))
 }
 
 fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {

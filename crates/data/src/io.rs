@@ -213,6 +213,40 @@ pub fn load_label(path: impl AsRef<Path>) -> Result<LabelMap> {
     LabelMap::new(h, w, data)
 }
 
+/// The text chunks (`tEXt`, `zTXt`, `iTXt`) before a PNG's image data, as (keyword, text):
+/// `predict` records there what made a prediction ([`PREDICTION_WEIGHTS_KEY`] and the model),
+/// so `eval` can label its numbers. Reads the header only.
+pub fn png_text(path: impl AsRef<Path>) -> Result<Vec<(String, String)>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let reader = png::Decoder::new(BufReader::new(file))
+        .read_info()
+        .map_err(|e| DataError::decode(path, "PNG", e))?;
+    let info = reader.info();
+    let mut out: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    out.extend(
+        info.compressed_latin1_text
+            .iter()
+            .filter_map(|t| Some((t.keyword.clone(), t.get_text().ok()?))),
+    );
+    out.extend(
+        info.utf8_text
+            .iter()
+            .filter_map(|t| Some((t.keyword.clone(), t.get_text().ok()?))),
+    );
+    Ok(out)
+}
+
+/// Text keyword of a prediction PNG naming the kind of weights that made it (`real`,
+/// `random-fixture`, `synthetic`), as a sweep's `weights` column does.
+pub const PREDICTION_WEIGHTS_KEY: &str = "segsweep:weights";
+/// Text keyword of a prediction PNG naming the model (`model.source`) that made it.
+pub const PREDICTION_MODEL_KEY: &str = "segsweep:model";
+
 /// Unpack one PNG row of `w` samples at `bits` per sample (1, 2, 4, 8 or 16, big-endian).
 fn unpack_row(row: &[u8], bits: usize, w: usize, out: &mut Vec<u32>) {
     match bits {
@@ -241,6 +275,18 @@ fn unpack_row(row: &[u8], bits: usize, w: usize, out: &mut Vec<u32>) {
 /// clamped. The file is written to a temporary name and renamed, so a crash never leaves a
 /// truncated label behind (re-running `data prepare` relies on finished files being whole).
 pub fn save_label_png(path: impl AsRef<Path>, label: &LabelMap) -> Result<()> {
+    save_label_png_with(path, label, false, &[])
+}
+
+/// [`save_label_png`], 16-bit also when `sixteen` is set (a map of more than 256 classes whose
+/// ids happen to fit a byte, so that the depth follows the class count, not the content), with
+/// `text` as PNG text chunks (keyword, UTF-8 text: `iTXt`).
+pub fn save_label_png_with(
+    path: impl AsRef<Path>,
+    label: &LabelMap,
+    sixteen: bool,
+    text: &[(&str, &str)],
+) -> Result<()> {
     let path = path.as_ref();
     let max = label.max_id();
     if max > u32::from(u16::MAX) {
@@ -268,7 +314,15 @@ pub fn save_label_png(path: impl AsRef<Path>, label: &LabelMap) -> Result<()> {
     let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
     let mut enc = png::Encoder::new(BufWriter::new(file), label.w as u32, label.h as u32);
     enc.set_color(png::ColorType::Grayscale);
-    let bytes: Vec<u8> = if max <= 255 {
+    for (k, v) in text {
+        enc.add_itxt_chunk(k.to_string(), v.to_string())
+            .map_err(|e| DataError::Encode {
+                path: path.to_path_buf(),
+                what: "label PNG",
+                msg: format!("text chunk `{k}`: {e}"),
+            })?;
+    }
+    let bytes: Vec<u8> = if max <= 255 && !sixteen {
         enc.set_depth(png::BitDepth::Eight);
         label.data.iter().map(|&v| v as u8).collect()
     } else {

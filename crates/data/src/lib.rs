@@ -36,7 +36,10 @@ pub use classes::ClassNames;
 pub use dataset::{CustomConfig, Dataset, DatasetInfo, Layout, Sample, SampleRef};
 pub use error::{DataError, Result};
 pub use eval::{eval_dir, EvalOptions, EvalReport, GtSource, SkippedFile};
-pub use io::{load_label, load_rgb, save_label_png, save_rgb_png, LabelMap, IGNORE_INDEX};
+pub use io::{
+    load_label, load_rgb, png_text, save_label_png, save_label_png_with, save_rgb_png, LabelMap,
+    IGNORE_INDEX, PREDICTION_MODEL_KEY, PREDICTION_WEIGHTS_KEY,
+};
 pub use metric::{IouCounts, IouSummary};
 pub use prepare::{prepare, PrepareReport};
 pub use progress::{no_progress, ProgressBar, ProgressFn};
