@@ -1162,16 +1162,29 @@ fn fmt_pct(v: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// A file name for sample `id`: the id with anything but ASCII letters, digits, `-` and `.`
+/// (not leading) replaced by `_`, and, where that changed it, 8 hex digits of the id's SHA-256 appended, so
+/// two ids never share a name (`x/y` and `x_y`, `a/é` and `a/ü`).
 fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+    let plain: String = id
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            // No leading dot: `..` and hidden files are not names to write.
+            if c.is_ascii_alphanumeric() || c == '-' || (c == '.' && i > 0) {
                 c
             } else {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if plain == id {
+        plain
+    } else {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(id.as_bytes());
+        format!("{plain}-{}", &hex12(&h)[..8])
+    }
 }
 
 fn in_config(c: &Config, image: &str, cause: RunnerError) -> RunnerError {
@@ -1366,4 +1379,24 @@ fn progress_bar(opts: &RunOptions, len: u64, msg: &str) -> indicatif::ProgressBa
     }
     bar.set_message(msg.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn sample_ids_map_to_distinct_file_names() {
+        assert_eq!(sanitize("2007_000033"), "2007_000033");
+        assert_eq!(sanitize("frankfurt-1.v2"), "frankfurt-1.v2");
+        let ids = ["x/é", "x/ü", "x/y", "x_y", "x y", "..", ".hidden"];
+        let names: std::collections::HashSet<String> = ids.iter().map(|i| sanitize(i)).collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains('/') && !n.starts_with('.')),
+            "{names:?}"
+        );
+    }
 }
