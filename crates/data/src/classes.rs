@@ -40,6 +40,8 @@ impl ClassNames {
             source_name: source_name.to_string(),
             msg,
         };
+        // A byte-order mark some editors write would become part of the first class name.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Python's readlines(): a final newline does not start another (empty) line.
         let body = text.strip_suffix('\n').unwrap_or(text);
         if body.is_empty() {
@@ -189,6 +191,12 @@ fn prompt_key(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let c = ClassNames::parse("\u{feff}background\nperson\n", "x.txt").unwrap();
+        assert_eq!(c.classes[0], ["background"]);
+    }
 
     #[test]
     fn a_repeated_class_is_an_error_naming_both_lines() {

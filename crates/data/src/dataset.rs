@@ -211,12 +211,17 @@ impl Layout {
                     cause: e,
                     hint: Some(format!("dataset `{dataset}` needs its split file")),
                 })?;
+                // A byte-order mark some editors write would become part of the first id.
+                let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
                 // mmseg: `img_name = line.strip()` for every line; blank lines are skipped here.
-                text.lines()
+                let ids: Vec<String> = text
+                    .lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty())
                     .map(str::to_string)
-                    .collect()
+                    .collect();
+                check_split_ids(&ids, split)?;
+                ids
             }
             None => {
                 let mut files = Vec::new();
@@ -265,6 +270,44 @@ impl Layout {
             orphans,
         })
     }
+}
+
+/// Split-file ids must name files under the image and label directories (no `..`, no
+/// absolute path) and appear once each (a repeated id would be scored twice).
+fn check_split_ids(ids: &[String], split: &Path) -> Result<()> {
+    let bad = |msg: String| DataError::Config {
+        key: split.display().to_string(),
+        msg,
+    };
+    if let Some(id) = ids.iter().find(|id| {
+        Path::new(id.as_str())
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    }) {
+        return Err(bad(format!(
+            "id `{id}` leaves the image and label directories (`..`, `.` or an absolute path); ids are paths relative to them, without suffix"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<&str> = ids
+        .iter()
+        .filter(|id| !seen.insert(id.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !repeated.is_empty() {
+        return Err(bad(format!(
+            "{} id(s) listed more than once ({}{}): each would be scored again",
+            repeated.len(),
+            repeated
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if repeated.len() > 5 { ", …" } else { "" }
+        )));
+    }
+    Ok(())
 }
 
 /// What [`Layout::list`] found.

@@ -379,3 +379,26 @@ fn subsets_keep_split_order_and_record_ids() {
     assert_eq!(syn.ids(), vec!["synth_0000", "synth_0001"]);
     assert_eq!(syn.load(1).unwrap().id, "synth_0001");
 }
+
+/// A split file with a byte-order mark reads like one without; an id that leaves the image
+/// directory or repeats is an error naming the split file.
+#[test]
+fn split_files_strip_a_bom_and_refuse_escaping_or_repeated_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = "ImageSets/Segmentation/val.txt";
+    voc_tree(dir.path(), "SegmentationClass", split, &[0, 15]);
+    write_text(&dir.path().join(split), "\u{feff}b\r\na\nc\n");
+    let ds = Dataset::registered("voc21", dir.path()).unwrap();
+    assert_eq!(ds.ids(), vec!["b", "a", "c"]);
+    for (text, why) in [
+        ("b\na\nb\n", "more than once"),
+        ("b\n../JPEGImages/a\n", "leaves the image"),
+        ("/etc/passwd\n", "leaves the image"),
+    ] {
+        write_text(&dir.path().join(split), text);
+        let e = Dataset::registered("voc21", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("val.txt") && e.contains(why), "{text:?}: {e}");
+    }
+}
