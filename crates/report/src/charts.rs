@@ -356,9 +356,40 @@ type Series = (String, Vec<(f64, Option<f64>, Option<f64>)>);
 /// other swept values (and variant).
 struct ParamLines {
     path: String,
+    /// Swept keys that move with `path` (a `[sweep.zip]`): they do not split the series.
+    tied: Vec<String>,
     note: Option<String>,
     /// series label → points (x, person, overall)
     series: Vec<Series>,
+}
+
+/// The swept keys other than `path` that are set exactly where `path` is and whose values map
+/// one-to-one onto `path`'s (keys of one `[sweep.zip]`): splitting the series by them would
+/// leave one point per series.
+fn tied_keys(records: &[Record], path: &str) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let value = |r: &Record, p: &str| {
+        r.swept
+            .iter()
+            .find(|s| s.path == p)
+            .map(|s| s.value.clone())
+    };
+    crate::tables::swept_columns(records)
+        .into_iter()
+        .filter(|q| q != path)
+        .filter(|q| {
+            let mut fwd: BTreeMap<String, String> = BTreeMap::new();
+            let mut back: BTreeMap<String, String> = BTreeMap::new();
+            records.iter().all(|r| match (value(r, path), value(r, q)) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    fwd.entry(a.clone()).or_insert_with(|| b.clone()) == &b
+                        && back.entry(b).or_insert(a.clone()) == &a
+                }
+                _ => false,
+            })
+        })
+        .collect()
 }
 
 impl ParamLines {
@@ -375,6 +406,7 @@ impl ParamLines {
             if distinct.len() < 2 {
                 continue;
             }
+            let tied = tied_keys(records, &path);
             let mut series: Vec<Series> = Vec::new();
             for r in records {
                 let Some(x) = r
@@ -389,7 +421,7 @@ impl ParamLines {
                 rest.extend(
                     r.swept
                         .iter()
-                        .filter(|s| s.path != path)
+                        .filter(|s| s.path != path && !tied.contains(&s.path))
                         .map(|s| format!("{}={}", s.short_key(&r.swept), s.display())),
                 );
                 rest.retain(|s| !s.is_empty());
@@ -407,6 +439,7 @@ impl ParamLines {
                 path.clone(),
                 ParamLines {
                     path,
+                    tied,
                     note: note.clone(),
                     series,
                 },
@@ -449,7 +482,11 @@ impl Chart for ParamLines {
             .map_err(e)?;
         chart
             .configure_mesh()
-            .x_desc(self.path.as_str())
+            .x_desc(if self.tied.is_empty() {
+                self.path.clone()
+            } else {
+                format!("{} (with {})", self.path, self.tied.join(", "))
+            })
             .y_desc("IoU (%)")
             .axis_desc_style((FONT, LABEL_PX))
             .label_style((FONT, LABEL_PX))

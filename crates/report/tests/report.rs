@@ -324,3 +324,50 @@ fn swept_strings_lose_their_quotes_and_same_named_parameters_keep_their_paths() 
     let col = h.iter().position(|c| c == "inference.mode").unwrap();
     assert_eq!(&row[col], "whole");
 }
+
+/// Keys of one zip move together: a parameter chart does not split its series by its zip
+/// partner (which left one point per series), and its axis names the partner.
+#[test]
+fn a_parameter_chart_keeps_zip_partners_in_one_series() {
+    let sv = |path: &str, v: f64| SweptValue {
+        path: path.into(),
+        value: format!("{v:?}"),
+        number: Some(v),
+    };
+    let records: Vec<Record> = ["baseline", "+x"]
+        .iter()
+        .flat_map(|variant| {
+            [(40.0, 0.0), (50.0, 0.1), (60.0, 0.2)].map(|(scale, thd)| {
+                let mut r = record(variant, 0.5, 4);
+                r.config_hash = format!("{variant}-{scale}");
+                r.swept = vec![
+                    sv("inference.logit_scale", scale),
+                    sv("inference.prob_thd", thd),
+                ];
+                r
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let files = draw_charts(dir.path(), &records, None).unwrap();
+    let path = files
+        .paths
+        .iter()
+        .find(|p| p.ends_with("param_inference_logit_scale.svg"))
+        .unwrap();
+    let svg = std::fs::read_to_string(path).unwrap();
+    assert!(
+        svg.contains("inference.logit_scale (with inference.prob_thd)"),
+        "axis"
+    );
+    assert!(
+        !svg.contains("prob_thd=0"),
+        "the zip partner split the series"
+    );
+    // One series per variant: two legend entries.
+    assert_eq!(
+        (svg.matches("baseline").count(), svg.matches("+x").count()),
+        (1, 1),
+        "legend: {svg}"
+    );
+}
