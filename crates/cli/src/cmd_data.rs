@@ -112,6 +112,12 @@ pub struct EvalArgs {
 pub const EXTERNAL_WEIGHTS: &str = "external";
 
 pub fn eval(args: EvalArgs) -> Result<()> {
+    if let Some(out) = args.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
+        bail!(
+            "--out {}: is a file, not a directory (hint: eval writes summary.csv and per_class.csv into that directory)",
+            out.display()
+        );
+    }
     let mut class_override = None;
     let gt = match (&args.dataset, &args.gt, &args.classes) {
         (Some(name), None, classes) => {
@@ -309,7 +315,8 @@ pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
             image.w
         );
     }
-    let q = refine_probs(&image, &probs.data, c, h, w, &p)?;
+    let q = refine_probs(&image, &probs.data, c, h, w, &p)
+        .with_context(|| format!("{}", args.probs.display()))?;
     npy::write_map_npy(
         &args.out,
         &npy::Map3 {

@@ -488,3 +488,42 @@ fn prediction_pngs_are_sixteen_bit_beyond_256_classes() {
     let img = image::open(tmp.path().join("p/x.pred.png")).unwrap();
     assert_eq!(img.color(), image::ColorType::L16);
 }
+
+/// Errors about predictions call them predictions (not labels) and give a prediction's hint;
+/// `--out` naming a file and `data prepare --from` naming a file say so.
+#[test]
+fn eval_and_prepare_errors_name_what_the_file_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    for d in ["gt", "pred", "junk"] {
+        std::fs::create_dir(tmp.path().join(d)).unwrap();
+    }
+    let label = LabelMap::new(4, 5, vec![1; 20]).unwrap();
+    save_label_png(tmp.path().join("gt/a.png"), &label).unwrap();
+    save_label_png(
+        tmp.path().join("pred/a.png"),
+        &LabelMap::new(4, 5, vec![7; 20]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("junk/a.png"), "garbage").unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    let eval = |pred: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "--gt", "gt", "--classes", "c.txt", "--pred", pred];
+        args.extend(extra);
+        fails(&run(&args, tmp.path()))
+    };
+    let err = eval("pred", &["--out", "out"]);
+    assert!(
+        err.contains("pred/a.png") && err.contains("a prediction holds class ids 0–1"),
+        "{err}"
+    );
+    let err = eval("junk", &["--out", "out"]);
+    assert!(err.contains("cannot decode prediction PNG"), "{err}");
+    std::fs::write(tmp.path().join("afile"), "").unwrap();
+    let err = eval("pred", &["--out", "afile"]);
+    assert!(err.contains("is a file, not a directory"), "{err}");
+    let err = fails(&run(
+        &["data", "prepare", "voc21", "--from", "afile", "--root", "r"],
+        tmp.path(),
+    ));
+    assert!(err.contains("this is a file"), "{err}");
+}

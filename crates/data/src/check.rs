@@ -220,8 +220,9 @@ impl fmt::Display for CheckReport {
         list(
             f,
             &format!(
-                "labels with ids outside 0..{} (ignore {})",
-                self.n_classes, self.ignore_index
+                "labels with ids outside 0–{} (ignore {})",
+                self.n_classes.saturating_sub(1),
+                self.ignore_index
             ),
             &self.out_of_range,
             |(p, id)| format!("{}: id {id}", p.display()),

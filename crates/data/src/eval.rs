@@ -252,7 +252,15 @@ fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {
         label.reduce_zero_label();
     }
     check_ids(&label, s.classes.len(), s.ignore, &p.gt)?;
-    let pred = load_label(&p.pred)?;
+    // The prediction is read with the label reader; its errors say "prediction".
+    let pred = load_label(&p.pred).map_err(|e| match e {
+        DataError::Decode { path, msg, .. } => DataError::Decode {
+            path,
+            what: "prediction PNG",
+            msg,
+        },
+        other => other,
+    })?;
     if (pred.h, pred.w) != (label.h, label.w) {
         return Err(DataError::SizeMismatch {
             path: p.pred.clone(),
@@ -262,7 +270,25 @@ fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {
         });
     }
     // A prediction may use the ignore index for "no class" (counted nowhere, as in mmseg).
-    check_ids(&pred, s.classes.len(), s.ignore, &p.pred)?;
+    check_ids(&pred, s.classes.len(), s.ignore, &p.pred).map_err(|e| match e {
+        DataError::IdOutOfRange {
+            path,
+            id,
+            n_classes,
+            ignore,
+            ..
+        } => DataError::IdOutOfRange {
+            path,
+            id,
+            n_classes,
+            ignore,
+            hint: Some(format!(
+                "a prediction holds class ids 0–{} (or {ignore} for no class); was it made with another class list?",
+                n_classes.saturating_sub(1)
+            )),
+        },
+        other => other,
+    })?;
     Ok((pred, label))
 }
 

@@ -82,10 +82,14 @@ pub fn prepare(
     if !from.is_dir() {
         return Err(DataError::Missing {
             dataset: spec.name.into(),
-            what: "--from directory".into(),
+            what: if from.exists() {
+                "--from directory (this is a file)".into()
+            } else {
+                "--from directory".into()
+            },
             path: from.to_path_buf(),
             hint: Some(
-                "extract the official archives first (see the README's dataset table)".into(),
+                "--from is the directory the official archives were downloaded or extracted into (see the README's dataset table)".into(),
             ),
         });
     }

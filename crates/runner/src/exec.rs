@@ -234,6 +234,20 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         let _ = std::fs::remove_dir(dir.join("cache"));
     }
     let records = finalize(exp, &dir, true)?;
+    // A configuration that scored nothing has no result, whatever the tables show ("n/a").
+    if let Some(r) = records.iter().find(|r| r.images == 0) {
+        return Err(RunnerError::spec(
+            &exp.spec.file(),
+            "dataset",
+            format!(
+                "configuration {} ({}) scored no image: all {} sample(s) were skipped",
+                r.config_hash,
+                r.label(),
+                r.skipped
+            ),
+            Some("skip_bad skipped every sample (the warnings above say why); fix the data or the [dataset] settings".into()),
+        ));
+    }
     Ok(RunSummary {
         run_dir: dir,
         records,
@@ -565,7 +579,11 @@ fn preflight(
             &exp.spec.file(),
             "dataset",
             format!("dataset `{}` has no samples", ds.info.name),
-            Some("check [dataset] root and `segsweep data check NAME`".into()),
+            Some(if first.dataset.name == "custom" {
+                "check [dataset.custom] root, image_dir, img_suffix and split_file: no image matched".into()
+            } else {
+                "check [dataset] root and `segsweep data check NAME`".into()
+            }),
         ));
     }
     // A missing image or label would stop the run at that image, after the run directory

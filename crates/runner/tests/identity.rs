@@ -475,3 +475,24 @@ fn a_sample_too_thin_to_segment_is_a_bad_sample() {
     let rec = &summary.records[0];
     assert_eq!((rec.images, rec.skipped), (1, 1), "{rec:?}");
 }
+
+/// A configuration whose every sample was skipped has no result: the run fails saying so
+/// (its record, with `skipped`, is kept), instead of succeeding with an "n/a" row.
+#[test]
+fn a_run_that_skipped_every_sample_fails() {
+    let out = tempfile::tempdir().unwrap();
+    let exp = damaged_custom(out.path(), true, |l| {
+        std::fs::write(l, b"not a png").unwrap();
+        std::fs::write(l.with_file_name("synth_0000.png"), b"nor this").unwrap();
+    });
+    let opts = RunOptions::default();
+    let err = run(&exp, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("scored no image") && err.contains("all 2 sample(s) were skipped"),
+        "{err}"
+    );
+    let record = run_dir(&exp, &opts)
+        .join("counts")
+        .join(format!("{}.json", exp.configs[0].hash));
+    assert!(record.is_file(), "the record is kept");
+}
