@@ -486,9 +486,8 @@ impl Dataset {
                 ));
             }
         }
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        // Not logged here: `data check` and `data prepare` print them in their reports, and
+        // the runner and `eval` log them (each once).
         Dataset {
             info,
             entries: Entries::Files(samples),

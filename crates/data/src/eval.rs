@@ -369,6 +369,9 @@ fn from_dataset(
     pred_dir: &Path,
     pred_suffix: &str,
 ) -> Result<(Scoring, Vec<Pair>, Vec<String>)> {
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
     let mut pairs = Vec::new();
     let mut without = Vec::new();
     for i in 0..ds.len() {

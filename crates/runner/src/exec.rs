@@ -518,6 +518,9 @@ pub fn open_dataset(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<Da
             Dataset::registered(name, &root)?
         }
     };
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
     let subset = match (d.num_samples, d.subset.as_str()) {
         (None, _) => Subset::All,
         (Some(n), "random") => Subset::Random { n, seed },
