@@ -43,6 +43,16 @@ pub fn data(cmd: DataCommand) -> Result<()> {
             let bar = ProgressBar::new(format!("prepare {name}"));
             let report = segsweep_data::prepare(&name, &from, &root, &|d, t| bar.report(d, t))?;
             print!("{report}");
+            if !report.is_complete() {
+                bail!(
+                    "dataset {name} prepared at {} is incomplete: {} sample(s), {} missing file(s) (listed above)\n  hint: the release under --from {} is incomplete or not the expected archive (see the README's dataset table); `segsweep data check {name} --root {}` lists what is missing",
+                    root.display(),
+                    report.samples,
+                    report.missing_files.len(),
+                    from.display(),
+                    root.display()
+                );
+            }
         }
         DataCommand::Check {
             name,

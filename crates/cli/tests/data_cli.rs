@@ -527,3 +527,38 @@ fn eval_and_prepare_errors_name_what_the_file_is() {
     ));
     assert!(err.contains("this is a file"), "{err}");
 }
+
+/// A release with a label missing prepares what it can, then fails saying the layout is
+/// incomplete (it reported success before).
+#[test]
+fn prepare_of_an_incomplete_release_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rel = tmp.path().join("VOC2012");
+    for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+        std::fs::create_dir_all(rel.join(d)).unwrap();
+    }
+    for id in ["a", "b"] {
+        image::RgbImage::from_pixel(5, 4, image::Rgb([1, 2, 3]))
+            .save(rel.join(format!("JPEGImages/{id}.jpg")))
+            .unwrap();
+    }
+    save_label_png(
+        rel.join("SegmentationClass/a.png"),
+        &LabelMap::new(4, 5, vec![0; 20]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(rel.join("ImageSets/Segmentation/val.txt"), "a\nb\n").unwrap();
+    let out = run(
+        &[
+            "data", "prepare", "voc21", "--from", "VOC2012", "--root", "prepared",
+        ],
+        tmp.path(),
+    );
+    let err = fails(&out);
+    assert!(
+        err.contains("incomplete") && err.contains("1 missing file(s)"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("SegmentationClass/b.png"), "{stdout}");
+}

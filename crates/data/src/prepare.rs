@@ -44,7 +44,16 @@ pub struct PrepareReport {
     pub extracted: usize,
     /// Samples in the prepared split.
     pub samples: usize,
+    /// Images or labels of the prepared split that do not exist (an incomplete release).
+    pub missing_files: Vec<PathBuf>,
     pub warnings: Vec<String>,
+}
+
+impl PrepareReport {
+    /// Whether the prepared layout has samples and every image and label of its split.
+    pub fn is_complete(&self) -> bool {
+        self.samples > 0 && self.missing_files.is_empty()
+    }
 }
 
 impl std::fmt::Display for PrepareReport {
@@ -140,6 +149,7 @@ pub fn prepare(
     }
     let ds = crate::Dataset::registered(spec.name, root)?;
     report.samples = ds.len();
+    report.missing_files = ds.missing_files();
     report.warnings.extend(ds.warnings.iter().cloned());
     Ok(report)
 }
