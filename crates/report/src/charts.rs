@@ -643,7 +643,7 @@ impl Chart for Heatmap {
         }
         let ky = y0 + (CELL_H * self.classes.len() as u32) as i32 + 20;
         root.draw(&Text::new(
-            "Columns (– = class absent from labels and predictions):",
+            "Columns (– = class absent from labels and predictions; cell colour: IoU on a fixed 0–100 % scale, pale to dark):",
             (15, ky),
             text_style(LABEL_PX),
         ))
