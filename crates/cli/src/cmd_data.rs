@@ -109,6 +109,10 @@ pub struct EvalArgs {
     /// Warn about and count bad files instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Suffix of the prediction files: `<id><suffix>` (default `.png`; a directory of
+    /// `segsweep predict` outputs is read as `.pred.png` by itself).
+    #[arg(long, default_value = ".png")]
+    pub pred_suffix: String,
     /// Where to write summary.csv and per_class.csv (default: the prediction directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -147,7 +151,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let opts = EvalOptions {
         skip_bad: args.skip_bad,
         classes: class_override,
-        ..EvalOptions::default()
+        pred_suffix: args.pred_suffix.clone(),
     };
     let bar = ProgressBar::new("eval");
     let report = segsweep_data::eval_dir(&gt, &args.pred, &opts, &|d, t| bar.report(d, t))?;
@@ -177,6 +181,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             w.clone(),
             match report.prediction_models.as_slice() {
                 [m] => m.clone(),
+                [] => "(unknown)".into(),
                 _ => "(several models)".into(),
             },
         ),

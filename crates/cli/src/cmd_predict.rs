@@ -126,6 +126,9 @@ fn spec_config(spec: &Path, selector: Option<&str>) -> Result<(toml::Table, Stri
                 || c.hash == selector
                 || c.label() == selector
                 || c.variant == selector
+                // The label tables, charts and the console show.
+                || segsweep_report::label_of(&c.variant, &segsweep_runner::swept_values(c))
+                    == selector
         })
         .collect();
     let listing = || {
@@ -172,7 +175,28 @@ fn spec_text(args: &PredictArgs) -> Result<String> {
     let mut tree: toml::Table = match &args.spec {
         Some(p) => {
             let (tree, which) = spec_config(p, args.config.as_deref())?;
-            eprintln!("predict: {which}");
+            let overridden = args.model.is_some()
+                || args.logit_scale.is_some()
+                || args.prob_thd.is_some()
+                || args.area_thd.is_some()
+                || args.mode.is_some()
+                || args.short_side.is_some()
+                || args.crop.is_some()
+                || args.stride.is_some()
+                || args.attention.is_some()
+                || args.batch_size.is_some()
+                || !args.pipeline.is_empty()
+                || !args.set.is_empty()
+                || args.device.is_some()
+                || args.dtype.is_some();
+            eprintln!(
+                "predict: {which}{}",
+                if overridden {
+                    ", with the command line's flags over it"
+                } else {
+                    ""
+                }
+            );
             tree
         }
         None => toml::Table::new(),

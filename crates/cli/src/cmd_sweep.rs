@@ -91,10 +91,17 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
         exp.configs.len(),
         run_dir(&exp, &RunOptions::default()).display()
     );
+    let width = exp
+        .configs
+        .iter()
+        .map(|c| c.label().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(40);
     for (i, c) in exp.configs.iter().enumerate() {
         let pipe: Vec<String> = c.pipeline.iter().map(|s| s.id.clone()).collect();
         println!(
-            "  #{:<3} {}  {:<40} pipeline: [{}]  {:?} attention={} logit_scale={} prob_thd={} device={} dtype={}",
+            "  #{:<3} {}  {:<width$} pipeline: [{}]  {:?} attention={} logit_scale={} prob_thd={} device={} dtype={}",
             i + 1,
             c.hash,
             c.label(),

@@ -159,7 +159,8 @@ fn render(e: &anyhow::Error) -> String {
 /// parentheses balance; anything else is returned whole.
 fn split_inline_hint(msg: &str) -> (&str, Option<&str>) {
     const OPEN: &str = " (hint: ";
-    if let (Some(at), true) = (msg.find(OPEN), msg.ends_with(')')) {
+    // The last ` (hint: ` first: a message may quote an inner error with a hint of its own.
+    if let (Some(at), true) = (msg.rfind(OPEN), msg.ends_with(')')) {
         let hint = &msg[at + OPEN.len()..msg.len() - 1];
         if hint.matches('(').count() == hint.matches(')').count() {
             return (&msg[..at], Some(hint));
@@ -179,6 +180,10 @@ mod tests {
             ("bad `x`", Some("use (a) or b"))
         );
         assert_eq!(split_inline_hint("f(x) is (odd)"), ("f(x) is (odd)", None));
+        assert_eq!(
+            split_inline_hint("A (hint: x); B (hint: y)"),
+            ("A (hint: x); B", Some("y"))
+        );
         let e = anyhow::anyhow!("plugin `p`, parameter `k`: out of range (hint: in [0, 1])")
             .context("spec.toml: pipeline[0]\n  hint: see README");
         assert_eq!(

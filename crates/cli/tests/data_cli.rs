@@ -305,6 +305,18 @@ fn predict_spec_runs_the_configuration_validate_lists() {
     );
     let (second, stderr) = predict("c", &["--spec", demo, "--config", "77194b6014d9"]);
     assert!(stderr.contains("configuration #2 77194b6014d9"), "{stderr}");
+    // The label the console and summary.csv show selects it too.
+    let (by_label, stderr) = predict(
+        "c2",
+        &[
+            "--spec",
+            demo,
+            "--config",
+            "+cliptrase correlation_temperature=0.05",
+        ],
+    );
+    assert!(stderr.contains("configuration #2 77194b6014d9"), "{stderr}");
+    assert_eq!(by_label, second);
     assert_ne!(first, second);
     // The same as the flags that describe configuration #2.
     let by_flags = predict(
@@ -461,32 +473,21 @@ fn eval_scores_predict_s_outputs_and_keeps_their_weights_label() {
         (col("weights"), col("model_id")),
         ("synthetic".into(), "builtin:tiny-random".into())
     );
-}
-
-/// `.pred.png` is 16-bit when there are more than 256 classes, whatever ids the image holds.
-#[test]
-fn prediction_pngs_are_sixteen_bit_beyond_256_classes() {
-    let tmp = tempfile::tempdir().unwrap();
-    image::RgbImage::from_pixel(20, 16, image::Rgb([9, 9, 9]))
-        .save(tmp.path().join("x.png"))
-        .unwrap();
-    let classes: Vec<String> = (0..300).map(|i| format!("thing{i}")).collect();
-    std::fs::write(tmp.path().join("c.txt"), classes.join("\n")).unwrap();
-    ok(&run(
-        &[
-            "predict",
-            "--model",
-            "builtin:tiny-random",
-            "--classes",
-            "c.txt",
-            "x.png",
-            "--out",
-            "p",
-        ],
-        tmp.path(),
-    ));
-    let img = image::open(tmp.path().join("p/x.pred.png")).unwrap();
-    assert_eq!(img.color(), image::ColorType::L16);
+    // Beside other <id>.png files the choice is the user's: an error until --pred-suffix.
+    std::fs::copy(tmp.path().join("gt/a.png"), tmp.path().join("pred/a.png")).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--gt", "gt", "--classes", "c.txt", "--pred", "pred"];
+        args.extend(["--out", "ev2"]);
+        args.extend(extra);
+        run(&args, tmp.path())
+    };
+    let err = fails(&eval(&[]));
+    assert!(
+        err.contains("both") && err.contains("--pred-suffix"),
+        "{err}"
+    );
+    let (stdout, _) = ok(&eval(&["--pred-suffix", ".pred.png"]));
+    assert!(stdout.contains("2 images scored"), "{stdout}");
 }
 
 /// Errors about predictions call them predictions (not labels) and give a prediction's hint;

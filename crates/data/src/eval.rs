@@ -153,14 +153,21 @@ pub fn eval_dir(
     }
     // `segsweep predict` writes <stem>.pred.png beside .overlay.png and .probs.npy: with the
     // default suffix, a directory holding such files is read as predict's output.
-    let pred_suffix = if opts.pred_suffix == ".png" && holds_predict_outputs(pred_dir)? {
-        tracing::info!(
-            "{} holds `segsweep predict` outputs: scoring <id>.pred.png",
-            pred_dir.display()
-        );
-        PREDICT_SUFFIX.to_string()
-    } else {
-        opts.pred_suffix.clone()
+    let pred_suffix = match (opts.pred_suffix.as_str(), predict_outputs(pred_dir)?) {
+        (".png", (true, false)) => {
+            tracing::info!(
+                "{} holds `segsweep predict` outputs: scoring <id>.pred.png",
+                pred_dir.display()
+            );
+            PREDICT_SUFFIX.to_string()
+        }
+        (".png", (true, true)) => {
+            return Err(DataError::Config {
+                key: pred_dir.display().to_string(),
+                msg: "the directory holds both `segsweep predict` outputs (<id>.pred.png) and other <id>.png files; pass --pred-suffix .pred.png or --pred-suffix .png to say which to score".into(),
+            })
+        }
+        _ => opts.pred_suffix.clone(),
     };
     let (mut scoring, pairs, without) = pairs(gt, pred_dir, &pred_suffix)?;
     if let Some(path) = &opts.classes {
@@ -235,15 +242,21 @@ pub fn eval_dir(
 /// The suffix of `segsweep predict`'s label maps.
 pub const PREDICT_SUFFIX: &str = ".pred.png";
 
-/// Whether `dir` holds files named like `predict`'s label maps (`<stem>.pred.png`).
-fn holds_predict_outputs(dir: &Path) -> Result<bool> {
+/// Whether `dir` holds files named like `predict`'s label maps (`<stem>.pred.png`), and
+/// whether it holds other `.png` files (not predict's `.pred.png` or `.overlay.png`).
+fn predict_outputs(dir: &Path) -> Result<(bool, bool)> {
     let mut files = Vec::new();
     walk(dir, &mut files)?;
-    Ok(files.iter().any(|f| {
-        f.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(PREDICT_SUFFIX))
-    }))
+    let names: Vec<&str> = files
+        .iter()
+        .filter_map(|f| f.file_name().and_then(|n| n.to_str()))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let pred = names.iter().any(|n| n.ends_with(PREDICT_SUFFIX));
+    let other = names.iter().any(|n| {
+        n.ends_with(".png") && !n.ends_with(PREDICT_SUFFIX) && !n.ends_with(".overlay.png")
+    });
+    Ok((pred, other))
 }
 
 fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {

@@ -385,6 +385,37 @@ pub(crate) fn tmp_path(path: &Path) -> std::path::PathBuf {
 mod tests {
     use super::*;
 
+    /// `sixteen` makes a map whose ids fit a byte 16-bit (predict: more than 256 classes), and
+    /// text chunks come back from `png_text`; the ids read back unchanged either way.
+    #[test]
+    fn label_pngs_take_a_forced_depth_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let label = LabelMap::new(2, 3, vec![0, 1, 2, 3, 4, 255]).unwrap();
+        let depth = |p: &Path| {
+            let r = png::Decoder::new(BufReader::new(File::open(p).unwrap()))
+                .read_info()
+                .unwrap();
+            r.info().bit_depth
+        };
+        let eight = dir.path().join("8.png");
+        save_label_png_with(&eight, &label, false, &[]).unwrap();
+        assert_eq!(depth(&eight), png::BitDepth::Eight);
+        let sixteen = dir.path().join("16.png");
+        save_label_png_with(
+            &sixteen,
+            &label,
+            true,
+            &[(PREDICTION_WEIGHTS_KEY, "synthetic")],
+        )
+        .unwrap();
+        assert_eq!(depth(&sixteen), png::BitDepth::Sixteen);
+        assert_eq!(load_label(&sixteen).unwrap(), label);
+        assert_eq!(
+            png_text(&sixteen).unwrap(),
+            [(PREDICTION_WEIGHTS_KEY.to_string(), "synthetic".to_string())]
+        );
+    }
+
     fn write_png(
         path: &Path,
         w: u32,

@@ -148,7 +148,7 @@ fn text_style(px: u32) -> TextStyle<'static> {
 
 /// Draw every chart of a run into `<run_dir>/charts/`. `baseline` names the variant the delta
 /// chart compares against (default: `baseline` if present); without such records there is no
-/// delta chart, and a stale one is removed.
+/// delta chart, and a stale one is removed, as are parameter charts of keys no longer swept.
 pub fn draw_charts(
     run_dir: &Path,
     records: &[Record],
@@ -190,6 +190,17 @@ pub fn draw_charts(
             for ext in ["png", "svg"] {
                 let _ = std::fs::remove_file(dir.join(format!("delta.{ext}")));
             }
+        }
+    }
+    // Likewise a parameter chart of a key that is no longer swept (an earlier spec run into
+    // this run directory).
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let is_param = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.starts_with("param_") && (n.ends_with(".png") || n.ends_with(".svg"))
+        });
+        if is_param && !out.paths.contains(&path) {
+            let _ = std::fs::remove_file(&path);
         }
     }
     Ok(out)
@@ -322,8 +333,15 @@ impl Chart for Bars {
                 } else {
                     (HPos::Right, -4)
                 };
+                // A change that rounds to zero is 0.00, not -0.00.
+                let shown = format!("{v:.2}");
+                let shown = if shown == "-0.00" {
+                    "0.00".into()
+                } else {
+                    shown
+                };
                 root.draw(&Text::new(
-                    format!("{v:.2}"),
+                    shown,
                     (bx + dx, by),
                     text_style(SMALL_PX).pos(Pos::new(anchor, VPos::Center)),
                 ))

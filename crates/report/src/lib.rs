@@ -18,8 +18,8 @@ mod tables;
 
 pub use charts::{draw_charts, ChartFiles};
 pub use records::{
-    load_record, load_records, load_run, run_order, write_atomic, Counts, Metrics, Record,
-    RunRecords, SweptValue,
+    label_of, load_record, load_records, load_run, run_order, write_atomic, Counts, Metrics,
+    Record, RunRecords, SweptValue,
 };
 pub use tables::{write_tables, PER_CLASS_CSV, SUMMARY_CSV};
 

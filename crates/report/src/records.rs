@@ -105,6 +105,21 @@ impl SweptValue {
     }
 }
 
+/// The label of a configuration with `variant` and `swept` values, as tables, charts and the
+/// console show it ([`Record::label`]).
+pub fn label_of(variant: &str, swept: &[SweptValue]) -> String {
+    let mut parts = vec![variant.to_string()];
+    for s in swept {
+        parts.push(format!("{}={}", s.short_key(swept), s.display()));
+    }
+    parts.retain(|p| !p.is_empty());
+    if parts.is_empty() {
+        "default".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// The result of one configuration over a dataset: what `counts/<hash>.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -146,16 +161,7 @@ impl Record {
     /// A short label for charts and the console: the variant plus the swept values, or
     /// `default` when there are neither (as `validate` and the log name that configuration).
     pub fn label(&self) -> String {
-        let mut parts = vec![self.variant.clone()];
-        for s in &self.swept {
-            parts.push(format!("{}={}", s.short_key(&self.swept), s.display()));
-        }
-        parts.retain(|p| !p.is_empty());
-        if parts.is_empty() {
-            "default".into()
-        } else {
-            parts.join(" ")
-        }
+        label_of(&self.variant, &self.swept)
     }
 
     /// Whether the numbers come from random weights or synthetic data (then every chart says so).

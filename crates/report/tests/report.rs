@@ -371,3 +371,28 @@ fn a_parameter_chart_keeps_zip_partners_in_one_series() {
         "legend: {svg}"
     );
 }
+
+/// Redrawing after a spec change removes the parameter charts of keys no longer swept.
+#[test]
+fn a_redraw_removes_parameter_charts_of_keys_no_longer_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = draw_charts(dir.path(), &records(), None).unwrap();
+    let param = before
+        .paths
+        .iter()
+        .find(|p| {
+            p.to_string_lossy()
+                .contains("param_cliptrase_correlation_temperature")
+        })
+        .unwrap()
+        .clone();
+    assert!(param.is_file());
+    let mut unswept = records();
+    for r in &mut unswept {
+        r.swept.clear();
+    }
+    unswept.truncate(1);
+    draw_charts(dir.path(), &unswept, None).unwrap();
+    assert!(!param.exists(), "a stale parameter chart survived");
+    assert!(dir.path().join("charts/overall.png").is_file());
+}

@@ -140,7 +140,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     let mut pending: Vec<&Config> = Vec::new();
     let mut resumed = 0;
     for c in &exp.configs {
-        if record_path(&dir, &c.hash).exists() {
+        // A record that scored no image (written by an older segsweep) is no result.
+        let path = record_path(&dir, &c.hash);
+        let finished =
+            path.exists() && !matches!(segsweep_report::load_record(&path), Ok(r) if r.images == 0);
+        if finished {
             resumed += 1;
         } else {
             pending.push(c);
@@ -154,11 +158,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         );
     }
     let reusable = if opts.reuse {
-        reusable_records(exp, &dir, &pending)
+        reusable_records(exp, opts, &dir, &pending)
     } else {
         Vec::new()
     };
-    pending.retain(|c| !reusable.iter().any(|(h, _)| *h == c.hash));
+    pending.retain(|c| !reusable.iter().any(|(h, _, _)| *h == c.hash));
     let reused = reusable.len();
     let resumed = resumed + reused;
     let ran = pending.len();
@@ -166,6 +170,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     let mut tally = Tally {
         images_done: 0,
         memory: MemoryStats::new(&exp.memory),
+        empty: Vec::new(),
     };
     let groups = if opts.share_prefix {
         groups(&pending)
@@ -180,16 +185,20 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         .collect::<Result<Vec<_>>>()?;
     for (group, input) in groups.iter().zip(&inputs) {
         trial(exp, opts, group, input)?;
+        // Ctrl-C during the trials: stop before the run directory exists.
+        if opts.cancel.load(Ordering::SeqCst) {
+            return Err(RunnerError::Interrupted);
+        }
     }
     prepare_run_dir(exp, &dir)?;
     let mut reused_from: Vec<PathBuf> = Vec::new();
-    for (hash, src) in &reusable {
-        let bytes = std::fs::read(src).map_err(|e| RunnerError::Io {
-            path: src.clone(),
-            cause: e,
-            hint: None,
-        })?;
-        write_atomic(&record_path(&dir, hash), &bytes)?;
+    for (hash, record, src) in &reusable {
+        let json = serde_json::to_string_pretty(record)
+            .map_err(|e| RunnerError::spec("record", "json", e.to_string(), None))?;
+        write_atomic(&record_path(&dir, hash), json.as_bytes())?;
+        // A checkpoint of this configuration from an interrupted earlier call is obsolete.
+        let _ = std::fs::remove_file(partial_path(&dir, hash));
+        // The record keeps the run id that computed it (provenance).
         let run = src
             .parent()
             .and_then(Path::parent)
@@ -234,18 +243,16 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         let _ = std::fs::remove_dir(dir.join("cache"));
     }
     let records = finalize(exp, &dir, true)?;
-    // A configuration that scored nothing has no result, whatever the tables show ("n/a").
-    if let Some(r) = records.iter().find(|r| r.images == 0) {
+    // A configuration that scored nothing has no result: it has no record, and the run fails.
+    if let Some((label, skipped)) = tally.empty.first() {
         return Err(RunnerError::spec(
             &exp.spec.file(),
             "dataset",
             format!(
-                "configuration {} ({}) scored no image: all {} sample(s) were skipped",
-                r.config_hash,
-                r.label(),
-                r.skipped
+                "{} configuration(s) scored no image, e.g. {label}: all {skipped} sample(s) were skipped; no record was written for them",
+                tally.empty.len()
             ),
-            Some("skip_bad skipped every sample (the warnings above say why); fix the data or the [dataset] settings".into()),
+            Some("skip_bad skipped every sample (the warnings above say why); fix the data or the [dataset] settings and run again (the other configurations are kept)".into()),
         ));
     }
     Ok(RunSummary {
@@ -261,11 +268,21 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
 
 /// Finished records of `pending` configurations in other run directories under the spec's
 /// `output_dir` (`<output_dir>/<experiment>/<run>/counts/<hash>.json`, any experiment: the hash
-/// holds every setting that can change a number), as `(hash, path)`. A record is taken only
-/// when it passes every check `plot` makes and was computed with the weights `model.source`
-/// holds now; weights that cannot be told without loading or network (a hub repo not in the
-/// cache) are computed instead. The first run directory in name order wins.
-fn reusable_records(exp: &Experiment, dir: &Path, pending: &[&Config]) -> Vec<(String, PathBuf)> {
+/// holds every setting of the configuration that can change a number), as `(hash, record)`.
+/// A record is taken only when it passes every check `plot` makes, scored at least one image,
+/// and what the hash does not hold agrees: the weights `model.source` holds now (weights that
+/// cannot be told without loading or network, a hub repo not in the cache, are computed
+/// instead), the kernels the device would use, and the dataset's sample ids (a registered
+/// dataset's location is not hashed, so a copy with other samples must not lend its numbers).
+/// The first run directory in name order wins. The record's `variant` and `swept` are the
+/// current spec's (the numbers are the configuration's; the names are this spec's). Each comes
+/// with the file it was read from.
+fn reusable_records(
+    exp: &Experiment,
+    opts: &RunOptions,
+    dir: &Path,
+    pending: &[&Config],
+) -> Vec<(String, Record, PathBuf)> {
     let root = &exp.spec.raw.experiment.output_dir;
     let subdirs = |p: &Path| -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(p)
@@ -295,6 +312,10 @@ fn reusable_records(exp: &Experiment, dir: &Path, pending: &[&Config]) -> Vec<(S
     }
     let hub = segsweep_clip::HubEnv::from_env();
     let mut weights: HashMap<&str, Option<String>> = HashMap::new();
+    // Per dataset section and seed: its sample ids and class display names.
+    let mut datasets: HashMap<String, Option<(Vec<String>, Vec<String>)>> = HashMap::new();
+    let this_rev = crate::git_rev();
+    let mut other_revs = std::collections::BTreeSet::new();
     let mut found = Vec::new();
     for c in pending {
         let source = c.model.source.as_str();
@@ -305,25 +326,97 @@ fn reusable_records(exp: &Experiment, dir: &Path, pending: &[&Config]) -> Vec<(S
         else {
             continue;
         };
+        let Ok(device) = device_of(&c.model) else {
+            continue;
+        };
+        let kernels = segsweep_kernels::kernels_for(&device);
+        let key = format!("{:?} {}", c.dataset, c.seed);
+        let Some((ids, class_display)) = datasets
+            .entry(key)
+            .or_insert_with(|| {
+                let ds = open_dataset(&c.dataset, c.seed, &opts.data_dir).ok()?;
+                let names = class_names(&c.dataset, &ds).ok()?.display_names();
+                Some((ds.ids(), names))
+            })
+            .clone()
+        else {
+            continue;
+        };
+        let dataset_name = dataset_display_name(c);
         for counts in &counts_dirs {
             let path = counts.join(format!("{}.json", c.hash));
             if !path.is_file() {
                 continue;
             }
-            match segsweep_report::load_record(&path) {
-                Ok(r) if r.model_file_hash == current => {
-                    found.push((c.hash.clone(), path));
-                    break;
+            let why_not = match segsweep_report::load_record(&path) {
+                Ok(mut r) => {
+                    let why = if r.model_file_hash != current {
+                        "computed with other weights than model.source holds now"
+                    } else if r.images == 0 {
+                        "it scored no image"
+                    } else if r.kernels != kernels {
+                        "computed with other kernels"
+                    } else if r.sample_ids != ids || r.images + r.skipped != ids.len() {
+                        "computed on other samples"
+                    } else if r.dataset != dataset_name || r.class_names != class_display {
+                        "another dataset or class list"
+                    } else if r.device != c.model.device || r.dtype != c.model.dtype {
+                        "another device or dtype"
+                    } else {
+                        if r.git_rev != this_rev && r.git_rev != "unknown" {
+                            other_revs.insert(r.git_rev.clone());
+                        }
+                        r.variant = c.variant.clone();
+                        r.swept = swept_values(c);
+                        // Provenance: the run that computed it, with its experiment when that
+                        // is another one (run ids are unique only within an experiment).
+                        let source_exp = counts
+                            .parent()
+                            .and_then(Path::parent)
+                            .and_then(Path::file_name)
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        if source_exp != exp.spec.raw.experiment.name && !r.run_id.contains('/') {
+                            r.run_id = format!("{source_exp}/{}", r.run_id);
+                        }
+                        found.push((c.hash.clone(), r, path.clone()));
+                        break;
+                    };
+                    why.to_string()
                 }
-                Ok(_) => tracing::debug!(
-                    "{}: computed with other weights than {source} holds now; not reused",
-                    path.display()
-                ),
-                Err(e) => tracing::warn!("not reusing a damaged record: {e}"),
-            }
+                Err(e) => format!("damaged ({e})"),
+            };
+            tracing::info!("not reusing {}: {why_not}", path.display());
         }
     }
+    if !other_revs.is_empty() && this_rev != "unknown" {
+        tracing::warn!(
+            "reused records were computed by segsweep at git revision {} (this build: {this_rev}); if a change since then alters what a plugin computes, bump that plugin's `version` or pass --no-reuse",
+            other_revs.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
     found
+}
+
+/// The dataset name a record holds: a custom dataset is known by the name its
+/// `[dataset.custom]` table gives it.
+fn dataset_display_name(c: &Config) -> String {
+    match (&c.dataset.custom, c.dataset.name.as_str()) {
+        (Some(custom), "custom") => custom.name.clone(),
+        _ => c.dataset.name.clone(),
+    }
+}
+
+/// A configuration's swept values as its record holds them.
+pub fn swept_values(c: &Config) -> Vec<SweptValue> {
+    c.swept
+        .iter()
+        .map(|(k, v)| SweptValue {
+            path: k.clone(),
+            value: v.to_string(),
+            number: v.as_float().or_else(|| v.as_integer().map(|i| i as f64)),
+        })
+        .collect()
 }
 
 /// A finished configuration is skipped on resume; refuse that when the files behind its
@@ -840,6 +933,15 @@ fn run_group(
     write_atomic(&dir.join("memory.json"), memory_json.as_bytes())?;
     let ids = ds.ids();
     for job in &jobs {
+        if job.partial.counts.images == 0 {
+            // No result: no record (it would be "finished" for ever), no checkpoint.
+            let _ = std::fs::remove_file(partial_path(dir, &job.config.hash));
+            tally.empty.push((
+                format!("{} ({})", job.config.hash, job.config.label()),
+                job.partial.skipped,
+            ));
+            continue;
+        }
         let record = make_record(dir, job, &ids, &classes, person, model.as_ref());
         write_atomic(
             &record_path(dir, &job.config.hash),
@@ -900,10 +1002,15 @@ fn trial(
         // Bad first images are the run's to report (or to skip with skip_bad).
         return Ok(());
     };
-    let scratch = tempfile::tempdir().map_err(|e| RunnerError::Io {
-        path: std::env::temp_dir(),
+    // Scratch space where the run would spill (the configured spill_dir), else TMPDIR.
+    let scratch = match &exp.memory.spill_dir {
+        Some(d) => std::fs::create_dir_all(d).and_then(|()| tempfile::tempdir_in(d)),
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| RunnerError::Io {
+        path: exp.memory.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
         cause: e,
-        hint: Some("the trial before a run needs a scratch directory (TMPDIR)".into()),
+        hint: Some("the trial before a run needs a scratch directory ([experiment] spill_dir, else TMPDIR)".into()),
     })?;
     let counts = scratch.path().join("counts");
     std::fs::create_dir_all(&counts).map_err(|e| RunnerError::Io {
@@ -974,6 +1081,9 @@ struct Tally {
     /// Images started, for `stop_after_images`.
     images_done: usize,
     memory: MemoryStats,
+    /// Configurations that scored no image (every sample skipped): label and skipped count.
+    /// They get no record, so a later run computes them again.
+    empty: Vec<(String, usize)>,
 }
 
 /// Everything fixed for the images of a group.
@@ -1307,20 +1417,8 @@ fn make_record(
             .unwrap_or_default(),
         config_hash: c.hash.clone(),
         variant: c.variant.clone(),
-        swept: c
-            .swept
-            .iter()
-            .map(|(k, v)| SweptValue {
-                path: k.clone(),
-                value: v.to_string(),
-                number: v.as_float().or_else(|| v.as_integer().map(|i| i as f64)),
-            })
-            .collect(),
-        // A custom dataset is known by the name its `[dataset.custom]` table gives it.
-        dataset: match (&c.dataset.custom, c.dataset.name.as_str()) {
-            (Some(custom), "custom") => custom.name.clone(),
-            _ => c.dataset.name.clone(),
-        },
+        swept: swept_values(c),
+        dataset: dataset_display_name(c),
         data_kind: data_kind.into(),
         images,
         skipped: job.partial.skipped,

@@ -23,7 +23,7 @@ pub mod sweep;
 pub use error::{Result, RunnerError};
 pub use exec::{
     counts_of, default_run_id, finalize, load_clip, metrics_of, open_dataset, run, run_dir,
-    RunOptions, RunSummary,
+    swept_values, RunOptions, RunSummary,
 };
 pub use memory::{MemoryPlan, MemoryStats, Spill};
 pub use spec::{load, load_text, parse_set, LoadedSpec, RawSpec};

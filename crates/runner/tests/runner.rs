@@ -438,6 +438,34 @@ fn an_extended_sweep_reuses_finished_configurations_of_earlier_runs() {
             .unwrap();
         assert_eq!(copy, r, "a reused record is the earlier run's record");
     }
+    // Records with the wrong weights or damaged are not reused: the third run, pointed at the
+    // first run only (its own and the second run's directories aside), computes those.
+    let third_dir = tmp.path().join("t/third");
+    let damage = |hash: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        for run in [&first.run_dir, &second.run_dir] {
+            let p = run.join("counts").join(format!("{hash}.json"));
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            f(&mut v);
+            std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+        }
+    };
+    damage(&first.records[0].config_hash, &|v| {
+        v["model_file_hash"] = "other-weights".into()
+    });
+    damage(&first.records[1].config_hash, &|v| {
+        v["metrics"]["miou_pct"] = 99.0.into()
+    });
+    let third = run(
+        &extended,
+        &RunOptions {
+            run_id: Some("third".into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(third.run_dir, third_dir);
+    assert_eq!((third.ran, third.reused), (2, 6), "2 refused, 6 reused");
     let fresh = run(
         &extended,
         &RunOptions {
@@ -448,6 +476,34 @@ fn an_extended_sweep_reuses_finished_configurations_of_earlier_runs() {
     )
     .unwrap();
     assert_eq!((fresh.ran, fresh.reused), (8, 0));
+}
+
+/// A reused record is named as the current spec names it: a configuration that was the
+/// unswept default of one spec and a grid point of the next gets the grid point's label and
+/// swept value (the numbers are the same: one hash).
+#[test]
+fn a_reused_record_takes_the_current_spec_s_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |sweep: &str| {
+        let text = format!(
+            "[experiment]\nname = \"lab\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\nsynthetic_images = 1\n[[pipeline]]\nplugin = \"cliptrase\"\n{sweep}",
+            tmp.path().display()
+        );
+        expand(load_text(Path::new("lab.toml"), text, &[]).unwrap(), &[]).unwrap()
+    };
+    let plain = run(&spec(""), &RunOptions::default()).unwrap();
+    assert_eq!(plain.records[0].label(), "default");
+    let swept = spec("[sweep.grid]\n\"cliptrase.correlation_temperature\" = [0.05, 0.5]\n");
+    let second = run(&swept, &RunOptions::default()).unwrap();
+    assert_eq!((second.ran, second.reused), (1, 1));
+    let reused = second
+        .records
+        .iter()
+        .find(|r| r.config_hash == plain.records[0].config_hash)
+        .unwrap();
+    assert_eq!(reused.label(), "correlation_temperature=0.05");
+    assert_eq!(reused.counts, plain.records[0].counts);
+    assert_eq!(reused.run_id, plain.records[0].run_id, "provenance kept");
 }
 
 /// A run directory reused with `--run-id` for another spec shows only that spec's
