@@ -82,6 +82,17 @@ pub fn data(cmd: DataCommand) -> Result<()> {
                     d.name, d.n_classes, d.val_size, d.default_root, d.summary
                 );
             }
+            let synth = segsweep_data::Dataset::synthetic(1, 0);
+            println!(
+                "{:<16} {:>7} {:>6}  {:<28} generated shapes in memory, for trying the machinery (synthetic_images, experiment.seed)",
+                "synthetic",
+                synth.info.n_classes(),
+                "-",
+                "(none: no files)"
+            );
+            println!(
+                "\nIn a spec, `name = \"custom\"` with a [dataset.custom] table reads your own images, labels and class file."
+            );
         }
     }
     Ok(())

@@ -563,3 +563,13 @@ fn prepare_of_an_incomplete_release_fails() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("SegmentationClass/b.png"), "{stdout}");
 }
+
+/// `data list` names every dataset a spec can use, the synthetic one included.
+#[test]
+fn data_list_includes_the_synthetic_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (stdout, _) = ok(&run(&["data", "list"], tmp.path()));
+    for name in ["voc21", "coco-stuff164k", "ade20k", "synthetic", "custom"] {
+        assert!(stdout.contains(name), "{name}: {stdout}");
+    }
+}

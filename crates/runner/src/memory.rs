@@ -198,7 +198,7 @@ impl MemoryStats {
             ),
         };
         format!(
-            "memory: peak held {} (prefix up to {}, dense logits up to {}) of a {} budget over {} image(s); \
+            "memory: peak held {} (prefix up to {}, dense logits up to {}) of a {} budget over {} image(s) so far in this run; \
              prefix spilled {} time(s) ({}, {} written), read back {}, recomputed {}; {} image(s) over budget{}",
             mib(self.peak_held_bytes),
             mib(self.peak_prefix_bytes),
