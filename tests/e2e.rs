@@ -1144,7 +1144,7 @@ fn an_interrupt_delivered_twice_at_once_still_stops_cleanly() {
             .replace("synthetic_images = 3", "synthetic_images = 40")
             .replace("short_side = 224", "short_side = 1200"),
     );
-    let mut child = bin()
+    let child = bin()
         .args(["sweep", spec.to_str().unwrap(), "--quiet", "--run-id", "r"])
         .current_dir(tmp.path())
         .env("SEGSWEEP_CACHE", tmp.path().join("cache"))

@@ -312,8 +312,10 @@ fn reusable_records(
     }
     let hub = segsweep_clip::HubEnv::from_env();
     let mut weights: HashMap<&str, Option<String>> = HashMap::new();
-    // Per dataset section and seed: its sample ids and class display names.
-    let mut datasets: HashMap<String, Option<(Vec<String>, Vec<String>)>> = HashMap::new();
+    // Per dataset section and seed: its sample ids and class display names (`None`: it does
+    // not open, so nothing of it is reused and preflight reports why).
+    type Identity = Option<(Vec<String>, Vec<String>)>;
+    let mut datasets: HashMap<String, Identity> = HashMap::new();
     let this_rev = crate::git_rev();
     let mut other_revs = std::collections::BTreeSet::new();
     let mut found = Vec::new();

@@ -428,7 +428,7 @@ fn an_extended_sweep_reuses_finished_configurations_of_earlier_runs() {
     let second = run(&extended, &RunOptions::default()).unwrap();
     assert_ne!(first.run_dir, second.run_dir);
     assert_eq!((second.ran, second.reused, second.resumed), (2, 6, 6));
-    assert_eq!(second.reused_from, [first.run_dir.clone()]);
+    assert_eq!(second.reused_from, std::slice::from_ref(&first.run_dir));
     assert_eq!(second.records.len(), 8);
     for r in &first.records {
         let copy = second
