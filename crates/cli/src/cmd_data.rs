@@ -122,8 +122,8 @@ pub struct EvalArgs {
     pub skip_bad: bool,
     /// Suffix of the prediction files: `<id><suffix>` (default `.png`; a directory of
     /// `segsweep predict` outputs is read as `.pred.png` by itself).
-    #[arg(long, default_value = ".png")]
-    pub pred_suffix: String,
+    #[arg(long)]
+    pub pred_suffix: Option<String>,
     /// Where to write summary.csv and per_class.csv (default: the prediction directory).
     #[arg(long)]
     pub out: Option<PathBuf>,

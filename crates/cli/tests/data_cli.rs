@@ -488,6 +488,9 @@ fn eval_scores_predict_s_outputs_and_keeps_their_weights_label() {
     );
     let (stdout, _) = ok(&eval(&["--pred-suffix", ".pred.png"]));
     assert!(stdout.contains("2 images scored"), "{stdout}");
+    // The other choice: the one plain a.png (b has only its .pred.png).
+    let (stdout, _) = ok(&eval(&["--pred-suffix", ".png"]));
+    assert!(stdout.contains("1 images scored"), "{stdout}");
 }
 
 /// Errors about predictions call them predictions (not labels) and give a prediction's hint;

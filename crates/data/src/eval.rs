@@ -56,27 +56,18 @@ impl GtSource {
 }
 
 /// Options of [`eval_dir`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EvalOptions {
     /// On a bad file (unreadable, wrong size, bad ids), warn, count it and go on instead of
     /// failing.
     pub skip_bad: bool,
-    /// Suffix of prediction files (default `.png`).
-    pub pred_suffix: String,
+    /// Suffix of prediction files; `None` (the default): `.png`, or `.pred.png` for a
+    /// directory of `segsweep predict` outputs.
+    pub pred_suffix: Option<String>,
     /// A class-name file replacing the ground truth's class names (`eval --dataset NAME
     /// --classes FILE`, like `[dataset] classes` in a sweep). It must list as many classes as
     /// the labels use; only the names in the report change, never the scoring.
     pub classes: Option<PathBuf>,
-}
-
-impl Default for EvalOptions {
-    fn default() -> Self {
-        EvalOptions {
-            skip_bad: false,
-            pred_suffix: ".png".into(),
-            classes: None,
-        }
-    }
 }
 
 /// A file left out by `skip_bad`, and why.
@@ -153,21 +144,22 @@ pub fn eval_dir(
     }
     // `segsweep predict` writes <stem>.pred.png beside .overlay.png and .probs.npy: with the
     // default suffix, a directory holding such files is read as predict's output.
-    let pred_suffix = match (opts.pred_suffix.as_str(), predict_outputs(pred_dir)?) {
-        (".png", (true, false)) => {
+    let pred_suffix = match (opts.pred_suffix.as_deref(), predict_outputs(pred_dir)?) {
+        (Some(given), _) => given.to_string(),
+        (None, (true, false)) => {
             tracing::info!(
                 "{} holds `segsweep predict` outputs: scoring <id>.pred.png",
                 pred_dir.display()
             );
             PREDICT_SUFFIX.to_string()
         }
-        (".png", (true, true)) => {
+        (None, (true, true)) => {
             return Err(DataError::Config {
                 key: pred_dir.display().to_string(),
                 msg: "the directory holds both `segsweep predict` outputs (<id>.pred.png) and other <id>.png files; pass --pred-suffix .pred.png or --pred-suffix .png to say which to score".into(),
             })
         }
-        _ => opts.pred_suffix.clone(),
+        (None, _) => ".png".to_string(),
     };
     let (mut scoring, pairs, without) = pairs(gt, pred_dir, &pred_suffix)?;
     if let Some(path) = &opts.classes {
@@ -334,8 +326,16 @@ fn pairs(
             let classes = ClassNames::from_file(classes)?;
             let mut files = Vec::new();
             walk(pred_dir, &mut files)?;
+            // With `.png`, predict's own outputs beside plain predictions are not predictions.
+            let predict_output = |f: &PathBuf| {
+                pred_suffix == ".png"
+                    && f.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(PREDICT_SUFFIX) || n.ends_with(".overlay.png"))
+            };
             let mut pairs: Vec<Pair> = files
                 .iter()
+                .filter(|f| !predict_output(f))
                 .filter_map(|f| rel_id(pred_dir, f, pred_suffix).map(|id| (id, f)))
                 .map(|(id, f)| Pair {
                     gt: gt_dir.join(format!("{id}{label_suffix}")),

@@ -81,6 +81,18 @@ pub fn kernels_for(dev: &Device) -> &'static str {
     }
 }
 
+/// [`kernels_for`] by a device's name as a spec writes it (`cpu`, `cuda:N`), without creating
+/// the device.
+pub fn kernels_for_name(device: &str) -> &'static str {
+    if device == "cpu" {
+        "cpu"
+    } else if device.starts_with("cuda") && env_choice() {
+        "fused"
+    } else {
+        "candle"
+    }
+}
+
 /// Whether callers should use these ops for a tensor of `elems` elements on `dev`: on CUDA when
 /// [`ENV`] is `fused` (read once per process), and only below 2^31 elements (the kernels index
 /// in 32 bits); everywhere inside [`forced`].

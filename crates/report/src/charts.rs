@@ -162,6 +162,13 @@ pub fn draw_charts(
     })?;
     let mut out = ChartFiles::default();
     if records.is_empty() {
+        // Nothing to show: charts of an earlier drawing would show what is no longer there.
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "png" || x == "svg") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         return Ok(out);
     }
     let note = caveat(records);

@@ -396,3 +396,14 @@ fn a_redraw_removes_parameter_charts_of_keys_no_longer_swept() {
     assert!(!param.exists(), "a stale parameter chart survived");
     assert!(dir.path().join("charts/overall.png").is_file());
 }
+
+/// Drawing no records leaves no chart of an earlier drawing behind.
+#[test]
+fn drawing_no_records_removes_earlier_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = draw_charts(dir.path(), &records(), None).unwrap();
+    assert!(!before.paths.is_empty());
+    let after = draw_charts(dir.path(), &[], None).unwrap();
+    assert!(after.paths.is_empty());
+    assert!(before.paths.iter().all(|p| !p.exists()));
+}

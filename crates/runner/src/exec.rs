@@ -183,12 +183,15 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         .iter()
         .map(|g| preflight(exp, opts, g, &mut models))
         .collect::<Result<Vec<_>>>()?;
+    // Ctrl-C during preflight or the trials: stop before the run directory exists.
     for (group, input) in groups.iter().zip(&inputs) {
-        trial(exp, opts, group, input)?;
-        // Ctrl-C during the trials: stop before the run directory exists.
         if opts.cancel.load(Ordering::SeqCst) {
             return Err(RunnerError::Interrupted);
         }
+        trial(exp, opts, group, input)?;
+    }
+    if opts.cancel.load(Ordering::SeqCst) {
+        return Err(RunnerError::Interrupted);
     }
     prepare_run_dir(exp, &dir)?;
     let mut reused_from: Vec<PathBuf> = Vec::new();
@@ -328,28 +331,27 @@ fn reusable_records(
         else {
             continue;
         };
-        let Ok(device) = device_of(&c.model) else {
-            continue;
-        };
-        let kernels = segsweep_kernels::kernels_for(&device);
-        let key = format!("{:?} {}", c.dataset, c.seed);
-        let Some((ids, class_display)) = datasets
-            .entry(key)
-            .or_insert_with(|| {
-                let ds = open_dataset(&c.dataset, c.seed, &opts.data_dir).ok()?;
-                let names = class_names(&c.dataset, &ds).ok()?.display_names();
-                Some((ds.ids(), names))
-            })
-            .clone()
-        else {
-            continue;
-        };
+        let kernels = segsweep_kernels::kernels_for_name(&c.model.device);
         let dataset_name = dataset_display_name(c);
         for counts in &counts_dirs {
             let path = counts.join(format!("{}.json", c.hash));
             if !path.is_file() {
                 continue;
             }
+            // The dataset is opened (quietly: preflight reports its warnings) only for a
+            // configuration that has a candidate, once per dataset section and seed.
+            let key = format!("{:?} {}", c.dataset, c.seed);
+            let Some((ids, class_display)) = datasets
+                .entry(key)
+                .or_insert_with(|| {
+                    let ds = open_dataset_quiet(&c.dataset, c.seed, &opts.data_dir).ok()?;
+                    let names = class_names(&c.dataset, &ds).ok()?.display_names();
+                    Some((ds.ids(), names))
+                })
+                .clone()
+            else {
+                break;
+            };
             let why_not = match segsweep_report::load_record(&path) {
                 Ok(mut r) => {
                     let why = if r.model_file_hash != current {
@@ -444,6 +446,10 @@ fn check_finished_weights(exp: &Experiment, dir: &Path) -> Result<()> {
         })?;
         // Only these fields; a damaged record is reported with every check by `finalize`.
         let value = serde_json::from_str::<serde_json::Value>(&text).ok();
+        // A record that scored no image is no result: it is computed again, not resumed.
+        if value.as_ref().and_then(|v| v.get("images")?.as_u64()) == Some(0) {
+            continue;
+        }
         let field = |k: &str| value.as_ref()?.get(k)?.as_str().map(str::to_string);
         if let Some(rev) = field("git_rev").filter(|r| *r != this_rev && r != "unknown") {
             other_revs.insert(rev);
@@ -598,6 +604,15 @@ pub fn load_clip(m: &ModelSection) -> Result<ClipModel> {
 
 /// Open the dataset of a configuration, with its subset applied.
 pub fn open_dataset(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<Dataset> {
+    let ds = open_dataset_quiet(d, seed, data_dir)?;
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(ds)
+}
+
+/// [`open_dataset`] without logging the listing's warnings.
+fn open_dataset_quiet(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<Dataset> {
     let ds = match d.name.as_str() {
         "synthetic" => Dataset::synthetic(d.synthetic_images, seed),
         "custom" => {
@@ -613,9 +628,6 @@ pub fn open_dataset(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<Da
             Dataset::registered(name, &root)?
         }
     };
-    for w in &ds.warnings {
-        tracing::warn!("{w}");
-    }
     let subset = match (d.num_samples, d.subset.as_str()) {
         (None, _) => Subset::All,
         (Some(n), "random") => Subset::Random { n, seed },
@@ -936,8 +948,10 @@ fn run_group(
     let ids = ds.ids();
     for job in &jobs {
         if job.partial.counts.images == 0 {
-            // No result: no record (it would be "finished" for ever), no checkpoint.
+            // No result: no record (it would be "finished" for ever; one an older segsweep
+            // wrote goes too), no checkpoint.
             let _ = std::fs::remove_file(partial_path(dir, &job.config.hash));
+            let _ = std::fs::remove_file(record_path(dir, &job.config.hash));
             tally.empty.push((
                 format!("{} ({})", job.config.hash, job.config.label()),
                 job.partial.skipped,

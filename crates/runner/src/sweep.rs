@@ -998,10 +998,14 @@ fn check_model(m: &ModelSection, file: &str) -> Result<()> {
             Some("use \"f32\", \"f16\" or \"bf16\"".into()),
         ));
     }
+    // One spelling per device (`cuda:1`, not `cuda:01` or `cuda:+1`): records and hashes
+    // compare device names as text.
     let ok = m.device == "cpu"
-        || m.device
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
+        || m.device.strip_prefix("cuda:").is_some_and(|n| {
+            !n.is_empty()
+                && n.chars().all(|c| c.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0'))
+        });
     if !ok {
         return Err(RunnerError::spec(
             file,

@@ -450,12 +450,24 @@ fn an_extended_sweep_reuses_finished_configurations_of_earlier_runs() {
             std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
         }
     };
+    // One refusal reason per record of the first run: other weights, damaged (a metric that
+    // disagrees with its counts), other kernels, other samples, another class list, no image.
     damage(&first.records[0].config_hash, &|v| {
         v["model_file_hash"] = "other-weights".into()
     });
     damage(&first.records[1].config_hash, &|v| {
         v["metrics"]["miou_pct"] = 99.0.into()
     });
+    damage(&first.records[2].config_hash, &|v| {
+        v["kernels"] = "fused".into()
+    });
+    damage(&first.records[3].config_hash, &|v| {
+        v["sample_ids"][0] = "elsewhere".into()
+    });
+    damage(&first.records[4].config_hash, &|v| {
+        v["class_names"][1] = "bus".into()
+    });
+    damage(&first.records[5].config_hash, &|v| v["images"] = 0.into());
     let third = run(
         &extended,
         &RunOptions {
@@ -465,7 +477,11 @@ fn an_extended_sweep_reuses_finished_configurations_of_earlier_runs() {
     )
     .unwrap();
     assert_eq!(third.run_dir, third_dir);
-    assert_eq!((third.ran, third.reused), (2, 6), "2 refused, 6 reused");
+    assert_eq!(
+        (third.ran, third.reused),
+        (6, 2),
+        "the 6 damaged are computed, the 2 intact reused"
+    );
     let fresh = run(
         &extended,
         &RunOptions {
@@ -504,6 +520,64 @@ fn a_reused_record_takes_the_current_spec_s_labels() {
     assert_eq!(reused.label(), "correlation_temperature=0.05");
     assert_eq!(reused.counts, plain.records[0].counts);
     assert_eq!(reused.run_id, plain.records[0].run_id, "provenance kept");
+    // From another experiment, the run id says which.
+    let text = format!(
+        "[experiment]\nname = \"other\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\nsynthetic_images = 1\n[[pipeline]]\nplugin = \"cliptrase\"\n",
+        tmp.path().display()
+    );
+    let other = expand(load_text(Path::new("other.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let third = run(&other, &RunOptions::default()).unwrap();
+    assert_eq!(third.reused, 1);
+    assert_eq!(
+        third.records[0].run_id,
+        format!("lab/{}", plain.records[0].run_id)
+    );
+}
+
+/// An interrupted run's checkpoint of a configuration that another run has since finished is
+/// replaced by that record when the interrupted run resumes.
+#[test]
+fn reuse_replaces_an_obsolete_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let a = RunOptions {
+        run_id: Some("a".into()),
+        stop_after_images: Some(1),
+        ..RunOptions::default()
+    };
+    assert!(run(&exp, &a).is_err(), "stopped after one image");
+    let partials = |d: &Path| {
+        std::fs::read_dir(d.join("counts"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .ends_with(".partial.json")
+            })
+            .count()
+    };
+    let dir_a = tmp.path().join("t/a");
+    assert!(partials(&dir_a) > 0);
+    run(
+        &exp,
+        &RunOptions {
+            run_id: Some("b".into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    let resumed = run(
+        &exp,
+        &RunOptions {
+            run_id: Some("a".into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((resumed.ran, resumed.reused), (0, 6));
+    assert_eq!(partials(&dir_a), 0, "obsolete checkpoints were left");
 }
 
 /// A run directory reused with `--run-id` for another spec shows only that spec's
