@@ -358,3 +358,21 @@ fn an_unquoted_dotted_sweep_key_gets_the_quoting_hint() {
         "{e}"
     );
 }
+
+/// A device has one spelling (records and hashes compare names as text).
+#[test]
+fn device_names_have_one_spelling() {
+    for bad in ["cuda:01", "cuda:+1", "cuda:", "cuda"] {
+        let e = error(SPEC, &[&format!("model.device=\"{bad}\"")]);
+        assert!(
+            e.contains("model.device") && e.contains("cuda:0"),
+            "{bad}: {e}"
+        );
+    }
+    let ok = |d: &str| {
+        let sets = vec![parse_set(&format!("model.device=\"{d}\"")).unwrap()];
+        let spec = load_text(Path::new("checks.toml"), SPEC.to_string(), &sets).unwrap();
+        expand(spec, &sets).is_ok()
+    };
+    assert!(ok("cuda:0") && ok("cuda:10") && ok("cpu"));
+}
