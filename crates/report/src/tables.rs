@@ -112,46 +112,65 @@ fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
     w.into_inner().map_err(|e| csv_err(SUMMARY_CSV, e))
 }
 
-#[derive(serde::Serialize)]
-struct PerClassRow<'a> {
-    run_id: &'a str,
-    config_hash: &'a str,
-    variant: &'a str,
-    class_id: usize,
-    class_name: &'a str,
-    iou_pct: String,
-    acc_pct: String,
-    intersect_px: u64,
-    union_px: u64,
-    pred_px: u64,
-    label_px: u64,
-    /// As in `summary.csv`: `real`, `random-fixture`, `synthetic` (or `external` for eval).
-    weights: &'a str,
-    /// As in `summary.csv`: `real` or `synthetic`.
-    data_kind: &'a str,
-}
-
+/// `per_class.csv`: one row per configuration and class. The swept parameters come last, one
+/// column each (as in `summary.csv`, strings without their TOML quotes), so a per-class table
+/// can be pivoted by parameter without a join; the columns before them keep their places.
 fn per_class_bytes(records: &[Record]) -> Result<Vec<u8>> {
+    let cols = swept_columns(records);
     let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "run_id",
+        "config_hash",
+        "variant",
+        "class_id",
+        "class_name",
+        "iou_pct",
+        "acc_pct",
+        "intersect_px",
+        "union_px",
+        "pred_px",
+        "label_px",
+        // As in summary.csv: real, random-fixture, synthetic (external, mixed for eval).
+        "weights",
+        // As in summary.csv: benchmark, custom or synthetic.
+        "data_kind",
+    ]
+    .map(String::from)
+    .to_vec();
+    header.extend(cols.iter().cloned());
+    w.write_record(&header)
+        .map_err(|e| csv_err(PER_CLASS_CSV, e))?;
     for r in records {
-        for (c, name) in r.class_names.iter().enumerate() {
-            let get = |v: &Vec<u64>| v.get(c).copied().unwrap_or(0);
-            w.serialize(PerClassRow {
-                run_id: &r.run_id,
-                config_hash: &r.config_hash,
-                variant: &r.variant,
-                class_id: c,
-                class_name: name,
-                iou_pct: fmt_opt(r.metrics.per_class_iou_pct.get(c).copied().flatten()),
-                acc_pct: fmt_opt(r.metrics.per_class_acc_pct.get(c).copied().flatten()),
-                intersect_px: get(&r.counts.intersect),
-                union_px: get(&r.counts.union),
-                pred_px: get(&r.counts.pred),
-                label_px: get(&r.counts.label),
-                weights: &r.weights,
-                data_kind: &r.data_kind,
+        let swept: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                r.swept
+                    .iter()
+                    .find(|s| &s.path == c)
+                    .map(|s| s.display())
+                    .unwrap_or_default()
             })
-            .map_err(|e| csv_err(PER_CLASS_CSV, e))?;
+            .collect();
+        for (c, name) in r.class_names.iter().enumerate() {
+            let get = |v: &Vec<u64>| v.get(c).copied().unwrap_or(0).to_string();
+            let mut row = vec![
+                r.run_id.clone(),
+                r.config_hash.clone(),
+                r.variant.clone(),
+                c.to_string(),
+                name.clone(),
+                fmt_opt(r.metrics.per_class_iou_pct.get(c).copied().flatten()),
+                fmt_opt(r.metrics.per_class_acc_pct.get(c).copied().flatten()),
+                get(&r.counts.intersect),
+                get(&r.counts.union),
+                get(&r.counts.pred),
+                get(&r.counts.label),
+                r.weights.clone(),
+                r.data_kind.clone(),
+            ];
+            row.extend(swept.iter().cloned());
+            w.write_record(&row)
+                .map_err(|e| csv_err(PER_CLASS_CSV, e))?;
         }
     }
     w.into_inner().map_err(|e| csv_err(PER_CLASS_CSV, e))

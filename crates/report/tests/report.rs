@@ -261,12 +261,16 @@ fn per_class_rows_carry_the_weights_and_data_labels() {
     write_tables(dir.path(), &records()).unwrap();
     let mut rd = csv::Reader::from_path(dir.path().join(PER_CLASS_CSV)).unwrap();
     let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
-    assert_eq!(&header[header.len() - 2..], ["weights", "data_kind"]);
+    // `weights` and `data_kind` follow the counts; the swept parameters come last.
+    assert_eq!(
+        &header[11..],
+        ["weights", "data_kind", "cliptrase.correlation_temperature"]
+    );
     let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 4 * 3);
     assert!(rows
         .iter()
-        .all(|r| &r[header.len() - 2] == "synthetic" && &r[header.len() - 1] == "synthetic"));
+        .all(|r| &r[11] == "synthetic" && &r[12] == "synthetic" && !r[13].is_empty()));
 }
 
 #[test]
@@ -323,6 +327,23 @@ fn swept_strings_lose_their_quotes_and_same_named_parameters_keep_their_paths() 
     let row = rd.records().next().unwrap().unwrap();
     let col = h.iter().position(|c| c == "inference.mode").unwrap();
     assert_eq!(&row[col], "whole");
+    // per_class.csv carries the swept values too, after its own columns.
+    let mut rd = csv::Reader::from_path(dir.path().join("per_class.csv")).unwrap();
+    let h = rd.headers().unwrap().clone();
+    assert_eq!(
+        h.iter().collect::<Vec<_>>()[11..],
+        [
+            "weights",
+            "data_kind",
+            "a.alpha",
+            "b.alpha",
+            "inference.mode"
+        ]
+    );
+    for row in rd.records() {
+        let row = row.unwrap();
+        assert_eq!((&row[13], &row[15]), ("0.1", "whole"));
+    }
 }
 
 /// Keys of one zip move together: a parameter chart does not split its series by its zip
