@@ -24,7 +24,13 @@ pub enum DataCommand {
     },
     /// Count images and labels, list missing pairs, the label-id histogram and bad ids.
     Check {
-        name: String,
+        /// A registered dataset name; or --spec.
+        #[arg(required_unless_present = "spec", conflicts_with = "spec")]
+        name: Option<String>,
+        /// Check the dataset an experiment spec sweeps (its first configuration's `[dataset]`,
+        /// a `[dataset.custom]` one included, with its subset) instead of a registered name.
+        #[arg(long, conflicts_with = "root")]
+        spec: Option<PathBuf>,
         /// Dataset root (default: data/<mmseg layout root>).
         #[arg(long)]
         root: Option<PathBuf>,
@@ -58,17 +64,33 @@ pub fn data(cmd: DataCommand) -> Result<()> {
             name,
             root,
             data_dir,
+            spec,
         } => {
-            let spec = dataset_spec(&name)?;
-            let root = root.unwrap_or_else(|| spec.root_under(&data_dir));
-            let bar = ProgressBar::new(format!("check {name}"));
-            let report = segsweep_data::check(&name, &root, &|d, t| bar.report(d, t))?;
+            let (label, report) = match (name, spec) {
+                (_, Some(spec_path)) => {
+                    let exp = segsweep_runner::load(&spec_path, &[])
+                        .and_then(|s| segsweep_runner::expand(s, &[]))?;
+                    let c = &exp.configs[0];
+                    let ds = segsweep_runner::open_dataset(&c.dataset, c.seed, &data_dir)?;
+                    let bar = ProgressBar::new(format!("check {}", ds.info.name));
+                    let report = segsweep_data::check_dataset(&ds, &|d, t| bar.report(d, t))?;
+                    (
+                        format!("{} of {}", ds.info.name, spec_path.display()),
+                        report,
+                    )
+                }
+                (Some(name), None) => {
+                    let spec = dataset_spec(&name)?;
+                    let root = root.unwrap_or_else(|| spec.root_under(&data_dir));
+                    let bar = ProgressBar::new(format!("check {name}"));
+                    let report = segsweep_data::check(&name, &root, &|d, t| bar.report(d, t))?;
+                    (format!("{name} at {}", root.display()), report)
+                }
+                (None, None) => bail!("give a dataset name or --spec SPEC"),
+            };
             print!("{report}");
             if !report.is_ok() {
-                bail!(
-                    "dataset {name} at {} has problems (listed above)",
-                    root.display()
-                );
+                bail!("dataset {label} has problems (listed above)");
             }
         }
         DataCommand::List => {

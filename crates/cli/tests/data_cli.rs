@@ -576,3 +576,23 @@ fn data_list_includes_the_synthetic_dataset() {
         assert!(stdout.contains(name), "{name}: {stdout}");
     }
 }
+
+/// `data check --spec SPEC` checks the dataset a spec sweeps, a custom one included (before,
+/// custom datasets could not be checked at all).
+#[test]
+fn data_check_takes_a_spec_s_custom_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    segsweep_data::write_synthetic(&tmp.path().join("shapes"), 3, 0).unwrap();
+    let spec = "[experiment]\nname = \"c\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"custom\"\n[dataset.custom]\nname = \"shapes\"\nroot = \"shapes\"\nimg_suffix = \".png\"\nclasses = \"classes.txt\"\n";
+    std::fs::write(tmp.path().join("c.toml"), spec).unwrap();
+    let (stdout, _) = ok(&run(&["data", "check", "--spec", "c.toml"], tmp.path()));
+    assert!(stdout.contains("OK"), "{stdout}");
+    std::fs::remove_file(tmp.path().join("shapes/labels/synth_0002.png")).unwrap();
+    let out = run(&["data", "check", "--spec", "c.toml"], tmp.path());
+    let err = fails(&out);
+    assert!(err.contains("shapes of c.toml"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("synth_0002.png"),
+        "the report names the missing label"
+    );
+}

@@ -47,7 +47,7 @@ pub enum DataError {
     },
 
     /// No dataset is registered under this name.
-    #[error("unknown dataset `{name}`; registered datasets: {} (hint: `synthetic` is generated and `custom` is declared by a spec's [dataset.custom]; neither has files to prepare or check — run `segsweep validate SPEC` / `sweep SPEC` on such a spec)", .known.join(", "))]
+    #[error("unknown dataset `{name}`; registered datasets: {} (hint: `synthetic` is generated and `custom` is declared by a spec's [dataset.custom]; neither has files to prepare; check a custom one with `segsweep data check --spec SPEC`)", .known.join(", "))]
     UnknownDataset { name: String, known: Vec<String> },
 
     /// A label map does not have the size of its image (or of the prediction).
