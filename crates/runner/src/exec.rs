@@ -497,6 +497,22 @@ fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| unwritable(&dir.join(sub), e))?;
     }
     let spec_copy = dir.join("spec.toml");
+    // Another spec run into this directory (a reused --run-id): the earlier one is kept as
+    // spec.N.toml, so the records it produced can still be read against it.
+    if let Ok(old) = std::fs::read_to_string(&spec_copy) {
+        if old != exp.spec.text {
+            let kept = (1..)
+                .map(|n| dir.join(format!("spec.{n}.toml")))
+                .find(|p| !p.exists())
+                .unwrap_or_else(|| dir.join("spec.old.toml"));
+            std::fs::rename(&spec_copy, &kept).map_err(|e| unwritable(&kept, e))?;
+            tracing::info!(
+                "{} held another spec; kept as {}",
+                spec_copy.display(),
+                kept.display()
+            );
+        }
+    }
     write_atomic(&spec_copy, exp.spec.text.as_bytes()).map_err(|e| match e {
         // The report error names the same path: keep only its cause.
         segsweep_report::ReportError::Io { cause, .. } => unwritable(&spec_copy, cause),

@@ -612,4 +612,9 @@ fn tables_of_a_reused_run_id_hold_only_the_current_spec_s_configurations() {
         .unwrap()
         .count();
     assert_eq!(on_disk, first.records.len() + 4, "old records stay on disk");
+    // The earlier spec is kept beside the current one.
+    let kept = std::fs::read_to_string(second.run_dir.join("spec.1.toml")).unwrap();
+    assert!(kept.contains("steps = 1"), "{kept}");
+    let current = std::fs::read_to_string(second.run_dir.join("spec.toml")).unwrap();
+    assert!(current.contains("steps = 2"), "{current}");
 }
