@@ -338,40 +338,29 @@ fn predict_spec_runs_the_configuration_validate_lists() {
     )
     .0;
     assert_eq!(second, by_flags);
-    let err = fails(&run(
-        &[
-            "predict",
-            "--classes",
-            "c.txt",
-            "photo.png",
-            "--out",
-            "e",
-            "--spec",
-            demo,
-            "--config",
-            "+cliptrase",
-        ],
-        tmp.path(),
-    ));
+    let bad_config = |selector: &str| {
+        fails(&run(
+            &[
+                "predict",
+                "--classes",
+                "c.txt",
+                "photo.png",
+                "--out",
+                "e",
+                "--spec",
+                demo,
+                "--config",
+                selector,
+            ],
+            tmp.path(),
+        ))
+    };
+    let err = bad_config("+cliptrase");
     assert!(
         err.contains("2 configurations") && err.contains("#2 77194b6014d9"),
         "{err}"
     );
-    let err = fails(&run(
-        &[
-            "predict",
-            "--classes",
-            "c.txt",
-            "photo.png",
-            "--out",
-            "e",
-            "--spec",
-            demo,
-            "--config",
-            "9",
-        ],
-        tmp.path(),
-    ));
+    let err = bad_config("9");
     assert!(
         err.contains("#5 d82c8a49a129") && err.contains("validate"),
         "{err}"

@@ -393,12 +393,7 @@ fn reusable_records(
             tracing::info!("not reusing {}: {why_not}", path.display());
         }
     }
-    if !other_revs.is_empty() && this_rev != "unknown" {
-        tracing::warn!(
-            "reused records were computed by segsweep at git revision {} (this build: {this_rev}); if a change since then alters what a plugin computes, bump that plugin's `version` or pass --no-reuse",
-            other_revs.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
+    warn_other_revisions("reused records", &this_rev, other_revs, "pass --no-reuse");
     found
 }
 
@@ -408,6 +403,23 @@ fn dataset_display_name(c: &Config) -> String {
     match (&c.dataset.custom, c.dataset.name.as_str()) {
         (Some(custom), "custom") => custom.name.clone(),
         _ => c.dataset.name.clone(),
+    }
+}
+
+/// Warn that `what` (records being kept or reused) came from other git revisions of segsweep
+/// than `this_rev`: the hash covers parameters and plugin versions, not code. Silent when
+/// either side's revision is unknown (built outside a checkout).
+fn warn_other_revisions(
+    what: &str,
+    this_rev: &str,
+    revs: std::collections::BTreeSet<String>,
+    instead: &str,
+) {
+    if !revs.is_empty() && this_rev != "unknown" {
+        tracing::warn!(
+            "{what} were computed by segsweep at git revision {} (this build: {this_rev}); they are kept, not recomputed. If a change since then alters what a plugin computes, bump that plugin's `version` (it is part of the hash) or {instead}",
+            revs.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
 }
 
@@ -475,13 +487,12 @@ fn check_finished_weights(exp: &Experiment, dir: &Path) -> Result<()> {
     }
     // The hash covers parameters and plugin versions, not code: say when another build wrote
     // the results being kept.
-    if !other_revs.is_empty() && this_rev != "unknown" {
-        tracing::warn!(
-            "finished configurations in {} were computed by segsweep at git revision {} (this build: {this_rev}); they are kept, not recomputed. If a change since then alters what a plugin computes, bump that plugin's `version` (it is part of the hash) or pass --run-id NEW",
-            dir.display(),
-            other_revs.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
+    warn_other_revisions(
+        &format!("finished configurations in {}", dir.display()),
+        &this_rev,
+        other_revs,
+        "pass --run-id NEW --no-reuse",
+    );
     Ok(())
 }
 
