@@ -198,22 +198,7 @@ fn predict_refuses_missing_inputs_and_directories_before_any_work() {
     image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
         .save(tmp.path().join("ok.png"))
         .unwrap();
-    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
-    let err = fails(&run(
-        &[
-            "predict",
-            "--model",
-            "builtin:tiny-random",
-            "--classes",
-            "c.txt",
-            "ok.png",
-            "gone.jpg",
-            "photos",
-            "--out",
-            "pred",
-        ],
-        tmp.path(),
-    ));
+    let err = predict_fails_writing_nothing(tmp.path(), &["ok.png", "gone.jpg", "photos"]);
     assert!(
         err.contains("2 input image(s)")
             && err.contains("gone.jpg (not found)")
@@ -225,7 +210,25 @@ fn predict_refuses_missing_inputs_and_directories_before_any_work() {
         !err.contains("synthetic weights"),
         "the model must not load first: {err}"
     );
-    assert!(!tmp.path().join("pred").exists(), "nothing may be written");
+}
+
+/// Stderr of `predict` (tiny random CLIP, 2 classes) on `inputs` in `dir`, which must fail
+/// without creating its output directory.
+#[track_caller]
+fn predict_fails_writing_nothing(dir: &Path, inputs: &[&str]) -> String {
+    std::fs::write(dir.join("c.txt"), "background\nperson\n").unwrap();
+    let mut args = vec![
+        "predict",
+        "--model",
+        "builtin:tiny-random",
+        "--classes",
+        "c.txt",
+    ];
+    args.extend(inputs);
+    args.extend(["--out", "pred"]);
+    let err = fails(&run(&args, dir));
+    assert!(!dir.join("pred").exists(), "nothing may be written");
+    err
 }
 
 /// Quality review C21: an explicit `--model openai/clip-vit-base-patch16` (the old default
@@ -380,22 +383,7 @@ fn predict_checks_every_input_decodes_and_fits_before_writing() {
         .save(tmp.path().join("thin.png"))
         .unwrap();
     std::fs::write(tmp.path().join("text.png"), "not an image").unwrap();
-    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
-    let err = fails(&run(
-        &[
-            "predict",
-            "--model",
-            "builtin:tiny-random",
-            "--classes",
-            "c.txt",
-            "ok.png",
-            "thin.png",
-            "text.png",
-            "--out",
-            "pred",
-        ],
-        tmp.path(),
-    ));
+    let err = predict_fails_writing_nothing(tmp.path(), &["ok.png", "thin.png", "text.png"]);
     assert!(
         err.contains("2 input image(s)")
             && err.contains("thin.png: inference setting `short_side`")
@@ -403,7 +391,6 @@ fn predict_checks_every_input_decodes_and_fits_before_writing() {
             && err.contains("nothing was written"),
         "{err}"
     );
-    assert!(!tmp.path().join("pred").exists(), "nothing may be written");
 }
 
 /// `eval` reads `predict`'s output directory as it is (`<stem>.pred.png`, overlays ignored),

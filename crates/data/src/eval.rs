@@ -245,10 +245,15 @@ fn predict_outputs(dir: &Path) -> Result<(bool, bool)> {
         .filter(|n| !n.starts_with('.'))
         .collect();
     let pred = names.iter().any(|n| n.ends_with(PREDICT_SUFFIX));
-    let other = names.iter().any(|n| {
-        n.ends_with(".png") && !n.ends_with(PREDICT_SUFFIX) && !n.ends_with(".overlay.png")
-    });
+    let other = names
+        .iter()
+        .any(|n| n.ends_with(".png") && !is_predict_output(n));
     Ok((pred, other))
+}
+
+/// Whether a file name is one of `predict`'s PNG outputs (`.pred.png`, `.overlay.png`).
+fn is_predict_output(name: &str) -> bool {
+    name.ends_with(PREDICT_SUFFIX) || name.ends_with(".overlay.png")
 }
 
 fn score_pair(s: &Scoring, p: &Pair) -> Result<(LabelMap, LabelMap)> {
@@ -331,7 +336,7 @@ fn pairs(
                 pred_suffix == ".png"
                     && f.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with(PREDICT_SUFFIX) || n.ends_with(".overlay.png"))
+                        .is_some_and(is_predict_output)
             };
             let mut pairs: Vec<Pair> = files
                 .iter()
