@@ -143,7 +143,7 @@ peak_mem() {
 }
 for dt in f32 f16; do
     step "   segsweep $dt"
-    peak_mem "rust-$dt" "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device "$DEVICE" \
+    peak_mem "rust-$dt" env SEGSWEEP_CUDA_KERNELS=candle "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device "$DEVICE" \
         --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" \
         || tail -5 "$OUT/rust-$dt.log"
     step "   segsweep $dt, fused kernels"
@@ -172,6 +172,8 @@ step "4b. one ViT-B/16 block op by op (candle's composed ops, then the fused one
 for dt in f16 f32; do
     timeout 120 "$BIN/block_profile" 64 "$DEVICE" $dt >"$OUT/block-$dt.txt" 2>&1 || tail -3 "$OUT/block-$dt.txt"
 done
+# and at batch 8 (one VOC-sized image's crops), where launches weigh more
+timeout 60 "$BIN/block_profile" 8 "$DEVICE" f16 >"$OUT/block-f16-b8.txt" 2>&1 || tail -3 "$OUT/block-f16-b8.txt"
 
 step "5. table"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
@@ -204,6 +206,10 @@ for dt, kernels in (("f32", ""), ("f16", ""), ("f32", "fused-"), ("f16", "fused-
     print(f"| {dt} | best vs batched PyTorch | {ms(best_r or None)} | {ms(best_t or None)} | {ratio(best_r, t.get('s_per_image_batched'))} |")
     if r:
         print(f"| {dt} | one image: prepare / finish | {ms(r.get('prepare_s'))} / {ms(r.get('finish_s'))} | | |")
+        print(f"| {dt} | batch 8 split: stage (CPU resize, normalise, upload) / prefix / dense logits / post | "
+              f"{ms(r.get('split_bs8_stage_s'))} / {ms(r.get('split_bs8_prefix_s'))} / {ms(r.get('split_bs8_dense_s'))} / {ms(r.get('split_bs8_post_s'))} | | |")
+        print(f"| {dt} | prefix alone on crops on the GPU, per 8 crops: batch 8 / batch 64 | "
+              f"{ms(r.get('prefix_on_device_crops_bs8_s'))} / {ms(r.get('prefix_on_device_crops_bs64_s_per_8'))} | | |")
         print(f"| {dt} | prepare only, batches of {r.get('across_batch', '?')} across images | {ms(r.get('prepare_s_per_image_across_images'))} | | |")
         # shared = prepare + 4 dense + 16 post; post_only = prepare + 1 dense + 16 post.
         dense = (r["sweep16_shared_dense_s"] - r["sweep16_post_only_s"]) / 3
@@ -216,4 +222,5 @@ print()
 print("parity vs CPU f32 (segsweep predict):", (out / "parity.json").read_text().strip() if (out / "parity.json").exists() else "missing")
 PY
 cat "$OUT"/block-f16.txt 2>/dev/null
+sed -n '/-- fused/,$p' "$OUT"/block-f16-b8.txt 2>/dev/null
 step "done"

@@ -22,8 +22,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use segsweep_clip::{build_classifier, parse_class_names, ClipModel, IMAGENET_TEMPLATES};
-use segsweep_core::{InferConfig, Needs, RgbImage};
-use segsweep_infer::{dense_logits, finish, postprocess, prepare, prepare_many, segment};
+use segsweep_core::{Backbone, InferConfig, Needs, RgbImage};
+use segsweep_infer::{
+    dense_logits, finish, postprocess, prepare, prepare_many, prepare_staged, segment, stage,
+};
 
 /// A binary PPM (P6, maxval 255) as written by the bench script.
 fn read_ppm(path: &Path) -> Result<RgbImage, Box<dyn Error>> {
@@ -188,6 +190,62 @@ fn main() -> Result<(), Box<dyn Error>> {
         across_s = across_s.min(t.elapsed().as_secs_f64());
     }
 
+    // Where one image's time goes at batch 8 (best of --reps, per image, each part synchronised):
+    // stage (CPU resize + normalise + upload), the prefix (blocks 1..L−1), the dense logits
+    // (last block, head, crop logits, stitch, resize) and the post-processing (softmax over
+    // classes, thresholds, labels, read back to the CPU).
+    let [mut stage_s, mut prefix_s, mut dense_s, mut post_s] = [f64::INFINITY; 4];
+    for _ in 0..args.reps {
+        let mut t = [0.0f64; 4];
+        for im in &images {
+            let c = cfg(8);
+            let (staged, s) = secs(|| -> Result<_, Box<dyn Error>> {
+                let p = stage(&model, im, &c, &Needs::default())?;
+                sync()?;
+                Ok(p)
+            });
+            let (p, s2) = secs(|| -> Result<_, Box<dyn Error>> {
+                let mut p = prepare_staged(&model, vec![staged?], &c)?;
+                sync()?;
+                Ok(p.pop().ok_or("prepare_staged returned no image")?)
+            });
+            let p = p?;
+            let (d, s3) = secs(|| -> Result<_, Box<dyn Error>> {
+                let d = dense_logits(&model, &p, &cls, &c, &[])?;
+                sync()?;
+                Ok(d)
+            });
+            let d = d?;
+            let (r, s4) = secs(|| postprocess(&model, &p, &d, &cls, &c, &[], Some(0)));
+            r?;
+            for (a, b) in t.iter_mut().zip([s, s2, s3, s4]) {
+                *a += b;
+            }
+        }
+        let n = images.len() as f64;
+        stage_s = stage_s.min(t[0] / n);
+        prefix_s = prefix_s.min(t[1] / n);
+        dense_s = dense_s.min(t[2] / n);
+        post_s = post_s.min(t[3] / n);
+    }
+
+    // The prefix alone on crops already on the device (random, 224×224): per 8 crops (one
+    // VOC-sized image), in batches of 8 and of 64.
+    let mut prefix_crops = Vec::new();
+    for b in [8usize, 64] {
+        let crops = Tensor::randn(0f32, 1.0, (b, 3, 224, 224), &device)?.to_dtype(dtype)?;
+        model.prefix(&crops, &Needs::default())?;
+        sync()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..args.reps {
+            let t = Instant::now();
+            drop(model.prefix(&crops, &Needs::default())?);
+            sync()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        prefix_crops.push(best * 8.0 / b as f64);
+    }
+
     // Split of one image's time.
     let (prepared, prepare_s) = secs(|| -> Result<_, Box<dyn Error>> {
         let p = prepare(&model, &images[0], &cfg(8), &Needs::default())?;
@@ -279,6 +337,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         "s_per_image_across_images": across_s / images.len() as f64,
         "prepare_s_per_image_across_images": across_prepare_s / images.len() as f64,
         "prepare_s": prepare_s,
+        "split_bs8_stage_s": stage_s,
+        "split_bs8_prefix_s": prefix_s,
+        "split_bs8_dense_s": dense_s,
+        "split_bs8_post_s": post_s,
+        "prefix_on_device_crops_bs8_s": prefix_crops[0],
+        "prefix_on_device_crops_bs64_s_per_8": prefix_crops[1],
         "finish_s": finish_s,
         "sweep16_finish_each_s": sweep_finish_s,
         "sweep16_shared_dense_s": sweep_shared_s,
