@@ -2,12 +2,16 @@
 //! fixed-point `INTER_LINEAR` on uint8, then per-channel normalisation.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use segsweep_core::RgbImage;
 
 use crate::error::{InferError, Result};
 
 /// OpenCV's `INTER_RESIZE_COEF_BITS`: interpolation weights are 11-bit fixed point.
 const COEF_SCALE: f32 = 2048.0;
+
+/// Output rows per parallel task of the resize and the normalisation.
+const BAND_ROWS: usize = 16;
 
 /// mmcv `rescale_size` with `scale = (long_cap, short)`: the factor
 /// `f = min(max(scale) / long_side, min(scale) / short_side)` and the new size
@@ -90,25 +94,30 @@ fn resize_linear_u8(img: &RgbImage, h: usize, w: usize) -> RgbImage {
             }
         }
     };
+    // Bands of output rows in parallel (each with its own cache of the two source rows):
+    // every output byte is computed exactly as in the serial loop.
     let mut data = vec![0u8; h * w * 3];
-    let mut r0 = vec![0i32; w * 3];
-    let mut r1 = vec![0i32; w * 3];
-    let mut cached = (usize::MAX, usize::MAX);
     let clamp_row = |s: isize| s.clamp(0, img.h as isize - 1) as usize;
-    for (dy, &(sy, b0, b1)) in ys.iter().enumerate() {
-        let (i0, i1) = (clamp_row(sy), clamp_row(sy + 1));
-        if cached != (i0, i1) {
-            hrow(i0, &mut r0);
-            hrow(i1, &mut r1);
-            cached = (i0, i1);
-        }
-        let out = &mut data[dy * w * 3..(dy + 1) * w * 3];
-        for ((o, &s0), &s1) in out.iter_mut().zip(&r0).zip(&r1) {
-            // OpenCV's v_mul_hi on int16 lanes: floor((a · b) / 65536).
-            let v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16);
-            *o = ((v + 2) >> 2).clamp(0, 255) as u8;
-        }
-    }
+    data.par_chunks_mut(BAND_ROWS * w * 3)
+        .zip(ys.par_chunks(BAND_ROWS))
+        .for_each(|(band, ys)| {
+            let mut r0 = vec![0i32; w * 3];
+            let mut r1 = vec![0i32; w * 3];
+            let mut cached = (usize::MAX, usize::MAX);
+            for (out, &(sy, b0, b1)) in band.chunks_mut(w * 3).zip(ys) {
+                let (i0, i1) = (clamp_row(sy), clamp_row(sy + 1));
+                if cached != (i0, i1) {
+                    hrow(i0, &mut r0);
+                    hrow(i1, &mut r1);
+                    cached = (i0, i1);
+                }
+                for ((o, &s0), &s1) in out.iter_mut().zip(&r0).zip(&r1) {
+                    // OpenCV's v_mul_hi on int16 lanes: floor((a · b) / 65536).
+                    let v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16);
+                    *o = ((v + 2) >> 2).clamp(0, 255) as u8;
+                }
+            }
+        });
     RgbImage { h, w, data }
 }
 
@@ -123,15 +132,25 @@ pub fn normalise(img: &RgbImage, mean: [f32; 3], std: [f32; 3], device: &Device)
 pub(crate) fn normalise_vec(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let n = img.h * img.w;
     let mut out = vec![0f32; 3 * n];
-    for c in 0..3 {
-        // Deviation: SCLIP's config writes the 0..255 values rounded to 3 decimals
-        // (122.771, …); we scale CLIP's 0..1 values, a ≤ 1e-6 relative difference in the input.
-        let (m, s) = (mean[c] * 255.0, std[c] * 255.0);
-        let plane = &mut out[c * n..(c + 1) * n];
-        for (p, o) in plane.iter_mut().enumerate() {
-            *o = (img.data[p * 3 + c] as f32 - m) / s;
-        }
-    }
+    // Bands of rows of each channel plane in parallel.
+    let band = (BAND_ROWS * img.w).max(1);
+    out.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(c, plane)| {
+            // Deviation: SCLIP's config writes the 0..255 values rounded to 3 decimals
+            // (122.771, …); we scale CLIP's 0..1 values, a ≤ 1e-6 relative difference in the
+            // input.
+            let (m, s) = (mean[c] * 255.0, std[c] * 255.0);
+            plane
+                .par_chunks_mut(band)
+                .enumerate()
+                .for_each(|(k, part)| {
+                    let src = &img.data[k * band * 3..];
+                    for (p, o) in part.iter_mut().enumerate() {
+                        *o = (src[p * 3 + c] as f32 - m) / s;
+                    }
+                });
+        });
     out
 }
 
