@@ -42,17 +42,41 @@ __device__ __forceinline__ float activate(float v, uint32_t act) {
     return v;
 }
 
+// Rows per unrolled step of the row loops below: UNROLL independent loads in flight per thread
+// (a thread with one 2-byte load in flight at a time leaves an H100's memory mostly idle).
+#define UNROLL 4
+
 // out[r, c] = act(x[r, c] + bias[c]) (+ res[r, c]) for rows × cols.
-// Grid: x over column chunks of blockDim.x, y strides over rows (no per-element division).
+// Grid: x over column chunks of blockDim.x, y strides over rows (no per-element division); the
+// launch caps gridDim.y so that each thread covers many rows, UNROLL at a time.
 template <typename T, bool RES>
-__device__ void bias_act(const T *x, const T *bias, const T *res, T *out, uint32_t rows,
+__device__ void bias_act(const T *__restrict__ x, const T *__restrict__ bias,
+                         const T *__restrict__ res, T *__restrict__ out, uint32_t rows,
                          uint32_t cols, uint32_t act) {
     const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) {
         return;
     }
     const float bc = to_f(bias[c]);
-    for (uint32_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const uint32_t gy = gridDim.y;
+    uint32_t r = blockIdx.y;
+    for (; r + (UNROLL - 1) * gy < rows; r += UNROLL * gy) {
+        float xv[UNROLL], rv[UNROLL];
+#pragma unroll
+        for (uint32_t u = 0; u < UNROLL; ++u) {
+            xv[u] = to_f(x[(r + u * gy) * cols + c]);
+            rv[u] = RES ? to_f(res[(r + u * gy) * cols + c]) : 0.0f;
+        }
+#pragma unroll
+        for (uint32_t u = 0; u < UNROLL; ++u) {
+            float v = activate(xv[u] + bc, act);
+            if (RES) {
+                v += rv[u];
+            }
+            out[(r + u * gy) * cols + c] = from_f<T>(v);
+        }
+    }
+    for (; r < rows; r += gy) {
         const uint32_t i = r * cols + c;
         float v = activate(to_f(x[i]) + bc, act);
         if (RES) {
@@ -63,18 +87,33 @@ __device__ void bias_act(const T *x, const T *bias, const T *res, T *out, uint32
 }
 
 // y: (B, T, 3, H, hd), rows r = b·T + t of 3·H·hd; out: (3, B, H, T, hd), q (s = 0) times
-// q_scale. Grid: x over the 3·H (s, h) pairs, y strides over rows; a block of hd threads copies
-// one contiguous run of hd in and one out.
+// q_scale. Grid: x over the 3·H (s, h) pairs, y strides over rows (capped by the launch, UNROLL
+// rows at a time); a block of hd threads copies one contiguous run of hd in and one out.
 template <typename T>
-__device__ void split_qkv(const T *y, const T *bias, T *out, uint32_t b_n, uint32_t t_n,
-                          uint32_t heads, uint32_t hd, float q_scale) {
+__device__ void split_qkv(const T *__restrict__ y, const T *__restrict__ bias,
+                          T *__restrict__ out, uint32_t b_n, uint32_t t_n, uint32_t heads,
+                          uint32_t hd, float q_scale) {
     const uint32_t sh = blockIdx.x, e = threadIdx.x;
     const uint32_t s = sh / heads, h = sh % heads;
     const uint32_t cols = 3 * heads * hd;
     const uint32_t c = sh * hd + e;
     const float bc = to_f(bias[c]);
     const float scale = s == 0 ? q_scale : 1.0f;
-    for (uint32_t r = blockIdx.y; r < b_n * t_n; r += gridDim.y) {
+    const uint32_t rows = b_n * t_n, gy = gridDim.y;
+    uint32_t r = blockIdx.y;
+    for (; r + (UNROLL - 1) * gy < rows; r += UNROLL * gy) {
+        float v[UNROLL];
+#pragma unroll
+        for (uint32_t u = 0; u < UNROLL; ++u) {
+            v[u] = to_f(y[(r + u * gy) * cols + c]);
+        }
+#pragma unroll
+        for (uint32_t u = 0; u < UNROLL; ++u) {
+            const uint32_t ru = r + u * gy, b = ru / t_n, t = ru % t_n;
+            out[(((s * b_n + b) * heads + h) * t_n + t) * hd + e] = from_f<T>((v[u] + bc) * scale);
+        }
+    }
+    for (; r < rows; r += gy) {
         const uint32_t b = r / t_n, t = r % t_n;
         const float v = (to_f(y[r * cols + c]) + bc) * scale;
         out[(((s * b_n + b) * heads + h) * t_n + t) * hd + e] = from_f<T>(v);
