@@ -340,8 +340,9 @@ impl Block {
     }
 
     /// `softmax(scale · q kᵀ) v` with the heads merged in one kernel ([`fused::attention`])
-    /// where the fused ops are enabled and the shapes fit: `q, k, v: (B, H, T, hd)` →
-    /// `(B, T, H·hd)`; `None` otherwise.
+    /// where the fused ops are enabled and its tensor-core kernel applies (f16/bf16, see
+    /// [`fused::attention_on_tensor_cores`]): `q, k, v: (B, H, T, hd)` → `(B, T, H·hd)`;
+    /// `None` otherwise (f32 included: candle's matmuls and softmax are faster there).
     fn fused_attention(
         &self,
         q: &Tensor,
@@ -350,9 +351,7 @@ impl Block {
         scale: f64,
     ) -> candle_core::Result<Option<Tensor>> {
         let (_, _, t, hd) = q.dims4()?;
-        if t <= fused::ATTENTION_MAX_TOKENS
-            && hd <= fused::ATTENTION_MAX_HEAD_DIM
-            && enabled(q.device(), q.elem_count())
+        if fused::attention_on_tensor_cores(q.dtype(), t, hd) && enabled(q.device(), q.elem_count())
         {
             let qs = if scale == 1.0 {
                 q.clone()

@@ -213,10 +213,6 @@ pub(crate) fn merge_heads(
     })
 }
 
-/// `MMA_MAX_TOKENS` and `MMA_MAX_DIM` of `kernels/fused.cu`.
-const MMA_MAX_TOKENS: usize = 448;
-const MMA_MAX_DIM: usize = 128;
-
 /// Attention on the tensor cores (`attention_mma_{f16,bf16}`: one warp per 16 query rows of a
 /// (batch, head)) where the dtype, head dim and length allow it and q, k and v are 32-byte
 /// aligned (WMMA's requirement: candle's allocations are, views at odd offsets may not be);
@@ -243,10 +239,7 @@ pub(crate) fn attention(
     if bh == 0 || bh > i32::MAX as u32 || t_n.div_ceil(32) > 65_535 {
         bail!("attention: {bh} heads × {t_n} tokens is out of the launch's range");
     }
-    let mma_shape = dt != DType::F32
-        && op.hd.is_multiple_of(16)
-        && op.hd <= MMA_MAX_DIM
-        && op.t <= MMA_MAX_TOKENS;
+    let mma_shape = crate::block::attention_on_tensor_cores(dt, op.t, op.hd);
     let stream = dev.cuda_stream();
     by_dtype!(dt, "attention", |T| {
         let q = view::<T>(s1, l1, "attention q")?;
