@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A short GPU recheck (~2 min; a benchmark, not a test; RANDOM full-size ViT-B/16 weights) after
+# a change to the default CUDA path, for a lease with little time left: the tiny model with the
+# default kernels against the CPU (test binary cuda_fused), `segsweep predict` parity in f32 and
+# f16 against the CPU, and bench_infer against PyTorch in f32 and f16 on the same GPU in the same
+# run. bench/gpu.sh is the full run (every kernel, candle's ops too, bf16, memory, block profile).
+#
+#   here:              just build-gpu-bench
+#   on the GPU machine: OUT=/tmp/q bash bench/gpu-quick.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/segsweep-gpu-quick}
+BIN=${BIN:-/tmp/segsweep-gpu-bin}
+MODEL=${MODEL:-/tmp/clip-b16-random}
+REPS=${REPS:-5}
+CLASSES=crates/data/classnames/voc21.txt
+IMGDIR=$OUT/images
+mkdir -p "$OUT" "$BIN" "$IMGDIR"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONUNBUFFERED=1
+step() { echo "== $(date +%T) $*"; }
+for b in segsweep bench_infer cuda_fused; do
+    python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
+        "bench/out/gpu-bin/$b.xz" "$BIN/$b" && chmod +x "$BIN/$b"
+done
+if ! python3 -c "import open_clip" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+step "machine: $(nvidia-smi --query-gpu=name --format=csv,noheader), binaries of $(cat bench/out/gpu-bin/commit.txt)"
+[ -f "$MODEL/model.safetensors" ] || python3 tests/reference/make_tiny_clip.py --full "$MODEL" >"$OUT/model.log" 2>&1 &
+model=$!
+step "tiny model, default kernels, vs the CPU"
+timeout 60 "$BIN/cuda_fused" --test-threads=1 2>&1 | grep -E "^test |test result"
+wait $model
+python3 bench/photos.py "$IMGDIR" --png
+step "predict parity"
+P="$BIN/segsweep predict --model $MODEL --classes $CLASSES --logit-scale 65 --prob-thd 0.1 --area-thd 0.1"
+$P --device cpu --out "$OUT/pred-cpu" "$IMGDIR/chelsea.png" "$IMGDIR/coffee.png" >"$OUT/pred-cpu.log" 2>&1
+for dt in f32 f16; do
+    timeout 60 $P --device cuda:0 --dtype $dt --out "$OUT/pred-$dt" "$IMGDIR/chelsea.png" "$IMGDIR/coffee.png" \
+        >"$OUT/pred-$dt.log" 2>&1 || tail -3 "$OUT/pred-$dt.log"
+done
+python3 - "$OUT" <<'PY'
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+out = Path(sys.argv[1])
+for dt in ("f32", "f16"):
+    errs, agree, total = [], 0, 0
+    for stem in ("chelsea", "coffee"):
+        c = np.load(out / "pred-cpu" / f"{stem}.probs.npy")
+        g = np.load(out / f"pred-{dt}" / f"{stem}.probs.npy")
+        errs.append(float(np.abs(g - c).max() / np.abs(c).max()))
+        lc = np.asarray(Image.open(out / "pred-cpu" / f"{stem}.pred.png"))
+        lg = np.asarray(Image.open(out / f"pred-{dt}" / f"{stem}.pred.png"))
+        agree, total = agree + int((lc == lg).sum()), total + lc.size
+    print(f"parity {dt} vs cpu: probs max rel err {max(errs):.3g}, labels {agree / total:.5f}")
+PY
+step "speed"
+MANY=()
+for _ in 1 2 3 4; do MANY+=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm"); done
+for dt in f32 f16; do
+    timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device cuda:0 \
+        --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" || tail -3 "$OUT/rust-$dt.log"
+    timeout 90 python3 bench/infer_reference.py --model "$MODEL" --classes "$CLASSES" --reps "$REPS" \
+        --device cuda --dtype $dt "${MANY[@]}" >"$OUT/torch-$dt.json" 2>"$OUT/torch-$dt.log" || tail -3 "$OUT/torch-$dt.log"
+done
+python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for dt in ("f32", "f16"):
+    try:
+        r = json.loads((out / f"rust-{dt}.json").read_text())
+        t = json.loads((out / f"torch-{dt}.json").read_text())
+    except Exception as e:
+        print(dt, "missing:", e)
+        continue
+    ms = lambda v: f"{1000 * v:.2f} ms"
+    best = min(r["s_per_image_bs1"], r["s_per_image_bs8"], r["s_per_image_across_images"])
+    one = r["prepare_s"] + r["finish_s"]
+    print(f"{dt}: segsweep bs1 {ms(r['s_per_image_bs1'])}, bs8 {ms(r['s_per_image_bs8'])}, "
+          f"64 across images {ms(r['s_per_image_across_images'])}; PyTorch bs1 {ms(t['s_per_image_bs1'])}, "
+          f"batched {ms(t['s_per_image_batched'])}; best vs batched PyTorch {t['s_per_image_batched'] / best:.2f}x; "
+          f"split bs8 stage/prefix/dense/post {ms(r['split_bs8_stage_s'])}/{ms(r['split_bs8_prefix_s'])}/"
+          f"{ms(r['split_bs8_dense_s'])}/{ms(r['split_bs8_post_s'])}; "
+          f"16-config sweep / one {r['sweep16_post_only_s'] / one:.2f}x")
+PY
+step "done"
