@@ -151,8 +151,9 @@ pub struct Record {
     /// `real`, `random-fixture` or `synthetic` for a sweep; `external` for `segsweep eval`,
     /// whose predictions come from outside segsweep.
     pub weights: String,
-    /// The kernels that computed it: `cpu`, `candle` (candle's CUDA ops) or `fused`
-    /// (`SEGSWEEP_CUDA_KERNELS=fused`); empty in records written before this field.
+    /// The kernels that computed it: `cpu`, `fused` (segsweep's CUDA kernels, the default on
+    /// CUDA) or `candle` (candle's CUDA ops, `SEGSWEEP_CUDA_KERNELS=candle`); empty in records
+    /// written before this field.
     #[serde(default)]
     pub kernels: String,
 }
