@@ -46,21 +46,14 @@ fn fused_name(base: &str, dt: DType) -> Result<String> {
     Ok(format!("{base}_{}", suffix(dt, base)?))
 }
 
-/// Threads a row-strided launch aims at: about four full waves of an H100 (132 SMs × 2048
-/// threads), so that each thread covers many rows. A launch of one row per block (the first
-/// version) spent more time starting blocks than moving data.
-const TARGET_THREADS: u32 = 1 << 20;
-
-/// A 2-D launch: `blocks_x` blocks of `threads` across, rows strided over the blocks down (the
-/// kernels loop `r += gridDim.y`): about [`TARGET_THREADS`] threads in all, at least one block
-/// down and at most one per row (and 65 535).
+/// A 2-D launch: `blocks_x` blocks of `threads` across, rows strided over
+/// [`crate::rows_down`] blocks down (the kernels loop `r += gridDim.y`).
 fn grid2(blocks_x: u32, threads: u32, rows: u32) -> Result<LaunchConfig> {
     if threads == 0 || threads > 1024 || blocks_x == 0 {
         bail!("fused kernels: {threads} threads × {blocks_x} blocks per row is out of range");
     }
-    let down = (TARGET_THREADS / (blocks_x.saturating_mul(threads))).clamp(1, 65_535);
     Ok(LaunchConfig {
-        grid_dim: (blocks_x, rows.clamp(1, down), 1),
+        grid_dim: (blocks_x, crate::rows_down(blocks_x, threads, rows), 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     })
