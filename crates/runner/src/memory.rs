@@ -460,8 +460,10 @@ fn cache_io(path: &Path, cause: std::io::Error) -> RunnerError {
 }
 
 /// Bump when what a cache entry holds, how its key is formed, or the prefix's arithmetic
-/// changes (3: the linear layers' GEMMs are no longer batched per crop off the f32 CPU path).
-const FEATURE_CACHE_VERSION: u32 = 3;
+/// changes (3: the linear layers' GEMMs are no longer batched per crop off the f32 CPU path;
+/// 4: on CUDA with the fused kernels, attention outside the tensor-core kernel's reach, f32
+/// included, is candle's matmul + softmax + matmul instead of the fused SIMT kernel).
+const FEATURE_CACHE_VERSION: u32 = 4;
 
 /// The persistent feature cache (`[experiment] feature_cache`): each image's backbone prefix
 /// (tokens and whatever the plugins asked it to record) in `<dir>/<key>.safetensors`, named by
