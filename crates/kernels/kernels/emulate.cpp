@@ -246,10 +246,12 @@ static double rel_err(const std::vector<T> &got, const std::vector<double> &want
 }
 
 template <typename T> static void test_all(const char *dtype, double tol) {
-    // bias + activation (+ residual): 300 columns (two blocks of 256, the second partial), 29
-    // rows over a grid of 3 rows (the row loop strides: unrolled steps, then the rest).
+    // bias + activation (+ residual): 300 columns (two blocks of 256, the second partial), 35
+    // rows over a grid of 3 rows (the row loop strides: unrolled steps, then the rest; 35 mod 12
+    // lies in [9, 12), so one thread's last unrolled step ends exactly at the last row and a
+    // `<=` in the loop bound would step past it).
     {
-        const uint32_t rows = 29, cols = 300;
+        const uint32_t rows = 35, cols = 300;
         auto xf = values(rows * cols, 1), bf = values(cols, 2), rf = values(rows * cols, 3);
         auto x = as<T>(xf), b = as<T>(bf), r = as<T>(rf);
         for (uint32_t act = 0; act < 3; ++act)
@@ -275,10 +277,10 @@ template <typename T> static void test_all(const char *dtype, double tol) {
                 check(what, dtype, rel_err(out, want), tol);
             }
     }
-    // q/k/v split: B 2, T 13, 3 heads of 4; 4 grid rows for 26 data rows (unrolled steps,
-    // then the rest).
+    // q/k/v split: B 2, T 15, 3 heads of 4; 4 grid rows for 30 data rows (unrolled steps,
+    // then the rest; 30 mod 16 lies in [12, 16), as above).
     {
-        const uint32_t B = 2, Tn = 13, H = 3, hd = 4, D = H * hd;
+        const uint32_t B = 2, Tn = 15, H = 3, hd = 4, D = H * hd;
         auto y = as<T>(values(B * Tn * 3 * D, 4)), bias = as<T>(values(3 * D, 5));
         std::vector<T> out(y.size(), from_f<T>(-999.0f));
         launch_serial({3 * H, 4}, {hd}, [&] {
