@@ -4,7 +4,7 @@
 # densecrf; full: all of them) on the built-in tiny random CLIP and the tiny LoftUp fixture,
 # run three ways with the same binary, then compared:
 #   cpu        — model.device = "cpu"
-#   cuda       — model.device = "cuda:0" (f32)
+#   cuda       — model.device = "cuda:0" (f32, candle's ops: SEGSWEEP_CUDA_KERNELS=candle)
 #   cuda-spill — the same with memory_budget_mb = 0 and spill = "f32" (prefixes leave the GPU
 #                for a scratch file and come back)
 #   cuda-fused — cuda with segsweep's own kernels (SEGSWEEP_CUDA_KERNELS=fused: block ops,
