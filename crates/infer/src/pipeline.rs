@@ -15,7 +15,7 @@ use crate::device_dense::{
 use crate::error::{InferError, Result};
 use crate::interp::resize_planes;
 use crate::post::{class_probs, threshold_labels};
-use crate::resize::{normalise_vec, resize_short_side};
+use crate::resize::{normalise_on, normalise_vec, resize_short_side};
 use crate::stitch::Canvas;
 use crate::windows::{windows_for, Window};
 
@@ -82,10 +82,12 @@ struct Chunk {
 pub struct Prepared {
     image: RgbImage,
     resized: (usize, usize),
-    /// The resized image normalised, `(3, H, W)` row-major, to cut crops for plugins.
+    /// The resized image normalised, `(3, H, W)` row-major, to cut crops for plugins; empty
+    /// where `norm_dev` holds it.
     norm: Vec<f32>,
-    /// On a GPU, the same `(3, H, W)` f32 on the device, uploaded once: crops for the prefix
-    /// and for every configuration's plugins are cut there instead of copied over each time.
+    /// On a GPU, the same `(3, H, W)` f32 on the device, normalised there from the uploaded
+    /// bytes: crops for the prefix and for every configuration's plugins are cut there instead
+    /// of copied over each time.
     norm_dev: Option<Tensor>,
     windows: Vec<Window>,
     chunks: Vec<Chunk>,
@@ -268,11 +270,8 @@ impl Prepared {
     fn crops(&self, start: usize, len: usize, device: &Device) -> Result<Tensor> {
         let ws = &self.windows[start..start + len];
         let (h, w) = (ws[0].h, ws[0].w);
-        if let Some(t) = self
-            .norm_dev
-            .as_ref()
-            .filter(|t| t.device().same_device(device))
-        {
+        if let Some(t) = &self.norm_dev {
+            let t = t.to_device(device)?;
             let crops = ws
                 .iter()
                 .map(|win| Ok(t.narrow(1, win.y, h)?.narrow(2, win.x, w)?.contiguous()?))
@@ -353,15 +352,13 @@ fn stage_image(
         (img.h, img.w),
         (resized.h, resized.w),
     )?;
-    let norm = normalise_vec(&resized, info.mean, info.std);
     let device = backbone.device();
-    let norm_dev = match dense_on_device(device) {
-        true => Some(Tensor::from_slice(
-            &norm,
-            (3, resized.h, resized.w),
-            device,
-        )?),
-        false => None,
+    let (norm, norm_dev) = match dense_on_device(device) {
+        true => (
+            Vec::new(),
+            Some(normalise_on(&resized, info.mean, info.std, device)?),
+        ),
+        false => (normalise_vec(&resized, info.mean, info.std), None),
     };
     Ok(Prepared {
         image: img.clone(),

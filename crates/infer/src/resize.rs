@@ -128,6 +128,31 @@ pub fn normalise(img: &RgbImage, mean: [f32; 3], std: [f32; 3], device: &Device)
     Ok(Tensor::from_vec(data, (3, img.h, img.w), device)?)
 }
 
+/// [`normalise`] computed on `device` from the image's bytes: `(h, w, 3)` u8 → `(3, h, w)` f32,
+/// bit-identical to [`normalise_vec`] (the same f32 `(x − m) / s` with IEEE subtraction and
+/// division). On a GPU this uploads the bytes, a quarter of the f32 image, and leaves the host
+/// free of the normalisation.
+pub(crate) fn normalise_on(
+    img: &RgbImage,
+    mean: [f32; 3],
+    std: [f32; 3],
+    device: &Device,
+) -> Result<Tensor> {
+    let per_channel = |v: [f32; 3]| -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            v.map(|x| x * 255.0).to_vec(),
+            (3, 1, 1),
+            device,
+        )?)
+    };
+    let x = Tensor::from_slice(&img.data, (img.h, img.w, 3), device)?
+        .to_dtype(candle_core::DType::F32)?
+        .permute((2, 0, 1))?
+        .contiguous()?;
+    Ok(x.broadcast_sub(&per_channel(mean)?)?
+        .broadcast_div(&per_channel(std)?)?)
+}
+
 /// [`normalise`] into a plain `(3, h, w)` row-major vector.
 pub(crate) fn normalise_vec(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let n = img.h * img.w;
@@ -157,6 +182,28 @@ pub(crate) fn normalise_vec(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalising_on_a_device_equals_the_host_to_the_bit() {
+        let (h, w) = (7, 13);
+        let img = RgbImage {
+            h,
+            w,
+            data: (0..h * w * 3).map(|i| (i * 37 % 256) as u8).collect(),
+        };
+        let (mean, std) = (
+            [0.481_454_6, 0.457_827_5, 0.408_210_7],
+            [0.268_629_5, 0.261_302_6, 0.275_777_1],
+        );
+        let host = normalise_vec(&img, mean, std);
+        let dev = normalise_on(&img, mean, std, &Device::Cpu).unwrap();
+        assert_eq!(dev.dims(), [3, h, w]);
+        let dev: Vec<f32> = dev.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(
+            host.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            dev.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn rescale_size_follows_mmcv() {
