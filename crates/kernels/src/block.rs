@@ -4,9 +4,9 @@
 //!
 //! On CUDA candle runs a half-precision block as ~24 kernels, and its elementwise kernels, not
 //! the matmuls, take most of the time (`block_profile` on an H100, one block of 64 crops in f16:
-//! 4.05 ms with candle's ops, of which 0.70 ms are matmuls; 1.70 ms with these ops; README, "GPU
-//! parity and benchmark"). The ops here replace those with one kernel each (`kernels/fused.cu`, compiled to PTX by `build.rs` with
-//! the `cuda` feature).
+//! 4.05 ms with candle's ops, of which 0.70 ms are the linear layers' matmuls; 1.70 ms with
+//! these ops; README, "GPU parity and benchmark"). The ops here replace those with one kernel
+//! each (`kernels/fused.cu`, compiled to PTX by `build.rs` with the `cuda` feature).
 //!
 //! Status and tests: see the crate documentation. Callers (segsweep-clip's block) use these
 //! where [`crate::enabled`] says so.
