@@ -7,6 +7,8 @@ use std::path::Path;
 use segsweep_plugin_cliptrase as _;
 use segsweep_runner::{expand, load_text, run, run_dir, Experiment, RunOptions};
 
+mod common;
+
 const SPEC: &str = r#"
 [experiment]
 name = "ident"
@@ -77,13 +79,7 @@ fn fails_before_any_work(extra: &str, sets: &[(&str, toml::Value)]) -> String {
         data_dir: out.path().join("no-data"),
         ..RunOptions::default()
     };
-    let err = run(&exp, &opts).unwrap_err().to_string();
-    assert!(
-        !run_dir(&exp, &opts).exists(),
-        "a failed start left {}",
-        run_dir(&exp, &opts).display()
-    );
-    err
+    common::run_fails_without_run_dir(&exp, &opts)
 }
 
 #[test]

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use segsweep_core::{register_plugin, DenseCtx, DenseMaps, PluginSpec, Refiner, Result, Stage};
-use segsweep_runner::{expand, load_text, run, run_dir, RunOptions};
+use segsweep_runner::{expand, load_text, RunOptions};
+
+mod common;
 
 /// Registered for the labels stage but implements `dense`.
 struct WrongStage;
@@ -70,13 +72,7 @@ fn fails_before_any_work(plugin: &str) -> String {
     .unwrap();
     assert_eq!(exp.configs.len(), 2);
     let opts = RunOptions::default();
-    let err = run(&exp, &opts).unwrap_err().to_string();
-    assert!(
-        !run_dir(&exp, &opts).exists(),
-        "a failed start left {}",
-        run_dir(&exp, &opts).display()
-    );
-    err
+    common::run_fails_without_run_dir(&exp, &opts)
 }
 
 #[test]
