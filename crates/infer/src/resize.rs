@@ -145,12 +145,14 @@ pub(crate) fn normalise_on(
             device,
         )?)
     };
+    // The two small uploads first: an upload from pageable memory waits for the work queued
+    // before it, which then is none of this image's.
+    let (m, s) = (per_channel(mean)?, per_channel(std)?);
     let x = Tensor::from_slice(&img.data, (img.h, img.w, 3), device)?
         .to_dtype(candle_core::DType::F32)?
         .permute((2, 0, 1))?
         .contiguous()?;
-    Ok(x.broadcast_sub(&per_channel(mean)?)?
-        .broadcast_div(&per_channel(std)?)?)
+    Ok(x.broadcast_sub(&m)?.broadcast_div(&s)?)
 }
 
 /// [`normalise`] into a plain `(3, h, w)` row-major vector.
