@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
+#include <memory>
 #include <type_traits>
 #include <thread>
 #include <vector>
@@ -41,6 +42,7 @@ dim3 blockDim, gridDim;
 #define __shared__ static
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 
 struct __half {
     _Float16 v;
@@ -71,9 +73,13 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 // One warp: 32 lanes exchanging through `buf`, two barrier phases per shuffle.
 struct Warp {
     float buf[32];
+    uint32_t ma[32][4], mb[32][2];  // mma16816's operands, lane by lane
     std::barrier<> bar{32};
 };
 thread_local Warp *warp_ctx = nullptr;
+// The block's threads (launch_block): __syncthreads meets here.
+thread_local std::barrier<> *block_ctx = nullptr;
+inline void __syncthreads() { block_ctx->arrive_and_wait(); }
 inline float __shfl_xor_sync(unsigned, float v, int off) {
     const unsigned lane = threadIdx.x % 32;
     warp_ctx->buf[lane] = v;
@@ -102,11 +108,57 @@ inline float __shfl_sync(unsigned, float v, int src) {
 }
 
 // Dynamic shared memory: one buffer (blocks run one at a time).
-alignas(32) static unsigned char emu_dynamic_smem[64 * 1024];
+alignas(32) static unsigned char emu_dynamic_smem[256 * 1024];
 #define SEGSWEEP_DYNAMIC_SMEM(name) unsigned char *name = emu_dynamic_smem
 
 inline float emu_f(__half h) { return (float)h.v; }
 inline float emu_f(__nv_bfloat16 b) { return __bfloat162float(b); }
+
+// Register-level helpers of `attention_fa`: two 16-bit values as one 32-bit register (the
+// first in the low half), and mma.sync.m16n8k16 with the fragment layouts of the PTX ISA
+// (written out in fused.cu): every lane publishes its A and B registers, then computes its own
+// four accumulators from the whole tiles (f32 sums; the order of the 16 products may differ
+// from the hardware's).
+template <class T> inline uint32_t ld2(const T *p) {
+    uint32_t u;
+    std::memcpy(&u, p, 4);
+    return u;
+}
+template <class T> inline void st2(T *p, uint32_t u) { std::memcpy(p, &u, 4); }
+template <class T> inline uint32_t bits16(T x) {
+    static_assert(sizeof(T) == 2);
+    uint16_t u;
+    std::memcpy(&u, &x, 2);
+    return u;
+}
+template <class T> inline float half_of(uint32_t r, unsigned k) {
+    const uint16_t u = (k & 1) ? (uint16_t)(r >> 16) : (uint16_t)(r & 0xffffu);
+    T x;
+    std::memcpy(&x, &u, 2);
+    return emu_f(x);
+}
+template <class T> void mma16816(float *d, const uint32_t *a, const uint32_t *b, T) {
+    const unsigned lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    Warp &w = *warp_ctx;
+    std::memcpy(w.ma[lane], a, sizeof w.ma[lane]);
+    std::memcpy(w.mb[lane], b, sizeof w.mb[lane]);
+    w.bar.arrive_and_wait();
+    float out[4];
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * q + (i & 1);
+        float s = d[i];
+        for (unsigned kk = 0; kk < 16; ++kk) {
+            // A (row, kk): lane (row % 8)·4 + (kk % 8)/2, register (row ≥ 8) + 2·(kk ≥ 8).
+            const float x = half_of<T>(w.ma[(row % 8) * 4 + (kk % 8) / 2][(row >= 8) + 2 * (kk >= 8)], kk);
+            // B (kk, col): lane col·4 + (kk % 8)/2, register (kk ≥ 8).
+            const float y = half_of<T>(w.mb[col * 4 + (kk % 8) / 2][kk >= 8], kk);
+            s += x * y;
+        }
+        out[i] = s;
+    }
+    w.bar.arrive_and_wait();  // every lane has read the operands
+    std::memcpy(d, out, sizeof out);
+}
 
 // nvcuda::wmma with the documented semantics of its 16×16×16 shapes: every lane of the warp
 // holds (and computes) whole tiles; a store is written by lane 0 and the warp meets at the
@@ -207,6 +259,28 @@ template <class F> void launch_warps(dim3 grid, dim3 block, F f) {
                 }
                 for (auto &t : lanes) t.join();
             }
+}
+
+// Every thread of a block concurrently (std::threads; __syncthreads works), blocks in turn.
+template <class F> void launch_block(dim3 grid, dim3 block, F f) {
+    gridDim = grid;
+    blockDim = block;
+    for (uint32_t by = 0; by < grid.y; ++by)
+        for (uint32_t bx = 0; bx < grid.x; ++bx) {
+            std::unique_ptr<Warp[]> warps(new Warp[block.x / 32]);
+            std::barrier<> bar((std::ptrdiff_t)block.x);
+            std::vector<std::thread> threads;
+            for (uint32_t t = 0; t < block.x; ++t) {
+                threads.emplace_back([&, bx, by, t] {
+                    blockIdx = {bx, by, 1};
+                    threadIdx = {t, 0, 0};
+                    warp_ctx = &warps[t / 32];
+                    block_ctx = &bar;
+                    f();
+                });
+            }
+            for (auto &t : threads) t.join();
+        }
 }
 
 static int failures = 0;
@@ -344,10 +418,11 @@ template <typename T> static void test_all(const char *dtype, double tol) {
 
 // Attention: softmax(q kᵀ) v per (batch, head), heads merged in the output. T 37 (two keys per
 // lane for some lanes, a partial last block of rows), hd 24 (lanes without a dim), 2 × 2
-// heads; and T 70, hd 64 (two dims per lane), one head.
+// heads; T 70, hd 64 (two dims per lane), one head; T 21, hd 32; and T 130, hd 16 (the
+// mma.sync kernel: two blocks of rows, warps without rows in the second, keys padded 130 → 144).
 template <typename T> static void test_attention(const char *dtype, double tol) {
     for (auto [B, H, Tn, hd] :
-         {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}, {2, 1, 21, 32}}) {
+         {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}, {2, 1, 21, 32}, {1, 1, 130, 16}}) {
         const size_t n = (size_t)B * H * Tn * hd;
         auto q = as<T>(values(n, 11, 0.5f)), k = as<T>(values(n, 12)), v = as<T>(values(n, 13));
         std::vector<T> out(n, from_f<T>(-999.0f));
@@ -398,6 +473,16 @@ template <typename T> static void test_attention(const char *dtype, double tol) 
                 std::free(va);
                 std::snprintf(what, sizeof what, "attention_mma T%u hd%u", Tn, hd);
                 check(what, dtype, rel_err(out2, want), tol);
+                if (hd <= FA_MAX_DIM) {
+                    // The mma.sync kernel: blocks of FA_WARPS warps, K and Vᵀ staged in
+                    // shared memory, one barrier.
+                    std::vector<T> out3(n, from_f<T>(-999.0f));
+                    launch_block({B * H, (Tn + 16 * FA_WARPS - 1) / (16 * FA_WARPS)}, {32 * FA_WARPS}, [&] {
+                        attention_fa<T>(q.data(), k.data(), v.data(), out3.data(), H, Tn, hd);
+                    });
+                    std::snprintf(what, sizeof what, "attention_fa T%u hd%u", Tn, hd);
+                    check(what, dtype, rel_err(out3, want), tol);
+                }
             }
         }
     }

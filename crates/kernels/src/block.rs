@@ -86,6 +86,22 @@ pub const MMA_MAX_TOKENS: usize = 448;
 /// Largest head dimension of the tensor-core attention kernel (`MMA_MAX_DIM`).
 pub const MMA_MAX_HEAD_DIM: usize = 128;
 
+/// Warps per block of the mma.sync attention kernel (`FA_WARPS`): 16 query rows each.
+pub const FA_WARPS: usize = 8;
+/// Largest head dimension of the mma.sync attention kernel (`FA_MAX_DIM`; every CLIP ViT has
+/// 64). Larger ones (up to [`MMA_MAX_HEAD_DIM`]) run the WMMA kernel.
+pub const FA_MAX_HEAD_DIM: usize = 64;
+/// Elements of padding per staged row in the mma.sync attention kernel (`FA_PAD`).
+const FA_PAD: usize = 8;
+
+/// Dynamic shared memory of the mma.sync attention kernel for `t` tokens of head dim `hd`, in
+/// bytes: K as `(tp, hd + FA_PAD)` and Vᵀ as `(hd, tp + FA_PAD)` 16-bit values, `tp` = `t`
+/// rounded up to 16 (57 600 bytes for ViT-B/16 on 224-pixel crops: t 197, hd 64).
+pub fn fa_shared_bytes(t: usize, hd: usize) -> usize {
+    let tp = t.div_ceil(16) * 16;
+    (tp * (hd + FA_PAD) + hd * (tp + FA_PAD)) * 2
+}
+
 /// Whether [`attention`] on CUDA runs its tensor-core kernel for `dt` and this shape: f16 or
 /// bf16, `hd` a multiple of 16 up to [`MMA_MAX_HEAD_DIM`], `t ≤` [`MMA_MAX_TOKENS`] (and, checked
 /// at launch, 32-byte aligned operands). Otherwise it runs a SIMT kernel, which on an H100 was
@@ -622,6 +638,30 @@ mod tests {
         ));
         assert!(!attention_on_tensor_cores(DType::F16, 197, 72));
         assert!(!attention_on_tensor_cores(DType::F16, 197, 144));
+    }
+
+    #[test]
+    fn kernel_constants_match_fused_cu() {
+        let cu = include_str!("../kernels/fused.cu");
+        for (name, value) in [
+            ("MMA_MAX_TOKENS", MMA_MAX_TOKENS),
+            ("MMA_MAX_DIM", MMA_MAX_HEAD_DIM),
+            ("FA_WARPS", FA_WARPS),
+            ("FA_PAD", FA_PAD),
+            ("FA_MAX_DIM", FA_MAX_HEAD_DIM),
+        ] {
+            let line = format!("#define {name} {value}\n");
+            assert!(cu.contains(&line), "fused.cu lacks `{}`", line.trim());
+        }
+    }
+
+    #[test]
+    fn fa_shared_memory_for_vit_b16_crops() {
+        // 224 crops: 197 tokens padded to 208; 336 crops: 442 → 448.
+        assert_eq!(fa_shared_bytes(197, 64), (208 * 72 + 64 * 216) * 2);
+        assert_eq!(fa_shared_bytes(197, 64), 57_600);
+        assert_eq!(fa_shared_bytes(442, 64), (448 * 72 + 64 * 456) * 2);
+        assert_eq!(fa_shared_bytes(16, 16), (16 * 24 + 16 * 24) * 2);
     }
 
     #[test]

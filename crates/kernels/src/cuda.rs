@@ -250,9 +250,26 @@ pub(crate) fn attention(
         } else {
             None
         };
+        // The mma.sync kernel where it applies (see `fa_launch`), else the WMMA kernel.
+        let fa = match mma {
+            Some(_) => fa_launch(dev, dt, op.t, op.hd)?,
+            None => None,
+        };
         // SAFETY: every (row, head, dim) is written by the warp of its query row (tile).
         let out = unsafe { dev.alloc::<T>(n as usize)? };
-        if let Some(func) = mma {
+        if let Some(smem) = fa {
+            let func =
+                dev.get_or_load_custom_func(&fused_name("attention_fa", dt)?, MODULE, PTX)?;
+            let tp = op.t.div_ceil(16) as u32 * 16;
+            let rows = crate::block::FA_WARPS as u32 * 16;
+            let cfg = LaunchConfig {
+                grid_dim: (bh, tp.div_ceil(rows), 1),
+                block_dim: (crate::block::FA_WARPS as u32 * 32, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            launch!(func, cfg, "attention_fa";
+                p &q, p &k, p &v, p &out, u32 &heads, u32 &t_n, u32 &hd)?;
+        } else if let Some(func) = mma {
             let tp = op.t.div_ceil(16) * 16;
             // Scores/output f32 (16, max(tp, hd)), P (16, tp), a staged tile (16, hd), 16 sums.
             let smem = 16 * tp.max(op.hd) * 4 + 16 * tp * 2 + 16 * op.hd * 2 + 16 * 4;
@@ -275,6 +292,34 @@ pub(crate) fn attention(
         }
         Ok(wrap(out, dev))
     })
+}
+
+/// The dynamic shared memory in bytes of `attention_fa_{f16,bf16}`, where it applies: the
+/// tensor-core shape (checked by the caller), `hd ≤` [`crate::block::FA_MAX_HEAD_DIM`], its
+/// kernel present (sm_80 and up), the staged K and Vᵀ within what the device lets a block have
+/// (over 48 KB needs the function's opt-in, which fails beyond the device's limit), and
+/// [`crate::attention_choice`] not `wmma`. `None` otherwise: the WMMA kernel runs.
+fn fa_launch(dev: &CudaDevice, dt: DType, t: usize, hd: usize) -> Result<Option<u32>> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+    if hd > crate::block::FA_MAX_HEAD_DIM || !crate::attention_fa_chosen() {
+        return Ok(None);
+    }
+    let smem = crate::block::fa_shared_bytes(t, hd);
+    let Ok(func) = dev.get_or_load_custom_func(&fused_name("attention_fa", dt)?, MODULE, PTX)
+    else {
+        return Ok(None);
+    };
+    if smem > 48 * 1024
+        && func
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .is_err()
+    {
+        return Ok(None);
+    }
+    Ok(Some(smem as u32))
 }
 
 pub(crate) fn layer_norm(

@@ -57,6 +57,34 @@ fn parse_choice(v: Option<&str>) -> bool {
     }
 }
 
+/// Environment variable that picks the tensor-core attention kernel on CUDA: `fa` (mma.sync,
+/// K and Vᵀ staged in shared memory; the default) or `wmma` (the first kernel: one warp per
+/// block, scores through shared memory), for comparing the two on a GPU.
+pub const ATTENTION_ENV: &str = "SEGSWEEP_CUDA_ATTENTION";
+
+/// Whether [`ATTENTION_ENV`] leaves the mma.sync attention kernel chosen (read once).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch
+pub(crate) fn attention_fa_chosen() -> bool {
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    *CHOICE.get_or_init(|| parse_attention(std::env::var(ATTENTION_ENV).ok().as_deref()))
+}
+
+/// [`ATTENTION_ENV`]'s value → whether the mma.sync kernel is chosen: unset, empty or `fa` →
+/// yes, `wmma` → no (any case, spaces ignored), anything else → yes, with a warning.
+fn parse_attention(v: Option<&str>) -> bool {
+    match v.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("fa") => true,
+        Some("wmma") => false,
+        Some(_) => {
+            let v = v.unwrap_or_default();
+            tracing::warn!(
+                "{ATTENTION_ENV}={v:?} is not `fa` or `wmma`; using the mma.sync kernel (the default)"
+            );
+            true
+        }
+    }
+}
+
 thread_local! {
     /// Tests: use the ops' CPU implementations in place of candle's ops on the CPU too.
     static FORCE: Cell<bool> = const { Cell::new(false) };
@@ -164,6 +192,19 @@ mod tests {
         assert!(!parse_choice(Some(" Candle ")));
         assert!(parse_choice(Some("FUSED")));
         assert!(parse_choice(Some("off")), "unknown values keep the default");
+    }
+
+    #[test]
+    fn mma_sync_attention_is_the_default_and_wmma_opts_out() {
+        assert!(parse_attention(None));
+        assert!(parse_attention(Some("")));
+        assert!(parse_attention(Some(" FA ")));
+        assert!(!parse_attention(Some("wmma")));
+        assert!(!parse_attention(Some(" WMMA")));
+        assert!(
+            parse_attention(Some("flash")),
+            "unknown values keep the default"
+        );
     }
 
     #[test]

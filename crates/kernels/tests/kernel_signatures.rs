@@ -38,6 +38,10 @@ fn cu_kernels() -> BTreeMap<String, Vec<String>> {
         let marker = "extern \"C\" __global__ void ";
         while let Some(i) = rest.find(marker) {
             rest = &rest[i + marker.len()..];
+            // `__launch_bounds__(threads, blocks)` may stand before the name.
+            if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
+                rest = &after[after.find(')').unwrap() + 1..];
+            }
             let open = rest.find('(').unwrap();
             let close = rest.find(')').unwrap();
             let name = rest[..open].trim().to_string();
