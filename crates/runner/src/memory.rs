@@ -462,8 +462,10 @@ fn cache_io(path: &Path, cause: std::io::Error) -> RunnerError {
 /// Bump when what a cache entry holds, how its key is formed, or the prefix's arithmetic
 /// changes (3: the linear layers' GEMMs are no longer batched per crop off the f32 CPU path;
 /// 4: on CUDA with the fused kernels, attention outside the tensor-core kernel's reach, f32
-/// included, is candle's matmul + softmax + matmul instead of the fused SIMT kernel).
-const FEATURE_CACHE_VERSION: u32 = 4;
+/// included, is candle's matmul + softmax + matmul instead of the fused SIMT kernel; 5: on CUDA
+/// in f16/bf16 with head dim ≤ 64, attention is the mma.sync kernel, whose sums run in another
+/// order than the WMMA kernel's).
+const FEATURE_CACHE_VERSION: u32 = 5;
 
 /// The persistent feature cache (`[experiment] feature_cache`): each image's backbone prefix
 /// (tokens and whatever the plugins asked it to record) in `<dir>/<key>.safetensors`, named by
