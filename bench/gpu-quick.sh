@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# A short GPU recheck (~1.5 min; a benchmark, not a test; RANDOM full-size ViT-B/16 weights) after
-# a change to the default CUDA path, for a lease with little time left: the tiny model with the
-# default kernels against the CPU (test binary cuda_fused), `segsweep predict` parity in f32 and
-# f16 against the CPU, and bench_infer against PyTorch in f32 and f16 on the same GPU in the same
-# run. bench/gpu.sh is the full run (every kernel, candle's ops too, bf16, memory, block profile).
+# A short GPU recheck (~2.5 min; a benchmark, not a test; RANDOM full-size ViT-B/16 weights) after
+# a change to the default CUDA path, for a lease with little time left: each kernel against its
+# CPU implementation (test binary cuda_ops, with each tensor-core attention kernel) and the tiny
+# model with the default kernels against the CPU (cuda_fused), `segsweep predict` parity in f32
+# and f16 against the CPU, bench_infer against PyTorch in f32 and f16 on the same GPU in the same
+# run (f16 also with the WMMA attention kernel, SEGSWEEP_CUDA_ATTENTION=wmma), and one block op
+# by op with either attention kernel. bench/gpu.sh is the full run (candle's ops too, bf16,
+# memory).
 #
 #   here:              just build-gpu-bench
 #   on the GPU machine: OUT=/tmp/q bash bench/gpu-quick.sh
@@ -18,9 +21,9 @@ IMGDIR=$OUT/images
 mkdir -p "$OUT" "$BIN" "$IMGDIR"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONUNBUFFERED=1
-unset SEGSWEEP_CUDA_KERNELS  # the default kernels are what this checks
+unset SEGSWEEP_CUDA_KERNELS SEGSWEEP_CUDA_ATTENTION  # the defaults are what this checks
 step() { echo "== $(date +%T) $*"; }
-for b in segsweep bench_infer cuda_fused; do
+for b in segsweep bench_infer block_profile cuda_ops cuda_fused; do
     python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
         "bench/out/gpu-bin/$b.xz" "$BIN/$b" && chmod +x "$BIN/$b"
 done
@@ -36,7 +39,10 @@ fi
 step "machine: $(nvidia-smi --query-gpu=name --format=csv,noheader), binaries of $(cat bench/out/gpu-bin/commit.txt)"
 [ -f "$MODEL/model.safetensors" ] || python3 tests/reference/make_tiny_clip.py --full "$MODEL" >"$OUT/model.log" 2>&1 &
 model=$!
-step "tiny model, default kernels, vs the CPU"
+step "each kernel vs its CPU implementation (attention: mma.sync, then WMMA), tiny model vs the CPU"
+timeout 120 "$BIN/cuda_ops" --test-threads=1 2>&1 | grep -E "^test |test result|panicked|error"
+SEGSWEEP_CUDA_ATTENTION=wmma timeout 60 "$BIN/cuda_ops" --test-threads=1 attention 2>&1 \
+    | grep -E "^test |test result|panicked" | sed 's/^/wmma: /'
 timeout 60 "$BIN/cuda_fused" --test-threads=1 2>&1 | grep -E "^test |test result"
 wait $model
 python3 bench/photos.py "$IMGDIR" --png
@@ -71,6 +77,9 @@ PY
 step "speed"
 MANY=()
 for _ in 1 2 3 4; do MANY+=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm"); done
+SEGSWEEP_CUDA_ATTENTION=wmma timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
+    --reps "$REPS" --device cuda:0 --dtype f16 --across-batch 64 "${MANY[@]}" >"$OUT/rust-f16-wmma.json" \
+    2>"$OUT/rust-f16-wmma.log" || tail -3 "$OUT/rust-f16-wmma.log"
 for dt in f32 f16; do
     timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device cuda:0 \
         --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" || tail -3 "$OUT/rust-$dt.log"
@@ -81,9 +90,9 @@ python3 - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for dt in ("f32", "f16"):
+for dt, rs in (("f32", "f32"), ("f16", "f16"), ("f16", "f16-wmma")):
     try:
-        r = json.loads((out / f"rust-{dt}.json").read_text())
+        r = json.loads((out / f"rust-{rs}.json").read_text())
         t = json.loads((out / f"torch-{dt}.json").read_text())
     except Exception as e:
         print(dt, "missing:", e)
@@ -91,11 +100,18 @@ for dt in ("f32", "f16"):
     ms = lambda v: f"{1000 * v:.2f} ms"
     best = min(r["s_per_image_bs1"], r["s_per_image_bs8"], r["s_per_image_across_images"])
     one = r["prepare_s"] + r["finish_s"]
-    print(f"{dt}: segsweep bs1 {ms(r['s_per_image_bs1'])}, bs8 {ms(r['s_per_image_bs8'])}, "
+    print(f"{rs}: segsweep bs1 {ms(r['s_per_image_bs1'])}, bs8 {ms(r['s_per_image_bs8'])}, "
           f"64 across images {ms(r['s_per_image_across_images'])}; PyTorch bs1 {ms(t['s_per_image_bs1'])}, "
           f"batched {ms(t['s_per_image_batched'])}; best vs batched PyTorch {t['s_per_image_batched'] / best:.2f}x; "
           f"split bs8 stage/prefix/dense/post {ms(r['split_bs8_stage_s'])}/{ms(r['split_bs8_prefix_s'])}/"
           f"{ms(r['split_bs8_dense_s'])}/{ms(r['split_bs8_post_s'])}; "
-          f"16-config sweep / one {r['sweep16_post_only_s'] / one:.2f}x")
+          f"16-config sweep / one {r['sweep16_post_only_s'] / one:.2f}x; "
+          f"across 64: prepare {ms(r['prepare_s_per_image_across_images'])} per image; "
+          f"prefix on device crops per 8: bs8 {ms(r['prefix_on_device_crops_bs8_s'])}, "
+          f"bs64 {ms(r['prefix_on_device_crops_bs64_s_per_8'])}")
 PY
+step "one block of 64 crops, f16, op by op: attention mma.sync (the default), then WMMA"
+timeout 60 "$BIN/block_profile" 64 cuda:0 f16 2>&1 | grep -iE "attention|block|fused" | head -12
+SEGSWEEP_CUDA_ATTENTION=wmma timeout 60 "$BIN/block_profile" 64 cuda:0 f16 2>&1 \
+    | grep -iE "attention|block|fused" | head -12 | sed 's/^/wmma: /'
 step "done"
