@@ -125,6 +125,31 @@ template <class T> inline uint32_t ld2(const T *p) {
     return u;
 }
 template <class T> inline void st2(T *p, uint32_t u) { std::memcpy(p, &u, 4); }
+struct uint4 {
+    uint32_t x, y, z, w;
+};
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+// 16-byte accesses: CUDA needs them 16-byte aligned; checked here.
+inline void check16(const void *p) {
+    if ((uintptr_t)p % 16 != 0) {
+        std::fprintf(stderr, "16-byte access at %p, not 16-byte aligned\n", p);
+        std::abort();
+    }
+}
+template <class T> inline uint4 ld16(const T *p) {
+    check16(p);
+    uint4 v;
+    std::memcpy(&v, p, 16);
+    return v;
+}
+template <class T> inline void st16(T *p, uint4 v) {
+    check16(p);
+    std::memcpy(p, &v, 16);
+}
+template <class T> inline void st_bits16(T *p, uint32_t bits) {
+    const uint16_t u = (uint16_t)bits;
+    std::memcpy(p, &u, 2);
+}
 template <class T> inline uint32_t bits16(T x) {
     static_assert(sizeof(T) == 2);
     uint16_t u;
@@ -418,11 +443,12 @@ template <typename T> static void test_all(const char *dtype, double tol) {
 
 // Attention: softmax(q kᵀ) v per (batch, head), heads merged in the output. T 37 (two keys per
 // lane for some lanes, a partial last block of rows), hd 24 (lanes without a dim), 2 × 2
-// heads; T 70, hd 64 (two dims per lane), one head; T 21, hd 32; and T 130, hd 16 (the
-// mma.sync kernel: two blocks of rows, warps without rows in the second, keys padded 130 → 144).
+// heads; T 70, hd 64 (two dims per lane), one head; T 21, hd 32; and T 130, hd 64 (the
+// mma.sync kernel: two blocks of rows, warps without rows in the second, keys padded 130 →
+// 144, two rounds of staging loads).
 template <typename T> static void test_attention(const char *dtype, double tol) {
     for (auto [B, H, Tn, hd] :
-         {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}, {2, 1, 21, 32}, {1, 1, 130, 16}}) {
+         {std::array<uint32_t, 4>{2, 2, 37, 24}, {1, 1, 70, 64}, {2, 1, 21, 32}, {1, 1, 130, 64}}) {
         const size_t n = (size_t)B * H * Tn * hd;
         auto q = as<T>(values(n, 11, 0.5f)), k = as<T>(values(n, 12)), v = as<T>(values(n, 13));
         std::vector<T> out(n, from_f<T>(-999.0f));
@@ -468,9 +494,6 @@ template <typename T> static void test_attention(const char *dtype, double tol) 
                 launch_warps({B * H, (Tn + 15) / 16}, {32}, [&] {
                     attention_mma<T>(qa, ka, va, out2.data(), H, Tn, hd);
                 });
-                std::free(qa);
-                std::free(ka);
-                std::free(va);
                 std::snprintf(what, sizeof what, "attention_mma T%u hd%u", Tn, hd);
                 check(what, dtype, rel_err(out2, want), tol);
                 if (hd <= FA_MAX_DIM) {
@@ -478,11 +501,14 @@ template <typename T> static void test_attention(const char *dtype, double tol) 
                     // shared memory, one barrier.
                     std::vector<T> out3(n, from_f<T>(-999.0f));
                     launch_block({B * H, (Tn + 16 * FA_WARPS - 1) / (16 * FA_WARPS)}, {32 * FA_WARPS}, [&] {
-                        attention_fa<T>(q.data(), k.data(), v.data(), out3.data(), H, Tn, hd);
+                        attention_fa<T>(qa, ka, va, out3.data(), H, Tn, hd);
                     });
                     std::snprintf(what, sizeof what, "attention_fa T%u hd%u", Tn, hd);
                     check(what, dtype, rel_err(out3, want), tol);
                 }
+                std::free(qa);
+                std::free(ka);
+                std::free(va);
             }
         }
     }
