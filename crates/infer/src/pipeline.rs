@@ -4,6 +4,7 @@
 //! thresholds, label plugins). [`segment`] is the two in a row.
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use segsweep_core::{
     tensor::l2_normalise, AttentionCtx, Backbone, Classifier, DenseCtx, DenseMaps, FeatureCtx,
     FeatureMap, InferConfig, LabelCtx, Mode, Needs, PrefixOut, Refiner, RgbImage, Stage,
@@ -455,10 +456,15 @@ pub fn prepare_many(
     needs: &Needs,
 ) -> Result<Vec<Prepared>> {
     validate(cfg)?;
-    let preps: Vec<Prepared> = images
-        .iter()
+    // The images are staged in parallel (each one's resize is parallel too): on a GPU staging
+    // is CPU work and small launches that the device does not wait for, and serially it
+    // took as long as the backbone of a 64-crop batch (H100, f16: ~1.2 against 1.15 ms per
+    // image). The first failing image's error is reported, as serially.
+    let staged: Vec<Result<Prepared>> = images
+        .par_iter()
         .map(|img| stage_image(img, cfg, backbone, needs))
-        .collect::<Result<_>>()?;
+        .collect();
+    let preps = staged.into_iter().collect::<Result<Vec<_>>>()?;
     prepare_staged(backbone, preps, cfg)
 }
 
