@@ -6,9 +6,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, DeviceLocation, Tensor};
 use candle_nn::VarBuilder;
-use segsweep_core::{
-    AttentionCtx, Backbone, BackboneInfo, LastBlock, Needs, PrefixOut, WeightsKind,
-};
+use segsweep_core::{Backbone, BackboneInfo, LastBlock, Needs, PrefixOut, WeightsKind};
 
 use crate::attention;
 use crate::config::ClipConfig;
@@ -330,14 +328,15 @@ impl Backbone for ClipModel {
     fn builtin_attention(
         &self,
         name: &str,
-        ctx: &AttentionCtx<'_>,
+        x: &Tensor,
+        grid: (usize, usize),
     ) -> segsweep_core::Result<Tensor> {
         let b = self.last();
         match name {
-            "vanilla" => attention::vanilla(b, ctx.x),
-            "sclip" => attention::sclip(b, ctx.x),
-            "naclip" => attention::naclip_with_prior(b, ctx.x, &self.prior(ctx.grid)?),
-            "maskclip" => attention::maskclip(b, ctx.x),
+            "vanilla" => attention::vanilla(b, x),
+            "sclip" => attention::sclip(b, x),
+            "naclip" => attention::naclip_with_prior(b, x, &self.prior(grid)?),
+            "maskclip" => attention::maskclip(b, x),
             other => Err(ClipError::Invalid(format!(
                 "unknown attention strategy `{other}`; built-in strategies: {}",
                 attention::BUILTIN.join(", ")

@@ -29,9 +29,10 @@ impl Backbone for Counting {
     fn builtin_attention(
         &self,
         name: &str,
-        ctx: &AttentionCtx<'_>,
+        x: &Tensor,
+        grid: (usize, usize),
     ) -> segsweep_core::Result<Tensor> {
-        self.inner.builtin_attention(name, ctx)
+        self.inner.builtin_attention(name, x, grid)
     }
     fn builtin_attention_names(&self) -> &'static [&'static str] {
         self.inner.builtin_attention_names()

@@ -296,7 +296,10 @@ fn unknown_attention_strategy_lists_the_builtins() {
         crops: &x,
         text: &text,
     };
-    let e = m.builtin_attention("csa", &ctx).unwrap_err().to_string();
+    let e = m
+        .builtin_attention("csa", ctx.x, ctx.grid)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("vanilla, sclip, naclip, maskclip"), "{e}");
     assert_eq!(
         m.builtin_attention_names(),

@@ -220,7 +220,7 @@ fn batch_b_whole_image_matches() {
             crops: &crops,
             text: &Tensor::zeros((1, 16), DType::F32, &Device::Cpu).unwrap(),
         };
-        let y = model().builtin_attention(s, &ctx).unwrap();
+        let y = model().builtin_attention(s, ctx.x, ctx.grid).unwrap();
         check(&format!("b.out.{s}"), &y, &gold(&format!("b.out.{s}")), TOL);
         check(
             &format!("b.head.{s}"),

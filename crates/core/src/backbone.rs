@@ -7,7 +7,6 @@ use std::fmt;
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
-use crate::stage::AttentionCtx;
 
 /// Where the weights came from; written into every result row so that nobody mistakes a
 /// random-weight or synthetic number for a benchmark result.
@@ -199,9 +198,12 @@ pub trait Backbone: Send + Sync {
     fn prefix(&self, crops: &Tensor, needs: &Needs) -> Result<PrefixOut>;
     /// The last block's operations.
     fn last_block(&self) -> &dyn LastBlock;
-    /// A built-in last-block strategy (`vanilla`, `sclip`, `naclip`, `maskclip`, ...):
-    /// returns the block output `(B, 1 + N, D)`.
-    fn builtin_attention(&self, name: &str, ctx: &AttentionCtx<'_>) -> Result<Tensor>;
+    /// A built-in last-block strategy (`vanilla`, `sclip`, `naclip`, `maskclip`, ...) on the
+    /// last block's input `x: (B, 1 + N, D)` with patch grid `(gh, gw)` (N = gh·gw): returns the
+    /// block output `(B, 1 + N, D)`. Built-ins read nothing else (attention-stage plugins get an
+    /// [`AttentionCtx`](crate::AttentionCtx)), so the pipeline neither cuts crops for them nor keeps them per image,
+    /// and can run them on crops of several images at once.
+    fn builtin_attention(&self, name: &str, x: &Tensor, grid: (usize, usize)) -> Result<Tensor>;
     /// Names accepted by [`Backbone::builtin_attention`].
     fn builtin_attention_names(&self) -> &'static [&'static str];
     /// `ln_post` + projection on the patch tokens (CLS dropped), not normalised:

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use segsweep_core::{
     tensor::{l2_normalise, softmax},
-    AttentionCtx, Backbone, BackboneInfo, CoreError, LastBlock, Needs, PrefixOut, WeightsKind,
+    Backbone, BackboneInfo, CoreError, LastBlock, Needs, PrefixOut, WeightsKind,
 };
 
 type CoreResult<T> = segsweep_core::Result<T>;
@@ -191,10 +191,15 @@ impl Backbone for FakeBackbone {
     fn last_block(&self) -> &dyn LastBlock {
         &self.block
     }
-    fn builtin_attention(&self, name: &str, ctx: &AttentionCtx<'_>) -> CoreResult<Tensor> {
+    fn builtin_attention(
+        &self,
+        name: &str,
+        x: &Tensor,
+        _grid: (usize, usize),
+    ) -> CoreResult<Tensor> {
         match name {
-            "vanilla" => self.attend(ctx.x, false),
-            "sclip" => self.attend(ctx.x, true),
+            "vanilla" => self.attend(x, false),
+            "sclip" => self.attend(x, true),
             other => Err(CoreError::Msg(format!(
                 "fake backbone has no attention `{other}`"
             ))),

@@ -7,8 +7,8 @@ use segsweep_core::{
     LabelCtx, Mode, Needs, Refiner, RgbImage, Stage,
 };
 use segsweep_infer::{
-    dense_logits, fake::FakeBackbone, finish, finish_traced, postprocess, prepare, prepare_many,
-    segment, InferError, Segmentation, Step,
+    dense_logits, dense_logits_many, fake::FakeBackbone, finish, finish_traced, postprocess,
+    prepare, prepare_many, segment, InferError, Segmentation, Step,
 };
 
 /// A smooth non-square test image with some structure.
@@ -224,6 +224,53 @@ fn batching_across_images_equals_one_image_at_a_time() {
         assert!(max_abs_diff(&alone.probs, &batched.probs) <= 1e-5);
         assert_eq!(labels(&alone), labels(&batched));
     }
+}
+
+#[test]
+fn dense_logits_of_several_images_at_once_equal_one_image_at_a_time() {
+    let bb = FakeBackbone::new(3).unwrap();
+    let cls = classifier(&bb);
+    let sharpen = Sharpen;
+    // Non-square images with different window counts, and one (64 short side, 40×300 → 64×480)
+    // whose windows are a row of crops: batches of 4 crops span images and split chunks.
+    let imgs = [image(70, 115, 0), image(40, 300, 2), image(120, 64, 3)];
+    for (batch, pipeline) in [
+        (4, vec![]),
+        (64, vec![]),
+        // A feature-stage plugin: each image alone (plugins may read its crops).
+        (4, vec![(Stage::Features, &sharpen as &dyn Refiner)]),
+    ] {
+        for mode in [Mode::Slide, Mode::Whole] {
+            let c = InferConfig {
+                mode,
+                ..cfg(64, batch)
+            };
+            let many =
+                prepare_many(&bb, &imgs.iter().collect::<Vec<_>>(), &c, &Needs::default()).unwrap();
+            let refs: Vec<_> = many.iter().collect();
+            let together = dense_logits_many(&bb, &refs, &cls, &c, &pipeline).unwrap();
+            assert_eq!(together.len(), imgs.len());
+            for (p, d) in many.iter().zip(&together) {
+                let alone = dense_logits(&bb, p, &cls, &c, &pipeline).unwrap();
+                let (a, b) = (alone.to_tensor().unwrap(), d.to_tensor().unwrap());
+                assert_eq!(a.dims(), b.dims());
+                assert_eq!(
+                    vec3(&a).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    vec3(&b).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "batch {batch}, {mode:?}, {} plugin(s)",
+                    pipeline.len()
+                );
+            }
+        }
+    }
+    // Errors name the image's problem as one image at a time does.
+    let c = cfg(64, 4);
+    let mut p = prepare(&bb, &imgs[0], &c, &Needs::default()).unwrap();
+    p.take_prefix().unwrap();
+    let e = dense_logits_many(&bb, &[&p], &cls, &c, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("take_prefix"), "{e}");
 }
 
 #[test]

@@ -140,7 +140,7 @@ fn main() {
         };
         model
             .head(
-                &model.builtin_attention("sclip", &ctx).unwrap(),
+                &model.builtin_attention("sclip", ctx.x, ctx.grid).unwrap(),
                 prefix.grid,
             )
             .unwrap()
@@ -185,7 +185,7 @@ fn main() {
                 crops: &crops,
                 text: &text,
             };
-            let out = model.builtin_attention("sclip", &ctx).unwrap();
+            let out = model.builtin_attention("sclip", ctx.x, ctx.grid).unwrap();
             std::hint::black_box(model.head(&out, p.grid).unwrap());
         }),
     )];

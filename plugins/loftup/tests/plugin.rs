@@ -132,7 +132,8 @@ impl Backbone for Fake {
     fn builtin_attention(
         &self,
         name: &str,
-        _ctx: &AttentionCtx<'_>,
+        _x: &Tensor,
+        _grid: (usize, usize),
     ) -> segsweep_core::Result<Tensor> {
         Err(CoreError::Msg(format!(
             "fake backbone has no attention `{name}`"

@@ -75,17 +75,15 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             (
                 "last block SCLIP",
                 Box::new(|| {
-                    model
-                        .builtin_attention("sclip", &ctx(&model, &plain, crops, &text))
-                        .map(drop)
+                    let c = ctx(&model, &plain, crops, &text);
+                    model.builtin_attention("sclip", c.x, c.grid).map(drop)
                 }),
             ),
             (
                 "last block NACLIP",
                 Box::new(|| {
-                    model
-                        .builtin_attention("naclip", &ctx(&model, &plain, crops, &text))
-                        .map(drop)
+                    let c = ctx(&model, &plain, crops, &text);
+                    model.builtin_attention("naclip", c.x, c.grid).map(drop)
                 }),
             ),
             (

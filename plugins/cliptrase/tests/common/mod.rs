@@ -113,7 +113,7 @@ impl Backbone for NoBackbone {
     fn last_block(&self) -> &dyn LastBlock {
         &self.block
     }
-    fn builtin_attention(&self, _: &str, _: &AttentionCtx<'_>) -> Result<Tensor> {
+    fn builtin_attention(&self, _: &str, _: &Tensor, _: (usize, usize)) -> Result<Tensor> {
         Err(absent())
     }
     fn builtin_attention_names(&self) -> &'static [&'static str] {
