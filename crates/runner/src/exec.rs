@@ -1162,6 +1162,20 @@ fn run_batch(
     let t0 = Instant::now();
     let prepared = crate::memory::prepare_batch(&ctx.prefix, &images, stats)?;
     let prefix_seconds = t0.elapsed().as_secs_f64() / images.len().max(1) as f64;
+    let t1 = Instant::now();
+    let first_dense = first_group_dense(ctx, jobs, chunk, &prepared)?;
+    let dense_seconds = t1.elapsed().as_secs_f64() / images.len().max(1) as f64;
+    if let Some((_, d)) = &first_dense {
+        stats.dense_batched_images += d.len();
+        // Every image's prefix and first dense map are held together until its turn.
+        let held: usize = prepared
+            .iter()
+            .map(|(p, _)| p.prefix_bytes())
+            .sum::<usize>()
+            + d.iter().map(|d| d.bytes()).sum::<usize>();
+        stats.peak_held_bytes = stats.peak_held_bytes.max(held as u64);
+    }
+    let mut first_dense = first_dense.map(|(key, d)| (key, d.into_iter()));
     let mut prepared = prepared.into_iter();
     for (k, (i, sample)) in chunk.iter().enumerate() {
         if k > 0 && opts.cancel.load(Ordering::SeqCst) {
@@ -1175,7 +1189,14 @@ fn run_batch(
                     ))
                 })?;
                 let slot = PrefixSlot::new(&ctx.prefix, &sample.image, key, p);
-                run_image(ctx, jobs, *i, sample, slot, prefix_seconds, stats)?;
+                let dense = first_dense.as_mut().and_then(|(key, d)| {
+                    d.next().map(|d| PrecomputedDense {
+                        upstream: key.clone(),
+                        dense: d,
+                        seconds: dense_seconds,
+                    })
+                });
+                run_image(ctx, jobs, *i, sample, slot, prefix_seconds, dense, stats)?;
             }
             None => {
                 for j in jobs.iter_mut().filter(|j| j.partial.next_image <= *i) {
@@ -1190,10 +1211,60 @@ fn run_batch(
     Ok(())
 }
 
+/// Dense logits that [`run_batch`] computed for several images at once
+/// ([`first_group_dense`]): those of the configurations with upstream key `upstream` on one
+/// image, and this image's share of the time they took.
+struct PrecomputedDense {
+    upstream: String,
+    dense: segsweep_infer::DenseLogits,
+    seconds: f64,
+}
+
+/// The dense logits of the configuration group that runs first on the chunk's first image,
+/// for every image of the chunk at once, where that group's pipeline lets the last block run
+/// on the crops of several images together ([`segsweep_infer::dense_batches_across_images`]:
+/// no attention- or feature-stage plugin, slide mode); on a GPU the last block of one image's
+/// 8 crops is bound by launches. `None` where it does not, or for a single image. Results are
+/// those of one image at a time ([`segsweep_infer::dense_logits_many`]). The maps are held
+/// until each image's turn: one per image of the chunk (a chunk holds about `batch_size`
+/// crops), on the device on a GPU.
+fn first_group_dense(
+    ctx: &ImageCtx,
+    jobs: &[Job],
+    chunk: &[(usize, Option<Sample>)],
+    prepared: &[(segsweep_infer::Prepared, Option<String>)],
+) -> Result<Option<(String, Vec<segsweep_infer::DenseLogits>)>> {
+    let Some((first, sample)) = chunk.iter().find_map(|(i, s)| s.as_ref().map(|s| (*i, s))) else {
+        return Ok(None);
+    };
+    // Jobs active on the first image are active on every later one of the chunk.
+    let Some(job) = jobs.iter().find(|j| j.partial.next_image <= first) else {
+        return Ok(None);
+    };
+    let steps = steps(job);
+    if prepared.len() < 2
+        || !segsweep_infer::dense_batches_across_images(&job.config.inference, &steps)
+    {
+        return Ok(None);
+    }
+    let refs: Vec<&segsweep_infer::Prepared> = prepared.iter().map(|(p, _)| p).collect();
+    let dense = segsweep_infer::dense_logits_many(
+        ctx.model,
+        &refs,
+        ctx.classifier,
+        &job.config.inference,
+        &steps,
+    )
+    .map_err(|e| in_config(job.config, &sample.id, e.into()))?;
+    Ok(Some((job.upstream.clone(), dense)))
+}
+
 /// One image for every configuration of a group not past it: the prefix (computed by
 /// [`run_batch`], `prefix_seconds` of it) shared, then per upstream key (in first-appearance
-/// order) one dense-logits map and the tails of its configurations. The prefix is kept for the
-/// next key only within the memory budget.
+/// order) one dense-logits map (`precomputed` where [`run_batch`] computed it with other
+/// images') and the tails of its configurations. The prefix is kept for the next key only
+/// within the memory budget.
+#[allow(clippy::too_many_arguments)]
 fn run_image(
     ctx: &ImageCtx,
     jobs: &mut [Job],
@@ -1201,6 +1272,7 @@ fn run_image(
     sample: &Sample,
     mut slot: PrefixSlot<'_>,
     prefix_seconds: f64,
+    mut precomputed: Option<PrecomputedDense>,
     stats: &mut MemoryStats,
 ) -> Result<()> {
     let mut runs: Vec<Vec<usize>> = Vec::new();
@@ -1226,14 +1298,20 @@ fn run_image(
         slot.ensure(stats)?;
         let first = &jobs[run[0]];
         let fail = |e: segsweep_infer::InferError| in_config(first.config, &sample.id, e.into());
-        let dense = segsweep_infer::dense_logits(
-            model,
-            slot.prepared(),
-            ctx.classifier,
-            &first.config.inference,
-            &steps(first),
-        )
-        .map_err(fail)?;
+        let (dense, dense_seconds) = match precomputed.take_if(|p| p.upstream == first.upstream) {
+            Some(p) => (p.dense, p.seconds),
+            None => {
+                let d = segsweep_infer::dense_logits(
+                    model,
+                    slot.prepared(),
+                    ctx.classifier,
+                    &first.config.inference,
+                    &steps(first),
+                )
+                .map_err(fail)?;
+                (d, 0.0)
+            }
+        };
         let held = slot.prepared().prefix_bytes() + dense.bytes();
         if held as u64 > ctx.prefix.plan.budget_bytes && !warned {
             stats.images_over_budget += 1;
@@ -1244,7 +1322,7 @@ fn run_image(
             );
         }
         slot.release(dense.bytes(), r + 1 < runs.len(), stats)?;
-        let run_share = t1.elapsed().as_secs_f64() / run.len() as f64;
+        let run_share = (t1.elapsed().as_secs_f64() + dense_seconds) / run.len() as f64;
         for &j in run {
             let t2 = Instant::now();
             tail(ctx, &mut jobs[j], slot.prepared(), &dense, i, sample)?;

@@ -144,6 +144,10 @@ pub struct MemoryStats {
     /// Batches of images whose backbone prefixes ran together (crops batched across images up
     /// to `batch_size`; images read from the feature cache included).
     pub image_batches: usize,
+    /// Images whose first configuration group's dense logits were computed together with
+    /// other images' (the last block on the crops of a whole image batch; only for pipelines
+    /// without attention- or feature-stage plugins, see `segsweep_infer::dense_logits_many`).
+    pub dense_batched_images: usize,
     /// Largest prefix + dense logits held at once, bytes.
     pub peak_held_bytes: u64,
     /// Largest prefix of one image, bytes.

@@ -401,6 +401,17 @@ batch_size = {batch}
         .collect();
     let batches: Vec<usize> = runs.iter().map(|(_, r)| r.memory.image_batches).collect();
     assert_eq!(batches, [5, 3, 1], "image batches for batch sizes 1, 4, 64");
+    // Without plugins the last block ran on the crops of each image batch together: none at
+    // batch 1, the 2 + 2 images of the two full batches of 4, all 5 at 64.
+    let together: Vec<usize> = runs
+        .iter()
+        .map(|(_, r)| r.memory.dense_batched_images)
+        .collect();
+    assert_eq!(
+        together,
+        [0, 4, 5],
+        "images whose dense logits ran together"
+    );
     for (b, r) in &runs[1..] {
         assert_eq!(r.memory.images, 5);
         for (x, y) in paired(&runs[0].1.records, &r.records) {
