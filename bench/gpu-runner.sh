@@ -59,5 +59,8 @@ res["spill_vs_cuda"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(spi
 res["fused_vs_cpu"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(fused, cpu)))
 mem = glob.glob(f"{out}/cuda-spill/*/*/memory.json")
 res["spill_memory"] = [{k: json.load(open(m)).get(k) for k in ("prefix_spills", "prefix_reloads", "spilled_bytes")} for m in mem]
+res["dense_batched_images"] = {
+    mode: sum(json.load(open(m)).get("dense_batched_images", 0) for m in glob.glob(f"{out}/{mode}/*/*/memory.json"))
+    for mode in ("cpu", "cuda", "cuda-spill", "cuda-fused")}
 print(json.dumps(res, indent=1))
 PY
