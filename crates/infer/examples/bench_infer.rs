@@ -210,6 +210,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     // (last block, head, crop logits, stitch, resize) and the post-processing (softmax over
     // classes, thresholds, labels, read back to the CPU).
     let [mut stage_s, mut prefix_s, mut dense_s, mut post_s] = [f64::INFINITY; 4];
+    // The stage's CPU part alone: the resize (mmcv's imrescale; cv2 bilinear on u8).
+    let mut resize_s = f64::INFINITY;
+    for _ in 0..args.reps {
+        let t = Instant::now();
+        for im in &images {
+            let r = segsweep_infer::resize_short_side(im, 336, segsweep_infer::LONG_SIDE_CAP)?;
+            std::hint::black_box(r);
+        }
+        resize_s = resize_s.min(t.elapsed().as_secs_f64() / images.len() as f64);
+    }
     for _ in 0..args.reps {
         let mut t = [0.0f64; 4];
         for im in &images {
@@ -354,6 +364,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "s_per_image_across_images_finish_each": across_finish_each_s / images.len() as f64,
         "prepare_s": prepare_s,
         "split_bs8_stage_s": stage_s,
+        "split_bs8_stage_resize_s": resize_s,
         "split_bs8_prefix_s": prefix_s,
         "split_bs8_dense_s": dense_s,
         "split_bs8_post_s": post_s,
