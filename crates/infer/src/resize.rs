@@ -86,11 +86,12 @@ fn resize_linear_u8(img: &RgbImage, h: usize, w: usize) -> RgbImage {
     // Horizontal pass for one source row: exact integers (value · 2048 scale).
     let hrow = |r: usize, out: &mut [i32]| {
         let row = &img.data[r * img.w * 3..(r + 1) * img.w * 3];
-        for (dx, &(sx, a0, a1)) in xs.iter().enumerate() {
-            let s0 = sx as usize;
-            let s1 = (s0 + 1).min(last_x);
+        for (o, &(sx, a0, a1)) in out.chunks_exact_mut(3).zip(&xs) {
+            let s0 = sx as usize * 3;
+            let s1 = (sx as usize + 1).min(last_x) * 3;
+            let (p0, p1) = (&row[s0..s0 + 3], &row[s1..s1 + 3]);
             for c in 0..3 {
-                out[dx * 3 + c] = row[s0 * 3 + c] as i32 * a0 + row[s1 * 3 + c] as i32 * a1;
+                o[c] = p0[c] as i32 * a0 + p1[c] as i32 * a1;
             }
         }
     };
@@ -107,7 +108,13 @@ fn resize_linear_u8(img: &RgbImage, h: usize, w: usize) -> RgbImage {
             for (out, &(sy, b0, b1)) in band.chunks_mut(w * 3).zip(ys) {
                 let (i0, i1) = (clamp_row(sy), clamp_row(sy + 1));
                 if cached != (i0, i1) {
-                    hrow(i0, &mut r0);
+                    // Moving down one source row reuses the lower row as the upper one: one
+                    // horizontal pass per output row instead of two.
+                    if cached.1 == i0 {
+                        std::mem::swap(&mut r0, &mut r1);
+                    } else {
+                        hrow(i0, &mut r0);
+                    }
                     hrow(i1, &mut r1);
                     cached = (i0, i1);
                 }
