@@ -119,8 +119,10 @@ pub fn attention_on_tensor_cores(dt: DType, t: usize, hd: usize) -> bool {
 /// scaled by `hd^-½`), same dtype → `(B, T, H·hd)`. Scores, probabilities and sums in f32, one
 /// rounding at the end. `T ≤` [`ATTENTION_MAX_TOKENS`], `hd ≤` [`ATTENTION_MAX_HEAD_DIM`]; no
 /// mask. On CUDA in f16/bf16 with `hd` a multiple of 16, `T ≤ 448` and 32-byte aligned
-/// operands, the tensor-core kernel computes it, which also rounds the (unnormalised)
-/// probabilities to the dtype before the product with v, as SDPA does.
+/// operands, a tensor-core kernel computes it, which also rounds the (unnormalised)
+/// probabilities to the dtype before the product with v, as SDPA does: the mma.sync kernel
+/// (`attention_fa`) for `hd ≤` [`FA_MAX_HEAD_DIM`] on sm_80 and newer unless
+/// [`crate::ATTENTION_ENV`]` = wmma`, else the WMMA kernel (`attention_mma`).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     if k.dims() != q.dims() || v.dims() != q.dims() {
