@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use segsweep_clip::{build_classifier, parse_class_names, ClipModel, IMAGENET_TEMPLATES};
-use segsweep_core::{AttentionCtx, Backbone, BackboneInfo, LastBlock, Needs, PrefixOut};
+use segsweep_core::{Backbone, BackboneInfo, LastBlock, Needs, PrefixOut};
 
 /// Delegates to a real model and counts text-tower calls.
 struct Counting {

@@ -11,7 +11,9 @@
 //! Central types: [`Prepared`] (one image after the backbone prefix), [`DenseLogits`] (one
 //! image after the attention and feature stages), [`Segmentation`] (probs and labels), and the
 //! functions [`prepare`], [`prepare_many`], [`finish`] (= [`dense_logits`] + [`postprocess`])
-//! and [`segment`] (= `prepare` + `finish`).
+//! and [`segment`] (= `prepare` + `finish`). [`dense_logits_many`] is [`dense_logits`] for
+//! several images, running the last block on all their crops at once where no attention- or
+//! feature-stage plugin runs ([`dense_batches_across_images`]).
 //!
 //! Design decision: the pipeline is split at the backbone prefix (layers 1..L−1, about 11/12 of
 //! the FLOPs). [`prepare`] keeps every window's prefix output, so a sweep can run all of its

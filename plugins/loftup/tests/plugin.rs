@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use segsweep_core::{
-    AttentionCtx, Backbone, BackboneInfo, CoreError, FeatureCtx, FeatureMap, LastBlock, Needs,
-    PrefixOut, Refiner, RgbImage, WeightsKind,
+    Backbone, BackboneInfo, CoreError, FeatureCtx, FeatureMap, LastBlock, Needs, PrefixOut,
+    Refiner, RgbImage, WeightsKind,
 };
 use segsweep_plugin_loftup::{
     area_resize, maskclip_features, renormalise, LoftUp, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN,

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use segsweep_core::{
-    AttentionCtx, Backbone, BackboneInfo, CoreError, LastBlock, Needs, PrefixOut, Result,
-    WeightsKind,
+    Backbone, BackboneInfo, CoreError, LastBlock, Needs, PrefixOut, Result, WeightsKind,
 };
 
 /// `tests/fixtures/<area>/<file>` of the workspace.
