@@ -1227,7 +1227,8 @@ struct PrecomputedDense {
 /// 8 crops is bound by launches. `None` where it does not, or for a single image. Results are
 /// those of one image at a time ([`segsweep_infer::dense_logits_many`]). The maps are held
 /// until each image's turn: one per image of the chunk (a chunk holds about `batch_size`
-/// crops), on the device on a GPU.
+/// crops), on the device on a GPU; so only where the chunk's prefixes and maps fit the memory
+/// budget together.
 fn first_group_dense(
     ctx: &ImageCtx,
     jobs: &[Job],
@@ -1245,6 +1246,18 @@ fn first_group_dense(
     if prepared.len() < 2
         || !segsweep_infer::dense_batches_across_images(&job.config.inference, &steps)
     {
+        return Ok(None);
+    }
+    // Within the memory budget only: every image's prefix and its f32 dense map held at once.
+    let queries = ctx.classifier.query_class.len();
+    let held: usize = prepared
+        .iter()
+        .map(|(p, _)| {
+            let (h, w) = p.original_size();
+            p.prefix_bytes() + queries * h * w * 4
+        })
+        .sum();
+    if held as u64 > ctx.prefix.plan.budget_bytes {
         return Ok(None);
     }
     let refs: Vec<&segsweep_infer::Prepared> = prepared.iter().map(|(p, _)| p).collect();
