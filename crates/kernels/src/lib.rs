@@ -44,13 +44,21 @@ fn env_choice() -> bool {
 /// `candle` → no (either in any case, spaces around ignored), anything else → yes, with a
 /// warning.
 fn parse_choice(v: Option<&str>) -> bool {
-    match v.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("fused") => true,
-        Some("candle") => false,
+    parse_either(ENV, v, "fused", "candle")
+}
+
+/// Variable `var`'s value `v` as a choice between `default` (unset, empty or `default` → true)
+/// and `other` (→ false), in any case, spaces around ignored; anything else keeps the default
+/// and logs a warning naming `var`.
+fn parse_either(var: &str, v: Option<&str>, default: &str, other: &str) -> bool {
+    match v.map(|v| v.trim().to_ascii_lowercase()) {
+        None => true,
+        Some(t) if t.is_empty() || t == default => true,
+        Some(t) if t == other => false,
         Some(_) => {
             let v = v.unwrap_or_default();
             tracing::warn!(
-                "{ENV}={v:?} is not `fused` or `candle`; using segsweep's fused kernels (the default)"
+                "{var}={v:?} is not `{default}` or `{other}`; using `{default}` (the default)"
             );
             true
         }
@@ -72,17 +80,7 @@ pub(crate) fn attention_fa_chosen() -> bool {
 /// [`ATTENTION_ENV`]'s value → whether the mma.sync kernel is chosen: unset, empty or `fa` →
 /// yes, `wmma` → no (any case, spaces ignored), anything else → yes, with a warning.
 fn parse_attention(v: Option<&str>) -> bool {
-    match v.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("fa") => true,
-        Some("wmma") => false,
-        Some(_) => {
-            let v = v.unwrap_or_default();
-            tracing::warn!(
-                "{ATTENTION_ENV}={v:?} is not `fa` or `wmma`; using the mma.sync kernel (the default)"
-            );
-            true
-        }
-    }
+    parse_either(ATTENTION_ENV, v, "fa", "wmma")
 }
 
 thread_local! {
