@@ -985,9 +985,10 @@ pub fn dense_batches_across_images(cfg: &InferConfig, pipeline: &[Step<'_>]) -> 
 /// [`dense_logits`] for several prepared images, in order, with the same results. Where the
 /// pipeline has no attention- or feature-stage plugin (the built-in attention) and the images
 /// were prepared in slide mode, the last block, head and cosine run on the crops of all the
-/// images together, in batches of at least `cfg.batch_size` crops: on a GPU the per-image
-/// last block (8 crops of a VOC image) is bound by launches, not arithmetic. Otherwise each
-/// image runs alone. Images with another crop size than the first batch with their own kind.
+/// images together: on a GPU the per-image last block (8 crops of a VOC image) is bound by
+/// launches, not arithmetic. Consecutive chunks (an image's crops from one prefix batch) are
+/// joined until they hold `cfg.batch_size` crops, never split; a chunk of another crop size
+/// starts a new batch. Otherwise each image runs alone.
 pub fn dense_logits_many(
     backbone: &dyn Backbone,
     prepared: &[&Prepared],
