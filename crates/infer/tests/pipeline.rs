@@ -274,6 +274,50 @@ fn dense_logits_of_several_images_at_once_equal_one_image_at_a_time() {
 }
 
 #[test]
+fn dense_logits_many_equal_one_image_at_a_time_on_the_tiny_clip() {
+    // The real CLIP towers (random tiny weights) with each built-in attention: the last block's
+    // GEMMs then have other row counts than one image's, and still give the same bits.
+    use candle_core::DType;
+    let m =
+        segsweep_clip::ClipModel::load("builtin:tiny-random", &Device::Cpu, DType::F32).unwrap();
+    let queries: Vec<String> = ["sky", "cat", "dog"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let text = m.encode_text(&queries).unwrap();
+    let norm = text.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+    let cls = Classifier {
+        text: text.broadcast_div(&norm).unwrap(),
+        query_class: vec![0, 1, 2],
+        queries,
+        class_names: ["sky", "cat", "dog"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let imgs = [image(70, 115, 0), image(40, 300, 2), image(120, 64, 3)];
+    for attention in m.builtin_attention_names() {
+        let c = InferConfig {
+            attention: attention.to_string(),
+            ..cfg(64, 5)
+        };
+        let many =
+            prepare_many(&m, &imgs.iter().collect::<Vec<_>>(), &c, &Needs::default()).unwrap();
+        let refs: Vec<_> = many.iter().collect();
+        let together = dense_logits_many(&m, &refs, &cls, &c, &[]).unwrap();
+        for (p, d) in many.iter().zip(&together) {
+            let alone = dense_logits(&m, p, &cls, &c, &[]).unwrap();
+            let (a, b) = (alone.to_tensor().unwrap(), d.to_tensor().unwrap());
+            assert_eq!(
+                vec3(&a).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                vec3(&b).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{attention}"
+            );
+        }
+    }
+}
+
+#[test]
 fn probabilities_are_at_the_original_size_and_sum_to_at_most_one() {
     let bb = FakeBackbone::new(4).unwrap();
     let cls = classifier(&bb);
