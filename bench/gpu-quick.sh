@@ -79,7 +79,8 @@ for dt in ("f32", "f16"):
 PY
 step "speed"
 MANY=()
-for _ in 1 2 3 4; do MANY+=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm"); done
+# COPIES pairs of VOC-sized images per pass (default 4: 8 images, one batch of 64 crops).
+for _ in $(seq "${COPIES:-4}"); do MANY+=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.ppm"); done
 SEGSWEEP_CUDA_ATTENTION=wmma timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
     --reps "$REPS" --device cuda:0 --dtype f16 --across-batch 64 "${MANY[@]}" >"$OUT/rust-f16-wmma.json" \
     2>"$OUT/rust-f16-wmma.log" || tail -3 "$OUT/rust-f16-wmma.log"
