@@ -1016,13 +1016,7 @@ pub fn dense_logits_many(
     let on_device = dense_on_device(backbone.device());
     let mut canvases: Vec<Stitcher> = prepared
         .iter()
-        .map(|p| {
-            let (rh, rw) = p.resized;
-            match on_device {
-                false => Stitcher::Host(Canvas::new(q, rh, rw)),
-                true => Stitcher::Device(DeviceCanvas::new(q, rh, rw)),
-            }
-        })
+        .map(|p| Stitcher::new(q, p.resized, on_device))
         .collect();
     // Every chunk of every image, in order; batches of consecutive chunks with the same token
     // shape, closed once they hold `batch_size` crops.
@@ -1072,18 +1066,7 @@ pub fn dense_logits_many(
     prepared
         .iter()
         .zip(canvases)
-        .map(|(p, canvas)| {
-            let (h, w) = p.original_size();
-            let logits = match canvas.average()? {
-                DenseData::Host(v) => DenseData::Host(resize_planes(&v, q, p.resized, (h, w))),
-                DenseData::Device(t) => DenseData::Device(resize_device(&t, (h, w))?),
-            };
-            Ok(DenseLogits {
-                data: logits,
-                queries: q,
-                size: (h, w),
-            })
-        })
+        .map(|(p, canvas)| DenseLogits::resized(canvas.average()?, q, p.resized, p.original_size()))
         .collect()
 }
 
@@ -1131,10 +1114,7 @@ fn dense_logits_impl(
     let (h, w) = prepared.original_size();
     let (rh, rw) = prepared.resized;
     let on_device = dense_on_device(backbone.device());
-    let mut canvas = match on_device {
-        false => Stitcher::Host(Canvas::new(q, rh, rw)),
-        true => Stitcher::Device(DeviceCanvas::new(q, rh, rw)),
-    };
+    let mut canvas = Stitcher::new(q, (rh, rw), on_device);
     let mut whole: Option<(DenseData, (usize, usize))> = None;
     for chunk in &prepared.chunks {
         let logits = chunk_logits(backbone, prepared, chunk, classifier, cfg, plan)?;
@@ -1160,18 +1140,32 @@ fn dense_logits_impl(
             (avg, (rh, rw))
         }
     };
-    let logits = match grid {
-        DenseData::Host(v) => DenseData::Host(resize_planes(&v, q, from, (h, w))),
-        DenseData::Device(t) => DenseData::Device(resize_device(&t, (h, w))?),
-    };
+    let logits = DenseLogits::resized(grid, q, from, (h, w))?;
     if let Some(t) = trace {
-        t.dense_logits = Some(logits.to_cpu((q, h, w))?);
+        t.dense_logits = Some(logits.data.to_cpu((q, h, w))?);
     }
-    Ok(DenseLogits {
-        data: logits,
-        queries: q,
-        size: (h, w),
-    })
+    Ok(logits)
+}
+
+impl DenseLogits {
+    /// `Q` planes of `from = (h', w')` (a stitched canvas or a whole-mode grid) resized to the
+    /// original `(h, w)`, where they are (host or device).
+    fn resized(
+        grid: DenseData,
+        q: usize,
+        from: (usize, usize),
+        (h, w): (usize, usize),
+    ) -> Result<DenseLogits> {
+        let data = match grid {
+            DenseData::Host(v) => DenseData::Host(resize_planes(&v, q, from, (h, w))),
+            DenseData::Device(t) => DenseData::Device(resize_device(&t, (h, w))?),
+        };
+        Ok(DenseLogits {
+            data,
+            queries: q,
+            size: (h, w),
+        })
+    }
 }
 
 /// SCLIP's slide canvas, on the host (CPU backbones) or on the backbone's device (see
@@ -1182,6 +1176,14 @@ enum Stitcher {
 }
 
 impl Stitcher {
+    /// An empty canvas of `q` planes of the resized image `(rh, rw)`, on the device or host.
+    fn new(q: usize, (rh, rw): (usize, usize), on_device: bool) -> Stitcher {
+        match on_device {
+            false => Stitcher::Host(Canvas::new(q, rh, rw)),
+            true => Stitcher::Device(DeviceCanvas::new(q, rh, rw)),
+        }
+    }
+
     /// Add a chunk of crop logits `(B, Q, gh, gw)` with their `B` windows.
     fn add(&mut self, logits: &Tensor, wins: &[Window]) -> Result<()> {
         match self {
