@@ -898,65 +898,18 @@ fn run_group(
     };
 
     // Images in batches whose windows fill `batch_size` crops, so the backbone's batches span
-    // images (a VOC image has 8 windows; a GPU wants more per batch).
-    let batch = first.inference.batch_size.max(1);
-    let mut i = start;
-    while i < ds.len() {
-        let mut chunk: Vec<(usize, Option<Sample>)> = Vec::new();
-        let mut windows = 0;
-        while i < ds.len() && windows < batch {
-            let budget_spent = opts
-                .stop_after_images
-                .is_some_and(|n| tally.images_done >= n);
-            if opts.cancel.load(Ordering::SeqCst) || budget_spent {
-                if chunk.is_empty() {
-                    return Err(RunnerError::Interrupted);
-                }
-                break;
-            }
-            tally.images_done += 1;
-            // A sample that cannot be read, or whose size the settings cannot segment (a very
-            // thin image), is a bad sample: skipped with skip_bad, else the run stops at it.
-            let patch = ctx.model.info().patch_size;
-            let loaded = ds.load(i).map_err(|e| e.to_string()).and_then(|s| {
-                match segsweep_infer::window_count_for(s.image.h, s.image.w, ctx.prefix.cfg, patch)
-                {
-                    Ok(n) => Ok((s, n)),
-                    Err(e) => Err(format!(
-                        "{}: {e}",
-                        ds.sample_ref(i)
-                            .map(|r| r.image.display().to_string())
-                            .unwrap_or_else(|| format!("sample {}", s.id))
-                    )),
-                }
-            });
-            match loaded {
-                Ok((s, n)) => {
-                    windows += n;
-                    chunk.push((i, Some(s)));
-                }
-                Err(e) if first.dataset.skip_bad => {
-                    tracing::warn!("skipping sample {}: {e}", ds.id(i).unwrap_or("?"));
-                    chunk.push((i, None));
-                }
-                Err(e) => {
-                    // The images loaded before it still run, so that "finished images are
-                    // kept" holds for the whole batch, not only for earlier batches.
-                    if !chunk.is_empty() {
-                        run_batch(&ctx, &mut jobs, &chunk, &mut tally.memory, opts, &bar)?;
-                    }
-                    return Err(RunnerError::spec(
-                        &exp.spec.file(),
-                        "dataset",
-                        e,
-                        Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
-                    ));
-                }
-            }
-            i += 1;
-        }
-        run_batch(&ctx, &mut jobs, &chunk, &mut tally.memory, opts, &bar)?;
-    }
+    // images (a VOC image has 8 windows; a GPU wants more per batch). Samples are decoded ahead
+    // on a background thread (`load_ahead`).
+    let ahead = exp
+        .spec
+        .raw
+        .experiment
+        .load_ahead
+        .unwrap_or_else(|| 2 * rayon::current_num_threads());
+    std::thread::scope(|scope| {
+        let mut loader = crate::loader::Loader::new(scope, &ds, start, ahead);
+        run_chunks(exp, opts, &ctx, &ds, &mut loader, &mut jobs, tally, &bar)
+    })?;
     bar.finish_and_clear();
     bars.configs.inc(jobs.len() as u64);
     let m = &tally.memory;
@@ -1004,6 +957,82 @@ fn run_group(
     }
     // Tables and charts after each group, so a later failure leaves them current.
     finalize(exp, dir, false)?;
+    Ok(())
+}
+
+/// The images from `start` (the loader's first) to the dataset's end, in chunks whose windows
+/// fill `batch_size` crops ([`run_batch`] each), stopping early on a cancel, at
+/// `stop_after_images`, or at a bad sample (after running the images before it).
+#[allow(clippy::too_many_arguments)]
+fn run_chunks(
+    exp: &Experiment,
+    opts: &RunOptions,
+    ctx: &ImageCtx,
+    ds: &Dataset,
+    loader: &mut crate::loader::Loader<'_>,
+    jobs: &mut [Job],
+    tally: &mut Tally,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let first = jobs[0].config;
+    let mut i = jobs.iter().map(|j| j.partial.next_image).min().unwrap_or(0);
+    let batch = first.inference.batch_size.max(1);
+    while i < ds.len() {
+        let mut chunk: Vec<(usize, Option<Sample>)> = Vec::new();
+        let mut windows = 0;
+        while i < ds.len() && windows < batch {
+            let budget_spent = opts
+                .stop_after_images
+                .is_some_and(|n| tally.images_done >= n);
+            if opts.cancel.load(Ordering::SeqCst) || budget_spent {
+                if chunk.is_empty() {
+                    return Err(RunnerError::Interrupted);
+                }
+                break;
+            }
+            tally.images_done += 1;
+            // A sample that cannot be read, or whose size the settings cannot segment (a very
+            // thin image), is a bad sample: skipped with skip_bad, else the run stops at it.
+            let patch = ctx.model.info().patch_size;
+            let loaded = loader.load(i).map_err(|e| e.to_string()).and_then(|s| {
+                match segsweep_infer::window_count_for(s.image.h, s.image.w, ctx.prefix.cfg, patch)
+                {
+                    Ok(n) => Ok((s, n)),
+                    Err(e) => Err(format!(
+                        "{}: {e}",
+                        ds.sample_ref(i)
+                            .map(|r| r.image.display().to_string())
+                            .unwrap_or_else(|| format!("sample {}", s.id))
+                    )),
+                }
+            });
+            match loaded {
+                Ok((s, n)) => {
+                    windows += n;
+                    chunk.push((i, Some(s)));
+                }
+                Err(e) if first.dataset.skip_bad => {
+                    tracing::warn!("skipping sample {}: {e}", ds.id(i).unwrap_or("?"));
+                    chunk.push((i, None));
+                }
+                Err(e) => {
+                    // The images loaded before it still run, so that "finished images are
+                    // kept" holds for the whole batch, not only for earlier batches.
+                    if !chunk.is_empty() {
+                        run_batch(ctx, jobs, &chunk, &mut tally.memory, opts, bar)?;
+                    }
+                    return Err(RunnerError::spec(
+                        &exp.spec.file(),
+                        "dataset",
+                        e,
+                        Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
+                    ));
+                }
+            }
+            i += 1;
+        }
+        run_batch(ctx, jobs, &chunk, &mut tally.memory, opts, bar)?;
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod exec;
+mod loader;
 pub mod memory;
 pub mod spec;
 pub mod sweep;

@@ -53,6 +53,10 @@ pub struct ExperimentSection {
     pub feature_cache: String,
     /// Directory of the feature cache (default `<output_dir>/.cache/features`).
     pub feature_cache_dir: Option<PathBuf>,
+    /// Samples decoded ahead of inference, in parallel on a background thread (default: twice
+    /// the CPU threads). 0 decodes each sample on the runner's thread when it is reached. Only
+    /// speed and memory (one decoded image and label each) depend on it.
+    pub load_ahead: Option<usize>,
 }
 
 impl Default for ExperimentSection {
@@ -69,6 +73,7 @@ impl Default for ExperimentSection {
             spill_dir: None,
             feature_cache: "none".into(),
             feature_cache_dir: None,
+            load_ahead: None,
         }
     }
 }
