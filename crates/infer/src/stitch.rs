@@ -8,6 +8,17 @@ use crate::error::{InferError, Result};
 use crate::interp::{resize_plane_into, Axis};
 use crate::windows::Window;
 
+/// `n` zeros written into fresh memory, in parallel. [`Canvas::add`] adds into its buffers, and
+/// an add into `vec![0.0; n]` (calloc: untouched pages) reads each page first, which maps the
+/// shared zero page, and then writes it, which copies that page and flushes the TLBs of every
+/// thread: on this repository's 2-core machine that took more time than the resampling (a
+/// third of a tiny-model run). Pages first touched by a write are simply allocated.
+pub(crate) fn zeros_written(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v
+}
+
 /// Sum of upsampled crop logits and the per-pixel window count at the resized size.
 pub(crate) struct Canvas {
     q: usize,
@@ -23,8 +34,8 @@ impl Canvas {
             q,
             h,
             w,
-            sum: vec![0.0; q * h * w],
-            count: vec![0.0; h * w],
+            sum: zeros_written(q * h * w),
+            count: zeros_written(h * w),
         }
     }
 
