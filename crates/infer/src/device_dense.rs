@@ -246,18 +246,17 @@ pub(crate) fn threshold_labels_device(
     let (c, h, w) = probs.dims3()?;
     let dev = probs.device();
     if segsweep_kernels::enabled(dev, c * h * w) {
-        // Two kernels and one small copy instead of the ops below (segsweep-kernels `post`).
+        // Kernels (segsweep-kernels `post`) instead of the ops below; the counts and the zeroed
+        // classes stay on the device, so only the labels come back (one wait per image).
         use segsweep_kernels::post;
         let p = probs.to_dtype(DType::F32)?.contiguous()?;
-        let zeroed = match area_thd {
+        let labels = match area_thd {
             Some(thd) => {
-                let count: Vec<u32> = post::area_counts(&p)?.to_vec1()?;
-                let count: Vec<u64> = count.into_iter().map(u64::from).collect();
-                crate::post::area_zeroed(&count, thd, background)
+                let zeroed = post::area_zeroed(&post::area_counts(&p)?, thd, background)?;
+                post::threshold_labels_masked(&p, &zeroed, prob_thd, background)?
             }
-            None => vec![false; c],
+            None => post::threshold_labels(&p, &vec![false; c], prob_thd, background)?,
         };
-        let labels = post::threshold_labels(&p, &zeroed, prob_thd, background)?;
         // Class indices below 256 come back as bytes: a quarter of the copy (one VOC image's
         // labels are 0.75 MB as u32), for one more small kernel.
         if c <= 256 {
@@ -314,6 +313,68 @@ mod tests {
     use crate::post::class_probs;
     use crate::stitch::Canvas;
     use crate::windows::slide_windows;
+
+    /// The kernels' `area_zeroed` (which runs on the device path, counts never leaving the
+    /// device) decides as the host's `area_zeroed` on counts at and next to the limit, with and
+    /// without a background class, and on totals past 2^24 where the f32 conversion rounds.
+    #[test]
+    fn issue_7_area_zeroed_on_the_device_equals_the_host_rule() {
+        let mut cases: Vec<(Vec<u32>, f32, Option<usize>)> = vec![
+            (vec![50, 10, 11, 29, 0], 0.1, None),
+            (vec![900, 10, 11, 29, 50], 0.1, Some(0)),
+            (vec![900, 10, 11, 29, 50], 0.1, Some(9)),
+            (vec![16_777_217, 1_677_721, 1_677_722, 3, 1], 0.1, Some(4)),
+            (vec![5, 5, 5, 5, 5], 0.0, Some(2)),
+            (vec![5, 5, 5, 5, 5], 1.0, None),
+        ];
+        // Pseudo-random counts of a VOC-sized image, each threshold from 0 to 0.3.
+        let mut x = 12345u64;
+        for k in 0..200 {
+            let counts: Vec<u32> = (0..21)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((x >> 33) % 20_000) as u32 * ((x >> 20) % 2) as u32
+                })
+                .collect();
+            cases.push((
+                counts,
+                (k % 31) as f32 / 100.0,
+                (k % 3 == 0).then_some(k % 21),
+            ));
+        }
+        let mut zeroed_any = 0;
+        for (counts, thd, bg) in &cases {
+            let t = Tensor::new(counts.as_slice(), &Device::Cpu).unwrap();
+            let got: Vec<u8> = segsweep_kernels::post::area_zeroed(&t, *thd, *bg)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let wide: Vec<u64> = counts.iter().map(|&c| u64::from(c)).collect();
+            let want: Vec<u8> = crate::post::area_zeroed(&wide, *thd, *bg)
+                .into_iter()
+                .map(u8::from)
+                .collect();
+            assert_eq!(got, want, "counts {counts:?}, thd {thd}, background {bg:?}");
+            zeroed_any += usize::from(got.contains(&1) && got.contains(&0));
+        }
+        assert!(
+            zeroed_any > 100,
+            "too few cases zero some classes and keep others"
+        );
+        assert_eq!(
+            segsweep_kernels::post::area_zeroed(
+                &Tensor::new(&[50u32, 10, 11, 29, 0], &Device::Cpu).unwrap(),
+                0.1,
+                None
+            )
+            .unwrap()
+            .to_vec1::<u8>()
+            .unwrap(),
+            [0, 1, 0, 0, 1]
+        );
+    }
 
     fn planes(n: usize, seed: u32) -> Vec<f32> {
         (0..n)

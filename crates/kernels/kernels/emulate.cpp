@@ -248,6 +248,9 @@ inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, 
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+// Integer to float, rounded to nearest (what x86 and the host's `as f32` do).
+inline float __uint2float_rn(uint32_t a) { return (float)a; }
+inline float __ull2float_rn(unsigned long long a) { return (float)a; }
 
 #include "fused.cu"
 #include "post.cu"
@@ -568,6 +571,44 @@ static void test_post() {
         want_labels[p] = mx < 0.3f ? 2 : l;
     }
     check("threshold_labels", "f32", labels == want_labels ? 0.0 : 1.0, 0.0);
+
+    // area_thd's flags: the host rule (segsweep-infer `area_zeroed`, in f32) on counts with a
+    // count exactly at the limit (10 ≤ 0.1 · 100), one just over it, the background class's
+    // count left out of the total, and a total above 2^24 where the conversion rounds.
+    struct Case {
+        std::vector<uint32_t> count;
+        float thd;
+        uint32_t bg, has_bg;
+    };
+    const std::vector<Case> cases = {
+        {{50, 10, 11, 29, 0}, 0.1f, 0, 0},        // total 100: 10 and 0 zeroed, 11 not
+        {{900, 10, 11, 29, 50}, 0.1f, 0, 1},      // background 0 out of the total (100)
+        {{900, 10, 11, 29, 50}, 0.1f, 7, 1},      // a background index past C: no background
+        {{16777217u, 1677721u, 1677722u, 3, 1}, 0.1f, 4, 1},
+        {{5, 5, 5, 5, 5}, 0.0f, 2, 1},            // thd 0: nothing but zero counts
+    };
+    bool same = true;
+    for (const Case &k : cases) {
+        const uint32_t c_n = k.count.size();
+        std::vector<uint8_t> got(c_n, 7), want(c_n);
+        launch_serial({1}, {1}, [&] {
+            area_zeroed_u32(k.count.data(), got.data(), c_n, k.thd, k.bg, k.has_bg);
+        });
+        unsigned long long total = 0;
+        for (uint32_t c = 0; c < c_n; ++c)
+            if (!(k.has_bg && c == k.bg)) total += k.count[c];
+        const float limit = k.thd * (float)total;
+        for (uint32_t c = 0; c < c_n; ++c)
+            want[c] = !(k.has_bg && c == k.bg) && (float)k.count[c] <= limit;
+        same = same && got == want;
+    }
+    // The first case by hand: classes 1 and 4 (count 10 = 0.1 · 100, and 0) are zeroed.
+    std::vector<uint8_t> first(5);
+    launch_serial({1}, {1}, [&] {
+        area_zeroed_u32(cases[0].count.data(), first.data(), 5, 0.1f, 0, 0);
+    });
+    same = same && first == std::vector<uint8_t>{0, 1, 0, 0, 1};
+    check("area_zeroed", "f32", same ? 0.0 : 1.0, 0.0);
 }
 
 // torch's bilinear axis (align_corners=False) as segsweep-kernels `post::bilinear_axis` builds

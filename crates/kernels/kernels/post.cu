@@ -61,6 +61,27 @@ extern "C" __global__ void area_counts_f32(const float *probs, uint32_t *count, 
     }
 }
 
+// area_thd's decision from area_counts_f32's counts, on the device (segsweep-infer's host
+// `area_zeroed`): zeroed[c] = 1 for a foreground class c (every class but bg when has_bg) whose
+// count ≤ thd · (the foreground classes' total), with the conversions and the product rounded to
+// nearest as the host's f32 arithmetic. One thread does it all (C ≤ a few hundred).
+extern "C" __global__ void area_zeroed_u32(const uint32_t *count, uint8_t *zeroed, uint32_t c_n,
+                                           float thd, uint32_t bg, uint32_t has_bg) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) {
+        return;
+    }
+    unsigned long long total = 0;
+    for (uint32_t c = 0; c < c_n; ++c) {
+        if (!(has_bg && c == bg)) {
+            total += count[c];
+        }
+    }
+    const float limit = __fmul_rn(thd, __ull2float_rn(total));
+    for (uint32_t c = 0; c < c_n; ++c) {
+        zeroed[c] = (!(has_bg && c == bg) && __uint2float_rn(count[c]) <= limit) ? 1 : 0;
+    }
+}
+
 // Labels: the argmax with zeroed classes read as 0; a pixel whose max is below prob_thd gets bg.
 extern "C" __global__ void threshold_labels_f32(const float *probs, const uint8_t *zeroed,
                                                 uint32_t *labels, uint32_t n, uint32_t c_n,

@@ -407,6 +407,28 @@ pub(crate) fn area_counts(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     Ok(wrap(out, dev))
 }
 
+pub(crate) fn area_zeroed(
+    op: &crate::post::AreaZeroed,
+    s: &CudaStorage,
+    l: &Layout,
+) -> Result<CudaStorage> {
+    let dev = &s.device;
+    let c_n = count(l.shape().dims1()?, "area_zeroed")?;
+    let (thd, bg, has_bg) = (op.thd, op.bg.unwrap_or(0), u32::from(op.bg.is_some()));
+    let counts = view::<u32>(s, l, "area_zeroed")?;
+    let func = dev.get_or_load_custom_func("area_zeroed_u32", POST_MODULE, POST_PTX)?;
+    // SAFETY: the kernel's one thread writes every flag.
+    let out = unsafe { dev.alloc::<u8>(c_n as usize)? };
+    let one = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(func, one, "area_zeroed_u32";
+        p &counts, p &out, u32 &c_n, f32 &thd, u32 &bg, u32 &has_bg)?;
+    Ok(wrap(out, dev))
+}
+
 pub(crate) fn threshold_labels(
     op: &crate::post::ThresholdLabels,
     s1: &CudaStorage,

@@ -22,6 +22,7 @@ pub mod block;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod post;
+pub mod tables;
 #[doc(hidden)]
 pub mod testing;
 

@@ -40,7 +40,7 @@ pub fn class_probs(
         bail!("class_probs: class {c} has no query");
     }
     let qc: Vec<u32> = query_class.iter().map(|&c| c as u32).collect();
-    let qc = Tensor::from_vec(qc, q, logits.device())?;
+    let qc = crate::tables::upload(&qc, logits.device())?;
     logits
         .contiguous()?
         .apply_op2_no_bwd(&qc, &ClassProbs { n_classes, scale })
@@ -53,6 +53,28 @@ pub fn area_counts(probs: &Tensor) -> Result<Tensor> {
     probs.contiguous()?.apply_op1_no_bwd(&AreaCounts)
 }
 
+/// Which classes `area_thd` zeroes, from the per-class pixel counts `count: (C,)` u32 of
+/// [`area_counts`], on their device: `(C,)` u8, 1 for a foreground class (every class but
+/// `background`) with `count ≤ area_thd · (the foreground classes' total)`, product and
+/// conversions rounded as segsweep-infer's host `area_zeroed` (f32, to nearest). On a GPU the
+/// counts need not come back to the host between [`area_counts`] and
+/// [`threshold_labels_masked`].
+pub fn area_zeroed(count: &Tensor, area_thd: f32, background: Option<usize>) -> Result<Tensor> {
+    let c = count.dims1()?;
+    if count.dtype() != DType::U32 || c == 0 {
+        bail!(
+            "area_zeroed: counts {:?} {:?} (expected u32 (C,))",
+            count.dims(),
+            count.dtype()
+        );
+    }
+    let op = AreaZeroed {
+        thd: area_thd,
+        bg: background.filter(|&b| b < c).map(|b| b as u32),
+    };
+    count.contiguous()?.apply_op1_no_bwd(&op)
+}
+
 /// Labels `(h·w,)` u32: the first argmax over the classes of `probs: (C, h, w)` f32 with the
 /// classes in `zeroed` read as 0, and `background` (class 0 without one) where the max is below
 /// `prob_thd`.
@@ -62,20 +84,34 @@ pub fn threshold_labels(
     prob_thd: f32,
     background: Option<usize>,
 ) -> Result<Tensor> {
+    let z: Vec<u8> = zeroed.iter().map(|&z| z as u8).collect();
+    let z = crate::tables::upload(&z, probs.device())?;
+    threshold_labels_masked(probs, &z, prob_thd, background)
+}
+
+/// [`threshold_labels`] with the zeroed classes as a `(C,)` u8 tensor on the probabilities'
+/// device (nonzero = zeroed), e.g. from [`area_zeroed`].
+pub fn threshold_labels_masked(
+    probs: &Tensor,
+    zeroed: &Tensor,
+    prob_thd: f32,
+    background: Option<usize>,
+) -> Result<Tensor> {
     let c = check_probs(probs, "threshold_labels")?;
-    if zeroed.len() != c {
+    if zeroed.dims() != [c] || zeroed.dtype() != DType::U8 {
         bail!(
-            "threshold_labels: {} zeroed flags for {c} classes",
-            zeroed.len()
+            "threshold_labels: zeroed flags {:?} {:?} for {c} classes (expected u8 (C,))",
+            zeroed.dims(),
+            zeroed.dtype()
         );
     }
-    let z: Vec<u8> = zeroed.iter().map(|&z| z as u8).collect();
-    let z = Tensor::from_vec(z, c, probs.device())?;
     let op = ThresholdLabels {
         prob_thd,
         bg: background.unwrap_or(0) as u32,
     };
-    probs.contiguous()?.apply_op2_no_bwd(&z, &op)
+    probs
+        .contiguous()?
+        .apply_op2_no_bwd(&zeroed.contiguous()?, &op)
 }
 
 /// torch's bilinear source indices and weights along one axis (`F.interpolate(...,
@@ -129,9 +165,8 @@ pub fn resize_bilinear(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
     let (mut idx, mut wts) = (Vec::new(), Vec::new());
     push_axis(&mut idx, &mut wts, ih, oh);
     push_axis(&mut idx, &mut wts, iw, ow);
-    let n = idx.len();
-    let idx = Tensor::from_vec(idx, n, x.device())?;
-    let wts = Tensor::from_vec(wts, n, x.device())?;
+    let idx = crate::tables::upload(&idx, x.device())?;
+    let wts = crate::tables::upload(&wts, x.device())?;
     x.contiguous()?
         .apply_op3_no_bwd(&idx, &wts, &ResizeBilinear { oh, ow })
 }
@@ -169,9 +204,8 @@ pub fn stitch_windows(
     if let Some((py, px)) = first_uncovered(windows, (h, w)) {
         bail!("stitch_windows: pixel ({py}, {px}) of the {h}×{w} canvas is in no window");
     }
-    let n = idx.len();
-    let idx = Tensor::from_vec(idx, n, logits.device())?;
-    let wts = Tensor::from_vec(wts, n, logits.device())?;
+    let idx = crate::tables::upload(&idx, logits.device())?;
+    let wts = crate::tables::upload(&wts, logits.device())?;
     logits
         .contiguous()?
         .apply_op3_no_bwd(&idx, &wts, &StitchWindows { h, w })
@@ -344,6 +378,50 @@ impl CustomOp1 for AreaCounts {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (c_n, _, _) = l.shape().dims3()?;
         Ok((crate::cuda::area_counts(s, l)?, Shape::from(c_n)))
+    }
+}
+
+pub(crate) struct AreaZeroed {
+    pub(crate) thd: f32,
+    pub(crate) bg: Option<u32>,
+}
+
+impl AreaZeroed {
+    /// The flags from the counts: the host rule, in the kernel's arithmetic.
+    fn cpu(&self, count: &[u32]) -> Vec<u8> {
+        let fg = |c: usize| Some(c as u32) != self.bg;
+        let total: u64 = (0..count.len())
+            .filter(|&c| fg(c))
+            .map(|c| u64::from(count[c]))
+            .sum();
+        let limit = self.thd * total as f32;
+        (0..count.len())
+            .map(|c| u8::from(fg(c) && count[c] as f32 <= limit))
+            .collect()
+    }
+}
+
+impl CustomOp1 for AreaZeroed {
+    fn name(&self) -> &'static str {
+        "segsweep-area-zeroed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let count = match (s, l.contiguous_offsets()) {
+            (CpuStorage::U32(v), Some((a, b))) => &v[a..b],
+            _ => bail!("area_zeroed: counts must be contiguous u32"),
+        };
+        Ok((CpuStorage::U8(self.cpu(count)), Shape::from(count.len())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let c = l.shape().dims1()?;
+        Ok((crate::cuda::area_zeroed(self, s, l)?, Shape::from(c)))
     }
 }
 

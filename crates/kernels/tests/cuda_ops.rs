@@ -206,6 +206,45 @@ fn post_processing_on_the_gpu_equals_the_cpu() {
             .unwrap();
         assert_eq!(a, b, "prob_thd {thd} background {bg:?}");
     }
+    // area_thd's flags on the device from the device's counts, then the masked labels (what the
+    // dense path runs: nothing comes back before the labels), equal to the CPU.
+    let counts_gpu = post::area_counts(&probs_gpu).unwrap();
+    let edge = Tensor::new(&[50u32, 10, 11, 29, 0, 16_777_217, 3], &dev).unwrap();
+    for (thd, bg) in [(0.0, Some(0)), (0.05, Some(0)), (0.1, None), (0.3, Some(2))] {
+        let z_cpu = post::area_zeroed(
+            &Tensor::new(cpu_counts.as_slice(), &Device::Cpu).unwrap(),
+            thd,
+            bg,
+        )
+        .unwrap();
+        let z_gpu = post::area_zeroed(&counts_gpu, thd, bg).unwrap();
+        let flags: Vec<u8> = z_gpu.to_device(&Device::Cpu).unwrap().to_vec1().unwrap();
+        assert_eq!(
+            flags,
+            z_cpu.to_vec1::<u8>().unwrap(),
+            "area_thd {thd} background {bg:?}"
+        );
+        let e_cpu = post::area_zeroed(&edge.to_device(&Device::Cpu).unwrap(), thd, bg).unwrap();
+        let e_gpu = post::area_zeroed(&edge, thd, bg)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        assert_eq!(
+            e_gpu.to_vec1::<u8>().unwrap(),
+            e_cpu.to_vec1::<u8>().unwrap()
+        );
+        let a: Vec<u32> = post::threshold_labels_masked(&want, &z_cpu, 0.1, bg)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<u32> = post::threshold_labels_masked(&probs_gpu, &z_gpu, 0.1, bg)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b, "area_thd {thd} background {bg:?}");
+    }
 }
 
 #[test]
