@@ -97,19 +97,17 @@ impl IouCounts {
         for (&p, &g) in pr.iter().zip(gr) {
             cell(p, g, 0);
         }
-        let at =
-            |g: usize, p: usize| -> u64 { joint[g * w + p].iter().map(|&c| u64::from(c)).sum() };
         let mut inter = vec![0u64; n];
         let mut p_hist = vec![0u64; n];
         let mut l_hist = vec![0u64; n];
-        for g in 0..w {
-            for p in 0..w {
-                let v = at(g, p);
-                if p < n {
-                    p_hist[p] += v;
+        for (g, row) in joint.chunks_exact(w).enumerate() {
+            for (p, cell) in row.iter().enumerate() {
+                let v: u64 = cell.iter().map(|&c| u64::from(c)).sum();
+                if let Some(h) = p_hist.get_mut(p) {
+                    *h += v;
                 }
-                if g < n {
-                    l_hist[g] += v;
+                if let Some(h) = l_hist.get_mut(g) {
+                    *h += v;
                     if p == g {
                         inter[g] += v;
                     }
