@@ -257,6 +257,9 @@ impl ClipModel {
             return Ok(p.clone());
         }
         let p = attention::gaussian_prior(grid, attention::NACLIP_SIGMA, &self.device)?;
+        // Cached for every thread: on a GPU each thread has its own stream (candle's per-thread
+        // default stream) and nothing orders another thread's reads after this upload.
+        self.device.synchronize()?;
         cache.insert(grid, p.clone());
         Ok(p)
     }

@@ -96,6 +96,9 @@ impl Vision {
             return Ok(t.clone());
         }
         let t = interpolate_pos(&self.pos, self.base, grid)?.to_dtype(self.dtype)?;
+        // Cached for every thread: on a GPU each thread has its own stream (candle's per-thread
+        // default stream) and nothing orders another thread's reads after this work.
+        t.device().synchronize()?;
         cache.insert(grid, t.clone());
         Ok(t)
     }

@@ -355,10 +355,15 @@ fn stage_image(
     )?;
     let device = backbone.device();
     let (norm, norm_dev) = match dense_on_device(device) {
-        true => (
-            Vec::new(),
-            Some(normalise_on(&resized, info.mean, info.std, device)?),
-        ),
+        true => {
+            let t = normalise_on(&resized, info.mean, info.std, device)?;
+            // prepare_many stages images on rayon's threads, and on a GPU each thread launches
+            // on its own stream (candle's devices use CUDA's per-thread default stream, and with
+            // one stream per device cudarc orders nothing across threads): finish this thread's
+            // upload and normalisation before another thread's stream reads the result.
+            device.synchronize()?;
+            (Vec::new(), Some(t))
+        }
         false => (normalise_vec(&resized, info.mean, info.std), None),
     };
     Ok(Prepared {

@@ -60,6 +60,10 @@ impl TableCache {
             return Ok(e.tensor.clone());
         }
         let tensor = Tensor::from_slice(data, data.len(), device)?;
+        // Handed to every thread: on a GPU each thread has its own stream (candle's per-thread
+        // default stream), and an upload from pageable memory may return before its copy is
+        // done; nothing would order another thread's reads after it.
+        device.synchronize()?;
         if self.entries.len() >= self.capacity {
             self.entries.remove(0);
         }
