@@ -137,6 +137,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         stop_after_images: args.stop_after_images,
         reuse: !args.no_reuse,
+        pipeline: pipeline_from_env(),
         ..RunOptions::default()
     };
     let cancel = opts.cancel.clone();
@@ -297,4 +298,21 @@ pub fn plot(args: PlotArgs) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// `SEGSWEEP_PIPELINE`: `1` computes the next image batch's prefixes on a second thread, `0`
+/// does not, unset (or anything else, with a warning) leaves it to the runner (on a GPU only).
+/// For comparing the two; results do not depend on it.
+fn pipeline_from_env() -> Option<bool> {
+    match std::env::var("SEGSWEEP_PIPELINE").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        Ok(other) => {
+            tracing::warn!(
+                "SEGSWEEP_PIPELINE={other:?}: expected 0 or 1; left to the runner (on a GPU only)"
+            );
+            None
+        }
+        Err(_) => None,
+    }
 }

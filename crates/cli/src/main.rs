@@ -83,6 +83,14 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+    // On a GPU a sweep computes the next image batch's prefixes on a second thread (its own
+    // stream), and cuBLAS gives the same bits with concurrent streams only with fixed
+    // workspaces (its documented setting for reproducible results). Set here, before cuBLAS
+    // starts, unless the user chose one.
+    #[cfg(feature = "cuda")]
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
     // Rust ignores SIGPIPE, so `segsweep validate spec.toml | head -1` panicked in `println!`
     // once `head` closed the pipe. Restore the default action, as other command-line tools
     // have: the process ends quietly. (A sweep killed this way keeps everything but the image

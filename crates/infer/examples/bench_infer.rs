@@ -11,7 +11,8 @@
 //! `scripts/build-cuda.sh --bench`), times the text classifier (all names × 80 templates) cold
 //! and cached, then images/s with SCLIP's VOC21 settings (short side 336, slide 224/112,
 //! logit_scale 65, prob_thd 0.1, area_thd 0.1) at batch 1 and 8, batching across images (the
-//! runner's way: prefix and last block across images; and with one finish per image),
+//! runner's way: prefix and last block across images; and with one finish per image; and in
+//! chunks of `--across-batch` crops, one after the other and pipelined on two threads),
 //! 16-configuration sweeps on one prepared image, and a 2048×1024 image with the process's peak
 //! resident memory. With `--out`, writes each image's probabilities as `<stem>.probs.npy`
 //! (f32, C × H × W) and labels as `<stem>.labels.npy` for the parity check. Prints one JSON
@@ -102,6 +103,11 @@ fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // Reproducible cuBLAS results with two threads' streams at once (the pipelined pass), as
+    // the segsweep binary sets it; before cuBLAS starts.
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
     let args = parse_args()?;
     if args.images.is_empty() {
         return Err("give at least one IMAGE.ppm".into());
@@ -204,6 +210,79 @@ fn main() -> Result<(), Box<dyn Error>> {
         sync()?;
         across_finish_each_s = across_finish_each_s.min(t.elapsed().as_secs_f64());
     }
+
+    // Chunked as the runner takes them (consecutive images until their windows fill
+    // `--across-batch` crops), each chunk prepared, its dense logits computed across its images
+    // and its images post-processed: one chunk after the other on one thread, then pipelined
+    // (a second thread prepares the next chunk while this one's images are post-processed; on
+    // a GPU each thread launches on its own stream, so the next prefix runs on the device while
+    // the host works through post-processing). The labels of both ways must be equal.
+    let windows = |im: &RgbImage| {
+        let (h, w) = segsweep_infer::rescale_size(im.h, im.w, 336, segsweep_infer::LONG_SIDE_CAP);
+        segsweep_infer::slide_windows(h, w, 224, 112).len()
+    };
+    let mut chunks: Vec<Vec<&RgbImage>> = vec![Vec::new()];
+    let mut filled = 0;
+    for im in &images {
+        if filled >= ab {
+            chunks.push(Vec::new());
+            filled = 0;
+        }
+        chunks.last_mut().ok_or("no chunk")?.push(im);
+        filled += windows(im);
+    }
+    let post_chunk =
+        |prepared: &[segsweep_infer::Prepared]| -> Result<Vec<Vec<u32>>, Box<dyn Error>> {
+            let many: Vec<_> = prepared.iter().collect();
+            let dense = dense_logits_many(&model, &many, &cls, &cfg(ab), &[])?;
+            let mut labels = Vec::new();
+            for (p, d) in prepared.iter().zip(&dense) {
+                let seg = postprocess(&model, p, d, &cls, &cfg(ab), &[], Some(0))?;
+                labels.push(seg.labels.flatten_all()?.to_vec1::<u32>()?);
+            }
+            Ok(labels)
+        };
+    let (mut chunked_s, mut pipelined_s) = (f64::INFINITY, f64::INFINITY);
+    let (mut chunked_labels, mut pipelined_labels) = (Vec::new(), Vec::new());
+    for _ in 0..args.reps {
+        let t = Instant::now();
+        chunked_labels.clear();
+        for chunk in &chunks {
+            let prepared = prepare_many(&model, chunk, &cfg(ab), &Needs::default())?;
+            chunked_labels.extend(post_chunk(&prepared)?);
+        }
+        sync()?;
+        chunked_s = chunked_s.min(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        pipelined_labels = std::thread::scope(|scope| -> Result<_, Box<dyn Error>> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(0);
+            let (model, chunks, device) = (&model, &chunks, &device);
+            let producer = scope.spawn(move || -> Result<(), String> {
+                for chunk in chunks {
+                    let prepared = prepare_many(model, chunk, &cfg(ab), &Needs::default())
+                        .map_err(|e| e.to_string())?;
+                    // This thread's stream: its prefix is done before the other thread reads it.
+                    device.synchronize().map_err(|e| e.to_string())?;
+                    if tx.send(prepared).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            let mut labels = Vec::new();
+            for prepared in rx.iter() {
+                labels.extend(post_chunk(&prepared)?);
+            }
+            producer
+                .join()
+                .map_err(|_| "the preparing thread panicked")??;
+            Ok(labels)
+        })?;
+        sync()?;
+        pipelined_s = pipelined_s.min(t.elapsed().as_secs_f64());
+    }
+    let pipelined_identical = pipelined_labels == chunked_labels;
 
     // Where one image's time goes at batch 8 (best of --reps, per image, each part synchronised):
     // stage (CPU resize + normalise + upload), the prefix (blocks 1..L−1), the dense logits
@@ -362,6 +441,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         "s_per_image_across_images": across_s / images.len() as f64,
         "prepare_s_per_image_across_images": across_prepare_s / images.len() as f64,
         "s_per_image_across_images_finish_each": across_finish_each_s / images.len() as f64,
+        "across_chunks": chunks.len(),
+        "s_per_image_across_chunked": chunked_s / images.len() as f64,
+        "s_per_image_across_pipelined": pipelined_s / images.len() as f64,
+        "across_pipelined_labels_identical": pipelined_identical,
         "prepare_s": prepare_s,
         "split_bs8_stage_s": stage_s,
         "split_bs8_stage_resize_s": resize_s,

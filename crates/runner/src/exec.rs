@@ -23,7 +23,7 @@ use segsweep_report::{write_atomic, Counts, Metrics, Record, SweptValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
-use crate::memory::{FeatureCache, MemoryStats, PrefixCtx, PrefixSlot};
+use crate::memory::{FeatureCache, MemoryPlan, MemoryStats, PrefixCtx, PrefixSlot};
 use crate::spec::{DatasetSection, ModelSection};
 use crate::sweep::{hex12, Config, Experiment};
 
@@ -51,6 +51,11 @@ pub struct RunOptions {
     /// `output_dir` (any experiment) when one exists for its hash and the same weights, instead
     /// of computing it again (default true; `--no-reuse` turns it off).
     pub reuse: bool,
+    /// Compute the next image batch's backbone prefixes on a second thread while this one runs
+    /// the configurations of the current batch. `None` (default): on a GPU only (each thread
+    /// launches on its own stream, so the device computes the next prefixes while the host
+    /// post-processes; on a CPU both would share the same cores). Results do not depend on it.
+    pub pipeline: Option<bool>,
 }
 
 impl Default for RunOptions {
@@ -64,6 +69,7 @@ impl Default for RunOptions {
             stop_after_images: None,
             share_prefix: true,
             reuse: true,
+            pipeline: None,
         }
     }
 }
@@ -911,9 +917,24 @@ fn run_group(
         .experiment
         .load_ahead
         .unwrap_or_else(|| 2 * rayon::current_num_threads());
+    // Prefixes of the next image batch computed on a second thread while this one runs the
+    // configurations: on a GPU by default (two streams), where asked (`RunOptions::pipeline`).
+    let pipeline = opts
+        .pipeline
+        .unwrap_or_else(|| matches!(model.device(), Device::Cuda(_)));
     let ran = std::thread::scope(|scope| {
         let mut loader = crate::loader::Loader::new(scope, &ds, start, ahead);
-        run_chunks(exp, opts, &ctx, &ds, &mut loader, &mut jobs, tally, &bar)
+        run_chunks(
+            exp,
+            opts,
+            &ctx,
+            &ds,
+            &mut loader,
+            &mut jobs,
+            tally,
+            &bar,
+            pipeline,
+        )
     });
     // The checkpoints of every image done since the last write, on every way out: finished,
     // Ctrl-C, stop_after_images, an error.
@@ -970,9 +991,135 @@ fn run_group(
     Ok(())
 }
 
-/// The images from `start` (the loader's first) to the dataset's end, in chunks whose windows
-/// fill `batch_size` crops ([`run_batch`] each), stopping early on a cancel, at
-/// `stop_after_images`, or at a bad sample (after running the images before it).
+/// One chunk of consecutive samples whose windows fill `batch_size` crops (`None`: a bad
+/// sample skipped with `skip_bad`).
+type Chunk = Vec<(usize, Option<Sample>)>;
+
+/// Forms the chunks of a group's images, from `next` on, loading samples through the loader.
+struct ChunkFormer<'a, 'l> {
+    exp: &'a Experiment,
+    opts: &'a RunOptions,
+    ds: &'a Dataset,
+    loader: &'a mut crate::loader::Loader<'l>,
+    cfg: &'a segsweep_core::InferConfig,
+    patch: usize,
+    skip_bad: bool,
+    next: usize,
+}
+
+impl ChunkFormer<'_, '_> {
+    /// The next chunk, and how the run ends after it: `Some(Ok(()))` at the dataset's end,
+    /// `Some(Err(..))` on a cancel, at `stop_after_images` (`Interrupted`) or at a bad sample
+    /// without `skip_bad` (the chunk then holds the images before it, which still run, so that
+    /// "finished images are kept" holds for the whole batch).
+    fn next_chunk(&mut self, tally: &mut Tally) -> (Chunk, Option<Result<()>>) {
+        let (ds, opts) = (self.ds, self.opts);
+        let batch = self.cfg.batch_size.max(1);
+        let mut chunk: Chunk = Vec::new();
+        let mut windows = 0;
+        while windows < batch {
+            if self.next >= ds.len() {
+                return (chunk, Some(Ok(())));
+            }
+            let budget_spent = opts
+                .stop_after_images
+                .is_some_and(|n| tally.images_done >= n);
+            if opts.cancel.load(Ordering::SeqCst) || budget_spent {
+                return (chunk, Some(Err(RunnerError::Interrupted)));
+            }
+            let i = self.next;
+            tally.images_done += 1;
+            // A sample that cannot be read, or whose size the settings cannot segment (a very
+            // thin image), is a bad sample: skipped with skip_bad, else the run stops at it.
+            let loaded = self
+                .loader
+                .load(i)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    match segsweep_infer::window_count_for(
+                        s.image.h, s.image.w, self.cfg, self.patch,
+                    ) {
+                        Ok(n) => Ok((s, n)),
+                        Err(e) => Err(format!(
+                            "{}: {e}",
+                            ds.sample_ref(i)
+                                .map(|r| r.image.display().to_string())
+                                .unwrap_or_else(|| format!("sample {}", s.id))
+                        )),
+                    }
+                });
+            match loaded {
+                Ok((s, n)) => {
+                    windows += n;
+                    chunk.push((i, Some(s)));
+                }
+                Err(e) if self.skip_bad => {
+                    tracing::warn!("skipping sample {}: {e}", ds.id(i).unwrap_or("?"));
+                    chunk.push((i, None));
+                }
+                Err(e) => {
+                    return (
+                        chunk,
+                        Some(Err(RunnerError::spec(
+                            &self.exp.spec.file(),
+                            "dataset",
+                            e,
+                            Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
+                        ))),
+                    );
+                }
+            }
+            self.next += 1;
+        }
+        (chunk, None)
+    }
+}
+
+/// A chunk's backbone prefixes ([`prepare_chunk`]): each loaded image's prepared pass and
+/// feature-cache key, in order, the counters of the work, and its seconds.
+struct PreparedChunk {
+    prepared: Vec<(segsweep_infer::Prepared, Option<String>)>,
+    stats: MemoryStats,
+    seconds: f64,
+}
+
+/// The backbone prefixes of a chunk's loaded images, batched across them
+/// ([`crate::memory::prepare_batch`]); on a GPU, finished before this returns (another thread
+/// may read them).
+fn prepare_chunk(
+    prefix: &PrefixCtx,
+    plan: &MemoryPlan,
+    chunk: &[(usize, Option<Sample>)],
+    synchronize: bool,
+) -> Result<PreparedChunk> {
+    let images: Vec<&segsweep_core::RgbImage> = chunk
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| &s.image))
+        .collect();
+    let mut stats = MemoryStats::new(plan);
+    let t0 = Instant::now();
+    let prepared = crate::memory::prepare_batch(prefix, &images, &mut stats)?;
+    if synchronize {
+        // On a GPU this thread launched on its own stream (candle's per-thread default stream).
+        prefix
+            .backbone
+            .device()
+            .synchronize()
+            .map_err(|e| RunnerError::Infer(segsweep_core::CoreError::from(e).into()))?;
+    }
+    Ok(PreparedChunk {
+        prepared,
+        stats,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The images from the jobs' first unfinished one to the dataset's end, in chunks whose windows
+/// fill `batch_size` crops, stopping early on a cancel, at `stop_after_images`, or at a bad
+/// sample (after running the images before it). With `pipeline`, a second thread computes the
+/// next chunk's backbone prefixes while this thread runs the configurations of the current
+/// one: on a GPU each thread launches on its own stream, so the device runs the next prefix
+/// while the host post-processes. Results are those of one chunk after the other.
 #[allow(clippy::too_many_arguments)]
 fn run_chunks(
     exp: &Experiment,
@@ -983,72 +1130,96 @@ fn run_chunks(
     jobs: &mut [Job],
     tally: &mut Tally,
     bar: &indicatif::ProgressBar,
+    pipeline: bool,
 ) -> Result<()> {
     let first = jobs[0].config;
-    let mut i = jobs.iter().map(|j| j.partial.next_image).min().unwrap_or(0);
-    let batch = first.inference.batch_size.max(1);
+    let mut former = ChunkFormer {
+        exp,
+        opts,
+        ds,
+        loader,
+        cfg: ctx.prefix.cfg,
+        patch: ctx.model.info().patch_size,
+        skip_bad: first.dataset.skip_bad,
+        next: jobs.iter().map(|j| j.partial.next_image).min().unwrap_or(0),
+    };
     let mut written = Instant::now();
-    while i < ds.len() {
+    let mut checkpoint = |jobs: &mut [Job]| -> Result<()> {
         if written.elapsed() >= CHECKPOINT_INTERVAL {
             write_checkpoints(ctx.dir, jobs)?;
             written = Instant::now();
         }
-        let mut chunk: Vec<(usize, Option<Sample>)> = Vec::new();
-        let mut windows = 0;
-        while i < ds.len() && windows < batch {
-            let budget_spent = opts
-                .stop_after_images
-                .is_some_and(|n| tally.images_done >= n);
-            if opts.cancel.load(Ordering::SeqCst) || budget_spent {
-                if chunk.is_empty() {
-                    return Err(RunnerError::Interrupted);
-                }
-                break;
+        Ok(())
+    };
+    let plan = &exp.memory;
+    if !pipeline {
+        loop {
+            checkpoint(jobs)?;
+            let (chunk, end) = former.next_chunk(tally);
+            if !chunk.is_empty() {
+                let p = prepare_chunk(&ctx.prefix, plan, &chunk, false)?;
+                run_batch(ctx, jobs, &chunk, p, 0, &mut tally.memory, opts, bar)?;
             }
-            tally.images_done += 1;
-            // A sample that cannot be read, or whose size the settings cannot segment (a very
-            // thin image), is a bad sample: skipped with skip_bad, else the run stops at it.
-            let patch = ctx.model.info().patch_size;
-            let loaded = loader.load(i).map_err(|e| e.to_string()).and_then(|s| {
-                match segsweep_infer::window_count_for(s.image.h, s.image.w, ctx.prefix.cfg, patch)
-                {
-                    Ok(n) => Ok((s, n)),
-                    Err(e) => Err(format!(
-                        "{}: {e}",
-                        ds.sample_ref(i)
-                            .map(|r| r.image.display().to_string())
-                            .unwrap_or_else(|| format!("sample {}", s.id))
-                    )),
-                }
-            });
-            match loaded {
-                Ok((s, n)) => {
-                    windows += n;
-                    chunk.push((i, Some(s)));
-                }
-                Err(e) if first.dataset.skip_bad => {
-                    tracing::warn!("skipping sample {}: {e}", ds.id(i).unwrap_or("?"));
-                    chunk.push((i, None));
-                }
-                Err(e) => {
-                    // The images loaded before it still run, so that "finished images are
-                    // kept" holds for the whole batch, not only for earlier batches.
-                    if !chunk.is_empty() {
-                        run_batch(ctx, jobs, &chunk, &mut tally.memory, opts, bar)?;
-                    }
-                    return Err(RunnerError::spec(
-                        &exp.spec.file(),
-                        "dataset",
-                        e,
-                        Some("fix the file and run again (finished images are kept), or set [dataset] skip_bad = true to skip unreadable or mismatched samples (counted in `skipped`)".into()),
-                    ));
-                }
+            if let Some(end) = end {
+                return end;
             }
-            i += 1;
         }
-        run_batch(ctx, jobs, &chunk, &mut tally.memory, opts, bar)?;
     }
-    Ok(())
+    std::thread::scope(|scope| {
+        let (to_worker, requests) = std::sync::mpsc::channel::<Chunk>();
+        let (to_main, results) = std::sync::mpsc::channel::<(Chunk, Result<PreparedChunk>)>();
+        let prefix = &ctx.prefix;
+        scope.spawn(move || {
+            for chunk in requests {
+                let p = prepare_chunk(prefix, plan, &chunk, true);
+                if to_main.send((chunk, p)).is_err() {
+                    return; // the run stopped
+                }
+            }
+        });
+        // The chunk whose prefixes are ready, and the bytes of the next chunk's (being computed
+        // meanwhile; estimated by this chunk's) for the memory budget.
+        let mut ready: Option<(Chunk, Result<PreparedChunk>)> = None;
+        let run_ready = |ready: &mut Option<(Chunk, Result<PreparedChunk>)>,
+                         next_in_flight: bool,
+                         jobs: &mut [Job],
+                         tally: &mut Tally|
+         -> Result<()> {
+            if let Some((chunk, p)) = ready.take() {
+                let p = p?;
+                let reserve = match next_in_flight {
+                    true => p.prepared.iter().map(|(p, _)| p.prefix_bytes()).sum(),
+                    false => 0,
+                };
+                run_batch(ctx, jobs, &chunk, p, reserve, &mut tally.memory, opts, bar)?;
+            }
+            Ok(())
+        };
+        loop {
+            checkpoint(jobs)?;
+            let (chunk, end) = former.next_chunk(tally);
+            let sent = !chunk.is_empty();
+            if sent {
+                to_worker.send(chunk).map_err(|_| {
+                    RunnerError::Infer(segsweep_infer::InferError::Pipeline(
+                        "the thread computing prefixes stopped".into(),
+                    ))
+                })?;
+            }
+            run_ready(&mut ready, sent, jobs, tally)?;
+            if sent {
+                ready = Some(results.recv().map_err(|_| {
+                    RunnerError::Infer(segsweep_infer::InferError::Pipeline(
+                        "the thread computing prefixes stopped".into(),
+                    ))
+                })?);
+            }
+            if let Some(end) = end {
+                run_ready(&mut ready, false, jobs, tally)?;
+                return end;
+            }
+        }
+    })
 }
 
 /// Where a run caches text classifiers and (by default) features: `<output_dir>/.cache`.
@@ -1154,10 +1325,14 @@ fn trial(
         sample.id
     );
     let mut stats = MemoryStats::new(&exp.memory);
+    let chunk = [(i, Some(sample))];
+    let prepared = prepare_chunk(&ctx.prefix, &exp.memory, &chunk, false)?;
     run_batch(
         &ctx,
         &mut jobs,
-        &[(i, Some(sample))],
+        &chunk,
+        prepared,
+        0,
         &mut stats,
         opts,
         &indicatif::ProgressBar::hidden(),
@@ -1193,24 +1368,32 @@ struct ImageCtx<'a> {
 /// the backbone prefix of all of them at once (crops batched across the images, or read from
 /// the feature cache), then [`run_image`] on each. Stops after the image in flight when
 /// cancelled; everything finished before is saved.
+/// A chunk's configurations, image by image, on its prepared prefixes ([`prepare_chunk`]):
+/// first the dense logits of the first configuration group across the chunk's images where the
+/// memory budget, less `reserve` bytes held elsewhere (the next chunk's prefixes, being
+/// computed meanwhile), allows ([`first_group_dense`]), then [`run_image`] for each image.
+#[allow(clippy::too_many_arguments)]
 fn run_batch(
     ctx: &ImageCtx,
     jobs: &mut [Job],
     chunk: &[(usize, Option<Sample>)],
+    prepared: PreparedChunk,
+    reserve: usize,
     stats: &mut MemoryStats,
     opts: &RunOptions,
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
-    let images: Vec<&segsweep_core::RgbImage> = chunk
-        .iter()
-        .filter_map(|(_, s)| s.as_ref().map(|s| &s.image))
-        .collect();
-    let t0 = Instant::now();
-    let prepared = crate::memory::prepare_batch(&ctx.prefix, &images, stats)?;
-    let prefix_seconds = t0.elapsed().as_secs_f64() / images.len().max(1) as f64;
+    let PreparedChunk {
+        prepared,
+        stats: prepare_stats,
+        seconds,
+    } = prepared;
+    stats.absorb(&prepare_stats);
+    let loaded = prepared.len();
+    let prefix_seconds = seconds / loaded.max(1) as f64;
     let t1 = Instant::now();
-    let first_dense = first_group_dense(ctx, jobs, chunk, &prepared)?;
-    let dense_seconds = t1.elapsed().as_secs_f64() / images.len().max(1) as f64;
+    let first_dense = first_group_dense(ctx, jobs, chunk, &prepared, reserve)?;
+    let dense_seconds = t1.elapsed().as_secs_f64() / loaded.max(1) as f64;
     if let Some((_, d)) = &first_dense {
         stats.dense_batched_images += d.len();
         // Every image's prefix and first dense map are held together until its turn.
@@ -1218,7 +1401,8 @@ fn run_batch(
             .iter()
             .map(|(p, _)| p.prefix_bytes())
             .sum::<usize>()
-            + d.iter().map(|d| d.bytes()).sum::<usize>();
+            + d.iter().map(|d| d.bytes()).sum::<usize>()
+            + reserve;
         stats.peak_held_bytes = stats.peak_held_bytes.max(held as u64);
     }
     let mut first_dense = first_dense.map(|(key, d)| (key, d.into_iter()));
@@ -1280,6 +1464,7 @@ fn first_group_dense(
     jobs: &[Job],
     chunk: &[(usize, Option<Sample>)],
     prepared: &[(segsweep_infer::Prepared, Option<String>)],
+    reserve: usize,
 ) -> Result<Option<(String, Vec<segsweep_infer::DenseLogits>)>> {
     let Some((first, sample)) = chunk.iter().find_map(|(i, s)| s.as_ref().map(|s| (*i, s))) else {
         return Ok(None);
@@ -1303,7 +1488,7 @@ fn first_group_dense(
             p.prefix_bytes() + queries * h * w * 4
         })
         .sum();
-    if held as u64 > ctx.prefix.plan.budget_bytes {
+    if (held + reserve) as u64 > ctx.prefix.plan.budget_bytes {
         return Ok(None);
     }
     let refs: Vec<&segsweep_infer::Prepared> = prepared.iter().map(|(p, _)| p).collect();

@@ -188,6 +188,46 @@ impl MemoryStats {
         }
     }
 
+    /// Add the counters of `other` (work done elsewhere, e.g. on the thread computing the next
+    /// batch's prefixes) and keep the larger peaks.
+    pub fn absorb(&mut self, other: &MemoryStats) {
+        let MemoryStats {
+            budget_bytes: _,
+            spill: _,
+            images,
+            image_batches,
+            dense_batched_images,
+            peak_held_bytes,
+            peak_prefix_bytes,
+            peak_dense_bytes,
+            images_over_budget,
+            prefix_spills,
+            spilled_bytes,
+            prefix_reloads,
+            prefix_recomputes,
+            feature_cache: _,
+            feature_cache_hits,
+            feature_cache_writes,
+            feature_cache_bytes,
+            feature_cache_unreadable,
+        } = other;
+        self.images += images;
+        self.image_batches += image_batches;
+        self.dense_batched_images += dense_batched_images;
+        self.peak_held_bytes = self.peak_held_bytes.max(*peak_held_bytes);
+        self.peak_prefix_bytes = self.peak_prefix_bytes.max(*peak_prefix_bytes);
+        self.peak_dense_bytes = self.peak_dense_bytes.max(*peak_dense_bytes);
+        self.images_over_budget += images_over_budget;
+        self.prefix_spills += prefix_spills;
+        self.spilled_bytes += spilled_bytes;
+        self.prefix_reloads += prefix_reloads;
+        self.prefix_recomputes += prefix_recomputes;
+        self.feature_cache_hits += feature_cache_hits;
+        self.feature_cache_writes += feature_cache_writes;
+        self.feature_cache_bytes += feature_cache_bytes;
+        self.feature_cache_unreadable += feature_cache_unreadable;
+    }
+
     /// One line for the run log.
     pub fn summary(&self) -> String {
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / MIB as f64);

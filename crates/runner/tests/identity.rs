@@ -499,7 +499,8 @@ fn a_run_that_skipped_every_sample_fails_and_computes_once_fixed() {
 /// Samples decoded ahead on a background thread (`load_ahead`, default twice the CPU threads)
 /// change nothing but speed: on 7 on-disk samples whose sample 4 cannot be decoded, in chunks
 /// of about 2 images, every lookahead gives the same records with `skip_bad`, and without it
-/// the same error at sample 4 with samples 0–3 kept. The configuration hash ignores it.
+/// the same error at sample 4 with samples 0–3 kept, also with the next chunk's prefixes
+/// computed on a second thread (`pipeline`). The configuration hash ignores it.
 #[test]
 fn decoding_ahead_changes_nothing_but_speed() {
     let root = tempfile::tempdir().unwrap();
@@ -519,17 +520,22 @@ fn decoding_ahead_changes_nothing_but_speed() {
     };
     let mut records = Vec::new();
     let mut hashes = Vec::new();
-    for ahead in [Some(0), Some(1), Some(3), None] {
+    // And with the next batch's prefixes on a second thread (`pipeline`).
+    let ways = [0, 1, 3].map(Some).into_iter().chain([None]);
+    for (ahead, pipeline) in ways.flat_map(|a| [(a, None), (a, Some(true))]) {
+        let opts = RunOptions {
+            pipeline,
+            ..RunOptions::default()
+        };
         let out = tempfile::tempdir().unwrap();
         let exp = spec(out.path(), true, ahead);
-        let rec = run(&exp, &RunOptions::default()).unwrap().records.remove(0);
+        let rec = run(&exp, &opts).unwrap().records.remove(0);
         assert_eq!((rec.images, rec.skipped), (6, 1), "ahead {ahead:?}");
         hashes.push(exp.configs[0].hash.clone());
         records.push((rec.counts, rec.metrics.miou_pct, rec.sample_ids));
 
         let out = tempfile::tempdir().unwrap();
         let exp = spec(out.path(), false, ahead);
-        let opts = RunOptions::default();
         let err = run(&exp, &opts).unwrap_err().to_string();
         assert!(
             err.contains("synth_0004") && err.contains("skip_bad"),

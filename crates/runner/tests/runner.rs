@@ -431,6 +431,80 @@ batch_size = {batch}
     }
 }
 
+/// The next image batch's prefixes computed on a second thread (`RunOptions::pipeline`, on by
+/// default on a GPU) change nothing: on 7 images of 2 windows in batches of 4 crops (4 image
+/// batches), with and without a feature-stage plugin, the pipelined run's records and memory
+/// counters equal one batch after the other; and a pipelined run stopped after 3 images then
+/// resumed ends with the same records.
+#[test]
+fn issue_7_the_pipelined_runner_gives_identical_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |name: &str| {
+        let text = format!(
+            r#"
+[experiment]
+name = "{name}"
+output_dir = "{}"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "synthetic"
+synthetic_images = 7
+short_side = 224
+[inference]
+batch_size = 4
+[[pipeline]]
+plugin = "cliptrase"
+[[sweep.variants]]
+name = "baseline"
+pipeline = []
+[[sweep.variants]]
+name = "trase"
+[sweep.grid]
+"inference.prob_thd" = [0.0, 0.3]
+"#,
+            tmp.path().display()
+        );
+        expand(load_text(Path::new("p.toml"), text, &[]).unwrap(), &[]).unwrap()
+    };
+    let go = |name: &str, pipeline: bool, stop: Option<usize>| {
+        run(
+            &spec(name),
+            &RunOptions {
+                run_id: Some(name.into()),
+                pipeline: Some(pipeline),
+                stop_after_images: stop,
+                reuse: false,
+                ..RunOptions::default()
+            },
+        )
+    };
+    let serial = go("serial", false, None).unwrap();
+    let piped = go("piped", true, None).unwrap();
+    assert_eq!(serial.records.len(), 4);
+    for (x, y) in paired(&serial.records, &piped.records) {
+        assert_eq!(x.counts, y.counts, "{} differs", y.label());
+        assert_eq!((x.images, x.skipped), (7, 0));
+    }
+    let (m, n) = (&serial.memory, &piped.memory);
+    assert_eq!(
+        (m.images, m.image_batches, m.dense_batched_images),
+        (n.images, n.image_batches, n.dense_batched_images)
+    );
+    assert_eq!(n.image_batches, 4);
+    // The baseline's group ran its dense logits across each batch's images.
+    assert!(n.dense_batched_images > 0, "{n:?}");
+    let err = go("resumed", true, Some(3)).unwrap_err();
+    assert!(
+        matches!(err, segsweep_runner::RunnerError::Interrupted),
+        "{err}"
+    );
+    let resumed = go("resumed", true, None).unwrap();
+    for (x, y) in paired(&serial.records, &resumed.records) {
+        assert_eq!(x.counts, y.counts, "resumed: {} differs", y.label());
+    }
+}
+
 /// Extending a sweep (a new grid value: new configuration hashes, so a new default run id)
 /// computes only the new configurations: finished ones are copied from the earlier run, with
 /// identical records. `reuse: false` computes everything.
