@@ -5,8 +5,8 @@
 # model with the default kernels against the CPU (cuda_fused), `segsweep predict` parity in f32
 # and f16 against the CPU, bench_infer against PyTorch in f32 and f16 on the same GPU in the same
 # run (f16 also with the WMMA attention kernel, SEGSWEEP_CUDA_ATTENTION=wmma), and one block op
-# by op with either attention kernel. bench/gpu.sh is the full run (candle's ops too, bf16,
-# memory).
+# by op with either attention kernel, and the runner on JPEGs (bench/loading.sh: decoding ahead
+# and the pipelined prefixes). bench/gpu.sh is the full run (candle's ops too, bf16, memory).
 #
 #   here:              just build-gpu-bench
 #   on the GPU machine: OUT=/tmp/q bash bench/gpu-quick.sh   (SKIP_OPS=1: without cuda_ops)
@@ -115,7 +115,16 @@ for dt, rs in (("f32", "f32"), ("f16", "f16"), ("f16", "f16-wmma")):
           f"across 64: prepare {ms(r['prepare_s_per_image_across_images'])} per image; "
           f"prefix on device crops per 8: bs8 {ms(r['prefix_on_device_crops_bs8_s'])}, "
           f"bs64 {ms(r['prefix_on_device_crops_bs64_s_per_8'])}")
+    if "s_per_image_across_pipelined" in r:
+        print(f"{rs}: {r['across_chunks']} chunks of 64 crops, one after the other "
+              f"{ms(r['s_per_image_across_chunked'])}, pipelined on two threads "
+              f"{ms(r['s_per_image_across_pipelined'])} per image "
+              f"({t['s_per_image_batched'] / r['s_per_image_across_pipelined']:.2f}x batched PyTorch); "
+              f"labels identical: {r['across_pipelined_labels_identical']}")
 PY
+step "the runner on $((${COPIES:-4} * 6)) VOC-sized JPEGs, f16: decoding on its thread / ahead / and pipelined"
+N=$((${COPIES:-4} * 6)) MODEL="$MODEL" DEVICE=cuda:0 DTYPE=f16 SEGSWEEP="$BIN/segsweep" timeout 120 \
+    bash bench/loading.sh 2>&1 | grep -vE "INFO|WARN" | tail -6
 step "one block of 64 crops, f16, op by op: attention mma.sync (the default), then WMMA"
 timeout 60 "$BIN/block_profile" 64 cuda:0 f16 2>&1 | grep -iE "attention|block|fused" | head -12
 SEGSWEEP_CUDA_ATTENTION=wmma timeout 60 "$BIN/block_profile" 64 cuda:0 f16 2>&1 \

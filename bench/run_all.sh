@@ -11,6 +11,7 @@ MODEL=${MODEL:-/tmp/clip-b16-random}
 
 echo "== dense inference vs PyTorch (issues 3, 7)";      MODEL=$MODEL bash bench/infer_speed.sh
 echo "== sweep sharing: 16 configurations vs 1 (issue 7)"; SEGSWEEP_BENCH_MODEL=$MODEL bash bench/sweep_sharing.sh
+echo "== the runner on JPEGs: decoding ahead, pipelined (issue 7)"; bash bench/loading.sh
 echo "== refiner cost vs the backbone pass (issue 5)"
 cargo run --release -q -p segsweep-plugin-cliptrase --example refiner_cost -- "$MODEL"
 cargo run --release -q -p segsweep-plugin-resclip --example refiner_bench -- "$MODEL"
