@@ -4,7 +4,7 @@
 //! (resize, windows, batch) form a group: each image's backbone prefix is computed once and every
 //! configuration's tail runs on it (`segsweep_infer::prepare` / `finish`). Counts are additive
 //! integers, so a configuration's partial counts are checkpointed (`counts/<hash>.partial.json`,
-//! written atomically) between image batches at most every [`CHECKPOINT_INTERVAL`], and whenever
+//! written atomically) between image batches at most every 2 seconds, and whenever
 //! the run stops (finished, Ctrl-C, an error): Ctrl-C and errors lose at most the image in
 //! flight, a kill at most the last two seconds and the batch in flight, and a resume gives
 //! identical numbers.
