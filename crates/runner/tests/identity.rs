@@ -292,6 +292,14 @@ fn damaged_custom(
     expand(load_text(Path::new("bad.toml"), text, &[]).unwrap(), &[]).unwrap()
 }
 
+/// The checkpoint (`counts/<hash>.partial.json`) of `exp`'s first configuration, parsed.
+fn first_checkpoint(exp: &Experiment, opts: &RunOptions) -> serde_json::Value {
+    let partial = run_dir(exp, opts)
+        .join("counts")
+        .join(format!("{}.partial.json", exp.configs[0].hash));
+    serde_json::from_str(&std::fs::read_to_string(&partial).unwrap()).unwrap()
+}
+
 /// A missing label is found before any work: the error names the file and the way to skip
 /// it, and no run directory is created.
 #[test]
@@ -331,11 +339,7 @@ fn an_unreadable_label_names_the_skip_bad_switch() {
     );
     // Sample 0, loaded into the same backbone batch, is counted and checkpointed first, as the
     // message's "finished images are kept" says.
-    let partial = run_dir(&exp, &opts)
-        .join("counts")
-        .join(format!("{}.partial.json", exp.configs[0].hash));
-    let p: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&partial).unwrap()).unwrap();
+    let p = first_checkpoint(&exp, &opts);
     assert_eq!(p["next_image"], 1, "{p}");
 }
 
@@ -541,11 +545,7 @@ fn decoding_ahead_changes_nothing_but_speed() {
             err.contains("synth_0004") && err.contains("skip_bad"),
             "ahead {ahead:?}: {err}"
         );
-        let partial = run_dir(&exp, &opts)
-            .join("counts")
-            .join(format!("{}.partial.json", exp.configs[0].hash));
-        let p: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&partial).unwrap()).unwrap();
+        let p = first_checkpoint(&exp, &opts);
         assert_eq!(p["next_image"], 4, "ahead {ahead:?}: {p}");
     }
     assert!(hashes.windows(2).all(|h| h[0] == h[1]), "{hashes:?}");
