@@ -145,15 +145,11 @@ pub(crate) fn normalise_on(
     std: [f32; 3],
     device: &Device,
 ) -> Result<Tensor> {
+    // The statistics are the same for every image: uploaded once per device (an upload from
+    // pageable memory may wait for the work queued before it).
     let per_channel = |v: [f32; 3]| -> Result<Tensor> {
-        Ok(Tensor::from_vec(
-            v.map(|x| x * 255.0).to_vec(),
-            (3, 1, 1),
-            device,
-        )?)
+        Ok(segsweep_kernels::tables::upload(&v.map(|x| x * 255.0), device)?.reshape((3, 1, 1))?)
     };
-    // The two small uploads first: an upload from pageable memory waits for the work queued
-    // before it, which then is none of this image's.
     let (m, s) = (per_channel(mean)?, per_channel(std)?);
     let x = Tensor::from_slice(&img.data, (img.h, img.w, 3), device)?
         .to_dtype(candle_core::DType::F32)?
