@@ -9,7 +9,10 @@
 #                for a scratch file and come back)
 #   cuda-fused — cuda with segsweep's own kernels (SEGSWEEP_CUDA_KERNELS=fused: block ops,
 #                attention, post-processing)
-# cuda-spill must equal cuda exactly; cuda and cuda-fused must agree with cpu within float noise.
+#   cuda-piped — cuda-fused with the next image batch's prefixes on a second thread (its own
+#                stream; SEGSWEEP_PIPELINE=1), in batches of 2 crops (one image each: 2 batches)
+# cuda-spill must equal cuda exactly; cuda, cuda-fused and cuda-piped must agree with cpu within
+# float noise.
 #
 #   bash bench/gpu-runner.sh      # on the GPU machine, after bench/gpu.sh unpacked $BIN
 set -uo pipefail
@@ -22,15 +25,17 @@ mkdir -p "$OUT"
 LOFTUP=tests/fixtures/loftup/tiny_loftup.bin
 
 for spec in phase2a phase1 full; do
-    for mode in cpu cuda cuda-spill cuda-fused; do
+    for mode in cpu cuda cuda-spill cuda-fused cuda-piped; do
         dev=$DEVICE
         extra=()
         kernels=candle
+        piped=0
         [ "$mode" = cuda-fused ] && kernels=fused
+        [ "$mode" = cuda-piped ] && kernels=fused && piped=1 && extra=(--set inference.batch_size=2)
         [ "$mode" = cpu ] && dev=cpu
         [ "$mode" = cuda-spill ] && extra=(--set experiment.memory_budget_mb=0 --set experiment.spill=f32)
         [ "$spec" != phase2a ] && extra+=(--set "loftup.checkpoint=$LOFTUP")
-        SEGSWEEP_CUDA_KERNELS=$kernels timeout 120 "$BIN/segsweep" sweep "experiments/$spec.toml" --quiet \
+        SEGSWEEP_PIPELINE=$piped SEGSWEEP_CUDA_KERNELS=$kernels timeout 120 "$BIN/segsweep" sweep "experiments/$spec.toml" --quiet \
             --set model.source=builtin:tiny-random --set "model.device=$dev" \
             --set dataset.name=synthetic --set dataset.synthetic_images=2 \
             --set "experiment.output_dir=$OUT/$mode" "${extra[@]}" \
@@ -49,7 +54,8 @@ def table(mode):
             rows[(f.split("/")[-3], r["variant"])] = r
     return rows
 cpu, cuda, spill, fused = table("cpu"), table("cuda"), table("cuda-spill"), table("cuda-fused")
-res = {"configurations": {"cpu": len(cpu), "cuda": len(cuda), "cuda-spill": len(spill), "cuda-fused": len(fused)}}
+piped = table("cuda-piped")
+res = {"configurations": {"cpu": len(cpu), "cuda": len(cuda), "cuda-spill": len(spill), "cuda-fused": len(fused), "cuda-piped": len(piped)}}
 keys = ("miou_pct", "person_iou_pct", "aacc_pct")
 def maxdiff(a, b):
     common = set(a) & set(b)
@@ -57,10 +63,11 @@ def maxdiff(a, b):
 res["cuda_vs_cpu"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(cuda, cpu)))
 res["spill_vs_cuda"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(spill, cuda)))
 res["fused_vs_cpu"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(fused, cpu)))
+res["piped_vs_cpu"] = dict(zip(("compared", "max_abs_diff_points"), maxdiff(piped, cpu)))
 mem = glob.glob(f"{out}/cuda-spill/*/*/memory.json")
 res["spill_memory"] = [{k: json.load(open(m)).get(k) for k in ("prefix_spills", "prefix_reloads", "spilled_bytes")} for m in mem]
 res["dense_batched_images"] = {
     mode: sum(json.load(open(m)).get("dense_batched_images", 0) for m in glob.glob(f"{out}/{mode}/*/*/memory.json"))
-    for mode in ("cpu", "cuda", "cuda-spill", "cuda-fused")}
+    for mode in ("cpu", "cuda", "cuda-spill", "cuda-fused", "cuda-piped")}
 print(json.dumps(res, indent=1))
 PY

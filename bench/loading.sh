@@ -4,8 +4,8 @@
 #   serial:    each sample decoded on the runner's thread (`load_ahead = 0`), one image batch
 #              after the other (SEGSWEEP_PIPELINE=0);
 #   ahead:     samples decoded ahead on a background thread (`load_ahead`'s default);
-#   pipelined: and the next batch's prefixes on a second thread (SEGSWEEP_PIPELINE=1; the
-#              default on a GPU, where each thread has its own stream).
+#   pipelined: and the next batch's prefixes on a second thread (SEGSWEEP_PIPELINE=1; meant
+#              for a GPU, where each thread has its own stream).
 # Prints seconds per image of each, the ratios, and whether the summaries are identical.
 #
 #   bash bench/loading.sh                       # tiny random CLIP on this CPU: decoding-bound

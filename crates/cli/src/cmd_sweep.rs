@@ -301,15 +301,15 @@ pub fn plot(args: PlotArgs) -> Result<()> {
 }
 
 /// `SEGSWEEP_PIPELINE`: `1` computes the next image batch's prefixes on a second thread, `0`
-/// does not, unset (or anything else, with a warning) leaves it to the runner (on a GPU only).
-/// For comparing the two; results do not depend on it.
+/// does not, unset (or anything else, with a warning) leaves it to the runner's default (off).
+/// Results do not depend on it.
 fn pipeline_from_env() -> Option<bool> {
     match std::env::var("SEGSWEEP_PIPELINE").as_deref() {
         Ok("1") => Some(true),
         Ok("0") => Some(false),
         Ok(other) => {
             tracing::warn!(
-                "SEGSWEEP_PIPELINE={other:?}: expected 0 or 1; left to the runner (on a GPU only)"
+                "SEGSWEEP_PIPELINE={other:?}: expected 0 or 1; left to the runner's default (off)"
             );
             None
         }

@@ -83,8 +83,8 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    // On a GPU a sweep computes the next image batch's prefixes on a second thread (its own
-    // stream), and cuBLAS gives the same bits with concurrent streams only with fixed
+    // On a GPU a sweep can compute the next image batch's prefixes on a second thread (its own
+    // stream, SEGSWEEP_PIPELINE=1), and cuBLAS gives the same bits with concurrent streams only with fixed
     // workspaces (its documented setting for reproducible results). Set here, before cuBLAS
     // starts, unless the user chose one.
     #[cfg(feature = "cuda")]

@@ -52,9 +52,10 @@ pub struct RunOptions {
     /// of computing it again (default true; `--no-reuse` turns it off).
     pub reuse: bool,
     /// Compute the next image batch's backbone prefixes on a second thread while this one runs
-    /// the configurations of the current batch. `None` (default): on a GPU only (each thread
-    /// launches on its own stream, so the device computes the next prefixes while the host
-    /// post-processes; on a CPU both would share the same cores). Results do not depend on it.
+    /// the configurations of the current batch: meant for a GPU, where each thread launches on
+    /// its own stream, so the device computes the next prefixes while the host post-processes
+    /// (on a CPU both share the same cores). `None` (default): off, until it has been measured
+    /// and checked on a GPU. Results do not depend on it.
     pub pipeline: Option<bool>,
 }
 
@@ -918,10 +919,9 @@ fn run_group(
         .load_ahead
         .unwrap_or_else(|| 2 * rayon::current_num_threads());
     // Prefixes of the next image batch computed on a second thread while this one runs the
-    // configurations: on a GPU by default (two streams), where asked (`RunOptions::pipeline`).
-    let pipeline = opts
-        .pipeline
-        .unwrap_or_else(|| matches!(model.device(), Device::Cuda(_)));
+    // configurations, where asked (`RunOptions::pipeline`); off by default until it has run on
+    // a GPU.
+    let pipeline = opts.pipeline.unwrap_or(false);
     let ran = std::thread::scope(|scope| {
         let mut loader = crate::loader::Loader::new(scope, &ds, start, ahead);
         run_chunks(
