@@ -28,6 +28,10 @@ use crate::spec::ExperimentSection;
 /// Largest accepted `memory_budget_mb` (16 TiB): larger values are typos.
 pub const MAX_BUDGET_MB: u64 = 1 << 24;
 
+/// The most samples `[experiment] load_ahead` may ask to decode ahead (a larger number is an
+/// error naming the key: it would hold that many decoded images).
+pub const MAX_LOAD_AHEAD: usize = 4096;
+
 const MIB: u64 = 1 << 20;
 
 /// How held intermediates over the budget are kept.
@@ -94,6 +98,14 @@ impl MemoryPlan {
             )),
         }
         };
+        if let Some(n) = e.load_ahead.filter(|&n| n > MAX_LOAD_AHEAD) {
+            return Err(RunnerError::spec(
+                file,
+                "experiment.load_ahead",
+                format!("{n} samples is more than {MAX_LOAD_AHEAD}"),
+                Some("it counts decoded samples held in memory (a VOC image and label ~0.7 MB); leave it out for twice the CPU threads, or 0 to decode on the runner's thread".into()),
+            ));
+        }
         let spill = mode("experiment.spill", &e.spill, "drop and recompute")?;
         let feature_cache = mode("experiment.feature_cache", &e.feature_cache, "no cache")?;
         for (key, dir, default) in [

@@ -259,6 +259,9 @@ fn issue_7_bad_memory_settings_name_the_key() {
         ("feature_cache = \"yes\"", "experiment.feature_cache"),
         ("feature_cache = true", "experiment.feature_cache"),
         ("feature_cache_dir = \"\"", "experiment.feature_cache_dir"),
+        ("load_ahead = -1", "experiment.load_ahead"),
+        ("load_ahead = 100000", "experiment.load_ahead"),
+        ("load_ahead = \"auto\"", "experiment.load_ahead"),
     ];
     for (line, key) in cases {
         let text = SPEC.replacen("name = \"t\"", &format!("name = \"t\"\n{line}"), 1);
