@@ -84,6 +84,11 @@ for _ in $(seq "${COPIES:-4}"); do MANY+=("$IMGDIR/chelsea.ppm" "$IMGDIR/coffee.
 SEGSWEEP_CUDA_ATTENTION=wmma timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
     --reps "$REPS" --device cuda:0 --dtype f16 --across-batch 64 "${MANY[@]}" >"$OUT/rust-f16-wmma.json" \
     2>"$OUT/rust-f16-wmma.log" || tail -3 "$OUT/rust-f16-wmma.log"
+# cuBLAS's fixed workspaces (reproducible with concurrent streams; what segsweep sets with
+# SEGSWEEP_PIPELINE=1): their cost, and the pipelined labels with them.
+CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" \
+    --reps "$REPS" --device cuda:0 --dtype f16 --across-batch 64 "${MANY[@]}" >"$OUT/rust-f16-cublasws.json" \
+    2>"$OUT/rust-f16-cublasws.log" || tail -3 "$OUT/rust-f16-cublasws.log"
 for dt in f32 f16; do
     timeout 60 "$BIN/bench_infer" --model "$MODEL" --classes "$CLASSES" --reps "$REPS" --device cuda:0 \
         --dtype $dt --across-batch 64 "${MANY[@]}" >"$OUT/rust-$dt.json" 2>"$OUT/rust-$dt.log" || tail -3 "$OUT/rust-$dt.log"
@@ -94,7 +99,7 @@ python3 - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for dt, rs in (("f32", "f32"), ("f16", "f16"), ("f16", "f16-wmma")):
+for dt, rs in (("f32", "f32"), ("f16", "f16"), ("f16", "f16-wmma"), ("f16", "f16-cublasws")):
     try:
         r = json.loads((out / f"rust-{rs}.json").read_text())
         t = json.loads((out / f"torch-{dt}.json").read_text())

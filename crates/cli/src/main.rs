@@ -83,12 +83,14 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    // On a GPU a sweep can compute the next image batch's prefixes on a second thread (its own
-    // stream, SEGSWEEP_PIPELINE=1), and cuBLAS gives the same bits with concurrent streams only with fixed
-    // workspaces (its documented setting for reproducible results). Set here, before cuBLAS
-    // starts, unless the user chose one.
+    // With SEGSWEEP_PIPELINE=1 a sweep on a GPU computes the next image batch's prefixes on a
+    // second thread (its own stream), and cuBLAS gives the same bits with concurrent streams
+    // only with fixed workspaces (its documented setting for reproducible results, which may
+    // cost some speed, so only then). Set here, before cuBLAS starts, unless the user chose one.
     #[cfg(feature = "cuda")]
-    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none()
+        && std::env::var("SEGSWEEP_PIPELINE").as_deref() == Ok("1")
+    {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
     // Rust ignores SIGPIPE, so `segsweep validate spec.toml | head -1` panicked in `println!`

@@ -103,11 +103,6 @@ fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    // Reproducible cuBLAS results with two threads' streams at once (the pipelined pass), as
-    // the segsweep binary sets it; before cuBLAS starts.
-    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
-        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
-    }
     let args = parse_args()?;
     if args.images.is_empty() {
         return Err("give at least one IMAGE.ppm".into());
