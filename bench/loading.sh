@@ -20,6 +20,9 @@ MODEL=${MODEL:-builtin:tiny-random}
 DEVICE=${DEVICE:-cpu}
 DTYPE=${DTYPE:-f32}
 BATCH=${BATCH:-64}
+# The same cuBLAS workspaces in all three ways (what segsweep sets for the pipelined one), so that
+# their summaries can be compared exactly on a GPU.
+export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 if [ -z "${SEGSWEEP:-}" ]; then
