@@ -36,9 +36,10 @@ mod windows;
 pub use error::{InferError, Result};
 pub use interp::resize_planes;
 pub use pipeline::{
-    dense_batches_across_images, dense_logits, dense_logits_many, finish, finish_traced, needs_of,
-    postprocess, prepare, prepare_many, prepare_staged, segment, stage, window_count,
-    window_count_for, DenseLogits, Prepared, Segmentation, Step, Trace, LONG_SIDE_CAP,
+    class_probabilities, dense_batches_across_images, dense_logits, dense_logits_many, finish,
+    finish_traced, labels_from_probs, needs_of, postprocess, prepare, prepare_many, prepare_staged,
+    segment, stage, window_count, window_count_for, ClassProbs, DenseLogits, Prepared,
+    Segmentation, Step, Trace, LONG_SIDE_CAP,
 };
 pub use post::{class_probs, threshold_labels};
 pub use resize::{normalise, rescale_size, resize_short_side};

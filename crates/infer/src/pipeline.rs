@@ -1089,6 +1089,83 @@ pub fn postprocess(
     background: Option<usize>,
 ) -> Result<Segmentation> {
     check_finish(prepared, classifier, cfg, background)?;
+    check_dense(prepared, dense, classifier)?;
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    postprocess_impl(
+        backbone, prepared, dense, classifier, cfg, &plan, background,
+    )
+}
+
+/// One image's class probabilities `(C, h, w)` f32: the dense-stage plugins of `pipeline`, then
+/// SCLIP's synonym softmax with `cfg.logit_scale` (the first half of [`postprocess`]). They
+/// depend on nothing else of `cfg` but `short_side` (which dense-stage plugins see), so
+/// configurations that differ only in `prob_thd`, `area_thd`, the background class or
+/// label-stage plugins can share them ([`labels_from_probs`]).
+pub fn class_probabilities(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    dense: &DenseLogits,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+) -> Result<ClassProbs> {
+    check_finish(prepared, classifier, cfg, None)?;
+    check_dense(prepared, dense, classifier)?;
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    probs_impl(backbone, prepared, dense, classifier, cfg, &plan)
+}
+
+/// The second half of [`postprocess`]: `cfg`'s thresholds (`area_thd`, `prob_thd`) on `probs`
+/// (from [`class_probabilities`] of the same image), then the label-stage plugins of
+/// `pipeline`. Equal to [`postprocess`] with the same settings.
+pub fn labels_from_probs(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    probs: &ClassProbs,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    pipeline: &[Step<'_>],
+    background: Option<usize>,
+) -> Result<Segmentation> {
+    check_finish(prepared, classifier, cfg, background)?;
+    let (h, w) = prepared.original_size();
+    if probs.probs.dims() != [classifier.n_classes(), h, w] {
+        return Err(InferError::Shape {
+            what: "class probabilities for labels_from_probs",
+            expected: format!(
+                "({}, {h}, {w}) (this classifier's classes, this image's size)",
+                classifier.n_classes()
+            ),
+            got: probs.probs.dims().to_vec(),
+        });
+    }
+    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
+    labels_impl(prepared, probs, cfg, &plan, background)
+}
+
+/// Class probabilities `(C, h, w)` f32 of one image ([`class_probabilities`]): on the CPU for
+/// the host path, on the backbone's device for the device path.
+#[derive(Debug, Clone)]
+pub struct ClassProbs {
+    probs: Tensor,
+    /// Computed by the device path (thresholded there too).
+    on_device: bool,
+}
+
+impl ClassProbs {
+    /// The probabilities `(C, h, w)` f32.
+    pub fn tensor(&self) -> &Tensor {
+        &self.probs
+    }
+
+    /// Bytes held (host or device memory).
+    pub fn bytes(&self) -> usize {
+        self.probs.elem_count() * std::mem::size_of::<f32>()
+    }
+}
+
+/// Dense logits made for this image and classifier.
+fn check_dense(prepared: &Prepared, dense: &DenseLogits, classifier: &Classifier) -> Result<()> {
     if dense.queries != classifier.query_class.len() || dense.size != prepared.original_size() {
         return Err(InferError::Shape {
             what: "dense logits for postprocess",
@@ -1101,10 +1178,7 @@ pub fn postprocess(
             got: vec![dense.queries, dense.size.0, dense.size.1],
         });
     }
-    let plan = Plan::new(pipeline, backbone, cfg, prepared)?;
-    postprocess_impl(
-        backbone, prepared, dense, classifier, cfg, &plan, background,
-    )
+    Ok(())
 }
 
 fn dense_logits_impl(
@@ -1222,23 +1296,64 @@ fn postprocess_impl(
     plan: &Plan<'_>,
     background: Option<usize>,
 ) -> Result<Segmentation> {
+    let probs = probs_impl(backbone, prepared, dense, classifier, cfg, plan)?;
+    labels_impl(prepared, &probs, cfg, plan, background)
+}
+
+fn probs_impl(
+    backbone: &dyn Backbone,
+    prepared: &Prepared,
+    dense: &DenseLogits,
+    classifier: &Classifier,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+) -> Result<ClassProbs> {
     let n_classes = classifier.n_classes();
     let (h, w) = prepared.original_size();
-    let (probs, labels) = match dense_stage(backbone, prepared, classifier, cfg, plan, &dense.data)?
-    {
-        DenseData::Host(p) => {
-            let l = threshold_labels(&p, n_classes, cfg.area_thd, cfg.prob_thd, background);
-            (Tensor::from_vec(p, (n_classes, h, w), &Device::Cpu)?, l)
-        }
-        DenseData::Device(p) => {
-            let l = threshold_labels_device(&p, cfg.area_thd, cfg.prob_thd, background)?;
-            (p, l)
+    Ok(
+        match dense_stage(backbone, prepared, classifier, cfg, plan, &dense.data)? {
+            DenseData::Host(p) => ClassProbs {
+                probs: Tensor::from_vec(p, (n_classes, h, w), &Device::Cpu)?,
+                on_device: false,
+            },
+            DenseData::Device(p) => ClassProbs {
+                probs: p,
+                on_device: true,
+            },
+        },
+    )
+}
+
+fn labels_impl(
+    prepared: &Prepared,
+    probs: &ClassProbs,
+    cfg: &InferConfig,
+    plan: &Plan<'_>,
+    background: Option<usize>,
+) -> Result<Segmentation> {
+    let (n_classes, h, w) = probs.probs.dims3()?;
+    let labels = match probs.on_device {
+        true => threshold_labels_device(&probs.probs, cfg.area_thd, cfg.prob_thd, background)?,
+        false => {
+            // The host probabilities in place (a CPU tensor made from their vector).
+            let (storage, layout) = probs.probs.storage_and_layout();
+            let p = match (&*storage, layout.contiguous_offsets()) {
+                (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+                    &v[a..b]
+                }
+                _ => {
+                    return Err(InferError::Pipeline(
+                        "host class probabilities are not a contiguous f32 CPU tensor".into(),
+                    ))
+                }
+            };
+            threshold_labels(p, n_classes, cfg.area_thd, cfg.prob_thd, background)
         }
     };
     let mut labels = Tensor::from_vec(labels, (h, w), &Device::Cpu)?;
     let lctx = LabelCtx {
         image: &prepared.image,
-        probs: &probs,
+        probs: &probs.probs,
         background,
     };
     for r in &plan.labels {
@@ -1254,7 +1369,10 @@ fn postprocess_impl(
             });
         }
     }
-    Ok(Segmentation { probs, labels })
+    Ok(Segmentation {
+        probs: probs.probs.clone(),
+        labels,
+    })
 }
 
 /// Dense-stage plugins, then class probabilities `(C, h, w)` f32: on the host for host dense
@@ -1420,6 +1538,67 @@ mod tests {
             assert!(d(&host_trace.dense_logits, &dev_trace.dense_logits) < 1e-5);
             assert!(max_diff(&host.probs, &dev.probs) < 1e-5, "{mode:?}");
             assert_eq!(flat(&host.labels), flat(&dev.labels), "{mode:?}");
+        }
+    }
+
+    /// `class_probabilities` once, then `labels_from_probs` for several thresholds, equals
+    /// `postprocess` for each, bit for bit, on the host path and on the device path; and
+    /// probabilities of another image size are refused.
+    #[test]
+    fn shared_class_probabilities_equal_postprocess() {
+        let bb = FakeBackbone::new(5).unwrap();
+        let queries: Vec<String> = ["sky", "wall", "cat", "dog", "puppy"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let cls = Classifier {
+            text: bb.encode_text(&queries).unwrap(),
+            query_class: vec![0, 0, 1, 2, 2],
+            queries,
+            class_names: ["background", "cat", "dog"].map(String::from).to_vec(),
+        };
+        let base = InferConfig {
+            short_side: Some(90),
+            crop: 64,
+            stride: 40,
+            batch_size: 3,
+            logit_scale: 10.0,
+            ..InferConfig::default()
+        };
+        let thresholds = [(0.0, None), (0.6, None), (0.9, Some(0.3)), (0.95, None)];
+        for force in [false, true] {
+            FORCE_DEVICE_PATH.with(|f| f.set(force));
+            let prepared = prepare(&bb, &image(73, 131), &base, &Needs::default()).unwrap();
+            let dense = dense_logits(&bb, &prepared, &cls, &base, &[]).unwrap();
+            let probs = class_probabilities(&bb, &prepared, &dense, &cls, &base, &[]).unwrap();
+            assert_eq!(probs.tensor().dims(), [3, 73, 131]);
+            let mut distinct = std::collections::BTreeSet::new();
+            for (prob_thd, area_thd) in thresholds {
+                let cfg = InferConfig {
+                    prob_thd,
+                    area_thd,
+                    ..base.clone()
+                };
+                let want = postprocess(&bb, &prepared, &dense, &cls, &cfg, &[], Some(0)).unwrap();
+                let got =
+                    labels_from_probs(&bb, &prepared, &probs, &cls, &cfg, &[], Some(0)).unwrap();
+                assert_eq!(flat(&want.probs), flat(&got.probs), "device path {force}");
+                assert_eq!(flat(&want.labels), flat(&got.labels), "device path {force}");
+                distinct.insert(format!("{:?}", flat(&got.labels)));
+            }
+            let p = flat(probs.tensor());
+            let (lo, hi) = p
+                .iter()
+                .fold((1f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+            assert!(
+                distinct.len() >= 3,
+                "the thresholds change the labels: {} distinct, probs {lo}..{hi}",
+                distinct.len()
+            );
+            let other = prepare(&bb, &image(80, 120), &base, &Needs::default()).unwrap();
+            let err = labels_from_probs(&bb, &other, &probs, &cls, &base, &[], Some(0));
+            assert!(err.is_err());
+            FORCE_DEVICE_PATH.with(|f| f.set(false));
         }
     }
 }

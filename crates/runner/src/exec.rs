@@ -691,6 +691,8 @@ struct Job<'a> {
     config: &'a Config,
     /// [`upstream_key`] of the configuration, computed once.
     upstream: String,
+    /// [`probs_key`] of the configuration, computed once.
+    probs: String,
     refiners: &'a [Box<dyn Refiner>],
     partial: Partial,
     /// `partial` has changed since its checkpoint was last written.
@@ -858,6 +860,7 @@ fn run_group(
         }
         jobs.push(Job {
             upstream: upstream_key(c),
+            probs: probs_key(c),
             config: c,
             refiners,
             partial,
@@ -1289,6 +1292,7 @@ fn trial(
         .zip(&input.refiners)
         .map(|(c, refiners)| Job {
             upstream: upstream_key(c),
+            probs: probs_key(c),
             config: c,
             refiners,
             partial: Partial {
@@ -1567,11 +1571,35 @@ fn run_image(
         }
         slot.release(dense.bytes(), r + 1 < runs.len(), stats)?;
         let run_share = (t1.elapsed().as_secs_f64() + dense_seconds) / run.len() as f64;
+        // The run's configurations by class probabilities (dense-stage plugins, logit scale):
+        // each set computed once, then every configuration's thresholds and labels on it.
+        let mut sets: Vec<Vec<usize>> = Vec::new();
         for &j in run {
+            match sets.iter_mut().find(|g| jobs[g[0]].probs == jobs[j].probs) {
+                Some(g) => g.push(j),
+                None => sets.push(vec![j]),
+            }
+        }
+        for set in sets {
             let t2 = Instant::now();
-            tail(ctx, &mut jobs[j], slot.prepared(), &dense, i, sample)?;
-            jobs[j].partial.seconds += prefix_share + run_share + t2.elapsed().as_secs_f64();
-            jobs[j].dirty = true;
+            let first = &jobs[set[0]];
+            let probs = segsweep_infer::class_probabilities(
+                model,
+                slot.prepared(),
+                &dense,
+                ctx.classifier,
+                &first.config.inference,
+                &steps(first),
+            )
+            .map_err(|e| in_config(first.config, &sample.id, e.into()))?;
+            let probs_share = t2.elapsed().as_secs_f64() / set.len() as f64;
+            for j in set {
+                let t3 = Instant::now();
+                tail(ctx, &mut jobs[j], slot.prepared(), &probs, i, sample)?;
+                jobs[j].partial.seconds +=
+                    prefix_share + run_share + probs_share + t3.elapsed().as_secs_f64();
+                jobs[j].dirty = true;
+            }
         }
     }
     Ok(())
@@ -1587,23 +1615,24 @@ fn steps<'a>(job: &'a Job) -> Vec<(Stage, &'a dyn Refiner)> {
         .collect()
 }
 
-/// One configuration's tail on one image: dense- and label-stage plugins, thresholds, counts,
-/// overlay; advances its checkpoint (written by the caller).
+/// One configuration's tail on one image, on its class probabilities (shared with the
+/// configurations of the same [`probs_key`]): thresholds, label-stage plugins, counts, overlay;
+/// advances its checkpoint (written by the caller).
 fn tail(
     ctx: &ImageCtx,
     job: &mut Job,
     prepared: &segsweep_infer::Prepared,
-    dense: &segsweep_infer::DenseLogits,
+    probs: &segsweep_infer::ClassProbs,
     i: usize,
     sample: &Sample,
 ) -> Result<()> {
     let config = job.config;
     let id = &sample.id;
     let fail = |e: RunnerError| in_config(config, id, e);
-    let seg = segsweep_infer::postprocess(
+    let seg = segsweep_infer::labels_from_probs(
         ctx.model,
         prepared,
-        dense,
+        probs,
         ctx.classifier,
         &config.inference,
         &steps(job),
@@ -1645,6 +1674,28 @@ fn upstream_key(c: &Config) -> String {
         .pipeline
         .iter()
         .filter(|s| s.plugin.stage <= Stage::Features)
+    {
+        key.push('|');
+        key.push_str(&s.id);
+        key.push_str(&toml::to_string(&s.params.to_toml()).unwrap_or_default());
+    }
+    key
+}
+
+/// What a configuration's class probabilities depend on beyond its dense logits: the
+/// dense-stage plugins with their resolved parameters, the logit scale of the softmax, and the
+/// short side (which dense-stage plugins see). Thresholds and label-stage plugins come after.
+fn probs_key(c: &Config) -> String {
+    let mut key = format!(
+        "{}#{}#{:?}",
+        upstream_key(c),
+        c.inference.logit_scale.to_bits(),
+        c.inference.short_side
+    );
+    for s in c
+        .pipeline
+        .iter()
+        .filter(|s| s.plugin.stage == Stage::DenseLogits)
     {
         key.push('|');
         key.push_str(&s.id);

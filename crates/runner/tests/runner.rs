@@ -117,6 +117,69 @@ fn sharing_the_backbone_prefix_gives_identical_results() {
     );
 }
 
+/// Configurations that differ only in their thresholds share one image's class probabilities
+/// (softmax and dense-stage plugins computed once per logit scale and dense plugin): with PAMR
+/// on and off, 2 logit scales and 2 × 2 thresholds (16 configurations, 4 sets of
+/// probabilities per image), every record equals the configuration run alone.
+#[test]
+fn configurations_sharing_class_probabilities_give_identical_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[experiment]
+name = "probs"
+output_dir = "{}"
+[model]
+source = "builtin:tiny-random"
+[dataset]
+name = "synthetic"
+synthetic_images = 2
+short_side = 224
+[[pipeline]]
+plugin = "pamr"
+steps = 1
+[[sweep.variants]]
+name = "baseline"
+pipeline = []
+[[sweep.variants]]
+name = "pamr"
+[sweep.grid]
+"inference.logit_scale" = [40.0, 60.0]
+"inference.prob_thd" = [0.0, 0.4]
+"inference.area_thd" = [0.0, 0.3]
+"#,
+        tmp.path().display()
+    );
+    let exp = expand(load_text(Path::new("p.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let go = |id: &str, share: bool| {
+        run(
+            &exp,
+            &RunOptions {
+                run_id: Some(id.into()),
+                share_prefix: share,
+                reuse: false,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let (shared, alone) = (go("shared", true), go("alone", false));
+    assert_eq!(shared.records.len(), 16);
+    for (a, b) in paired(&shared.records, &alone.records) {
+        assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+    }
+    let distinct: std::collections::BTreeSet<String> = shared
+        .records
+        .iter()
+        .map(|r| format!("{:?}", r.counts))
+        .collect();
+    assert!(
+        distinct.len() >= 8,
+        "only {} distinct results",
+        distinct.len()
+    );
+}
+
 /// Runs `exp` under `run_id` with `[experiment]` memory settings replaced.
 fn run_with(
     exp: &segsweep_runner::Experiment,
