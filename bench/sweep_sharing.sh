@@ -44,11 +44,11 @@ spec '[sweep.grid]
 # Warm the text-classifier cache and the page cache so both timings measure inference only.
 $BIN sweep "$OUT/one.toml" --quiet --run-id warm >/dev/null
 t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); awk "BEGIN{print $e - $s}"; }
-one=$(t $BIN sweep "$OUT/one.toml" --quiet --run-id one)
-sixteen=$(t $BIN sweep "$OUT/sixteen.toml" --quiet --run-id sixteen)
+one=$(t $BIN sweep "$OUT/one.toml" --quiet --no-reuse --run-id one)
+sixteen=$(t $BIN sweep "$OUT/sixteen.toml" --quiet --no-reuse --run-id sixteen)
 sed 's/^name = "bench"$/name = "bench"\nfeature_cache = "f32"/' "$OUT/sixteen.toml" > "$OUT/cached.toml"
-cold=$(t $BIN sweep "$OUT/cached.toml" --quiet --run-id cold)
-warm=$(t $BIN sweep "$OUT/cached.toml" --quiet --run-id warm-cache)
+cold=$(t $BIN sweep "$OUT/cached.toml" --quiet --no-reuse --run-id cold)
+warm=$(t $BIN sweep "$OUT/cached.toml" --quiet --no-reuse --run-id warm-cache)
 same=$(python3 - "$OUT/results/bench" <<'PY'
 import csv, sys
 def rows(run):
