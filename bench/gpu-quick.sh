@@ -116,7 +116,8 @@ for dt, rs in (("f32", "f32"), ("f16", "f16"), ("f16", "f16-wmma"), ("f16", "f16
           f"split bs8 stage (of it the CPU resize {ms(r.get('split_bs8_stage_resize_s', float('nan')))})/prefix/dense/post "
           f"{ms(r['split_bs8_stage_s'])}/{ms(r['split_bs8_prefix_s'])}/"
           f"{ms(r['split_bs8_dense_s'])}/{ms(r['split_bs8_post_s'])}; "
-          f"16-config sweep / one {r['sweep16_post_only_s'] / one:.2f}x; "
+          f"16-config sweep / one {r['sweep16_post_only_s'] / one:.2f}x "
+          f"(probabilities shared per logit scale: {r.get('sweep16_shared_probs_s', float('nan')) / one:.2f}x); "
           f"across 64: prepare {ms(r['prepare_s_per_image_across_images'])} per image; "
           f"prefix on device crops per 8: bs8 {ms(r['prefix_on_device_crops_bs8_s'])}, "
           f"bs64 {ms(r['prefix_on_device_crops_bs64_s_per_8'])}")
