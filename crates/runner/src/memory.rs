@@ -103,7 +103,7 @@ impl MemoryPlan {
                 file,
                 "experiment.load_ahead",
                 format!("{n} samples is more than {MAX_LOAD_AHEAD}"),
-                Some("it counts decoded samples held in memory (a VOC image and label ~0.7 MB); leave it out for twice the CPU threads, or 0 to decode on the runner's thread".into()),
+                Some("it counts decoded samples held in memory (a VOC image and its u32 label map ~1.3 MB); leave it out for one per CPU thread, or 0 to decode on the runner's thread".into()),
             ));
         }
         let spill = mode("experiment.spill", &e.spill, "drop and recompute")?;

@@ -500,7 +500,7 @@ fn a_run_that_skipped_every_sample_fails_and_computes_once_fixed() {
     assert_eq!((summary.ran, summary.records[0].images), (1, 2));
 }
 
-/// Samples decoded ahead on a background thread (`load_ahead`, default twice the CPU threads)
+/// Samples decoded ahead on a background thread (`load_ahead`, default one per CPU thread)
 /// change nothing but speed: on 7 on-disk samples whose sample 4 cannot be decoded, in chunks
 /// of about 2 images, every lookahead gives the same records with `skip_bad`, and without it
 /// the same error at sample 4 with samples 0–3 kept, also with the next chunk's prefixes
