@@ -1477,11 +1477,8 @@ mod tests {
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
     }
 
-    /// The GPU's dense path (stitching and resizing as matrix products, softmax as tensor ops),
-    /// forced onto the CPU, against the host path: same canvas, dense logits, probabilities and
-    /// labels, in slide and whole mode, on a non-square image.
-    #[test]
-    fn issue_7_device_dense_path_equals_the_host_path() {
+    /// The fake backbone and a 3-class classifier with synonyms (5 queries).
+    fn fake_with_classifier() -> (FakeBackbone, Classifier) {
         let bb = FakeBackbone::new(5).unwrap();
         let queries: Vec<String> = ["sky", "wall", "cat", "dog", "puppy"]
             .iter()
@@ -1493,6 +1490,15 @@ mod tests {
             queries,
             class_names: ["background", "cat", "dog"].map(String::from).to_vec(),
         };
+        (bb, cls)
+    }
+
+    /// The GPU's dense path (stitching and resizing as matrix products, softmax as tensor ops),
+    /// forced onto the CPU, against the host path: same canvas, dense logits, probabilities and
+    /// labels, in slide and whole mode, on a non-square image.
+    #[test]
+    fn issue_7_device_dense_path_equals_the_host_path() {
+        let (bb, cls) = fake_with_classifier();
         for mode in [Mode::Slide, Mode::Whole] {
             let cfg = InferConfig {
                 mode,
@@ -1546,17 +1552,7 @@ mod tests {
     /// probabilities of another image size are refused.
     #[test]
     fn shared_class_probabilities_equal_postprocess() {
-        let bb = FakeBackbone::new(5).unwrap();
-        let queries: Vec<String> = ["sky", "wall", "cat", "dog", "puppy"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let cls = Classifier {
-            text: bb.encode_text(&queries).unwrap(),
-            query_class: vec![0, 0, 1, 2, 2],
-            queries,
-            class_names: ["background", "cat", "dog"].map(String::from).to_vec(),
-        };
+        let (bb, cls) = fake_with_classifier();
         let base = InferConfig {
             short_side: Some(90),
             crop: 64,

@@ -105,13 +105,17 @@ fn sharing_the_backbone_prefix_gives_identical_results() {
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
     }
     // The configurations really differ from each other (the test would be vacuous otherwise).
-    let distinct: std::collections::BTreeSet<String> = shared
-        .records
-        .iter()
-        .map(|r| format!("{:?}", r.counts))
-        .collect();
+    assert_distinct(&shared.records, 3);
+}
+
+/// At least `n` of `records` have different counts (a comparison of identical results would
+/// prove nothing).
+#[track_caller]
+fn assert_distinct(records: &[segsweep_report::Record], n: usize) {
+    let distinct: std::collections::BTreeSet<String> =
+        records.iter().map(|r| format!("{:?}", r.counts)).collect();
     assert!(
-        distinct.len() >= 3,
+        distinct.len() >= n,
         "only {} distinct results",
         distinct.len()
     );
@@ -168,16 +172,7 @@ name = "pamr"
     for (a, b) in paired(&shared.records, &alone.records) {
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
     }
-    let distinct: std::collections::BTreeSet<String> = shared
-        .records
-        .iter()
-        .map(|r| format!("{:?}", r.counts))
-        .collect();
-    assert!(
-        distinct.len() >= 8,
-        "only {} distinct results",
-        distinct.len()
-    );
+    assert_distinct(&shared.records, 8);
 }
 
 /// Runs `exp` under `run_id` with `[experiment]` memory settings replaced.
