@@ -150,14 +150,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         batch_size,
         ..InferConfig::default()
     };
-    let crops: usize = images
+    // Windows per image with these settings (the library's own count).
+    let windows: Vec<usize> = images
         .iter()
-        .map(|im| {
-            let (h, w) =
-                segsweep_infer::rescale_size(im.h, im.w, 336, segsweep_infer::LONG_SIDE_CAP);
-            segsweep_infer::slide_windows(h, w, 224, 112).len()
-        })
-        .sum();
+        .map(|im| segsweep_infer::window_count(im, &cfg(8)))
+        .collect::<Result<_, _>>()?;
+    let crops: usize = windows.iter().sum();
     // Warm-up (allocator, rayon pool, page cache).
     segment(&model, &images[0], &cls, &cfg(8), &[], Some(0))?;
 
@@ -212,19 +210,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     // (a second thread prepares the next chunk while this one's images are post-processed; on
     // a GPU each thread launches on its own stream, so the next prefix runs on the device while
     // the host works through post-processing). The labels of both ways must be equal.
-    let windows = |im: &RgbImage| {
-        let (h, w) = segsweep_infer::rescale_size(im.h, im.w, 336, segsweep_infer::LONG_SIDE_CAP);
-        segsweep_infer::slide_windows(h, w, 224, 112).len()
-    };
     let mut chunks: Vec<Vec<&RgbImage>> = vec![Vec::new()];
     let mut filled = 0;
-    for im in &images {
+    for (im, n) in images.iter().zip(&windows) {
         if filled >= ab {
             chunks.push(Vec::new());
             filled = 0;
         }
         chunks.last_mut().ok_or("no chunk")?.push(im);
-        filled += windows(im);
+        filled += n;
     }
     let post_chunk =
         |prepared: &[segsweep_infer::Prepared]| -> Result<Vec<Vec<u32>>, Box<dyn Error>> {
