@@ -142,7 +142,8 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     };
     let cancel = opts.cancel.clone();
     // First Ctrl-C: finish the image in flight, checkpoint, exit. Second: exit at once (the
-    // checkpoints written so far are atomic, so nothing finished is lost either way). A
+    // checkpoints written so far are atomic, so what they hold is kept; the images since the
+    // last one, written every 2 s between image batches, are computed again on resume). A
     // second signal within a second of the first is the same interrupt delivered twice (a
     // terminal's Ctrl-C reaches the whole process group, and `timeout -s INT` signals the
     // child and its group), not a request to quit now.
@@ -153,7 +154,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             if first.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
                 return;
             }
-            eprintln!("\ninterrupt: quitting now; finished images are saved, re-run the same command to resume");
+            eprintln!("\ninterrupt: quitting now; images up to the last checkpoint (written every few seconds) are saved, re-run the same command to resume");
             std::process::exit(130);
         }
         *first = Some(std::time::Instant::now());

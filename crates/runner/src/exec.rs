@@ -925,23 +925,27 @@ fn run_group(
     // configurations, where asked (`RunOptions::pipeline`); off by default until it has run on
     // a GPU.
     let pipeline = opts.pipeline.unwrap_or(false);
-    let ran = std::thread::scope(|scope| {
-        let mut loader = crate::loader::Loader::new(scope, &ds, start, ahead);
-        run_chunks(
-            exp,
-            opts,
-            &ctx,
-            &ds,
-            &mut loader,
-            &mut jobs,
-            tally,
-            &bar,
-            pipeline,
-        )
-    });
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::scope(|scope| {
+            let mut loader = crate::loader::Loader::new(scope, &ds, start, ahead);
+            run_chunks(
+                exp,
+                opts,
+                &ctx,
+                &ds,
+                &mut loader,
+                &mut jobs,
+                tally,
+                &bar,
+                pipeline,
+            )
+        })
+    }));
     // The checkpoints of every image done since the last write, on every way out: finished,
-    // Ctrl-C, stop_after_images, an error.
+    // Ctrl-C, stop_after_images, an error, a panic (a plugin's, say: each job's counts and
+    // `next_image` change together, after its plugins ran, so what is written is consistent).
     let flushed = write_checkpoints(dir, &mut jobs);
+    let ran = ran.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     ran?;
     flushed?;
     bar.finish_and_clear();
@@ -1027,7 +1031,11 @@ impl ChunkFormer<'_, '_> {
             let budget_spent = opts
                 .stop_after_images
                 .is_some_and(|n| tally.images_done >= n);
-            if opts.cancel.load(Ordering::SeqCst) || budget_spent {
+            if opts.cancel.load(Ordering::SeqCst) {
+                // Ctrl-C: the images loaded for this chunk are not in flight; drop them.
+                return (Vec::new(), Some(Err(RunnerError::Interrupted)));
+            }
+            if budget_spent {
                 return (chunk, Some(Err(RunnerError::Interrupted)));
             }
             let i = self.next;
@@ -1101,15 +1109,20 @@ fn prepare_chunk(
         .collect();
     let mut stats = MemoryStats::new(plan);
     let t0 = Instant::now();
-    let prepared = crate::memory::prepare_batch(prefix, &images, &mut stats)?;
+    let prepared = crate::memory::prepare_batch(prefix, &images, &mut stats);
     if synchronize {
         // On a GPU this thread launched on its own stream (candle's per-thread default stream).
-        prefix
+        // On an error too: the other thread may free what this one's kernels still read.
+        let synced = prefix
             .backbone
             .device()
             .synchronize()
-            .map_err(|e| RunnerError::Infer(segsweep_core::CoreError::from(e).into()))?;
+            .map_err(|e| RunnerError::Infer(segsweep_core::CoreError::from(e).into()));
+        if prepared.is_ok() {
+            synced?;
+        }
     }
+    let prepared = prepared?;
     Ok(PreparedChunk {
         prepared,
         stats,
@@ -1368,14 +1381,12 @@ struct ImageCtx<'a> {
     max_vis: usize,
 }
 
-/// A batch of images `(dataset index, sample or None where it was skipped as bad)`, in order:
-/// the backbone prefix of all of them at once (crops batched across the images, or read from
-/// the feature cache), then [`run_image`] on each. Stops after the image in flight when
-/// cancelled; everything finished before is saved.
-/// A chunk's configurations, image by image, on its prepared prefixes ([`prepare_chunk`]):
-/// first the dense logits of the first configuration group across the chunk's images where the
+/// A chunk's configurations, image by image, on its prepared prefixes ([`prepare_chunk`]);
+/// `chunk` holds `(dataset index, sample or None where it was skipped as bad)` in order.
+/// First the dense logits of the first configuration group across the chunk's images where the
 /// memory budget, less `reserve` bytes held elsewhere (the next chunk's prefixes, being
 /// computed meanwhile), allows ([`first_group_dense`]), then [`run_image`] for each image.
+/// On Ctrl-C it stops before the next image (the one in flight finishes).
 #[allow(clippy::too_many_arguments)]
 fn run_batch(
     ctx: &ImageCtx,
@@ -1412,7 +1423,9 @@ fn run_batch(
     let mut first_dense = first_dense.map(|(key, d)| (key, d.into_iter()));
     let mut prepared = prepared.into_iter();
     for (k, (i, sample)) in chunk.iter().enumerate() {
-        if k > 0 && opts.cancel.load(Ordering::SeqCst) {
+        // Before every image, the first included: in pipelined mode a chunk whose prefixes
+        // were computed while Ctrl-C arrived is not in flight.
+        if opts.cancel.load(Ordering::SeqCst) {
             return Err(RunnerError::Interrupted);
         }
         match sample {
@@ -1644,10 +1657,9 @@ fn tail(
         .flatten_all()
         .and_then(|t| t.to_vec1::<u32>())
         .map_err(|e| fail(segsweep_core::CoreError::from(e).into()))?;
-    job.partial
-        .counts
-        .add(&pred, &sample.label.data, ctx.ignore_index)
-        .map_err(|e| fail(e.into()))?;
+    // The overlay first: if it cannot be written, the image is neither counted nor marked
+    // done, so the checkpoint (written on the way out) stays consistent and a resume scores
+    // it once.
     if ctx.visualise && i < ctx.max_vis {
         let path = ctx
             .dir
@@ -1662,6 +1674,10 @@ fn tail(
             &pred,
         )?;
     }
+    job.partial
+        .counts
+        .add(&pred, &sample.label.data, ctx.ignore_index)
+        .map_err(|e| fail(e.into()))?;
     job.partial.next_image = i + 1;
     Ok(())
 }
