@@ -204,7 +204,7 @@ impl ClipModel {
         device: &Device,
         dtype: DType,
     ) -> Result<ClipModel> {
-        Ok(ClipModel {
+        let model = ClipModel {
             vision: Vision::load(&vb, &config, dtype)?,
             text: Text::load(&vb, &config, dtype)?,
             tokenizer,
@@ -212,7 +212,12 @@ impl ClipModel {
             info,
             device: device.clone(),
             priors: Mutex::new(HashMap::new()),
-        })
+        };
+        // The weights were uploaded and converted on this thread's stream (on a GPU, candle's
+        // per-thread default stream): finished before another thread (the runner's prefix
+        // thread) reads them, since nothing else orders its stream after this one's.
+        device.synchronize()?;
+        Ok(model)
     }
 
     /// The model's hyper-parameters.

@@ -305,22 +305,39 @@ fn fa_launch(dev: &CudaDevice, dt: DType, t: usize, hd: usize) -> Result<Option<
         return Ok(None);
     }
     let smem = crate::block::fa_shared_bytes(t, hd);
-    let Ok(func) = dev.get_or_load_custom_func(&fused_name("attention_fa", dt)?, MODULE, PTX)
-    else {
+    let name = fused_name("attention_fa", dt)?;
+    let Ok(func) = dev.get_or_load_custom_func(&name, MODULE, PTX) else {
         return Ok(None);
     };
-    if smem > 48 * 1024
-        && func
-            .set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .is_err()
-    {
-        return Ok(None);
+    if smem > 48 * 1024 {
+        // The opt-in is the function's, shared by every thread launching it: it only grows, so
+        // that a smaller value set by one thread cannot fail another's launch between its set
+        // and its launch (two threads run blocks at once in the pipelined runner).
+        let mut opted = FA_OPT_IN.lock().unwrap_or_else(|e| e.into_inner());
+        let have = opted
+            .iter()
+            .find(|(d, n, _)| *d == dev.id() && *n == name)
+            .map_or(0, |e| e.2);
+        if smem > have {
+            if func
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .is_err()
+            {
+                return Ok(None);
+            }
+            opted.retain(|(d, n, _)| !(*d == dev.id() && *n == name));
+            opted.push((dev.id(), name, smem));
+        }
     }
     Ok(Some(smem as u32))
 }
+
+/// The dynamic shared memory each device's `attention_fa_*` functions are opted in to (bytes).
+static FA_OPT_IN: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, String, usize)>> =
+    std::sync::Mutex::new(Vec::new());
 
 pub(crate) fn layer_norm(
     eps: f32,
