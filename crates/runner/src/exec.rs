@@ -1422,7 +1422,7 @@ fn run_batch(
     }
     let mut first_dense = first_dense.map(|(key, d)| (key, d.into_iter()));
     let mut prepared = prepared.into_iter();
-    for (k, (i, sample)) in chunk.iter().enumerate() {
+    for (i, sample) in chunk.iter() {
         // Before every image, the first included: in pipelined mode a chunk whose prefixes
         // were computed while Ctrl-C arrived is not in flight.
         if opts.cancel.load(Ordering::SeqCst) {
@@ -1435,7 +1435,7 @@ fn run_batch(
                         "fewer prepared images than loaded".into(),
                     ))
                 })?;
-                let slot = PrefixSlot::new(&ctx.prefix, &sample.image, key, p);
+                let slot = PrefixSlot::new(&ctx.prefix, &sample.image, key, p, reserve);
                 let dense = first_dense.as_mut().and_then(|(key, d)| {
                     d.next().map(|d| PrecomputedDense {
                         upstream: key.clone(),

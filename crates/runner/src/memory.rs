@@ -300,15 +300,20 @@ pub(crate) struct PrefixSlot<'a> {
     key: Option<String>,
     prepared: Prepared,
     state: State,
+    /// Bytes held elsewhere meanwhile (in pipelined mode the next image batch's prefixes),
+    /// counted against the budget with this image's.
+    reserve: usize,
 }
 
 impl<'a> PrefixSlot<'a> {
-    /// Hold `prepared` (from [`prepare_batch`], with its feature-cache key) for `image`.
+    /// Hold `prepared` (from [`prepare_batch`], with its feature-cache key) for `image`, while
+    /// `reserve` bytes are held elsewhere.
     pub(crate) fn new(
         ctx: &'a PrefixCtx<'a>,
         image: &'a RgbImage,
         key: Option<String>,
         prepared: Prepared,
+        reserve: usize,
     ) -> PrefixSlot<'a> {
         PrefixSlot {
             ctx,
@@ -316,6 +321,7 @@ impl<'a> PrefixSlot<'a> {
             key,
             prepared,
             state: State::Held,
+            reserve,
         }
     }
 
@@ -358,7 +364,7 @@ impl<'a> PrefixSlot<'a> {
 
     /// Called after computing a dense-logits map of `dense_bytes`: record what is held, then
     /// keep the prefix if another upstream key needs it (`needed_again`) and prefix + dense
-    /// logits fit the budget; otherwise spill or drop it.
+    /// logits (+ the reserve held elsewhere) fit the budget; otherwise spill or drop it.
     pub(crate) fn release(
         &mut self,
         dense_bytes: usize,
@@ -366,7 +372,7 @@ impl<'a> PrefixSlot<'a> {
         stats: &mut MemoryStats,
     ) -> Result<()> {
         let prefix = self.prepared.prefix_bytes() as u64;
-        let held = prefix + dense_bytes as u64;
+        let held = prefix + dense_bytes as u64 + self.reserve as u64;
         stats.peak_prefix_bytes = stats.peak_prefix_bytes.max(prefix);
         stats.peak_dense_bytes = stats.peak_dense_bytes.max(dense_bytes as u64);
         stats.peak_held_bytes = stats.peak_held_bytes.max(held);
