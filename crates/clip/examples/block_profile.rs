@@ -40,7 +40,7 @@ fn main() -> Res<()> {
     let batch: usize = arg(1).map(|b| b.parse()).transpose()?.unwrap_or(8);
     let dev = match arg(2).as_deref() {
         None | Some("cpu") => Device::Cpu,
-        Some(d) => Device::new_cuda(d.trim_start_matches("cuda:").parse()?)?,
+        Some(d) => segsweep_kernels::cuda_device(d.trim_start_matches("cuda:").parse()?)?,
     };
     let dtype = match arg(3).as_deref() {
         None | Some("f32") => DType::F32,

@@ -6,7 +6,8 @@
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
-    Device::new_cuda(0).expect("a CUDA device: this test binary is meant for the GPU machine")
+    segsweep_kernels::cuda_device(0)
+        .expect("a CUDA device: this test binary is meant for the GPU machine")
 }
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {

@@ -109,7 +109,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let device = match args.device.as_str() {
         "cpu" => Device::Cpu,
-        d => Device::new_cuda(d.trim_start_matches("cuda:").parse()?)?,
+        d => segsweep_kernels::cuda_device(d.trim_start_matches("cuda:").parse()?)?,
     };
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,

@@ -32,6 +32,29 @@ use std::sync::OnceLock;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result};
 
+/// CUDA device `ordinal` as segsweep opens it: candle's device (each host thread launches on
+/// CUDA's per-thread default stream) with cudarc's per-allocation event tracking off.
+///
+/// cudarc creates two CUDA events with every buffer and destroys them with it, so that a buffer
+/// used on several of the streams *it* created is ordered across them. candle creates none (a
+/// per-thread stream does not count), so those events are never recorded or waited on: they
+/// are four driver calls per tensor for nothing, on a path where a ViT block's small ops are
+/// bound by per-op host overhead. segsweep orders its threads itself (each thread finishes its
+/// work before another reads it; see the README's "Two threads, two streams"), which is what
+/// cudarc asks of a caller that turns tracking off. Without the `cuda` feature: candle's error.
+pub fn cuda_device(ordinal: usize) -> Result<Device> {
+    let device = Device::new_cuda(ordinal)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        // SAFETY: only buffers allocated from now on lose their events; nothing in candle or
+        // segsweep waits on them (cudarc records and waits only in its multi-stream mode, which
+        // candle's per-thread stream never enters), and segsweep synchronises a thread's stream
+        // before another thread reads or frees what it produced.
+        unsafe { d.cuda_stream().context().disable_event_tracking() };
+    }
+    Ok(device)
+}
+
 /// Environment variable that selects the CUDA kernels: `fused` (this crate's, the default) or
 /// `candle` (candle's composed ops).
 pub const ENV: &str = "SEGSWEEP_CUDA_KERNELS";

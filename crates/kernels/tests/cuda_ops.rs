@@ -12,7 +12,8 @@ use segsweep_kernels::block::{self as fused, Act};
 use segsweep_kernels::post;
 
 fn gpu() -> Device {
-    Device::new_cuda(0).expect("a CUDA device: this test binary is meant for the GPU machine")
+    segsweep_kernels::cuda_device(0)
+        .expect("a CUDA device: this test binary is meant for the GPU machine")
 }
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {

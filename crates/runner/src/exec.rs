@@ -591,7 +591,7 @@ fn device_of(m: &ModelSection) -> Result<Device> {
         return Ok(Device::Cpu);
     }
     let n: usize = m.device.trim_start_matches("cuda:").parse().unwrap_or(0);
-    Device::new_cuda(n).map_err(|e| {
+    segsweep_kernels::cuda_device(n).map_err(|e| {
         RunnerError::spec(
             "[model]",
             "model.device",
