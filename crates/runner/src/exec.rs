@@ -920,7 +920,7 @@ fn run_group(
         .raw
         .experiment
         .load_ahead
-        .unwrap_or_else(|| rayon::current_num_threads().max(2));
+        .unwrap_or_else(crate::memory::default_load_ahead);
     // Prefixes of the next image batch computed on a second thread while this one runs the
     // configurations, where asked (`RunOptions::pipeline`); off by default until it has run on
     // a GPU.

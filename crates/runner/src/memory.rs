@@ -32,6 +32,14 @@ pub const MAX_BUDGET_MB: u64 = 1 << 24;
 /// error naming the key: it would hold that many decoded images).
 pub const MAX_LOAD_AHEAD: usize = 4096;
 
+/// Samples decoded ahead by default: one per CPU thread (a parallel block of that many decodes
+/// in about one sample's time), at least 2 and at most 32. 32 VOC samples decode in ~2.5 ms,
+/// far ahead of any GPU, while a 128-thread host would otherwise hold ~2 × 128 decoded samples
+/// (several GB of Cityscapes-sized ones).
+pub(crate) fn default_load_ahead() -> usize {
+    rayon::current_num_threads().clamp(2, 32)
+}
+
 const MIB: u64 = 1 << 20;
 
 /// How held intermediates over the budget are kept.
@@ -103,7 +111,7 @@ impl MemoryPlan {
                 file,
                 "experiment.load_ahead",
                 format!("{n} samples is more than {MAX_LOAD_AHEAD}"),
-                Some("it counts decoded samples held in memory (a VOC image and its u32 label map ~1.3 MB); leave it out for one per CPU thread, or 0 to decode on the runner's thread".into()),
+                Some("it counts decoded samples held in memory (a VOC image and its u32 label map ~1.3 MB); leave it out for one per CPU thread (2 to 32), or 0 to decode on the runner's thread".into()),
             ));
         }
         let spill = mode("experiment.spill", &e.spill, "drop and recompute")?;
@@ -638,6 +646,20 @@ impl FeatureCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_lookahead_is_one_per_thread_from_2_to_32() {
+        let with = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(default_load_ahead)
+        };
+        assert_eq!(with(1), 2);
+        assert_eq!(with(12), 12);
+        assert_eq!(with(128), 32);
+    }
 
     fn section(budget: u64, spill: &str) -> ExperimentSection {
         ExperimentSection {

@@ -54,7 +54,7 @@ pub struct ExperimentSection {
     /// Directory of the feature cache (default `<output_dir>/.cache/features`).
     pub feature_cache_dir: Option<PathBuf>,
     /// Samples decoded ahead of inference, in parallel on a background thread (default: one per
-    /// CPU thread, at least 2). 0 decodes each sample on the runner's thread when it is reached; at most
+    /// CPU thread, from 2 to 32). 0 decodes each sample on the runner's thread when it is reached; at most
     /// 4096. Only speed and memory (one decoded image and label each) depend on it.
     pub load_ahead: Option<usize>,
 }
