@@ -127,6 +127,10 @@ for dt, rs in (("f32", "f32"), ("f16", "f16"), ("f16", "f16-wmma"), ("f16", "f16
               f"{ms(r['s_per_image_across_pipelined'])} per image "
               f"({t['s_per_image_batched'] / r['s_per_image_across_pipelined']:.2f}x batched PyTorch); "
               f"labels identical: {r['across_pipelined_labels_identical']}")
+    if "across_many_vs_each_labels_total" in r:
+        print(f"{rs}: labels of the dense logits across images vs one image at a time (the runner "
+              f"picks by the memory budget): {r['across_many_vs_each_labels_equal']} of "
+              f"{r['across_many_vs_each_labels_total']} pixels equal")
 PY
 step "the runner on $((${COPIES:-4} * 6)) VOC-sized JPEGs, f16: decoding on its thread / ahead / and pipelined"
 N=$((${COPIES:-4} * 6)) MODEL="$MODEL" DEVICE=cuda:0 DTYPE=f16 SEGSWEEP="$BIN/segsweep" timeout 120 \

@@ -273,6 +273,26 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let pipelined_identical = pipelined_labels == chunked_labels;
 
+    // Untimed: the labels of the dense logits across images (dense_logits_many) against one
+    // image at a time (finish) on the same prefixes. The runner picks between the two by the
+    // memory budget, which is not in the configuration hash; on the CPU they are bit-identical
+    // (tested), on a GPU the GEMMs differ in shape, so cuBLAS may round differently.
+    let (many_vs_each_equal, many_vs_each_pixels) = {
+        let prepared = prepare_many(&model, &refs, &cfg(ab), &Needs::default())?;
+        let many: Vec<_> = prepared.iter().collect();
+        let dense = dense_logits_many(&model, &many, &cls, &cfg(ab), &[])?;
+        let (mut equal, mut total) = (0usize, 0usize);
+        for (p, d) in prepared.iter().zip(&dense) {
+            let a = postprocess(&model, p, d, &cls, &cfg(ab), &[], Some(0))?;
+            let b = finish(&model, p, &cls, &cfg(ab), &[], Some(0))?;
+            let a = a.labels.flatten_all()?.to_vec1::<u32>()?;
+            let b = b.labels.flatten_all()?.to_vec1::<u32>()?;
+            equal += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+            total += a.len().max(b.len());
+        }
+        (equal, total)
+    };
+
     // Where one image's time goes at batch 8 (best of --reps, per image, each part synchronised):
     // stage (CPU resize + normalise + upload), the prefix (blocks 1..L−1), the dense logits
     // (last block, head, crop logits, stitch, resize) and the post-processing (softmax over
@@ -448,6 +468,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         "s_per_image_across_chunked": chunked_s / images.len() as f64,
         "s_per_image_across_pipelined": pipelined_s / images.len() as f64,
         "across_pipelined_labels_identical": pipelined_identical,
+        "across_many_vs_each_labels_equal": many_vs_each_equal,
+        "across_many_vs_each_labels_total": many_vs_each_pixels,
         "prepare_s": prepare_s,
         "split_bs8_stage_s": stage_s,
         "split_bs8_stage_resize_s": resize_s,
