@@ -310,32 +310,35 @@ fn fa_launch(dev: &CudaDevice, dt: DType, t: usize, hd: usize) -> Result<Option<
         return Ok(None);
     };
     if smem > 48 * 1024 {
-        // The opt-in is the function's, shared by every thread launching it: it only grows, so
-        // that a smaller value set by one thread cannot fail another's launch between its set
-        // and its launch (two threads run blocks at once in the pipelined runner).
+        // The opt-in is the function's, shared by every thread launching it: set on the very
+        // function about to launch (a module loaded twice by racing threads has two), to the
+        // largest value any thread asked of this kernel on this device, so that a smaller value
+        // set by one thread cannot fail another's launch between its set and its launch (two
+        // threads run blocks at once in the pipelined runner).
         let mut opted = FA_OPT_IN.lock().unwrap_or_else(|e| e.into_inner());
         let have = opted
             .iter()
             .find(|(d, n, _)| *d == dev.id() && *n == name)
             .map_or(0, |e| e.2);
-        if smem > have {
-            if func
-                .set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )
-                .is_err()
-            {
-                return Ok(None);
-            }
+        let want = smem.max(have);
+        if func
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                want as i32,
+            )
+            .is_err()
+        {
+            return Ok(None);
+        }
+        if want > have {
             opted.retain(|(d, n, _)| !(*d == dev.id() && *n == name));
-            opted.push((dev.id(), name, smem));
+            opted.push((dev.id(), name, want));
         }
     }
     Ok(Some(smem as u32))
 }
 
-/// The dynamic shared memory each device's `attention_fa_*` functions are opted in to (bytes).
+/// The largest dynamic shared memory any thread opted each device's `attention_fa_*` in to (bytes).
 static FA_OPT_IN: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, String, usize)>> =
     std::sync::Mutex::new(Vec::new());
 

@@ -90,7 +90,9 @@ impl TableCache {
     /// launches on its own stream, and the cache may hold a table's last reference while
     /// another thread's queued kernels still read it, so freeing it without that wait (the
     /// free is ordered on this thread's stream only) could hand its memory to a new
-    /// allocation under them.
+    /// allocation under them. (A table handed out is the most recently used one, and callers
+    /// launch the kernels reading it at once: for it to be among the half dropped while such a
+    /// launch is still pending, 512 other lookups would have to come between.)
     pub fn insert(&mut self, key: Key, tensor: Tensor) -> Result<Tensor> {
         if let Some(kept) = self.lookup(&key, tensor.device()) {
             return Ok(kept);

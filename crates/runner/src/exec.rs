@@ -1406,6 +1406,9 @@ fn run_batch(
     stats.absorb(&prepare_stats);
     let loaded = prepared.len();
     let prefix_seconds = seconds / loaded.max(1) as f64;
+    if opts.cancel.load(Ordering::SeqCst) {
+        return Err(RunnerError::Interrupted);
+    }
     let t1 = Instant::now();
     let first_dense = first_group_dense(ctx, jobs, chunk, &prepared, reserve)?;
     let dense_seconds = t1.elapsed().as_secs_f64() / loaded.max(1) as f64;
