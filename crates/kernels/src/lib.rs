@@ -95,7 +95,6 @@ fn parse_either(var: &str, v: Option<&str>, default: &str, other: &str) -> bool 
 pub const ATTENTION_ENV: &str = "SEGSWEEP_CUDA_ATTENTION";
 
 /// Whether [`ATTENTION_ENV`] leaves the mma.sync attention kernel chosen (read once).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA launch
 pub(crate) fn attention_fa_chosen() -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
     *CHOICE.get_or_init(|| parse_attention(std::env::var(ATTENTION_ENV).ok().as_deref()))
@@ -127,16 +126,27 @@ pub fn forced<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Which kernels compute on `dev`, for result records: `cpu` (candle's CPU backend and
-/// segsweep-clip's fused CPU block), `fused` (CUDA, unless [`ENV`]`=candle`) or `candle`
-/// (candle's ops on any other device).
+/// Which kernels compute on `dev`, for result records, the reuse check and the feature cache's
+/// key: `cpu` (candle's CPU backend and segsweep-clip's fused CPU block), `fused` (CUDA, unless
+/// [`ENV`]`=candle`), `fused-wmma` (the same with [`ATTENTION_ENV`]`=wmma`, whose half-precision
+/// attention differs in the last bits) or `candle` (candle's ops on any other device).
 pub fn kernels_for(dev: &Device) -> &'static str {
     if dev.is_cpu() {
         "cpu"
     } else if dev.is_cuda() && env_choice() {
-        "fused"
+        fused_label(attention_fa_chosen())
     } else {
         "candle"
+    }
+}
+
+/// The label of the fused CUDA kernels with the mma.sync attention (`fa`: `fused`) or the WMMA
+/// one (`fused-wmma`).
+fn fused_label(fa: bool) -> &'static str {
+    if fa {
+        "fused"
+    } else {
+        "fused-wmma"
     }
 }
 
@@ -146,7 +156,7 @@ pub fn kernels_for_name(device: &str) -> &'static str {
     if device == "cpu" {
         "cpu"
     } else if device.starts_with("cuda") && env_choice() {
-        "fused"
+        fused_label(attention_fa_chosen())
     } else {
         "candle"
     }
@@ -248,5 +258,11 @@ mod tests {
         assert_eq!(kernels_for(&Device::Cpu), "cpu");
         assert_eq!(kernels_for_name("cpu"), "cpu");
         assert_eq!(kernels_for_name("metal:0"), "candle");
+    }
+
+    #[test]
+    fn records_tell_the_two_attention_kernels_apart() {
+        assert_eq!(fused_label(true), "fused");
+        assert_eq!(fused_label(false), "fused-wmma");
     }
 }
