@@ -1129,6 +1129,43 @@ batch_size = {batch}
     assert_eq!(rows[0], rows[1]);
 }
 
+/// A sweep of 40 large synthetic images started in `tmp` (run id `r`), returned once its first
+/// checkpoint exists: the image in flight then outlasts a signal's delivery.
+#[cfg(unix)]
+fn a_started_long_sweep(tmp: &Path) -> std::process::Child {
+    let spec = write_spec(
+        tmp,
+        "spec.toml",
+        &SPEC_2X2
+            .replace("synthetic_images = 3", "synthetic_images = 40")
+            .replace("short_side = 224", "short_side = 1200"),
+    );
+    let child = bin()
+        .args(["sweep", spec.to_str().unwrap(), "--quiet", "--run-id", "r"])
+        .current_dir(tmp)
+        .env("SEGSWEEP_CACHE", tmp.join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let counts = tmp.join("out/e2e/r/counts");
+    let started = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_dir(&counts).is_ok_and(|mut d| d.next().is_some())
+    });
+    assert!(started, "the sweep did not start");
+    child
+}
+
+/// Sends `signal` to `child`. SAFETY: kill(2) on our own child's pid (not yet reaped, so the
+/// pid cannot be reused).
+#[cfg(unix)]
+fn signal(child: &std::process::Child, signal: libc::c_int) {
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
 /// One interrupt delivered twice (a terminal's Ctrl-C reaches the process group; `timeout -s
 /// INT` signals the child and its group) stops after the image in flight, as one Ctrl-C does,
 /// rather than quitting at once without a word.
@@ -1136,39 +1173,11 @@ batch_size = {batch}
 #[test]
 fn an_interrupt_delivered_twice_at_once_still_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        tmp.path(),
-        "spec.toml",
-        // Large images, so that the image in flight outlasts the second delivery.
-        &SPEC_2X2
-            .replace("synthetic_images = 3", "synthetic_images = 40")
-            .replace("short_side = 224", "short_side = 1200"),
-    );
-    let child = bin()
-        .args(["sweep", spec.to_str().unwrap(), "--quiet", "--run-id", "r"])
-        .current_dir(tmp.path())
-        .env("SEGSWEEP_CACHE", tmp.path().join("cache"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the run has started (its first checkpoint exists).
-    let counts = tmp.path().join("out/e2e/r/counts");
-    let started = (0..600).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        std::fs::read_dir(&counts).is_ok_and(|mut d| d.next().is_some())
-    });
-    assert!(started, "the sweep did not start");
-    let pid = child.id() as i32;
-    // Two deliveries 100 ms apart (back to back, the kernel merges them into one). SAFETY:
-    // kill(2) on our own child's pid (not yet reaped, so the pid cannot be reused).
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
+    let child = a_started_long_sweep(tmp.path());
+    // Two deliveries 100 ms apart (back to back, the kernel merges them into one).
+    signal(&child, libc::SIGINT);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
+    signal(&child, libc::SIGINT);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
@@ -1178,4 +1187,28 @@ fn an_interrupt_delivered_twice_at_once_still_stops_cleanly() {
             && !stderr.contains("quitting now"),
         "{stderr}"
     );
+}
+
+/// SIGTERM (what `timeout`, `docker stop`, systemd and Slurm send) stops like Ctrl-C: the image
+/// in flight is finished and checkpointed, exit code 130; not an instant death that loses the
+/// images since the last periodic checkpoint.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_after_the_image_in_flight_like_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = a_started_long_sweep(tmp.path());
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("stopping after the image in flight")
+            && stderr.contains("re-run the same command to resume"),
+        "{stderr}"
+    );
+    let partial = std::fs::read_dir(tmp.path().join("out/e2e/r/counts"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().ends_with(".partial.json"));
+    assert!(partial, "no checkpoint after SIGTERM");
 }

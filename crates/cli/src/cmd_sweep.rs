@@ -141,12 +141,13 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         ..RunOptions::default()
     };
     let cancel = opts.cancel.clone();
-    // First Ctrl-C: finish the image in flight, checkpoint, exit. Second: exit at once (the
-    // checkpoints written so far are atomic, so what they hold is kept; the images since the
-    // last one, written every 2 s between image batches, are computed again on resume). A
-    // second signal within a second of the first is the same interrupt delivered twice (a
-    // terminal's Ctrl-C reaches the whole process group, and `timeout -s INT` signals the
-    // child and its group), not a request to quit now.
+    // First Ctrl-C (or SIGTERM, as `timeout`, `docker stop`, systemd and Slurm send, or SIGHUP
+    // when the terminal closes): finish the image in flight, checkpoint, exit. Second: exit at
+    // once (the checkpoints written so far are atomic, so what they hold is kept; the images
+    // since the last one, written every 2 s between image batches, are computed again on
+    // resume). A second signal within a second of the first is the same interrupt delivered
+    // twice (a terminal's Ctrl-C reaches the whole process group, and `timeout -s INT` signals
+    // the child and its group), not a request to quit now.
     let first_at: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     let _ = ctrlc::set_handler(move || {
         let mut first = first_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,7 +155,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             if first.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
                 return;
             }
-            eprintln!("\ninterrupt: quitting now; images up to the last checkpoint (written every few seconds) are saved, re-run the same command to resume");
+            eprintln!("\ninterrupt: quitting now; images up to the last checkpoint (written every 2 seconds between image batches) are saved, re-run the same command to resume");
             std::process::exit(130);
         }
         *first = Some(std::time::Instant::now());
@@ -169,6 +170,10 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             anyhow::Error::new(e).context(format!("sweep {spec}"))
         }
     })?;
+    if opts.cancel.load(Ordering::SeqCst) {
+        // The interrupt came after the last image: the tables were still written.
+        eprintln!("interrupt: it came after the last image; the sweep finished and its results are complete");
+    }
     println!(
         "{} configuration(s): {} computed, {} already finished. Results: {}",
         summary.records.len(),

@@ -119,10 +119,9 @@ fn main() {
         eprintln!("error: {}", render(&e));
         // An interrupt is not a failure of the inputs: 130 (128 + SIGINT), as shells report
         // a Ctrl-C, so scripts can tell the two apart.
-        let interrupted = matches!(
-            e.downcast_ref::<segsweep_runner::RunnerError>(),
-            Some(segsweep_runner::RunnerError::Interrupted)
-        );
+        let interrupted = e
+            .downcast_ref::<segsweep_runner::RunnerError>()
+            .is_some_and(segsweep_runner::RunnerError::is_interrupt);
         std::process::exit(if interrupted { 130 } else { 1 });
     }
 }

@@ -42,11 +42,21 @@ pub enum RunnerError {
     },
     #[error("interrupted: every finished image is saved (checkpoints in counts/); re-run the same command to resume")]
     Interrupted,
+    /// An interrupt before this call's run directory was set up (during the checks, model load
+    /// or trials): nothing of this call was computed, and earlier calls' files are untouched.
+    #[error("interrupted before the first image: this call computed nothing (the files of earlier calls, if any, are untouched); re-run the same command to start")]
+    InterruptedBeforeStart,
 }
 
 pub type Result<T, E = RunnerError> = std::result::Result<T, E>;
 
 impl RunnerError {
+    /// Whether the run stopped for an interrupt (Ctrl-C, SIGTERM, `stop_after_images`), either
+    /// kind: not a failure of the inputs.
+    pub fn is_interrupt(&self) -> bool {
+        matches!(self, Self::Interrupted | Self::InterruptedBeforeStart)
+    }
+
     pub(crate) fn spec(
         file: &str,
         key: impl Into<String>,

@@ -195,12 +195,12 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     // Ctrl-C during preflight or the trials: stop before the run directory exists.
     for (group, input) in groups.iter().zip(&inputs) {
         if opts.cancel.load(Ordering::SeqCst) {
-            return Err(RunnerError::Interrupted);
+            return Err(RunnerError::InterruptedBeforeStart);
         }
         trial(exp, opts, group, input)?;
     }
     if opts.cancel.load(Ordering::SeqCst) {
-        return Err(RunnerError::Interrupted);
+        return Err(RunnerError::InterruptedBeforeStart);
     }
     prepare_run_dir(exp, &dir)?;
     let mut reused_from: Vec<PathBuf> = Vec::new();

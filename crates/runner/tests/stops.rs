@@ -181,3 +181,44 @@ fn an_overlay_that_cannot_be_written_leaves_a_consistent_checkpoint() {
     assert_eq!(resumed.records[0].counts, reference);
     assert!(blocker.is_file());
 }
+
+/// Ctrl-C during the trial (call 1) stops before the run directory exists, with an error that
+/// does not claim anything was saved; the next call runs the sweep from the start.
+#[test]
+fn ctrl_c_during_the_trial_leaves_no_run_directory() {
+    let reference = reference_counts(true);
+    let out = tempfile::tempdir().unwrap();
+    let exp = spec(out.path(), true, false);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = opts("run", false, cancel.clone());
+    CALLS.with(|c| c.set(0));
+    AT.with(|a| *a.borrow_mut() = Some((1, Action::Cancel(cancel.clone()))));
+    let err = run(&exp, &o).unwrap_err();
+    assert!(matches!(err, RunnerError::InterruptedBeforeStart), "{err}");
+    assert!(err.is_interrupt());
+    assert!(!err.to_string().contains("saved"), "{err}");
+    assert!(!run_dir(&exp, &o).exists());
+    AT.with(|a| *a.borrow_mut() = None);
+    let s = run(&exp, &opts("run", false, Arc::default())).unwrap();
+    assert_eq!(s.records[0].counts, reference);
+}
+
+/// Ctrl-C during the last image finishes the run: every image is counted and the record is
+/// written (the CLI then says the interrupt came after the last image).
+#[test]
+fn ctrl_c_during_the_last_image_finishes_the_run() {
+    let reference = reference_counts(true);
+    for pipeline in [false, true] {
+        let out = tempfile::tempdir().unwrap();
+        let exp = spec(out.path(), true, false);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let o = opts("run", pipeline, cancel.clone());
+        CALLS.with(|c| c.set(0));
+        AT.with(|a| *a.borrow_mut() = Some((IMAGES + 1, Action::Cancel(cancel.clone()))));
+        let s = run(&exp, &o).unwrap();
+        assert!(cancel.load(Ordering::SeqCst));
+        assert_eq!(s.records[0].images, IMAGES, "pipeline {pipeline}");
+        assert_eq!(s.records[0].counts, reference, "pipeline {pipeline}");
+        AT.with(|a| *a.borrow_mut() = None);
+    }
+}
