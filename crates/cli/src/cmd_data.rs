@@ -262,6 +262,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         git_rev: segsweep_runner::git_rev(),
         weights,
         kernels: String::new(),
+        f16_prefix_images: 0,
     };
     segsweep_report::write_tables(&out, &[record]).with_context(|| {
         format!(

@@ -209,13 +209,22 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         } else {
             String::new()
         };
+        let rounded = if r.f16_prefix_images > 0 {
+            format!(
+                "  [{} of {} images on prefixes read back from f16: close to, not identical with, a run without]",
+                r.f16_prefix_images, r.images
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  {} {:<width$} mIoU {:>7}  person IoU {:>7}{}",
+            "  {} {:<width$} mIoU {:>7}  person IoU {:>7}{}{}",
             r.config_hash,
             r.label(),
             pct(r.metrics.miou_pct),
             pct(r.metrics.person_iou_pct),
-            caveat
+            caveat,
+            rounded
         );
     }
     Ok(())

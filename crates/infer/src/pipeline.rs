@@ -95,6 +95,8 @@ pub struct Prepared {
     needs: Needs,
     key: PrepareKey,
     dtype: DType,
+    /// Whether the prefix was last put back from floats of lower precision than `dtype`.
+    restored_lossy: bool,
 }
 
 impl Prepared {
@@ -196,15 +198,28 @@ impl Prepared {
         )
     }
 
+    /// Whether the prefix was last put back ([`Prepared::restore_prefix`]) from floats stored
+    /// at other than f32 and the backbone's dtype (f16 scratch or cache files for an f32 or
+    /// bf16 model): what runs on it is close to, not identical with, a run on the computed
+    /// prefix. False for a computed prefix and after an exact round trip.
+    pub fn prefix_restored_lossy(&self) -> bool {
+        self.restored_lossy
+    }
+
     /// Put back prefix outputs from [`Prepared::take_prefix`], possibly after a round trip
     /// through a file in another float dtype: floats are converted to this image's backbone
-    /// dtype and moved to `device`. Refuses (and keeps no prefix) unless the tensors cover every
-    /// window once, with the layers this image recorded.
+    /// dtype and moved to `device` ([`Prepared::prefix_restored_lossy`] says whether that
+    /// rounded them). Refuses (and keeps no prefix) unless the tensors cover every window once,
+    /// with the layers this image recorded.
     pub fn restore_prefix(
         &mut self,
         named: std::collections::HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<()> {
+        let lossy = named.values().any(|t| {
+            let d = t.dtype();
+            d.is_float() && d != self.dtype && d != DType::F32
+        });
         let bad = |msg: String| InferError::Pipeline(format!("restoring a prefix: {msg}"));
         let mut starts: Vec<usize> = named
             .keys()
@@ -264,6 +279,7 @@ impl Prepared {
             )));
         }
         self.chunks = chunks;
+        self.restored_lossy = lossy;
         Ok(())
     }
 
@@ -376,6 +392,7 @@ fn stage_image(
         needs: needs.clone(),
         key: PrepareKey::of(cfg),
         dtype: backbone_dtype(backbone)?,
+        restored_lossy: false,
     })
 }
 

@@ -561,11 +561,19 @@ fn issue_7_taken_and_restored_prefix_gives_identical_dense_logits() {
         .restore_prefix(named.into_iter().collect(), &Device::Cpu)
         .unwrap();
     assert_eq!(prepared.prefix_bytes(), bytes);
+    assert!(
+        !prepared.prefix_restored_lossy(),
+        "an f32 round trip is exact"
+    );
     let after = dense_logits(&bb, &prepared, &cls, &c, &[]).unwrap();
     let (a, b) = (before.to_tensor().unwrap(), after.to_tensor().unwrap());
     assert_eq!(max_abs_diff(&a, &b), 0.0);
-    prepared.take_prefix().unwrap();
+    let kept = prepared.take_prefix().unwrap();
     prepared.restore_prefix(f16, &Device::Cpu).unwrap();
+    assert!(
+        prepared.prefix_restored_lossy(),
+        "f16 for an f32 model rounds"
+    );
     assert_eq!(
         prepared.prefix_bytes(),
         bytes,
@@ -583,6 +591,12 @@ fn issue_7_taken_and_restored_prefix_gives_identical_dense_logits() {
         "{same} of {} labels agree",
         la.len()
     );
+    // Put back exactly again: no longer rounded.
+    prepared.take_prefix().unwrap();
+    prepared
+        .restore_prefix(kept.into_iter().collect(), &Device::Cpu)
+        .unwrap();
+    assert!(!prepared.prefix_restored_lossy());
 }
 
 #[test]

@@ -156,6 +156,11 @@ pub struct Record {
     /// written before this field.
     #[serde(default)]
     pub kernels: String,
+    /// Images whose last block ran on a backbone prefix read back from f16 (`spill = "f16"` or
+    /// `feature_cache = "f16"` with an f32 or bf16 model): their numbers are close to, not
+    /// identical with, a run without. 0 in records written before this field.
+    #[serde(default)]
+    pub f16_prefix_images: usize,
 }
 
 impl Record {
@@ -187,6 +192,12 @@ impl Record {
         self.counts.check(n)?;
         if let Some(p) = self.person_class.filter(|&p| p >= n) {
             return Err(format!("person_class {p} is not among the {n} classes"));
+        }
+        if self.f16_prefix_images > self.images {
+            return Err(format!(
+                "f16_prefix_images {} is more than its {} images",
+                self.f16_prefix_images, self.images
+            ));
         }
         let derived = segsweep_data::IouCounts {
             intersect: self.counts.intersect.clone(),

@@ -69,6 +69,7 @@ fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
             "weights",
             "data_kind",
             "kernels",
+            "f16_prefix_images",
         ]
         .map(String::from),
     );
@@ -106,6 +107,7 @@ fn summary_bytes(records: &[Record]) -> Result<Vec<u8>> {
             r.weights.clone(),
             r.data_kind.clone(),
             r.kernels.clone(),
+            r.f16_prefix_images.to_string(),
         ]);
         w.write_record(&row).map_err(|e| csv_err(SUMMARY_CSV, e))?;
     }

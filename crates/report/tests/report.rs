@@ -55,6 +55,7 @@ fn record(variant: &str, t: f64, person_hits: u64) -> Record {
         git_rev: "deadbeef".into(),
         weights: "synthetic".into(),
         kernels: "cpu".into(),
+        f16_prefix_images: 0,
     }
 }
 
@@ -94,6 +95,8 @@ fn summary_has_contract_columns_and_one_row_per_config() {
         "segsweep_version",
         "git_rev",
         "weights",
+        "kernels",
+        "f16_prefix_images",
     ] {
         assert!(
             header.iter().any(|h| h == col),
@@ -217,7 +220,7 @@ fn write_records(dir: &std::path::Path, recs: &[Record]) {
 #[test]
 fn inconsistent_records_are_rejected_by_name() {
     type Damage = fn(&mut Record);
-    let cases: [(&str, Damage); 7] = [
+    let cases: [(&str, Damage); 8] = [
         ("metrics.miou_pct is 99 but", |r| {
             r.metrics.miou_pct = Some(99.0)
         }),
@@ -230,6 +233,9 @@ fn inconsistent_records_are_rejected_by_name() {
         ("inconsistent", |r| r.counts.union[0] += 1),
         ("counts.intersect has 3 entries for 2", |r| {
             r.class_names.pop();
+        }),
+        ("f16_prefix_images 5 is more than its 4 images", |r| {
+            r.f16_prefix_images = 5
         }),
     ];
     for (want, damage) in cases {

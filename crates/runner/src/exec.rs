@@ -123,6 +123,24 @@ struct Partial {
     /// [`BackboneInfo::file_hash`]: segsweep_core::BackboneInfo::file_hash
     #[serde(default)]
     model_file_hash: String,
+    /// Images counted so far whose last block ran on a prefix read back from f16 (spill or
+    /// feature cache): see [`Record::f16_prefix_images`].
+    #[serde(default)]
+    f16_prefix_images: usize,
+}
+
+impl Partial {
+    /// Nothing counted yet, over `n_classes` classes.
+    fn new(n_classes: usize) -> Partial {
+        Partial {
+            next_image: 0,
+            counts: IouCounts::new(n_classes),
+            seconds: 0.0,
+            skipped: 0,
+            model_file_hash: String::new(),
+            f16_prefix_images: 0,
+        }
+    }
 }
 
 fn partial_path(dir: &Path, hash: &str) -> PathBuf {
@@ -1308,13 +1326,7 @@ fn trial(
             probs: probs_key(c),
             config: c,
             refiners,
-            partial: Partial {
-                next_image: 0,
-                counts: IouCounts::new(input.classes.len()),
-                seconds: 0.0,
-                skipped: 0,
-                model_file_hash: String::new(),
-            },
+            partial: Partial::new(input.classes.len()),
             dirty: false,
         })
         .collect();
@@ -1560,6 +1572,8 @@ fn run_image(
     for (r, run) in runs.iter().enumerate() {
         let t1 = Instant::now();
         slot.ensure(stats)?;
+        // Read back from f16 (spill or feature cache): recorded with each configuration.
+        let rounded = slot.prepared().prefix_restored_lossy();
         let first = &jobs[run[0]];
         let fail = |e: segsweep_infer::InferError| in_config(first.config, &sample.id, e.into());
         let (dense, dense_seconds) = match precomputed.take_if(|p| p.upstream == first.upstream) {
@@ -1611,7 +1625,15 @@ fn run_image(
             let probs_share = t2.elapsed().as_secs_f64() / set.len() as f64;
             for j in set {
                 let t3 = Instant::now();
-                tail(ctx, &mut jobs[j], slot.prepared(), &probs, i, sample)?;
+                tail(
+                    ctx,
+                    &mut jobs[j],
+                    slot.prepared(),
+                    &probs,
+                    rounded,
+                    i,
+                    sample,
+                )?;
                 jobs[j].partial.seconds +=
                     prefix_share + run_share + probs_share + t3.elapsed().as_secs_f64();
                 jobs[j].dirty = true;
@@ -1633,12 +1655,14 @@ fn steps<'a>(job: &'a Job) -> Vec<(Stage, &'a dyn Refiner)> {
 
 /// One configuration's tail on one image, on its class probabilities (shared with the
 /// configurations of the same [`probs_key`]): thresholds, label-stage plugins, counts, overlay;
-/// advances its checkpoint (written by the caller).
+/// advances its checkpoint (written by the caller). `rounded`: the prefix these probabilities
+/// came from was read back from f16.
 fn tail(
     ctx: &ImageCtx,
     job: &mut Job,
     prepared: &segsweep_infer::Prepared,
     probs: &segsweep_infer::ClassProbs,
+    rounded: bool,
     i: usize,
     sample: &Sample,
 ) -> Result<()> {
@@ -1681,6 +1705,7 @@ fn tail(
         .counts
         .add(&pred, &sample.label.data, ctx.ignore_index)
         .map_err(|e| fail(e.into()))?;
+    job.partial.f16_prefix_images += usize::from(rounded);
     job.partial.next_image = i + 1;
     Ok(())
 }
@@ -1787,6 +1812,12 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
                     partial.next_image, partial.counts.images, partial.skipped
                 )));
             }
+            if partial.f16_prefix_images as u64 > partial.counts.images {
+                return Err(damaged(format!(
+                    "f16_prefix_images {} is more than its {} counted images",
+                    partial.f16_prefix_images, partial.counts.images
+                )));
+            }
             if partial.next_image > n_images {
                 return Err(damaged(format!(
                     "next_image {} is past the dataset's {n_images} images",
@@ -1797,13 +1828,7 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
             Ok(partial)
         }
         // Absent means absent: a dangling link in its place is a damaged checkpoint.
-        Err(e) if is_absent(&p, &e) => Ok(Partial {
-            next_image: 0,
-            counts: IouCounts::new(n_classes),
-            seconds: 0.0,
-            skipped: 0,
-            model_file_hash: String::new(),
-        }),
+        Err(e) if is_absent(&p, &e) => Ok(Partial::new(n_classes)),
         // Unreadable is not absent: starting over would throw away the images counted so far.
         Err(e) => Err(RunnerError::Io {
             path: p,
@@ -1891,6 +1916,7 @@ fn make_record(
         git_rev: crate::git_rev(),
         weights: info.weights.to_string(),
         kernels: segsweep_kernels::kernels_for(model.device()).into(),
+        f16_prefix_images: job.partial.f16_prefix_images,
     }
 }
 

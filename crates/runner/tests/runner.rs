@@ -266,6 +266,7 @@ fn issue_7_f32_spill_gives_identical_results_and_leaves_no_scratch_files() {
     );
     for (a, b) in paired(&roomy.records, &spilled.records) {
         assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+        assert_eq!(b.f16_prefix_images, 0);
     }
     assert!(!spilled.run_dir.join("cache").exists());
 }
@@ -278,6 +279,13 @@ fn issue_7_f16_spill_gives_close_results() {
     let roomy = run_with(&exp, "roomy", 1024, Spill::None);
     let half = run_with(&exp, "half", 0, Spill::F16);
     assert_eq!(half.memory.prefix_spills, 4);
+    // Each record says how many of its images ran on a prefix read back from f16: none for the
+    // configurations of the first upstream key (the prefix as computed), both images for the
+    // later ones (2 images × 2 reloads = the 4 spills); f32 spill and no spill round nothing.
+    let rounded: Vec<usize> = half.records.iter().map(|r| r.f16_prefix_images).collect();
+    assert!(rounded.iter().all(|&n| n == 0 || n == 2), "{rounded:?}");
+    assert!(rounded.contains(&0) && rounded.contains(&2), "{rounded:?}");
+    assert!(roomy.records.iter().all(|r| r.f16_prefix_images == 0));
     // Half the bytes of f32 (the (gh, gw) grids stay u32).
     assert!(half.memory.spilled_bytes < 4 * half.memory.peak_prefix_bytes * 51 / 100);
     for (a, b) in paired(&roomy.records, &half.records) {
@@ -400,6 +408,13 @@ fn issue_7_f32_feature_cache_is_reused_by_later_runs_with_identical_results() {
     assert_eq!(half.memory.feature_cache_writes, 2);
     assert_eq!(cache_entries(tmp.path()).len(), 4);
     assert!(half.memory.feature_cache_bytes < first.memory.feature_cache_bytes * 51 / 100);
+    // Written, not read: the prefixes were computed. A later run reads both images' prefixes
+    // from f16, and every record says so (the f32 cache's never do).
+    assert!(half.records.iter().all(|r| r.f16_prefix_images == 0));
+    let half_read = run_cached(&exp, "half-read", Spill::F16, 1024);
+    assert_eq!(half_read.memory.feature_cache_hits, 2);
+    assert!(half_read.records.iter().all(|r| r.f16_prefix_images == 2));
+    assert!(second.records.iter().all(|r| r.f16_prefix_images == 0));
 }
 
 #[test]
