@@ -164,7 +164,7 @@ impl ClipConfig {
         let text = std::fs::read_to_string(path).map_err(|e| ClipError::io(path, e))?;
         let cfg: ClipConfig = serde_json::from_str(&text).map_err(|e| ClipError::Config {
             path: path.to_path_buf(),
-            msg: format!("not a CLIPConfig: {e}"),
+            msg: format!("not a CLIPConfig: {e} (hint: the config.json of a Hugging Face CLIPModel directory is expected, as `openai/clip-vit-base-patch16` has)"),
         })?;
         cfg.validate().map_err(|msg| ClipError::Config {
             path: path.to_path_buf(),

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+/// What a model source may be, for hints.
+const SOURCE_HINT: &str = "`[model] source` in a spec, `--model` on the command line: a local directory with config.json and model.safetensors (or pytorch_model.bin), a Hugging Face repo id such as `openai/clip-vit-base-patch16` (or `hf:openai/clip-vit-base-patch16`; downloaded once with network access), or `builtin:tiny-random`";
+
 /// Errors raised while loading or running a CLIP model. Each variant names the file, key,
 /// repo or prompt involved and, where it helps, how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,7 @@ pub enum ClipError {
     Weights { path: PathBuf, msg: String },
 
     /// The source string is neither a directory, a repo id nor a `builtin:` name.
-    #[error("model source `{spec}`: {msg}")]
+    #[error("model source `{spec}`: {msg} (hint: {SOURCE_HINT})")]
     Source { spec: String, msg: String },
 
     /// `HF_HUB_OFFLINE` is set and the repo is not in the local cache.

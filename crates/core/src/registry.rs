@@ -179,7 +179,8 @@ pub fn registry() -> Result<&'static Registry> {
 /// The candidate closest to `name` by edit distance, if it is plausibly a typo.
 pub fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
-        .map(|c| (levenshtein(name, c), c))
+        // Compared without case: `PAMR` is `pamr` mistyped, not 4 edits from it.
+        .map(|c| (levenshtein(&name.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (c.len().max(name.len()) / 2).max(2))
         .min()
         .map(|(_, c)| c)
@@ -250,5 +251,7 @@ mod tests {
             Some("densecrf")
         );
         assert_eq!(nearest("zzzzzzzzzzzz", names.iter().copied()), None);
+        // Case is not a typo's worth of distance.
+        assert_eq!(nearest("PAMR", names.iter().copied()), Some("pamr"));
     }
 }

@@ -33,6 +33,9 @@ pub struct ClassNames {
     pub display: BTreeMap<usize, String>,
 }
 
+/// SCLIP's class-name format, for hints.
+const FORMAT: &str = "a class-name file has one line per class, in label-id order, its names separated by \", \" (e.g. `person, man, woman`), as SCLIP's files in crates/data/classnames/";
+
 impl ClassNames {
     /// Parse SCLIP's format. `source_name` only labels errors (a path or `builtin:voc21`).
     pub fn parse(text: &str, source_name: &str) -> Result<ClassNames> {
@@ -45,7 +48,7 @@ impl ClassNames {
         // Python's readlines(): a final newline does not start another (empty) line.
         let body = text.strip_suffix('\n').unwrap_or(text);
         if body.is_empty() {
-            return Err(err("the file is empty".into()));
+            return Err(err(format!("the file is empty (hint: {FORMAT})")));
         }
         let mut classes = Vec::new();
         for (i, line) in body.split('\n').enumerate() {
@@ -53,7 +56,7 @@ impl ClassNames {
             let names: Vec<String> = line.split(", ").map(str::to_string).collect();
             if names.iter().any(|n| n.trim().is_empty()) {
                 return Err(err(format!(
-                    "line {} (class {i}) has an empty name: {line:?}",
+                    "line {} (class {i}) has an empty name: {line:?} (hint: {FORMAT}; no blank lines)",
                     i + 1
                 )));
             }
@@ -88,7 +91,18 @@ impl ClassNames {
     /// Read and parse a class-name file; warns about [`ClassNames::shadowed`] classes.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ClassNames> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|cause| {
+            let hint = if cause.kind() == std::io::ErrorKind::InvalidData {
+                format!("not a text file: {FORMAT}")
+            } else {
+                "check the path given as the class-name file (`[dataset] classes` or `--classes`: as written, relative to the working directory; `[dataset.custom] classes`: relative to its root)".into()
+            };
+            DataError::Io {
+                path: path.to_path_buf(),
+                cause,
+                hint: Some(hint),
+            }
+        })?;
         let names = ClassNames::parse(&text, &path.display().to_string())?;
         for (c, by) in names.shadowed() {
             tracing::warn!(

@@ -201,7 +201,7 @@ impl Layout {
             return Err(missing_dir(
                 "label directory",
                 &self.label_dir,
-                "some datasets need `segsweep data prepare` first",
+                "some registered datasets need `segsweep data prepare NAME` first; for a custom dataset check [dataset.custom] label_dir (relative to its root)",
             ));
         }
         let ids: Vec<String> = match &self.split_file {
@@ -410,7 +410,11 @@ impl Dataset {
         if !cfg.root.is_dir() {
             return Err(DataError::Missing {
                 dataset: cfg.name.clone(),
-                what: "custom dataset root".into(),
+                what: if cfg.root.exists() {
+                    "custom dataset root (a directory; this is a file)".into()
+                } else {
+                    "custom dataset root".into()
+                },
                 path: cfg.root.clone(),
                 hint: Some(
                     "set [dataset.custom] root to the directory holding the images, labels and class file"

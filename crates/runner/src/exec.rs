@@ -127,6 +127,22 @@ struct Partial {
     /// feature cache): see [`Record::f16_prefix_images`].
     #[serde(default)]
     f16_prefix_images: usize,
+    /// SHA-256 of the dataset's sample ids in order ([`samples_hash`]): a resume on another
+    /// sample list (other files under the root, another `--data-dir`, a changed split) is
+    /// refused instead of counting two lists' images as one. Empty in older checkpoints.
+    #[serde(default)]
+    samples: String,
+}
+
+/// SHA-256 (first 12 hex digits) of sample ids in order, one per line.
+fn samples_hash(ids: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update(b"\n");
+    }
+    hex12(&h.finalize())
 }
 
 impl Partial {
@@ -139,6 +155,7 @@ impl Partial {
             skipped: 0,
             model_file_hash: String::new(),
             f16_prefix_images: 0,
+            samples: String::new(),
         }
     }
 }
@@ -217,7 +234,8 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         }
         trial(exp, opts, group, input)?;
     }
-    if opts.cancel.load(Ordering::SeqCst) {
+    // `stop_after_images = 0` stops as an interrupt before the first image would.
+    if opts.cancel.load(Ordering::SeqCst) || (opts.stop_after_images == Some(0) && ran > 0) {
         return Err(RunnerError::InterruptedBeforeStart);
     }
     prepare_run_dir(exp, &dir)?;
@@ -687,6 +705,14 @@ fn open_dataset_quiet(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<
         (Some(n), "random") => Subset::Random { n, seed },
         (Some(n), _) => Subset::First { n },
     };
+    let mut ds = ds;
+    if let Some(n) = d.num_samples.filter(|&n| n > ds.len()) {
+        ds.warnings.push(format!(
+            "[dataset] num_samples = {n}, but dataset `{}` has {} samples: all of them are used",
+            ds.info.name,
+            ds.len()
+        ));
+    }
     Ok(ds.subset(&subset))
 }
 
@@ -767,7 +793,15 @@ fn preflight(
             ));
         }
     }
-    let classes = class_names(&first.dataset, &ds)?;
+    // The class file is read here, not by `validate` (a spec may be checked on another
+    // machine): its error names the key.
+    let classes =
+        class_names(&first.dataset, &ds).map_err(|e| match (&first.dataset.classes, e) {
+            (Some(_), RunnerError::Data(e)) => {
+                RunnerError::spec(&exp.spec.file(), "dataset.classes", e.to_string(), None)
+            }
+            (_, e) => e,
+        })?;
     if classes.len() != ds.info.n_classes() {
         return Err(RunnerError::spec(
             &exp.spec.file(),
@@ -861,8 +895,22 @@ fn run_group(
     } = input;
     let mut jobs: Vec<Job> = Vec::new();
     let weights = model.info().file_hash.clone();
+    let samples = samples_hash(&ds.ids());
     for (c, refiners) in group.iter().zip(&refiners) {
         let mut partial = read_partial(dir, &c.hash, classes.len(), ds.len())?;
+        if partial.samples.is_empty() || partial.next_image == 0 {
+            partial.samples = samples.clone();
+        } else if partial.samples != samples {
+            return Err(RunnerError::spec(
+                &partial_path(dir, &c.hash).display().to_string(),
+                "(checkpoint)",
+                format!(
+                    "its {} images were counted on another list of samples than the dataset now gives (the files under its root, --data-dir or the split changed)",
+                    partial.next_image
+                ),
+                Some("resume with the samples it started on, delete the checkpoint to recompute this configuration on the new ones, or use another --run-id".into()),
+            ));
+        }
         if partial.model_file_hash.is_empty() {
             partial.model_file_hash = weights.clone();
         } else if partial.model_file_hash != weights {

@@ -374,7 +374,7 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
     for (key, value) in sets {
         let section = key.split('.').next().unwrap_or("");
         if SECTIONS[..4].contains(&section) {
-            fig = fig.merge(Serialized::default(key, value));
+            fig = fig.merge(Serialized::default(key, SetValue(value)));
         }
     }
     let raw: RawSpec = fig.extract().map_err(|e| figment_error(&file, e))?;
@@ -398,6 +398,12 @@ pub fn load_text(path: &Path, text: String, sets: &[(String, toml::Value)]) -> R
     })
 }
 
+/// A `--set` value, as its own type: figment names a provider by its value's type, so an error
+/// about this value can say it came from `--set`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct SetValue<'a>(&'a toml::Value);
+
 fn figment_error(file: &str, err: figment::Error) -> RunnerError {
     let err = err
         .into_iter()
@@ -410,7 +416,7 @@ fn figment_error(file: &str, err: figment::Error) -> RunnerError {
     };
     let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
         Some(n) if n.contains("environment") => format!("{file} (via SEGSWEEP_* environment)"),
-        Some(n) if n.contains("Serialized") => format!("{file} (via --set)"),
+        Some(n) if n.contains("SetValue") => format!("{file} (via --set)"),
         _ => file.to_string(),
     };
     use figment::error::{Actual, Kind};

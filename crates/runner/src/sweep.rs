@@ -89,6 +89,22 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
             Some("results go to <output_dir>/<name>/<run-id>/; use letters, digits, `-`, `_`, `.` or `+` (set the parent with experiment.output_dir)".into()),
         )
     })?;
+    let out = &raw.experiment.output_dir;
+    let bad_out = if out.as_os_str().is_empty() {
+        Some("is empty".to_string())
+    } else if out.exists() && !out.is_dir() {
+        Some(format!("{} exists and is not a directory", out.display()))
+    } else {
+        None
+    };
+    if let Some(msg) = bad_out {
+        return Err(RunnerError::spec(
+            &file,
+            "experiment.output_dir",
+            msg,
+            Some("name a directory (results go to <output_dir>/<name>/<run-id>/), or leave it out for `results`".into()),
+        ));
+    }
     // The pipeline as written, before any sweep refers to it: a misspelled plugin name gets
     // its did-you-mean here rather than a "not a pipeline entry" from a sweep key.
     resolve_pipeline(&raw.pipeline, &file, &[])?;
@@ -116,6 +132,14 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
             .collect()
     };
     let mut seen_names = BTreeMap::new();
+    if raw.sweep.variants.iter().any(|v| v.name.trim().is_empty()) {
+        return Err(RunnerError::spec(
+            &file,
+            "sweep.variants",
+            "a variant has an empty name",
+            Some("name every variant (`name = \"baseline\"`): the name labels its rows in the tables and charts, and `baseline` refers to it".into()),
+        ));
+    }
     for (name, _, _) in &variants {
         if seen_names.insert(name.clone(), ()).is_some() {
             return Err(RunnerError::spec(
@@ -227,6 +251,17 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
         .chain(set_keys)
     {
         if let Some((head, rest)) = key.split_once('.') {
+            // [experiment] holds run-wide settings (where results go, the memory budget, the
+            // caches) read once per run, so a per-configuration value would be ignored; only
+            // the seed selects data per configuration.
+            if head == "experiment" && rest != "seed" {
+                return Err(RunnerError::spec(
+                    &file,
+                    format!("{table} `{key}`"),
+                    format!("`{key}` applies to the whole run, so it cannot differ between configurations"),
+                    Some(format!("set it in [experiment] or with --set {key}=...; of [experiment], only `experiment.seed` can be swept")),
+                ));
+            }
             if !SECTIONS[..4].contains(&head) && !base_ids.iter().any(|i| i == head) {
                 return Err(unknown_head(
                     &base,
@@ -356,7 +391,7 @@ fn zip_rows(zip: &BTreeMap<String, Vec<toml::Value>>, file: &str) -> Result<Vec<
             file,
             "sweep.zip",
             "empty lists: the sweep would expand to nothing",
-            None,
+            Some("give each zipped key at least one value (the lists advance together and must be equally long), or remove [sweep.zip]".into()),
         ));
     }
     if let Some((k, v)) = zip.iter().find(|(_, v)| v.len() != n) {

@@ -63,7 +63,10 @@ fn the_hash_covers_a_class_file_s_content_not_only_its_path() {
     let missing = set(&dir.path().join("missing.txt"));
     exp("", &missing).unwrap();
     let err = fails_before_any_work("", &missing);
-    assert!(err.contains("missing.txt"), "{err}");
+    assert!(
+        err.contains("missing.txt") && err.contains("dataset.classes") && err.contains("hint"),
+        "{err}"
+    );
 }
 
 /// A run that cannot start leaves no run directory behind (nothing that looks like a result).
@@ -228,6 +231,56 @@ classes = "classes.txt"
     let exp = expand(load_text(Path::new("custom.toml"), text, &[]).unwrap(), &[]).unwrap();
     let done = run(&exp, &RunOptions::default()).unwrap();
     assert_eq!(done.records[0].dataset, "my-shapes");
+}
+
+/// A checkpoint is continued only on the sample list it was counted on: after files under a
+/// custom dataset's root change (one image removed, others added), the resume is refused by
+/// name instead of counting images of two lists as one; an unchanged list resumes.
+#[test]
+fn a_resume_on_another_sample_list_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("mine");
+    segsweep_data::write_synthetic(&data, 4, 0).unwrap();
+    let text = format!(
+        "[experiment]\nname = \"moved\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"custom\"\n[dataset.custom]\nname = \"shapes\"\nroot = \"{}\"\nimg_suffix = \".png\"\nclasses = \"classes.txt\"\n",
+        out.path().display(),
+        data.display()
+    );
+    let exp = expand(load_text(Path::new("moved.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let stop = RunOptions {
+        stop_after_images: Some(2),
+        ..RunOptions::default()
+    };
+    assert!(run(&exp, &stop).is_err());
+    assert_eq!(first_checkpoint(&exp, &stop)["next_image"], 2);
+    // The first image goes, two new ones come: four ids again, but another list.
+    let (images, labels) = (data.join("images"), data.join("labels"));
+    std::fs::remove_file(images.join("synth_0000.png")).unwrap();
+    std::fs::remove_file(labels.join("synth_0000.png")).unwrap();
+    for (from, to) in [("synth_0001", "synth_0005"), ("synth_0002", "synth_0006")] {
+        for dir in [&images, &labels] {
+            std::fs::copy(
+                dir.join(format!("{from}.png")),
+                dir.join(format!("{to}.png")),
+            )
+            .unwrap();
+        }
+    }
+    let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.contains(".partial.json") && err.contains("another list of samples"),
+        "{err}"
+    );
+    assert!(err.contains("hint"), "{err}");
+    // Put the list back as it was: the checkpoint resumes to a finished record.
+    for to in ["synth_0005", "synth_0006"] {
+        std::fs::remove_file(images.join(format!("{to}.png"))).unwrap();
+        std::fs::remove_file(labels.join(format!("{to}.png"))).unwrap();
+    }
+    std::fs::copy(images.join("synth_0001.png"), images.join("synth_0000.png")).unwrap();
+    std::fs::copy(labels.join("synth_0001.png"), labels.join("synth_0000.png")).unwrap();
+    let done = run(&exp, &RunOptions::default()).unwrap();
+    assert_eq!(done.records[0].images, 4);
 }
 
 /// A layer a plugin asks the prefix to record must exist in the loaded model; that is known

@@ -376,3 +376,109 @@ fn device_names_have_one_spelling() {
     };
     assert!(ok("cuda:0") && ok("cuda:10") && ok("cpu"));
 }
+
+/// `[experiment]` settings are read once per run, so a variant's `set`, a list row or a grid
+/// that varies one was silently ignored (even an invalid value); only the seed can vary.
+#[test]
+fn run_wide_experiment_keys_cannot_be_swept() {
+    let cases = [
+        (
+            SPEC.replace(
+                "name = \"full\"",
+                "name = \"full\"\nset = { \"experiment.output_dir\" = \"zzz\" }",
+            ),
+            "sweep.variants.full.set `experiment.output_dir`",
+        ),
+        (
+            format!("{SPEC}[[sweep.list]]\n\"experiment.spill\" = \"bogus\"\n"),
+            "`experiment.spill`",
+        ),
+        (
+            SPEC.replace(
+                "[sweep.grid]\n",
+                "[sweep.grid]\n\"experiment.save_visualisations\" = [true, false]\n",
+            ),
+            "`experiment.save_visualisations`",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = error(&text, &[]);
+        assert!(
+            e.contains(want) && e.contains("applies to the whole run") && e.contains("hint"),
+            "{want}: {e}"
+        );
+    }
+    // The seed selects data per configuration: still sweepable.
+    let text = SPEC.replace(
+        "[sweep.grid]\n",
+        "[sweep.grid]\n\"experiment.seed\" = [0, 1]\n",
+    );
+    let spec = load_text(Path::new("checks.toml"), text, &[]).unwrap();
+    assert_eq!(expand(spec, &[]).unwrap().configs.len(), 6);
+}
+
+/// An empty `output_dir` wrote results into the working directory, and one naming a file
+/// failed only after the model load and the trials.
+#[test]
+fn an_empty_or_file_output_dir_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for (value, want) in [
+        (String::new(), "is empty".to_string()),
+        (
+            file.display().to_string(),
+            format!("{} exists and is not a directory", file.display()),
+        ),
+    ] {
+        let text = SPEC.replace(
+            "name = \"checks\"",
+            &format!("name = \"checks\"\noutput_dir = \"{value}\""),
+        );
+        let e = error(&text, &[]);
+        assert!(
+            e.contains("experiment.output_dir") && e.contains(&want) && e.contains("hint"),
+            "{e}"
+        );
+    }
+}
+
+/// A bad `--set` value was blamed on the spec file; the error now says where it came from.
+#[test]
+fn a_bad_set_value_is_traced_to_the_command_line() {
+    let e = error(SPEC, &["inference.prob_thd=\"abc\""]);
+    assert!(
+        e.contains("(via --set)") && e.contains("inference.prob_thd"),
+        "{e}"
+    );
+}
+
+/// A variant named "" was accepted and labelled `default` in the tables.
+#[test]
+fn a_variant_needs_a_name() {
+    let e = error(&SPEC.replace("name = \"full\"", "name = \"\""), &[]);
+    assert!(
+        e.contains("sweep.variants") && e.contains("empty name") && e.contains("hint"),
+        "{e}"
+    );
+}
+
+/// `num_samples` beyond the dataset's size ran every sample without a word.
+#[test]
+fn more_samples_asked_than_the_dataset_has_is_a_warning() {
+    let text = SPEC.replace(
+        "name = \"synthetic\"",
+        "name = \"synthetic\"\nsynthetic_images = 4\nnum_samples = 100",
+    );
+    let exp = expand(load_text(Path::new("checks.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let c = &exp.configs[0];
+    let ds = segsweep_runner::open_dataset(&c.dataset, c.seed, Path::new("data")).unwrap();
+    assert_eq!(ds.len(), 4);
+    assert!(
+        ds.warnings
+            .iter()
+            .any(|w| w.contains("num_samples = 100") && w.contains("4 samples")),
+        "{:?}",
+        ds.warnings
+    );
+}

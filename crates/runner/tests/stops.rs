@@ -222,3 +222,18 @@ fn ctrl_c_during_the_last_image_finishes_the_run() {
         AT.with(|a| *a.borrow_mut() = None);
     }
 }
+
+/// `stop_after_images = 0` (`--stop-after-images 0`) stops as an interrupt before the first
+/// image: no run directory, and no claim that anything was saved.
+#[test]
+fn stopping_after_zero_images_computes_and_writes_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let exp = spec(out.path(), false, false);
+    let o = RunOptions {
+        stop_after_images: Some(0),
+        ..opts("zero", false, Arc::default())
+    };
+    let err = run(&exp, &o).unwrap_err();
+    assert!(matches!(err, RunnerError::InterruptedBeforeStart), "{err}");
+    assert!(!run_dir(&exp, &o).exists());
+}
