@@ -165,6 +165,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             out.display()
         );
     }
+    if args.pred.is_file() {
+        bail!(
+            "--pred {}: is a file, not a directory (hint: --pred takes the directory of prediction PNGs named <id>.png, or `segsweep predict`'s --out directory)",
+            args.pred.display()
+        );
+    }
     let mut class_override = None;
     let gt = match (&args.dataset, &args.gt, &args.classes) {
         (Some(name), None, classes) => {
@@ -187,7 +193,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         pred_suffix: args.pred_suffix.clone(),
     };
     let bar = ProgressBar::new("eval");
-    let report = segsweep_data::eval_dir(&gt, &args.pred, &opts, &|d, t| bar.report(d, t))?;
+    let report = segsweep_data::eval_dir(&gt, &args.pred, &opts, &|d, t| bar.report(d, t))
+        .map_err(|e| with_prediction_hint(e, &args))?;
     let s = &report.summary;
     let pct = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into());
     println!(
@@ -204,6 +211,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     );
     for sk in &report.skipped {
         println!("  skipped {}: {}", sk.path.display(), sk.reason);
+    }
+    if report.scored.is_empty() {
+        bail!(
+            "--pred {}: no prediction could be scored: all {} were skipped (listed above), so there is no result to write\n  hint: a prediction PNG holds one class id per pixel at its label's size, as `segsweep predict` writes <stem>.pred.png",
+            args.pred.display(),
+            report.skipped.len()
+        );
     }
     // What made the predictions, where `segsweep predict` wrote it into the PNGs.
     let (weights, model_id) = match (
@@ -274,6 +288,28 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// A prediction that cannot be decoded or has the wrong size gets a hint saying what a
+/// prediction PNG must be; other errors are returned as they are.
+fn with_prediction_hint(e: segsweep_data::DataError, args: &EvalArgs) -> anyhow::Error {
+    use segsweep_data::DataError;
+    let bad_prediction = match &e {
+        DataError::Decode { what, .. } => *what == "prediction PNG",
+        DataError::SizeMismatch { path, .. } => path.starts_with(&args.pred),
+        _ => false,
+    };
+    if !bad_prediction {
+        return e.into();
+    }
+    let skip = if args.skip_bad {
+        ""
+    } else {
+        "; --skip-bad scores the other predictions and lists the bad ones"
+    };
+    anyhow::anyhow!(
+        "{e}\n  hint: a prediction PNG holds one class id per pixel (8- or 16-bit grayscale or palette, not RGB colours) at its label's size, as `segsweep predict` writes <stem>.pred.png{skip}"
+    )
+}
+
 #[derive(Args, Debug)]
 pub struct DenseCrfArgs {
     /// The RGB image the probabilities belong to.
@@ -310,7 +346,7 @@ pub struct DenseCrfArgs {
 
 pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
     use segsweep_plugin_densecrf::{npy, refine_probs, CrfParams, Preset};
-    let preset: Preset = args.preset.parse()?;
+    let preset: Preset = args.preset.parse().map_err(crf_flag_error)?;
     let mut p = CrfParams::preset(preset);
     if let Some(v) = args.iterations {
         p.iterations = v;
@@ -325,7 +361,7 @@ pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
     set(&mut p.bilateral_sxy, args.bilateral_sxy);
     set(&mut p.bilateral_srgb, args.bilateral_srgb);
     set(&mut p.bilateral_compat, args.bilateral_compat);
-    p.validate()?;
+    p.validate().map_err(crf_flag_error)?;
     let missing: Vec<String> = [("--image", &args.image), ("--probs", &args.probs)]
         .iter()
         .filter(|(_, path)| !path.is_file())
@@ -352,8 +388,11 @@ pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the output's directory", dir.display()))?;
     }
-    let image = segsweep_data::load_rgb(&args.image)?;
+    let image = segsweep_data::load_rgb(&args.image).context(
+        "--image\n  hint: --image is the RGB image (JPEG, PNG, ...) the probabilities were computed from",
+    )?;
     let probs = npy::read_map_npy(&args.probs)?;
+    check_at_most_one(&args.probs, &probs.data, probs.shape)?;
     let (c, h, w) = probs.shape;
     if (h, w) != (image.h, image.w) {
         bail!(
@@ -378,5 +417,51 @@ pub fn densecrf(args: DenseCrfArgs) -> Result<()> {
         p.iterations,
         args.out.display()
     );
+    Ok(())
+}
+
+/// A densecrf parameter error names the command-line flag (`--iterations`, not the plugin key
+/// `iterations`) and says what the flag takes.
+fn crf_flag_error(e: segsweep_plugin_densecrf::CrfError) -> anyhow::Error {
+    use segsweep_plugin_densecrf::{CrfError, Preset};
+    let CrfError::Param { key, msg } = &e else {
+        return e.into();
+    };
+    let flag = format!("--{}", key.replace('_', "-"));
+    let hint = if key == "preset" {
+        format!(
+            "--preset takes one of: {} (`segsweep densecrf --help` shows their values)",
+            Preset::NAMES.join(", ")
+        )
+    } else {
+        format!(
+            "{flag} overrides the preset's `{key}`; `segsweep plugins densecrf` lists each parameter's range and default"
+        )
+    };
+    anyhow::anyhow!("{flag}: {msg}\n  hint: {hint}")
+}
+
+/// How far above 1 a probability may be (float rounding of a softmax) before it is taken for
+/// a logit or a score.
+const PROB_TOLERANCE: f32 = 1e-3;
+
+/// The plugin rejects NaN and negative values; a value above 1 is just as surely not a
+/// probability (logits, scores in 0–255, ...), and the CRF would clip it to 1 silently.
+fn check_at_most_one(
+    path: &std::path::Path,
+    data: &[f32],
+    (_, h, w): (usize, usize, usize),
+) -> Result<()> {
+    if let Some((i, v)) = data
+        .iter()
+        .enumerate()
+        .find(|(_, v)| **v > 1.0 + PROB_TOLERANCE)
+    {
+        let (c, y, x) = (i / (h * w), i % (h * w) / w, i % w);
+        bail!(
+            "{}: probabilities: value {v} at (class {c}, y {y}, x {x}) is above 1 (hint: pass softmax probabilities, not logits)",
+            path.display()
+        );
+    }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use segsweep_core::registry;
+use segsweep_core::{registry, CoreError};
 
 #[derive(Args, Debug)]
 pub struct PluginsArgs {
@@ -21,7 +21,7 @@ pub fn run(args: PluginsArgs) -> Result<()> {
             println!("\n`segsweep plugins NAME` shows a plugin's parameters and documentation.");
         }
         Some(name) => {
-            let p = reg.get(&name)?;
+            let p = reg.get(&name).map_err(unknown_plugin)?;
             println!(
                 "{} — {}\nstage: {} ({})\nversion: {} (part of the configuration hash)\n",
                 p.name,
@@ -45,4 +45,15 @@ pub fn run(args: PluginsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An unknown name (the registry's error suggests the nearest registered one, without case:
+/// `PAMR` → `pamr`) gets a hint.
+fn unknown_plugin(e: CoreError) -> anyhow::Error {
+    if !matches!(e, CoreError::UnknownPlugin { .. }) {
+        return e.into();
+    }
+    anyhow::anyhow!(
+        "{e}\n  hint: plugin names are lower-case; `segsweep plugins` lists them with their stage and summary"
+    )
 }

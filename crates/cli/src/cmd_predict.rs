@@ -284,6 +284,27 @@ fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".segsweep-cache"))
 }
 
+const OUT_HINT: &str = "--out is the directory predict writes <stem>.probs.npy, <stem>.pred.png \
+     and <stem>.overlay.png into (created if missing); give a new or existing directory, or \
+     remove or rename what is in the way";
+
+/// `--out` must be a directory or not exist yet: refuse a file before the model loads, where
+/// creating the directory would fail with only "File exists".
+fn check_out_dir(out: &Path) -> Result<()> {
+    if let Some(file) = out.ancestors().find(|a| a.is_file()) {
+        let which = if file == out {
+            String::new()
+        } else {
+            format!("{} ", file.display())
+        };
+        bail!(
+            "--out {}: {which}is a file, not a directory\n  hint: {OUT_HINT}",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Every input must be a file: refuse missing paths and directories before the model loads.
 fn check_inputs_exist(images: &[PathBuf]) -> Result<()> {
     let bad: Vec<String> = images
@@ -345,6 +366,7 @@ fn check_inputs_decode(images: &[PathBuf], cfg: &Config, patch: usize) -> Result
 pub fn run(args: PredictArgs) -> Result<()> {
     check_inputs_exist(&args.images)?;
     check_distinct_stems(&args.images)?;
+    check_out_dir(&args.out)?;
     let cfg = config(&args)?;
     let classes = segsweep_data::ClassNames::from_file(&args.classes)?;
     let model = segsweep_runner::load_clip(&cfg.model)?;
@@ -368,8 +390,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
         .map(|(s, r)| (s.plugin.stage, r.as_ref()))
         .collect();
     let background = (!args.no_background).then_some(0);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create output directory", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "--out {}: cannot create the output directory\n  hint: {OUT_HINT}",
+            args.out.display()
+        )
+    })?;
     let info = segsweep_core::Backbone::info(&model);
     if info.weights != segsweep_core::WeightsKind::Real {
         eprintln!(

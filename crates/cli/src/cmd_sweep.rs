@@ -268,6 +268,9 @@ pub fn plot(args: PlotArgs) -> Result<()> {
     let dir = &args.results_dir;
     let segsweep_report::RunRecords { records, others } =
         segsweep_report::load_run(dir).map_err(|e| not_a_run_dir(dir, e))?;
+    if records.is_empty() {
+        return Err(nothing_to_plot(dir, &others));
+    }
     if !others.is_empty() {
         eprintln!(
             "warning: {} record(s) in {}/counts belong to no configuration of the run's last spec (order.txt): {}; left out of the tables and charts",
@@ -276,11 +279,14 @@ pub fn plot(args: PlotArgs) -> Result<()> {
             others.join(", ")
         );
     }
-    anyhow::ensure!(
-        !records.is_empty(),
-        "{}: no finished configuration to plot (counts/ has no record)",
-        dir.display()
-    );
+    let charts = dir.join("charts");
+    if charts.exists() && !charts.is_dir() {
+        anyhow::bail!(
+            "{}: is a file, not a directory; plot draws its charts into it\n  hint: remove or rename that file, then run `segsweep plot {}` again",
+            charts.display(),
+            dir.display()
+        );
+    }
     if let Some(b) = &args.baseline {
         let mut variants: Vec<&str> = Vec::new();
         for r in &records {
@@ -313,6 +319,44 @@ pub fn plot(args: PlotArgs) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// Why a run directory has no record to plot: its `order.txt` lists none of the records in
+/// `counts/` (damaged, or another spec's run), or the sweep has finished no configuration yet.
+fn nothing_to_plot(dir: &Path, others: &[String]) -> anyhow::Error {
+    let partial = std::fs::read_dir(dir.join("counts"))
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.ok())
+        .filter(|d| d.file_name().to_string_lossy().ends_with(".partial.json"))
+        .count();
+    let resume = format!(
+        "re-run the same `segsweep sweep SPEC` command (same spec, --set and --run-id; the spec it ran is saved as {}) to resume it",
+        dir.join("spec.toml").display()
+    );
+    let unfinished = if partial > 0 {
+        format!(
+            "counts/ holds {partial} checkpoint(s) (*.partial.json) but no finished record: the sweep has not finished a configuration yet; {resume}"
+        )
+    } else {
+        format!("the sweep has not finished a configuration yet; {resume}")
+    };
+    if others.is_empty() {
+        return anyhow::anyhow!(
+            "{}: no finished configuration to plot (counts/ has no record)\n  hint: {unfinished}",
+            dir.display()
+        );
+    }
+    let mut msg = format!(
+        "{}: lists none of the {} record(s) in counts/ ({}), so no configuration is left to plot\n  hint: order.txt lists the configuration hashes of the run's last spec, one per line (counts/<hash>.json); if it was damaged, re-running the `segsweep sweep SPEC` that made the run (same spec, --set and --run-id) writes it again and computes nothing already finished",
+        dir.join("order.txt").display(),
+        others.len(),
+        others.join(", ")
+    );
+    if partial > 0 {
+        msg.push_str(&format!("\n  hint: {unfinished}"));
+    }
+    anyhow::anyhow!(msg)
 }
 
 /// `SEGSWEEP_PIPELINE`: `1` computes the next image batch's prefixes on a second thread, `0`

@@ -572,3 +572,178 @@ fn data_check_takes_a_spec_s_custom_dataset() {
         "the report names the missing label"
     );
 }
+
+/// Audit: a prediction PNG that is corrupt, truncated, RGB or of another size than its label
+/// stopped `eval` with the decoder's text and no hint; `--pred` naming a file said "prediction
+/// directory not found".
+#[test]
+fn eval_bad_prediction_pngs_get_a_hint_and_a_pred_file_is_called_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    std::fs::create_dir(tmp.path().join("gt")).unwrap();
+    save_label_png(
+        tmp.path().join("gt/a.png"),
+        &LabelMap::new(4, 5, vec![1; 20]).unwrap(),
+    )
+    .unwrap();
+    let good = std::fs::read(tmp.path().join("gt/a.png")).unwrap();
+    for name in ["corrupt", "truncated", "rgb", "size"] {
+        std::fs::create_dir(tmp.path().join(name)).unwrap();
+        let p = tmp.path().join(name).join("a.png");
+        match name {
+            "corrupt" => std::fs::write(&p, "garbage").unwrap(),
+            "truncated" => std::fs::write(&p, &good[..good.len() / 2]).unwrap(),
+            "rgb" => image::RgbImage::new(5, 4).save(&p).unwrap(),
+            _ => save_label_png(&p, &LabelMap::new(2, 2, vec![1; 4]).unwrap()).unwrap(),
+        }
+        let args = ["eval", "--gt", "gt", "--classes", "c.txt", "--pred", name];
+        let err = fails(&run(&args, tmp.path()));
+        assert!(
+            err.contains(&format!("{name}/a.png"))
+                && err.contains("hint: a prediction PNG holds one class id per pixel")
+                && err.contains("--skip-bad"),
+            "{name}: {err}"
+        );
+        // What the hint offers: --skip-bad lists the file and goes on; here it was the only
+        // prediction, so nothing is scored, which is an error, not a table of n/a.
+        let mut skip = args.to_vec();
+        skip.extend(["--skip-bad", "--out", "ev"]);
+        let out = run(&skip, tmp.path());
+        let err = fails(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("skipped {name}/a.png")),
+            "{stdout}"
+        );
+        assert!(
+            err.contains("no prediction could be scored") && err.contains("hint"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("ev/summary.csv").exists());
+    }
+    std::fs::write(tmp.path().join("afile"), "").unwrap();
+    let err = fails(&run(
+        &[
+            "eval",
+            "--gt",
+            "gt",
+            "--classes",
+            "c.txt",
+            "--pred",
+            "afile",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("--pred afile: is a file, not a directory") && err.contains("hint"),
+        "{err}"
+    );
+}
+
+/// Write a float32 `(C, H, W)` .npy and a matching image into `dir`.
+fn crf_inputs(dir: &Path, probs: &str, value: impl Fn(usize) -> f32) {
+    use segsweep_plugin_densecrf::npy::{write_map_npy, Map3};
+    let (c, h, w) = (2, 4, 5);
+    image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([9, 9, 9]))
+        .save(dir.join("img.png"))
+        .unwrap();
+    let map = Map3 {
+        data: (0..c * h * w).map(value).collect(),
+        shape: (c, h, w),
+    };
+    write_map_npy(&dir.join(probs), &map).unwrap();
+}
+
+/// Audit: `densecrf` took logits (values 3–53) as probabilities without a word; its parameter
+/// errors named the plugin key (`parameter \`iterations\``) instead of the flag, without a hint;
+/// an undecodable `--image` did not say which flag it came from.
+#[test]
+fn densecrf_rejects_logits_and_names_the_flag_of_a_bad_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crf_inputs(dir, "p.npy", |_| 0.5);
+    // A softmax's rounding above 1 is accepted.
+    crf_inputs(dir, "round.npy", |i| if i == 3 { 1.0004 } else { 0.5 });
+    crf_inputs(dir, "logits.npy", |i| 3.0 + (i % 50) as f32);
+    let crf = |probs: &str, extra: &[&str]| {
+        let mut args = vec![
+            "densecrf", "--image", "img.png", "--probs", probs, "--out", "q.npy",
+        ];
+        args.extend(extra);
+        run(&args, dir)
+    };
+    ok(&crf("p.npy", &[]));
+    ok(&crf("round.npy", &[]));
+    let err = fails(&crf("logits.npy", &[]));
+    assert!(
+        err.contains("logits.npy")
+            && err.contains("value 3 at (class 0, y 0, x 0) is above 1")
+            && err.contains("hint: pass softmax probabilities, not logits"),
+        "{err}"
+    );
+    let err = fails(&crf("p.npy", &["--iterations", "100000"]));
+    assert!(
+        err.contains("--iterations: 100000 is out of range [0, 200]") && err.contains("hint"),
+        "{err}"
+    );
+    let err = fails(&crf("p.npy", &["--bilateral-srgb", "0"]));
+    assert!(err.contains("--bilateral-srgb: 0 is out of range"), "{err}");
+    let err = fails(&crf("p.npy", &["--preset", "foo"]));
+    assert!(
+        err.contains("--preset: unknown preset `foo`")
+            && err.contains("hint: --preset takes one of: pydensecrf, deeplab"),
+        "{err}"
+    );
+    std::fs::write(dir.join("bad.png"), "not an image").unwrap();
+    let err = fails(&run(
+        &[
+            "densecrf", "--image", "bad.png", "--probs", "p.npy", "--out", "q.npy",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("--image: bad.png: cannot decode image") && err.contains("hint: --image"),
+        "{err}"
+    );
+}
+
+/// Audit: `predict --out FILE` loaded the model, then said only `cannot create output
+/// directory: File exists`.
+#[test]
+fn predict_out_naming_a_file_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    std::fs::write(tmp.path().join("afile"), "").unwrap();
+    image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
+        .save(tmp.path().join("ok.png"))
+        .unwrap();
+    for (out, text) in [
+        ("afile", "--out afile: is a file, not a directory"),
+        (
+            "afile/sub",
+            "--out afile/sub: afile is a file, not a directory",
+        ),
+    ] {
+        let err = fails(&run(
+            &[
+                "predict",
+                "--model",
+                "builtin:tiny-random",
+                "--classes",
+                "c.txt",
+                "ok.png",
+                "--out",
+                out,
+            ],
+            tmp.path(),
+        ));
+        assert!(
+            err.contains(text) && err.contains("hint: --out is the directory"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("synthetic weights"),
+            "the model must not load first: {err}"
+        );
+    }
+}

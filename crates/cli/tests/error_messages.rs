@@ -239,3 +239,20 @@ fn a_closed_stdout_pipe_ends_quietly_without_a_panic() {
         "ended by SIGPIPE; stderr: {stderr}"
     );
 }
+
+/// Audit: `segsweep plugins PAMR` listed the plugins without guessing `pamr` (too short for the
+/// edit distance) and gave no hint.
+#[test]
+fn plugins_with_a_wrong_case_name_suggests_the_registered_one() {
+    let cache = tempfile::tempdir().unwrap();
+    for (name, guess) in [("PAMR", "pamr"), ("ClipTrase", "cliptrase")] {
+        let err = fails(&["plugins", name], &[], cache.path());
+        assert!(
+            err.contains(&format!("did you mean `{guess}`?"))
+                && err.contains("registered plugins: clip-rc, cliptrase"),
+            "{err}"
+        );
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(last.contains("hint: plugin names are lower-case"), "{err}");
+    }
+}
