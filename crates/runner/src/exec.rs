@@ -170,6 +170,36 @@ fn record_path(dir: &Path, hash: &str) -> PathBuf {
 
 /// Run every configuration not finished yet, writing results as they complete.
 pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
+    run_inner(exp, opts).map_err(with_write_hint)
+}
+
+/// A file of the run (checkpoint, record, table, overlay) that could not be written gets a
+/// hint: the images finished so far are kept, so the same command resumes once it is fixed.
+fn with_write_hint(e: RunnerError) -> RunnerError {
+    match e {
+        RunnerError::Report(segsweep_report::ReportError::Io { path, cause }) => RunnerError::Io {
+            path: path.into(),
+            cause,
+            hint: Some(
+                "check that the run directory is writable and its disk has space; the images finished so far are kept, so re-running the same command resumes".into(),
+            ),
+        },
+        RunnerError::InConfig {
+            hash,
+            label,
+            image,
+            cause,
+        } => RunnerError::InConfig {
+            hash,
+            label,
+            image,
+            cause: Box::new(with_write_hint(*cause)),
+        },
+        e => e,
+    }
+}
+
+fn run_inner(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     if let Some(id) = &opts.run_id {
         crate::sweep::check_dir_name(id).map_err(|msg| {
             RunnerError::spec(

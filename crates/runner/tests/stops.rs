@@ -172,6 +172,10 @@ fn an_overlay_that_cannot_be_written_leaves_a_consistent_checkpoint() {
     let err = run(&exp, &o).unwrap_err().to_string();
     assert!(err.contains("synth_0002"), "{err}");
     assert!(
+        err.contains("hint") && err.contains("re-running the same command resumes"),
+        "{err}"
+    );
+    assert!(
         vis.join("synth_0001.png").is_file(),
         "overlay names changed: update this test"
     );

@@ -20,7 +20,7 @@ pub enum LoftUpError {
     },
 
     /// The file exists but candle's pickle reader could not read it as a torch state dict.
-    #[error("{path}: cannot read as a PyTorch state dict (`torch.save(state_dict)` zip format): {cause}")]
+    #[error("{path}: cannot read as a PyTorch state dict (`torch.save(state_dict)` zip format): {cause} (hint: the loftup entry's `checkpoint` names a LoftUp state dict such as haiwen/loftup-clip's pytorch_model.bin, by path or repo id; a partly downloaded file must be downloaded again)")]
     Read {
         path: PathBuf,
         cause: candle_core::Error,
