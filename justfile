@@ -48,8 +48,8 @@ fixtures:
 build-cuda:
     bash scripts/build-cuda.sh
 
-# Build and pack the CUDA binaries for the GPU benchmark (bench/out/gpu-bin/); then, on the GPU
-# machine with this checkout and that folder: `bash bench/gpu.sh` (see README, "GPU").
+# Then, on the GPU machine with this checkout and that folder: `bash bench/gpu.sh` (README, "GPU").
+# Build and pack the CUDA binaries for the GPU benchmark into bench/out/gpu-bin/.
 build-gpu-bench:
     bash scripts/build-cuda.sh --bench
     bash bench/gpu-pack.sh

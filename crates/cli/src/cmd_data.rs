@@ -210,7 +210,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         pct(s.fwiou_pct)
     );
     for sk in &report.skipped {
-        println!("  skipped {}: {}", sk.path.display(), sk.reason);
+        // The reason names the file itself where it comes from the decoder.
+        let path = sk.path.display().to_string();
+        match sk.reason.strip_prefix(&path) {
+            Some(rest) if rest.starts_with(": ") => println!("  skipped {path}{rest}"),
+            _ => println!("  skipped {path}: {}", sk.reason),
+        }
     }
     if report.scored.is_empty() {
         bail!(
@@ -284,7 +289,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             out.display()
         )
     })?;
-    println!("wrote {}/summary.csv and per_class.csv", out.display());
+    println!(
+        "wrote {} and per_class.csv",
+        out.join("summary.csv").display()
+    );
     Ok(())
 }
 

@@ -429,9 +429,14 @@ impl Dataset {
                 DataError::config(
                     format!("dataset.custom.{key}"),
                     format!(
-                        "class `{name}` is not in {} (classes: {})",
+                        "class `{name}` is not in {} (classes: {}) (hint: name a class by any of its names on its line of the file, or leave the key out{})",
                         class_path.display(),
-                        classes.display_names().join(", ")
+                        classes.display_names().join(", "),
+                        if key == "background_class" {
+                            " if the labels have no background class"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })

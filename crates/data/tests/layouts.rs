@@ -230,7 +230,12 @@ fn quality_c16_custom_class_errors_name_the_custom_key() {
     cfg.person_class = None;
     cfg.background_class = Some("void".into());
     let e = Dataset::custom(&cfg).unwrap_err().to_string();
-    assert!(e.contains("`dataset.custom.background_class`"), "{e}");
+    assert!(
+        e.contains("`dataset.custom.background_class`")
+            && e.contains("hint")
+            && e.contains("leave the key out if the labels have no background class"),
+        "{e}"
+    );
 }
 
 /// A file given as a dataset root is called a file, not "not found".
@@ -257,6 +262,10 @@ fn a_missing_custom_root_is_named() {
         "{e}"
     );
     assert!(!e.contains("classes.txt"), "{e}");
+    // A file there is called a file.
+    std::fs::write(&cfg.root, b"x").unwrap();
+    let e = Dataset::custom(&cfg).unwrap_err().to_string();
+    assert!(e.contains("this is a file"), "{e}");
 }
 
 #[test]

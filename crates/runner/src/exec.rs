@@ -23,7 +23,7 @@ use segsweep_report::{write_atomic, Counts, Metrics, Record, SweptValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
-use crate::memory::{FeatureCache, MemoryPlan, MemoryStats, PrefixCtx, PrefixSlot};
+use crate::memory::{FeatureCache, MemoryPlan, MemoryStats, PrefixCtx, PrefixSlot, Spill};
 use crate::spec::{DatasetSection, ModelSection};
 use crate::sweep::{hex12, Config, Experiment};
 
@@ -362,6 +362,9 @@ fn reusable_records(
     pending: &[&Config],
 ) -> Vec<(String, Record, PathBuf)> {
     let root = &exp.spec.raw.experiment.output_dir;
+    // Records whose numbers came from f16-stored prefixes are reused only by a run that may
+    // store them in f16 itself.
+    let f16_here = exp.memory.spill == Spill::F16 || exp.memory.feature_cache == Spill::F16;
     let subdirs = |p: &Path| -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(p)
             .into_iter()
@@ -435,6 +438,8 @@ fn reusable_records(
                         "it scored no image"
                     } else if r.kernels != kernels {
                         "computed with other kernels"
+                    } else if r.f16_prefix_images > 0 && !f16_here {
+                        "computed on prefixes read back from f16, and this run keeps them exact"
                     } else if r.sample_ids != ids || r.images + r.skipped != ids.len() {
                         "computed on other samples"
                     } else if r.dataset != dataset_name || r.class_names != class_display {

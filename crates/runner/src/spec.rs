@@ -421,6 +421,11 @@ fn figment_error(file: &str, err: figment::Error) -> RunnerError {
     };
     use figment::error::{Actual, Kind};
     let hint = match &err.kind {
+        // The resolved settings (configs/<hash>.toml, the README) speak of
+        // `inference.short_side`, but a spec sets it per dataset.
+        Kind::UnknownField(name, _) if name == "short_side" && key.starts_with("inference") => {
+            Some("the short side is set in [dataset] (`dataset.short_side`, or `--set dataset.short_side=N`); configs/<hash>.toml shows the value resolved into [inference]".to_string())
+        }
         Kind::UnknownField(name, expected) => {
             let near = segsweep_core::registry::nearest(name, expected.iter().copied());
             Some(format!(

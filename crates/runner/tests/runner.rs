@@ -415,6 +415,38 @@ fn issue_7_f32_feature_cache_is_reused_by_later_runs_with_identical_results() {
     assert_eq!(half_read.memory.feature_cache_hits, 2);
     assert!(half_read.records.iter().all(|r| r.f16_prefix_images == 2));
     assert!(second.records.iter().all(|r| r.f16_prefix_images == 0));
+
+    // Reuse across runs: a run that keeps prefixes exact does not take records computed on
+    // f16 ones; it takes exact ones. Only "half-read" has f16 records; move the exact ones away.
+    for id in ["plain", "first", "second", "half"] {
+        let d = half_read.run_dir.parent().unwrap().join(id);
+        std::fs::rename(&d, tmp.path().join(format!("aside-{id}"))).unwrap();
+    }
+    let exact = run(
+        &exp,
+        &RunOptions {
+            run_id: Some("exact".into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(exact.reused, 0, "f16 records reused by an exact run");
+    assert!(exact.records.iter().all(|r| r.f16_prefix_images == 0));
+    for (a, b) in paired(&plain.records, &exact.records) {
+        assert_eq!(a.counts, b.counts, "config {} differs", a.label());
+    }
+    // A run that may itself store f16 prefixes takes them.
+    let mut f16 = exp.clone();
+    f16.memory.feature_cache = Spill::F16;
+    let took = run(
+        &f16,
+        &RunOptions {
+            run_id: Some("f16-again".into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(took.reused > 0);
 }
 
 #[test]

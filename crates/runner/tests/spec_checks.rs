@@ -482,3 +482,18 @@ fn more_samples_asked_than_the_dataset_has_is_a_warning() {
         ds.warnings
     );
 }
+
+/// `[inference] short_side` (the resolved settings' name for it) was answered with "did you
+/// mean `stride`?".
+#[test]
+fn short_side_under_inference_points_to_the_dataset_section() {
+    let e = error(
+        &SPEC.replace("[sweep]", "[inference]\nshort_side = 224\n[sweep]"),
+        &[],
+    );
+    assert!(
+        e.contains("inference.short_side") && e.contains("dataset.short_side"),
+        "{e}"
+    );
+    assert!(!e.contains("stride"), "{e}");
+}
