@@ -1133,6 +1133,15 @@ batch_size = {batch}
 /// checkpoint exists: the image in flight then outlasts a signal's delivery.
 #[cfg(unix)]
 fn a_started_long_sweep(tmp: &Path) -> std::process::Child {
+    a_started_long_sweep_with(tmp, |c| c)
+}
+
+/// [`a_started_long_sweep`] with `setup` applied to the command before it starts.
+#[cfg(unix)]
+fn a_started_long_sweep_with(
+    tmp: &Path,
+    setup: impl FnOnce(&mut Command) -> &mut Command,
+) -> std::process::Child {
     let spec = write_spec(
         tmp,
         "spec.toml",
@@ -1140,14 +1149,13 @@ fn a_started_long_sweep(tmp: &Path) -> std::process::Child {
             .replace("synthetic_images = 3", "synthetic_images = 40")
             .replace("short_side = 224", "short_side = 1200"),
     );
-    let child = bin()
-        .args(["sweep", spec.to_str().unwrap(), "--quiet", "--run-id", "r"])
+    let mut cmd = bin();
+    cmd.args(["sweep", spec.to_str().unwrap(), "--quiet", "--run-id", "r"])
         .current_dir(tmp)
         .env("SEGSWEEP_CACHE", tmp.join("cache"))
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    let child = setup(&mut cmd).spawn().unwrap();
     let counts = tmp.join("out/e2e/r/counts");
     let started = (0..600).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -1206,9 +1214,40 @@ fn sigterm_stops_after_the_image_in_flight_like_ctrl_c() {
             && stderr.contains("re-run the same command to resume"),
         "{stderr}"
     );
-    let partial = std::fs::read_dir(tmp.path().join("out/e2e/r/counts"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name().to_string_lossy().ends_with(".partial.json"));
-    assert!(partial, "no checkpoint after SIGTERM");
+}
+
+/// Under `nohup` (SIGHUP ignored) a sweep outlives its terminal: installing the interrupt
+/// handler (which also takes SIGHUP) must leave that ignore in place.
+#[cfg(unix)]
+#[test]
+fn a_sweep_started_with_hangups_ignored_ignores_them() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = a_started_long_sweep_with(tmp.path(), |c| {
+        // SAFETY: only async-signal-safe signal(2) between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            })
+        }
+    });
+    signal(&child, libc::SIGHUP);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    match child.try_wait().unwrap() {
+        // Finished meanwhile: it must have run to the end, not stopped for the hangup.
+        Some(status) => assert_eq!(status.code(), Some(0)),
+        None => {
+            // Still running; a Ctrl-C now is the first interrupt, not a second one.
+            signal(&child, libc::SIGINT);
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(130), "{stderr}");
+            assert_eq!(
+                stderr.matches("interrupt:").count(),
+                1,
+                "the hangup counted as an interrupt: {stderr}"
+            );
+        }
+    }
 }

@@ -148,19 +148,30 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     // resume). A second signal within a second of the first is the same interrupt delivered
     // twice (a terminal's Ctrl-C reaches the whole process group, and `timeout -s INT` signals
     // the child and its group), not a request to quit now.
+    // The messages ignore write errors: after a hangup the terminal is gone.
     let first_at: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let hangup_ignored = hangup_ignored();
     let _ = ctrlc::set_handler(move || {
+        use std::io::Write;
         let mut first = first_at.lock().unwrap_or_else(|p| p.into_inner());
         if cancel.swap(true, Ordering::SeqCst) {
             if first.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
                 return;
             }
-            eprintln!("\ninterrupt: quitting now; images up to the last checkpoint (written every 2 seconds between image batches) are saved, re-run the same command to resume");
+            let _ = writeln!(std::io::stderr(), "\ninterrupt: quitting now; images up to the last checkpoint (written every 2 seconds between image batches) are saved, re-run the same command to resume");
             std::process::exit(130);
         }
         *first = Some(std::time::Instant::now());
-        eprintln!("\ninterrupt: stopping after the image in flight (Ctrl-C again to quit now)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "\ninterrupt: stopping after the image in flight (Ctrl-C again to quit now)"
+        );
     });
+    // `nohup segsweep sweep ... &` ignores SIGHUP so that the sweep outlives the terminal;
+    // the handler above took SIGHUP over, so give it back to the ignore `nohup` asked for.
+    if hangup_ignored {
+        ignore_hangup();
+    }
     let summary = run(&exp, &opts).map_err(|e| {
         // Name the spec unless the message opens with it already (a spec key's error).
         let spec = args.spec.spec.display().to_string();
@@ -229,6 +240,35 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether SIGHUP is ignored (as under `nohup`).
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition into `old`,
+    // a zeroed plain C struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_ignored() -> bool {
+    false
+}
+
+/// Ignore SIGHUP again.
+#[cfg(unix)]
+fn ignore_hangup() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
+#[cfg(not(unix))]
+fn ignore_hangup() {}
 
 /// A run directory without a readable `counts/` is the wrong directory: say so, and which
 /// sub-directories are run directories. Other errors (a corrupt record) name their own file.

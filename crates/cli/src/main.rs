@@ -22,7 +22,7 @@ mod cmd_plugins;
 mod cmd_predict;
 mod cmd_sweep;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use clap::{Parser, Subcommand};
 
@@ -116,7 +116,8 @@ fn main() {
     };
     if let Err(e) = result {
         tracing::debug!("error chain: {e:?}");
-        eprintln!("error: {}", render(&e));
+        // Not eprintln!: with the terminal gone (a hangup) it would panic instead of exiting.
+        let _ = writeln!(std::io::stderr(), "error: {}", render(&e));
         // An interrupt is not a failure of the inputs: 130 (128 + SIGINT), as shells report
         // a Ctrl-C, so scripts can tell the two apart.
         let interrupted = e

@@ -156,7 +156,7 @@ pub fn draw_charts(
 ) -> Result<ChartFiles> {
     register_fonts();
     let dir = run_dir.join("charts");
-    std::fs::create_dir_all(&dir).map_err(|x| ReportError::Io {
+    std::fs::create_dir_all(&dir).map_err(|x| ReportError::Write {
         path: dir.display().to_string(),
         cause: x,
     })?;

@@ -29,6 +29,9 @@ pub use tables::{write_tables, PER_CLASS_CSV, SUMMARY_CSV};
 pub enum ReportError {
     #[error("{path}: {cause}")]
     Io { path: String, cause: std::io::Error },
+    /// A result file (record, checkpoint, table, chart, overlay) could not be written.
+    #[error("{path}: cannot write: {cause} (hint: check that the directory is writable and its disk has space; what was written before is kept, so the same command continues from there)")]
+    Write { path: String, cause: std::io::Error },
     #[error("{path}: not a valid segsweep record: {msg} (hint: records are written by `segsweep sweep`; delete a corrupt file and re-run the sweep to recompute it)")]
     BadRecord { path: String, msg: String },
     #[error("{path}: cannot write CSV: {msg}")]

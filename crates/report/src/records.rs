@@ -255,7 +255,7 @@ impl Record {
 /// crash never leaves a half-written result. The file gets the permissions a plain
 /// `File::create` would give it (0666 less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |e: std::io::Error| ReportError::Io {
+    let io = |e: std::io::Error| ReportError::Write {
         path: path.display().to_string(),
         cause: e,
     };

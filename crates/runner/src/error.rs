@@ -44,7 +44,7 @@ pub enum RunnerError {
     Interrupted,
     /// An interrupt before this call's run directory was set up (during the checks, model load
     /// or trials): nothing of this call was computed, and earlier calls' files are untouched.
-    #[error("interrupted before the first image: this call computed nothing (the files of earlier calls, if any, are untouched); re-run the same command to start")]
+    #[error("interrupted before the first image: this call computed nothing (the files of earlier calls, if any, are untouched)")]
     InterruptedBeforeStart,
 }
 

@@ -170,36 +170,6 @@ fn record_path(dir: &Path, hash: &str) -> PathBuf {
 
 /// Run every configuration not finished yet, writing results as they complete.
 pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
-    run_inner(exp, opts).map_err(with_write_hint)
-}
-
-/// A file of the run (checkpoint, record, table, overlay) that could not be written gets a
-/// hint: the images finished so far are kept, so the same command resumes once it is fixed.
-fn with_write_hint(e: RunnerError) -> RunnerError {
-    match e {
-        RunnerError::Report(segsweep_report::ReportError::Io { path, cause }) => RunnerError::Io {
-            path: path.into(),
-            cause,
-            hint: Some(
-                "check that the run directory is writable and its disk has space; the images finished so far are kept, so re-running the same command resumes".into(),
-            ),
-        },
-        RunnerError::InConfig {
-            hash,
-            label,
-            image,
-            cause,
-        } => RunnerError::InConfig {
-            hash,
-            label,
-            image,
-            cause: Box::new(with_write_hint(*cause)),
-        },
-        e => e,
-    }
-}
-
-fn run_inner(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     if let Some(id) = &opts.run_id {
         crate::sweep::check_dir_name(id).map_err(|msg| {
             RunnerError::spec(
@@ -262,7 +232,15 @@ fn run_inner(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         if opts.cancel.load(Ordering::SeqCst) {
             return Err(RunnerError::InterruptedBeforeStart);
         }
-        trial(exp, opts, group, input)?;
+        // The trial's own checks (while its prefix was computed) stop it as an interrupt too:
+        // still before the run directory exists.
+        trial(exp, opts, group, input).map_err(|e| {
+            if e.is_interrupt() {
+                RunnerError::InterruptedBeforeStart
+            } else {
+                e
+            }
+        })?;
     }
     // `stop_after_images = 0` stops as an interrupt before the first image would.
     if opts.cancel.load(Ordering::SeqCst) || (opts.stop_after_images == Some(0) && ran > 0) {
@@ -606,7 +584,7 @@ fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {
     }
     write_atomic(&spec_copy, exp.spec.text.as_bytes()).map_err(|e| match e {
         // The report error names the same path: keep only its cause.
-        segsweep_report::ReportError::Io { cause, .. } => unwritable(&spec_copy, cause),
+        segsweep_report::ReportError::Write { cause, .. } => unwritable(&spec_copy, cause),
         other => other.into(),
     })?;
     for c in &exp.configs {
@@ -932,20 +910,7 @@ fn run_group(
     let weights = model.info().file_hash.clone();
     let samples = samples_hash(&ds.ids());
     for (c, refiners) in group.iter().zip(&refiners) {
-        let mut partial = read_partial(dir, &c.hash, classes.len(), ds.len())?;
-        if partial.samples.is_empty() || partial.next_image == 0 {
-            partial.samples = samples.clone();
-        } else if partial.samples != samples {
-            return Err(RunnerError::spec(
-                &partial_path(dir, &c.hash).display().to_string(),
-                "(checkpoint)",
-                format!(
-                    "its {} images were counted on another list of samples than the dataset now gives (the files under its root, --data-dir or the split changed)",
-                    partial.next_image
-                ),
-                Some("resume with the samples it started on, delete the checkpoint to recompute this configuration on the new ones, or use another --run-id".into()),
-            ));
-        }
+        let mut partial = read_partial(dir, &c.hash, classes.len(), ds.len(), &samples)?;
         if partial.model_file_hash.is_empty() {
             partial.model_file_hash = weights.clone();
         } else if partial.model_file_hash != weights {
@@ -1656,7 +1621,7 @@ fn run_image(
         let t1 = Instant::now();
         slot.ensure(stats)?;
         // Read back from f16 (spill or feature cache): recorded with each configuration.
-        let rounded = slot.prepared().prefix_restored_lossy();
+        let rounded = slot.rounded();
         let first = &jobs[run[0]];
         let fail = |e: segsweep_infer::InferError| in_config(first.config, &sample.id, e.into());
         let (dense, dense_seconds) = match precomputed.take_if(|p| p.upstream == first.upstream) {
@@ -1872,7 +1837,15 @@ fn in_config(c: &Config, image: &str, cause: RunnerError) -> RunnerError {
 
 /// The checkpoint of configuration `hash` (a fresh one if there is none), checked against the
 /// dataset it continues: `n_classes` counts per array, `next_image` at most `n_images`.
-fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Result<Partial> {
+/// The checkpoint of configuration `hash` in run directory `dir`, checked against the dataset
+/// it continues (`n_classes`, `n_images`, `samples`: [`samples_hash`] of its ids), or a new one.
+fn read_partial(
+    dir: &Path,
+    hash: &str,
+    n_classes: usize,
+    n_images: usize,
+    samples: &str,
+) -> Result<Partial> {
     let p = partial_path(dir, hash);
     let damaged = |msg: String| {
         RunnerError::spec(
@@ -1884,8 +1857,21 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
     };
     match std::fs::read_to_string(&p) {
         Ok(text) => {
-            let partial: Partial =
+            let mut partial: Partial =
                 serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+            // Another sample list first: its other length would read as damage below.
+            if !partial.samples.is_empty() && partial.next_image > 0 && partial.samples != samples {
+                return Err(RunnerError::spec(
+                    &p.display().to_string(),
+                    "(checkpoint)",
+                    format!(
+                        "its {} images were counted on another list of samples than the dataset now gives (the files under its root, the --data-dir or the split changed)",
+                        partial.next_image
+                    ),
+                    Some("resume with the samples it started on, delete the checkpoint to recompute this configuration on the new ones, or use another --run-id".into()),
+                ));
+            }
+            partial.samples = samples.to_string();
             counts_of(&partial.counts)
                 .check(n_classes)
                 .map_err(damaged)?;
@@ -1911,7 +1897,10 @@ fn read_partial(dir: &Path, hash: &str, n_classes: usize, n_images: usize) -> Re
             Ok(partial)
         }
         // Absent means absent: a dangling link in its place is a damaged checkpoint.
-        Err(e) if is_absent(&p, &e) => Ok(Partial::new(n_classes)),
+        Err(e) if is_absent(&p, &e) => Ok(Partial {
+            samples: samples.to_string(),
+            ..Partial::new(n_classes)
+        }),
         // Unreadable is not absent: starting over would throw away the images counted so far.
         Err(e) => Err(RunnerError::Io {
             path: p,

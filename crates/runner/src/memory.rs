@@ -311,6 +311,10 @@ pub(crate) struct PrefixSlot<'a> {
     /// Bytes held elsewhere meanwhile (in pipelined mode the next image batch's prefixes),
     /// counted against the budget with this image's.
     reserve: usize,
+    /// The prefix's values passed through f16 storage (an f16 feature-cache entry or f16
+    /// spill), possibly before an exact round trip (f32 spill) that the prefix itself cannot
+    /// tell from a computed one.
+    rounded: bool,
 }
 
 impl<'a> PrefixSlot<'a> {
@@ -323,6 +327,7 @@ impl<'a> PrefixSlot<'a> {
         prepared: Prepared,
         reserve: usize,
     ) -> PrefixSlot<'a> {
+        let rounded = prepared.prefix_restored_lossy();
         PrefixSlot {
             ctx,
             image,
@@ -330,7 +335,13 @@ impl<'a> PrefixSlot<'a> {
             prepared,
             state: State::Held,
             reserve,
+            rounded,
         }
+    }
+
+    /// Whether the prefix now held went through f16 storage (see [`PrefixSlot::ensure`]).
+    pub(crate) fn rounded(&self) -> bool {
+        self.rounded
     }
 
     /// The prepared image; its prefix is present after [`PrefixSlot::ensure`] (post-processing
@@ -349,6 +360,8 @@ impl<'a> PrefixSlot<'a> {
                 let named: HashMap<String, Tensor> = named.into_iter().collect();
                 self.prepared
                     .restore_prefix(named, self.ctx.backbone.device())?;
+                // An f32 round trip keeps what an earlier f16 one rounded.
+                self.rounded |= self.prepared.prefix_restored_lossy();
                 stats.prefix_reloads += 1;
             }
             State::Dropped => {
@@ -360,9 +373,12 @@ impl<'a> PrefixSlot<'a> {
                     }
                     _ => false,
                 };
-                if !cached {
+                if cached {
+                    self.rounded = self.prepared.prefix_restored_lossy();
+                } else {
                     self.prepared =
                         segsweep_infer::prepare(ctx.backbone, self.image, ctx.cfg, ctx.needs)?;
+                    self.rounded = false;
                     stats.prefix_recomputes += 1;
                 }
             }

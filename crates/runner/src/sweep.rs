@@ -604,9 +604,16 @@ fn resolve(
                     e.message().to_string(),
                     Some(format!(
                         "{}a key set by [sweep] (grid, zip, list or a variant's `set`) is unknown or its value has the wrong type; section keys are listed in README.md's spec reference",
-                        unknown_field_suggestion(e.message())
-                            .map(|n| format!("did you mean `{n}`? "))
-                            .unwrap_or_default()
+                        if e.message().starts_with("unknown field `short_side`")
+                            && swept.iter().any(|(k, _)| k == "inference.short_side")
+                        {
+                            // The resolved settings' name for it; a spec sets it per dataset.
+                            "sweep `dataset.short_side` instead: the short side is set in [dataset]; ".to_string()
+                        } else {
+                            unknown_field_suggestion(e.message())
+                                .map(|n| format!("did you mean `{n}`? "))
+                                .unwrap_or_default()
+                        }
                     )),
                 )
             })?;

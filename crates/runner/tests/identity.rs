@@ -272,6 +272,28 @@ fn a_resume_on_another_sample_list_is_refused() {
         "{err}"
     );
     assert!(err.contains("hint"), "{err}");
+    // A list shorter than the images counted is the same case, not a damaged checkpoint.
+    let (images_aside, labels_aside) = (out.path().join("ia"), out.path().join("la"));
+    std::fs::rename(&images, &images_aside).unwrap();
+    std::fs::rename(&labels, &labels_aside).unwrap();
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    std::fs::copy(
+        images_aside.join("synth_0003.png"),
+        images.join("synth_0003.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        labels_aside.join("synth_0003.png"),
+        labels.join("synth_0003.png"),
+    )
+    .unwrap();
+    let err = run(&exp, &RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("another list of samples"), "{err}");
+    std::fs::remove_dir_all(&images).unwrap();
+    std::fs::remove_dir_all(&labels).unwrap();
+    std::fs::rename(&images_aside, &images).unwrap();
+    std::fs::rename(&labels_aside, &labels).unwrap();
     // Put the list back as it was: the checkpoint resumes to a finished record.
     for to in ["synth_0005", "synth_0006"] {
         std::fs::remove_file(images.join(format!("{to}.png"))).unwrap();

@@ -415,6 +415,19 @@ fn issue_7_f32_feature_cache_is_reused_by_later_runs_with_identical_results() {
     assert_eq!(half_read.memory.feature_cache_hits, 2);
     assert!(half_read.records.iter().all(|r| r.f16_prefix_images == 2));
     assert!(second.records.iter().all(|r| r.f16_prefix_images == 0));
+    // Read from the f16 cache, then spilled in f32 between upstream keys (budget 0): the exact
+    // round trip keeps the f16 rounding, and every configuration still counts both images.
+    let cache_spill = run_mem(&exp, "cache-spill", 0, Spill::F32, Spill::F16);
+    assert!(cache_spill.memory.prefix_spills > 0);
+    assert!(
+        cache_spill.records.iter().all(|r| r.f16_prefix_images == 2),
+        "{:?}",
+        cache_spill
+            .records
+            .iter()
+            .map(|r| r.f16_prefix_images)
+            .collect::<Vec<_>>()
+    );
 
     // Reuse across runs: a run that keeps prefixes exact does not take records computed on
     // f16 ones; it takes exact ones. Only "half-read" has f16 records; move the exact ones away.

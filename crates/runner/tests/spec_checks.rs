@@ -497,3 +497,17 @@ fn short_side_under_inference_points_to_the_dataset_section() {
     );
     assert!(!e.contains("stride"), "{e}");
 }
+
+/// The same key swept.
+#[test]
+fn a_swept_inference_short_side_points_to_the_dataset_section() {
+    let e = error(
+        &SPEC.replace(
+            "[sweep.grid]\n",
+            "[sweep.grid]\n\"inference.short_side\" = [224, 336]\n",
+        ),
+        &[],
+    );
+    assert!(e.contains("dataset.short_side"), "{e}");
+    assert!(!e.contains("did you mean `stride`"), "{e}");
+}

@@ -172,7 +172,7 @@ fn an_overlay_that_cannot_be_written_leaves_a_consistent_checkpoint() {
     let err = run(&exp, &o).unwrap_err().to_string();
     assert!(err.contains("synth_0002"), "{err}");
     assert!(
-        err.contains("hint") && err.contains("re-running the same command resumes"),
+        err.contains("cannot write") && err.contains("the same command continues from there"),
         "{err}"
     );
     assert!(
