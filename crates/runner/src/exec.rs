@@ -719,6 +719,14 @@ fn open_dataset_quiet(d: &DatasetSection, seed: u64, data_dir: &Path) -> Result<
         (Some(n), _) => Subset::First { n },
     };
     let mut ds = ds;
+    if d.name == "synthetic" {
+        if let Some(root) = &d.root {
+            ds.warnings.push(format!(
+                "[dataset] root = {:?} is ignored: the synthetic dataset is generated, not read",
+                root.display().to_string()
+            ));
+        }
+    }
     if let Some(n) = d.num_samples.filter(|&n| n > ds.len()) {
         ds.warnings.push(format!(
             "[dataset] num_samples = {n}, but dataset `{}` has {} samples: all of them are used",

@@ -461,6 +461,10 @@ fn figment_error(file: &str, err: figment::Error) -> RunnerError {
     let msg = match &err.kind {
         // figment's text repeats the known keys with garbled quoting; the hint lists them.
         Kind::UnknownField(name, _) => format!("unknown key `{name}`"),
+        // serde names the Rust type a section deserialises into; a user wrote a table.
+        Kind::InvalidType(actual, expected) if expected.starts_with("struct ") => {
+            format!("invalid type: found {actual}, expected a table of keys (`[{key}]`)")
+        }
         other => other.to_string(),
     };
     RunnerError::spec(&source, key, msg, hint)

@@ -511,3 +511,30 @@ fn a_swept_inference_short_side_points_to_the_dataset_section() {
     assert!(e.contains("dataset.short_side"), "{e}");
     assert!(!e.contains("did you mean `stride`"), "{e}");
 }
+
+/// A `[dataset] root` on the synthetic dataset was silently ignored.
+#[test]
+fn a_root_for_the_synthetic_dataset_is_a_warning() {
+    let text = SPEC.replace(
+        "name = \"synthetic\"",
+        "name = \"synthetic\"\nroot = \"data/nowhere\"",
+    );
+    let exp = expand(load_text(Path::new("checks.toml"), text, &[]).unwrap(), &[]).unwrap();
+    let c = &exp.configs[0];
+    let ds = segsweep_runner::open_dataset(&c.dataset, c.seed, Path::new("data")).unwrap();
+    assert!(
+        ds.warnings
+            .iter()
+            .any(|w| w.contains("data/nowhere") && w.contains("ignored")),
+        "{:?}",
+        ds.warnings
+    );
+}
+
+/// `--set inference=1` named the Rust type the section is read into.
+#[test]
+fn a_section_set_to_a_value_says_table_not_a_rust_type() {
+    let e = error(SPEC, &["inference=1"]);
+    assert!(e.contains("expected a table of keys"), "{e}");
+    assert!(!e.contains("Section"), "{e}");
+}
