@@ -1251,3 +1251,24 @@ fn a_sweep_started_with_hangups_ignored_ignores_them() {
         }
     }
 }
+
+/// ResCLIP replaces the last block's attention, so `inference.attention` does not apply to it:
+/// a grid over the built-in attentions with a `+resclip` variant gives that variant one row
+/// (as a switched-off entry's parameters do), not two identically computed ones under two names.
+#[test]
+fn the_built_in_attention_does_not_apply_under_an_attention_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "att.toml",
+        "[experiment]\nname = \"att\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\n[[pipeline]]\nplugin = \"resclip\"\n[sweep.grid]\n\"inference.attention\" = [\"sclip\", \"naclip\"]\n[[sweep.variants]]\nname = \"baseline\"\npipeline = []\n[[sweep.variants]]\nname = \"+resclip\"\n",
+    );
+    let stdout = ok(&run(&["validate", spec.to_str().unwrap()], tmp.path()));
+    assert!(stdout.contains("3 configuration(s)"), "{stdout}");
+    let resclip: Vec<&str> = stdout.lines().filter(|l| l.contains("+resclip")).collect();
+    assert_eq!(resclip.len(), 1, "{stdout}");
+    assert!(
+        resclip[0].contains("attention=resclip (plugin)"),
+        "{stdout}"
+    );
+}

@@ -159,7 +159,7 @@ fn spec_config(spec: &Path, selector: Option<&str>) -> Result<(toml::Table, Stri
             if exp.configs.len() > 12 { "; ..." } else { "" }
         ),
         many => bail!(
-            "--config {selector}: {} configurations of {} match (hint: give a number or a hash: {})",
+            "--config {selector}: {} configurations of {} match (hint: give a number, a hash or a whole label: {})",
             many.len(),
             spec.display(),
             many.iter()

@@ -100,6 +100,13 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
         .max(40);
     for (i, c) in exp.configs.iter().enumerate() {
         let pipe: Vec<String> = c.pipeline.iter().map(|s| s.id.clone()).collect();
+        // An attention-stage plugin replaces the built-in attention.
+        let attention = c
+            .pipeline
+            .iter()
+            .find(|s| s.plugin.stage == segsweep_core::Stage::Attention)
+            .map(|s| format!("{} (plugin)", s.id))
+            .unwrap_or_else(|| c.inference.attention.clone());
         println!(
             "  #{:<3} {}  {:<width$} pipeline: [{}]  {:?} attention={} logit_scale={} prob_thd={} device={} dtype={}",
             i + 1,
@@ -107,7 +114,7 @@ pub fn validate(args: ValidateArgs) -> Result<()> {
             c.label(),
             pipe.join(", "),
             c.inference.mode,
-            c.inference.attention,
+            attention,
             c.inference.logit_scale,
             c.inference.prob_thd,
             c.model.device,

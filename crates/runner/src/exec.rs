@@ -189,6 +189,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         let finished =
             path.exists() && !matches!(segsweep_report::load_record(&path), Ok(r) if r.images == 0);
         if finished {
+            relabel(&path, c)?;
             resumed += 1;
         } else {
             pending.push(c);
@@ -320,6 +321,26 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         ran,
         memory: tally.memory,
     })
+}
+
+/// A finished record keeps the numbers of its configuration hash, but takes this spec's names:
+/// after variants are renamed (names are not hashed), the same command resumes the run
+/// directory, and its tables, charts and `--baseline` must show the new names. A record that
+/// cannot be read is left for [`finalize`] to report by name.
+fn relabel(path: &Path, c: &Config) -> Result<()> {
+    let Ok(mut r) = segsweep_report::load_record(path) else {
+        return Ok(());
+    };
+    let swept = swept_values(c);
+    if r.variant == c.variant && r.swept == swept {
+        return Ok(());
+    }
+    r.variant = c.variant.clone();
+    r.swept = swept;
+    let json = serde_json::to_string_pretty(&r)
+        .map_err(|e| RunnerError::spec("record", "json", e.to_string(), None))?;
+    write_atomic(path, json.as_bytes())?;
+    Ok(())
 }
 
 /// Finished records of `pending` configurations in other run directories under the spec's
@@ -604,7 +625,10 @@ fn prepare_run_dir(exp: &Experiment, dir: &Path) -> Result<()> {
         )?;
     }
     let order: Vec<&str> = exp.configs.iter().map(|c| c.hash.as_str()).collect();
-    write_atomic(&dir.join("order.txt"), order.join("\n").as_bytes())?;
+    // One hash per line, each ended by a newline (`while read` and `wc -l` see them all).
+    let mut text = order.join("\n");
+    text.push('\n');
+    write_atomic(&dir.join("order.txt"), text.as_bytes())?;
     Ok(())
 }
 
@@ -1034,8 +1058,9 @@ fn run_group(
     } else {
         tracing::info!("{}", m.summary());
     }
-    let memory_json = serde_json::to_string_pretty(&tally.memory)
+    let mut memory_json = serde_json::to_string_pretty(&tally.memory)
         .map_err(|e| RunnerError::spec("memory.json", "json", e.to_string(), None))?;
+    memory_json.push('\n');
     write_atomic(&dir.join("memory.json"), memory_json.as_bytes())?;
     let ids = ds.ids();
     for job in &jobs {
@@ -1405,8 +1430,9 @@ fn trial(
         max_vis: 0,
     };
     tracing::info!(
-        "trial: {} configuration(s) on image {} before the run starts",
+        "trial: {} configuration(s) of the group of `{}` on image {} before the run starts",
         jobs.len(),
+        first.label(),
         sample.id
     );
     let mut stats = MemoryStats::new(&exp.memory);
@@ -1769,7 +1795,16 @@ fn tail(
 /// What a configuration's dense logits depend on beyond its group: the last block and every
 /// attention- and feature-stage plugin with its resolved parameters.
 fn upstream_key(c: &Config) -> String {
-    let mut key = c.inference.attention.clone();
+    // An attention-stage plugin replaces the built-in attention (not in the hash either).
+    let replaced = c
+        .pipeline
+        .iter()
+        .any(|s| s.plugin.stage == Stage::Attention);
+    let mut key = if replaced {
+        String::new()
+    } else {
+        c.inference.attention.clone()
+    };
     for s in c
         .pipeline
         .iter()

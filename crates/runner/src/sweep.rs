@@ -308,9 +308,14 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
                     let all_ids = pipeline_ids(&base);
                     let mut swept: Overrides = Vec::new();
                     let mut not_applicable = false;
+                    // Nor does the built-in attention apply where an attention-stage plugin
+                    // (resclip) replaces the last block's attention.
+                    let replaced = replaces_attention(&tree);
                     for (k, v) in g.iter().chain(z).chain(l) {
                         let head = k.split('.').next().unwrap_or("");
-                        if all_ids.iter().any(|i| i == head) && !live.iter().any(|i| i == head) {
+                        if (all_ids.iter().any(|i| i == head) && !live.iter().any(|i| i == head))
+                            || (replaced && k == "inference.attention")
+                        {
                             not_applicable = true;
                             continue;
                         }
@@ -545,6 +550,20 @@ fn apply(
     }
 }
 
+/// Whether `tree`'s pipeline has a registered plugin of stage `attention` (which replaces the
+/// last block's attention, so `inference.attention` does not apply).
+fn replaces_attention(tree: &toml::Table) -> bool {
+    let Ok(reg) = registry() else {
+        return false;
+    };
+    tree.get("pipeline")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("plugin").and_then(|p| p.as_str()))
+        .any(|name| reg.get(name).is_ok_and(|p| p.stage == Stage::Attention))
+}
+
 /// `head.rest` where `head` is neither a section nor a pipeline entry of `tree`: the error,
 /// suggesting the id of an entry whose plugin is called `head`, or the nearest section or id.
 fn unknown_head(
@@ -648,6 +667,11 @@ fn resolve(
             if let toml::Value::Float(x) = v {
                 *x = (*x as f32).to_string().parse().unwrap_or(*x);
             }
+        }
+        // An attention-stage plugin (resclip) replaces the last block's attention: the
+        // built-in `attention` then changes no number, so it is not part of the hash.
+        if pipeline.iter().any(|s| s.plugin.stage == Stage::Attention) {
+            t.remove("attention");
         }
     }
     doc.insert("inference".into(), inference_doc);

@@ -626,3 +626,42 @@ fn decoding_ahead_changes_nothing_but_speed() {
     assert!(hashes.windows(2).all(|h| h[0] == h[1]), "{hashes:?}");
     assert!(records.windows(2).all(|r| r[0] == r[1]));
 }
+
+/// Variant names are not hashed, so a renamed spec resumes the same run directory: its
+/// finished records take the new names (tables, charts and `--baseline` show them).
+#[test]
+fn renamed_variants_relabel_the_finished_records() {
+    let out = tempfile::tempdir().unwrap();
+    let text = |base: &str| {
+        format!(
+            "[experiment]\nname = \"ren\"\noutput_dir = \"{}\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\nsynthetic_images = 1\n[sweep]\nbaseline = \"{base}\"\n[[sweep.variants]]\nname = \"{base}\"\nset = {{ \"inference.prob_thd\" = 0.0 }}\n[[sweep.variants]]\nname = \"thd\"\nset = {{ \"inference.prob_thd\" = 0.5 }}\n",
+            out.path().display()
+        )
+    };
+    let opts = RunOptions {
+        run_id: Some("r".into()),
+        ..RunOptions::default()
+    };
+    let load = |t: String| expand(load_text(Path::new("ren.toml"), t, &[]).unwrap(), &[]).unwrap();
+    let first = run(&load(text("baseline")), &opts).unwrap();
+    assert_eq!(first.ran, 2);
+    let renamed = load(text("base"));
+    let again = run(&renamed, &opts).unwrap();
+    assert_eq!((again.ran, again.resumed), (0, 2));
+    let variants: Vec<&str> = again.records.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(variants, ["base", "thd"]);
+    let on_disk = segsweep_report::load_record(
+        &again
+            .run_dir
+            .join("counts")
+            .join(format!("{}.json", renamed.configs[0].hash)),
+    )
+    .unwrap();
+    assert_eq!(on_disk.variant, "base");
+    let summary = std::fs::read_to_string(again.run_dir.join("summary.csv")).unwrap();
+    assert!(
+        summary.contains(",base,") && !summary.contains("baseline"),
+        "{summary}"
+    );
+    assert!(again.run_dir.join("charts/delta.png").is_file());
+}
