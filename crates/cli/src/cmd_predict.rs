@@ -14,9 +14,10 @@ pub struct PredictArgs {
     /// --model wins over the spec].
     #[arg(long)]
     pub model: Option<String>,
-    /// Class-name file (SCLIP format: one class per line, synonyms split by ", ").
+    /// Class-name file (SCLIP format: one class per line, synonyms split by ", ") [with --spec,
+    /// default: the class list of the configuration's dataset].
     #[arg(long)]
-    pub classes: PathBuf,
+    pub classes: Option<PathBuf>,
     /// Images to segment. Outputs are named after the file stem, so two images may not share
     /// one (`a/x.jpg` and `b/x.png` is an error before any work).
     #[arg(required = true)]
@@ -363,12 +364,32 @@ fn check_inputs_decode(images: &[PathBuf], cfg: &Config, patch: usize) -> Result
     Ok(())
 }
 
+/// The class list a configuration's dataset section gives, as a sweep would prompt with it:
+/// `[dataset] classes`, a custom dataset's class file, the synthetic classes or a registered
+/// dataset's built-in list (no dataset files are needed).
+fn spec_classes(d: &segsweep_runner::DatasetSection) -> Result<segsweep_data::ClassNames> {
+    if let Some(path) = &d.classes {
+        return Ok(segsweep_data::ClassNames::from_file(path)?);
+    }
+    Ok(match (d.name.as_str(), &d.custom) {
+        ("synthetic", _) => segsweep_data::synthetic_classes(),
+        ("custom", Some(c)) => segsweep_data::ClassNames::from_file(c.root.join(&c.classes))?,
+        (name, _) => segsweep_data::dataset_spec(name)?.classes(),
+    })
+}
+
 pub fn run(args: PredictArgs) -> Result<()> {
     check_inputs_exist(&args.images)?;
     check_distinct_stems(&args.images)?;
     check_out_dir(&args.out)?;
     let cfg = config(&args)?;
-    let classes = segsweep_data::ClassNames::from_file(&args.classes)?;
+    let classes = match (&args.classes, &args.spec) {
+        (Some(path), _) => segsweep_data::ClassNames::from_file(path)?,
+        (None, Some(_)) => spec_classes(&cfg.dataset)?,
+        (None, None) => bail!(
+            "--classes is required without --spec\n  hint: give a class-name file (one class per line, synonyms split by \", \"; e.g. crates/data/classnames/voc21.txt), or --spec SPEC to take the class list of its dataset"
+        ),
+    };
     let model = segsweep_runner::load_clip(&cfg.model)?;
     let patch = segsweep_core::Backbone::info(&model).patch_size;
     check_inputs_decode(&args.images, &cfg, patch)?;

@@ -747,3 +747,52 @@ fn predict_out_naming_a_file_is_refused_before_any_work() {
         );
     }
 }
+
+/// `predict --spec` without `--classes` takes the class list of the configuration's dataset
+/// (here the synthetic one), as the sweep prompts with it; without `--spec` `--classes` is
+/// required, with a hint.
+#[test]
+fn predict_spec_takes_the_dataset_s_classes_when_none_are_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
+        .save(tmp.path().join("photo.png"))
+        .unwrap();
+    let names = segsweep_data::synthetic_classes().to_text();
+    std::fs::write(tmp.path().join("synth.txt"), names).unwrap();
+    let demo = common::repo("experiments/demo.toml");
+    let demo = demo.to_str().unwrap();
+    let probs = |out: &str| std::fs::read(tmp.path().join(out).join("photo.probs.npy")).unwrap();
+    ok(&run(
+        &["predict", "--spec", demo, "photo.png", "--out", "a"],
+        tmp.path(),
+    ));
+    ok(&run(
+        &[
+            "predict",
+            "--spec",
+            demo,
+            "--classes",
+            "synth.txt",
+            "photo.png",
+            "--out",
+            "b",
+        ],
+        tmp.path(),
+    ));
+    assert_eq!(probs("a"), probs("b"));
+    let err = fails(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "photo.png",
+            "--out",
+            "c",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("--classes is required without --spec") && err.contains("hint"),
+        "{err}"
+    );
+}

@@ -27,7 +27,7 @@ pub use exec::{
     swept_values, RunOptions, RunSummary,
 };
 pub use memory::{MemoryPlan, MemoryStats, Spill};
-pub use spec::{load, load_text, parse_set, LoadedSpec, RawSpec};
+pub use spec::{load, load_text, parse_set, DatasetSection, LoadedSpec, RawSpec};
 pub use sweep::{expand, Config, Experiment, Step, ATTENTIONS};
 
 /// Read, layer and expand a spec in one call (what `segsweep validate` does).
