@@ -28,7 +28,7 @@ pub enum CoreError {
     },
 
     /// No plugin is registered under this name.
-    #[error("unknown plugin `{name}`{}; registered plugins: {}", nearest_suffix(.nearest), .known.join(", "))]
+    #[error("unknown plugin `{name}`{}; registered plugins: {} (a plugin crate of your own registers only when crates/cli/src/main.rs names it: `use segsweep_plugin_NAME as _;`, see README \"Writing a plugin\")", nearest_suffix(.nearest), .known.join(", "))]
     UnknownPlugin {
         name: String,
         known: Vec<String>,
@@ -36,7 +36,7 @@ pub enum CoreError {
     },
 
     /// Two plugin crates registered the same name.
-    #[error("plugin name `{0}` is registered twice; plugin names must be unique")]
+    #[error("plugin name `{0}` is registered twice; plugin names must be unique (hint: two crates named in crates/cli/src/main.rs register `{0}` with `register_plugin!`: rename one `PluginSpec::name`; until then no command can read the plugin registry)")]
     DuplicatePlugin(String),
 
     /// A plugin was asked to run at a stage it does not implement.

@@ -65,6 +65,27 @@ impl ParamDefault {
     }
 }
 
+impl ParamSpec {
+    /// Whether the default passes the checks a spec's value gets (type and range): a plugin
+    /// whose default does not is refused when the registry is built, not at every use.
+    pub fn check_default(&self) -> std::result::Result<(), String> {
+        let v = match self.default {
+            ParamDefault::Float(x) => toml::Value::Float(x),
+            ParamDefault::Int(i) => toml::Value::Integer(i),
+            ParamDefault::Bool(b) => toml::Value::Boolean(b),
+            ParamDefault::Str(s) => toml::Value::String(s.to_string()),
+            ParamDefault::IntList(l) => {
+                toml::Value::Array(l.iter().map(|&i| toml::Value::Integer(i)).collect())
+            }
+            ParamDefault::FloatList(l) => {
+                toml::Value::Array(l.iter().map(|&x| toml::Value::Float(x)).collect())
+            }
+            ParamDefault::None => return Ok(()),
+        };
+        convert(self, &v).map(|_| ())
+    }
+}
+
 impl fmt::Display for ParamDefault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.value() {

@@ -137,6 +137,14 @@ impl Registry {
                     RESERVED_PARAM_NAMES.join(", ")
                 )));
             }
+            for p in spec.params {
+                p.check_default().map_err(|msg| {
+                    CoreError::Msg(format!(
+                        "plugin `{}`: the default of parameter `{}` ({}) does not fit its own type {}: {msg} (hint: fix the default in the plugin's ParamSpec list)",
+                        spec.name, p.name, p.default, p.ty
+                    ))
+                })?;
+            }
             if map.insert(spec.name, spec).is_some() {
                 return Err(CoreError::DuplicatePlugin(spec.name.to_string()));
             }
@@ -237,6 +245,43 @@ mod tests {
             .to_string();
         assert!(err.contains("good"), "{err}");
         assert_eq!(Registry::from_specs([&GOOD]).unwrap().names(), ["good"]);
+    }
+
+    const OUT_OF_RANGE: &[ParamSpec] = &[ParamSpec {
+        name: "layer",
+        ty: ParamType::Int { min: 1, max: 4 },
+        default: ParamDefault::Int(9),
+        doc: "",
+    }];
+    const WRONG_TYPE: &[ParamSpec] = &[ParamSpec {
+        name: "layer",
+        ty: ParamType::Int { min: 1, max: 12 },
+        default: ParamDefault::Float(8.0),
+        doc: "",
+    }];
+    static RANGE: PluginSpec = PluginSpec {
+        name: "range",
+        params: OUT_OF_RANGE,
+        ..BAD
+    };
+    static TYPE: PluginSpec = PluginSpec {
+        name: "type",
+        params: WRONG_TYPE,
+        ..BAD
+    };
+
+    /// A default outside its range or of another type was shown as is, and failed every spec
+    /// that used the plugin with a misleading "a plugin read a key its schema does not declare".
+    #[test]
+    fn a_default_that_does_not_fit_its_type_is_refused() {
+        for spec in [&RANGE, &TYPE] {
+            let err = Registry::from_specs([spec]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("plugin `{}`", spec.name))
+                    && err.contains("default of parameter `layer`"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -746,9 +746,26 @@ fn chunk_logits(
         text: &classifier.text,
     };
     for r in &plan.features {
+        let (b, e) = (fm.feats.dim(0)?, fm.feats.dim(1)?);
         fm = r.features(fm, &fctx)?;
+        check_plugin_features(r.name(), &fm.feats, b, e)?;
     }
     feature_logits(fm, classifier)
+}
+
+/// What a feature-stage plugin returns must still be `(B, E, h, w)` floats with the `B` crops
+/// and `E` channels it was given (the cosine with the text embeddings needs them; `h, w` may
+/// change, as LoftUp's upsampling does): otherwise an error naming the plugin, not a quiet cast
+/// or a shape error blamed on the text classifier.
+fn check_plugin_features(name: &str, feats: &Tensor, b: usize, e: usize) -> Result<()> {
+    let dims = feats.dims();
+    if dims.len() != 4 || dims[0] != b || dims[1] != e || !feats.dtype().is_float() {
+        return Err(InferError::Pipeline(format!(
+            "plugin `{name}` (stage features) returned a {:?} tensor of shape {dims:?}; expected floats (B, E, h, w) with B = {b} crops and E = {e} channels, as it was given",
+            feats.dtype()
+        )));
+    }
+    Ok(())
 }
 
 /// [`chunk_logits`] without plugins: the built-in attention on the last block's input
@@ -1374,17 +1391,18 @@ fn labels_impl(
         background,
     };
     for r in &plan.labels {
-        labels = r
-            .labels(labels, &lctx)?
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::U32)?;
-        if labels.dims() != [h, w] {
-            return Err(InferError::Shape {
-                what: "labels from a label-stage plugin",
-                expected: format!("({h}, {w})"),
-                got: labels.dims().to_vec(),
-            });
+        let out = r.labels(labels, &lctx)?;
+        // Class ids: an integer tensor of the image's size. A float one would be cast to ids
+        // without a word.
+        if out.dtype().is_float() || out.dims() != [h, w] {
+            return Err(InferError::Pipeline(format!(
+                "plugin `{}` (stage labels) returned a {:?} tensor of shape {:?}; expected integer class ids (u32) of shape ({h}, {w}), as it was given",
+                r.name(),
+                out.dtype(),
+                out.dims()
+            )));
         }
+        labels = out.to_device(&Device::Cpu)?.to_dtype(DType::U32)?;
     }
     Ok(Segmentation {
         probs: probs.probs.clone(),

@@ -636,3 +636,63 @@ fn issue_7_staged_image_filled_from_prefix_tensors_equals_prepare() {
     let err = segsweep_infer::prepare_staged(&bb, vec![other], &c).unwrap_err();
     assert!(err.to_string().contains("prepare_staged"), "{err}");
 }
+
+/// A feature plugin that returns other than floats `(B, E, h, w)` with its input's `B` and `E`.
+struct BadFeatures(&'static str);
+impl Refiner for BadFeatures {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn features(&self, f: FeatureMap, _ctx: &FeatureCtx<'_>) -> segsweep_core::Result<FeatureMap> {
+        let feats = match self.0 {
+            "bytes" => f.feats.to_dtype(candle_core::DType::U8)?,
+            _ => f.feats.narrow(1, 1, f.feats.dim(1)? - 1)?,
+        };
+        Ok(FeatureMap {
+            feats,
+            normalised: false,
+        })
+    }
+}
+
+/// A label plugin that returns floats.
+struct FloatLabels;
+impl Refiner for FloatLabels {
+    fn name(&self) -> &str {
+        "float-labels"
+    }
+    fn labels(&self, l: Tensor, _ctx: &LabelCtx<'_>) -> segsweep_core::Result<Tensor> {
+        Ok(l.to_dtype(candle_core::DType::F32)?)
+    }
+}
+
+/// What a plugin returns is checked where it comes back: a feature plugin's bytes or missing
+/// channels, a label plugin's floats are errors naming the plugin (they were cast quietly, or
+/// blamed on the text classifier).
+#[test]
+fn a_plugin_returning_the_wrong_kind_of_tensor_is_named() {
+    let bb = FakeBackbone::new(1).unwrap();
+    let cls = classifier(&bb);
+    let img = image(40, 57, 0);
+    let c = cfg(48, 4);
+    let (bytes, narrow, floats) = (BadFeatures("bytes"), BadFeatures("narrow"), FloatLabels);
+    let cases: [(Stage, &dyn Refiner, &str); 3] = [
+        (
+            Stage::Features,
+            &bytes,
+            "plugin `bytes` (stage features) returned a U8",
+        ),
+        (Stage::Features, &narrow, "plugin `narrow` (stage features)"),
+        (
+            Stage::Labels,
+            &floats,
+            "plugin `float-labels` (stage labels) returned a F32",
+        ),
+    ];
+    for (stage, r, want) in cases {
+        let err = segment(&bb, &img, &cls, &c, &[(stage, r)], Some(0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}

@@ -42,6 +42,9 @@ pub enum RunnerError {
     },
     #[error("interrupted: every finished image is saved (checkpoints in counts/); re-run the same command to resume")]
     Interrupted,
+    /// Code run by the sweep (a plugin's, most likely) panicked; the checkpoints were written.
+    #[error("a panic during the run: {msg} (hint: its location is printed above; in a plugin of your own, return an error instead; what was finished before it is kept, so re-running the same command after the fix resumes)")]
+    Panicked { msg: String },
     /// An interrupt before this call's run directory was set up (during the checks, model load
     /// or trials): nothing of this call was computed, and earlier calls' files are untouched.
     #[error("interrupted before the first image: this call computed nothing (the files of earlier calls, if any, are untouched)")]

@@ -235,7 +235,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         }
         // The trial's own checks (while its prefix was computed) stop it as an interrupt too:
         // still before the run directory exists.
-        trial(exp, opts, group, input).map_err(|e| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trial(exp, opts, group, input)
+        }))
+        .unwrap_or_else(|panic| Err(panicked(panic)))
+        .map_err(|e| {
             if e.is_interrupt() {
                 RunnerError::InterruptedBeforeStart
             } else {
@@ -321,6 +325,16 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         ran,
         memory: tally.memory,
     })
+}
+
+/// A caught panic's payload as an error (the panic hook has printed its location).
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> RunnerError {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    RunnerError::Panicked { msg }
 }
 
 /// A finished record keeps the numbers of its configuration hash, but takes this spec's names:
@@ -1043,7 +1057,9 @@ fn run_group(
     // Ctrl-C, stop_after_images, an error, a panic (a plugin's, say: each job's counts and
     // `next_image` change together, after its plugins ran, so what is written is consistent).
     let flushed = write_checkpoints(dir, &mut jobs);
-    let ran = ran.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    // A panic (a plugin's, most likely) becomes an error after the checkpoints are written, so
+    // the command ends with a line saying what is kept, as after any other error.
+    let ran = ran.unwrap_or_else(|panic| Err(panicked(panic)));
     ran?;
     flushed?;
     bar.finish_and_clear();
@@ -2066,7 +2082,7 @@ pub fn finalize(exp: &Experiment, dir: &Path, warn: bool) -> Result<Vec<Record>>
     let segsweep_report::RunRecords { records, others } = segsweep_report::load_run(dir)?;
     if warn && !others.is_empty() {
         tracing::warn!(
-            "{} record(s) in {} belong to no configuration of this spec (an earlier spec run with this run id: {}); they stay in counts/ but are left out of the tables and charts",
+            "{} record(s) in {} belong to no configuration of this spec (another spec run with this run id, or configurations whose hash has changed since, e.g. after a plugin's `version` was bumped: {}); they stay in counts/ but are left out of the tables and charts",
             others.len(),
             dir.display(),
             others.join(", ")

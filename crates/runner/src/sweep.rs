@@ -105,9 +105,11 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
             Some("name a directory (results go to <output_dir>/<name>/<run-id>/), or leave it out for `results`".into()),
         ));
     }
-    // The pipeline as written, before any sweep refers to it: a misspelled plugin name gets
-    // its did-you-mean here rather than a "not a pipeline entry" from a sweep key.
-    resolve_pipeline(&raw.pipeline, &file, &[])?;
+    // The plugin names as written, before any sweep refers to them: a misspelled one gets its
+    // did-you-mean here rather than a "not a pipeline entry" from a sweep key. Parameters are
+    // checked per configuration, after `--set` and the sweep have applied theirs (a bad value
+    // in the file that `--set` replaces is no error).
+    check_pipeline_structure(&raw.pipeline, &file)?;
     let mut base = spec.tree.clone();
     base.remove("sweep");
     // --set on pipeline entries (section sets were layered by figment already).
@@ -917,13 +919,30 @@ fn resolve_inference(raw: &RawSpec, file: &str) -> Result<InferConfig> {
     Ok(cfg)
 }
 
+/// The pipeline's plugins are registered and its ids addressable and distinct (what sweep keys
+/// and `--set` need); parameters are left to [`resolve_pipeline`] per configuration.
+fn check_pipeline_structure(entries: &[toml::Table], file: &str) -> Result<()> {
+    pipeline_steps(entries, file, &[], false).map(|_| ())
+}
+
 fn resolve_pipeline(
     entries: &[toml::Table],
     file: &str,
     origins: &[(String, String)],
 ) -> Result<Vec<Step>> {
+    pipeline_steps(entries, file, origins, true)
+}
+
+/// [`resolve_pipeline`], or with `params` false only its structural checks (no steps).
+fn pipeline_steps(
+    entries: &[toml::Table],
+    file: &str,
+    origins: &[(String, String)],
+    params: bool,
+) -> Result<Vec<Step>> {
     let reg = registry()?;
     let mut steps: Vec<Step> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let key = format!("pipeline[{i}]");
         let name = entry
@@ -966,13 +985,17 @@ fn resolve_pipeline(
                 )),
             ));
         }
-        if steps.iter().any(|s| s.id == id) {
+        if ids.contains(&id) {
             return Err(RunnerError::spec(
                 file,
                 format!("{key}.id"),
                 format!("pipeline id `{id}` is used twice"),
                 Some("give a repeated plugin a distinct `id = \"...\"`".into()),
             ));
+        }
+        ids.push(id.clone());
+        if !params {
+            continue;
         }
         let params_raw: BTreeMap<String, toml::Value> = entry
             .iter()

@@ -538,3 +538,16 @@ fn a_section_set_to_a_value_says_table_not_a_rust_type() {
     assert!(e.contains("expected a table of keys"), "{e}");
     assert!(!e.contains("Section"), "{e}");
 }
+
+/// `--set` wins over the spec file (README: spec file < `--set`), also for a plugin parameter
+/// whose value in the file is bad: the file's value is never used, so it is no error.
+#[test]
+fn set_replaces_a_bad_plugin_value_of_the_file() {
+    let text = "[experiment]\nname = \"fix\"\n[model]\nsource = \"builtin:tiny-random\"\n[[pipeline]]\nplugin = \"cliptrase\"\nrecalibration_strength = \"strong\"\n";
+    let e = error(text, &[]);
+    assert!(e.contains("recalibration_strength"), "{e}");
+    let sets = [parse_set("cliptrase.recalibration_strength=0.5").unwrap()];
+    let spec = load_text(Path::new("fix.toml"), text.into(), &sets).unwrap();
+    let exp = expand(spec, &sets).unwrap();
+    assert_eq!(exp.configs.len(), 1);
+}

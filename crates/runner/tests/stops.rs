@@ -142,8 +142,12 @@ fn a_panicking_plugin_loses_only_the_image_in_flight() {
         let o = opts("run", pipeline, Arc::default());
         CALLS.with(|c| c.set(0));
         AT.with(|a| *a.borrow_mut() = Some((5, Action::Panic)));
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&exp, &o)));
-        assert!(panicked.is_err(), "pipeline {pipeline}: no panic");
+        // The panic becomes an error, after the checkpoints are written.
+        let err = run(&exp, &o).unwrap_err();
+        assert!(
+            matches!(&err, RunnerError::Panicked { msg } if msg.contains("test-stop: panic at call 5")),
+            "pipeline {pipeline}: {err}"
+        );
         assert_eq!(
             checkpointed(&exp, &run_dir(&exp, &o)),
             3,
@@ -239,5 +243,23 @@ fn stopping_after_zero_images_computes_and_writes_nothing() {
     };
     let err = run(&exp, &o).unwrap_err();
     assert!(matches!(err, RunnerError::InterruptedBeforeStart), "{err}");
+    assert!(!run_dir(&exp, &o).exists());
+}
+
+/// A plugin that panics in the trial (its first call) ends the run with an error naming the
+/// panic, before the run directory exists.
+#[test]
+fn a_plugin_panicking_in_the_trial_is_an_error_before_any_work() {
+    let out = tempfile::tempdir().unwrap();
+    let exp = spec(out.path(), true, false);
+    let o = opts("run", false, Arc::default());
+    CALLS.with(|c| c.set(0));
+    AT.with(|a| *a.borrow_mut() = Some((1, Action::Panic)));
+    let err = run(&exp, &o).unwrap_err();
+    AT.with(|a| *a.borrow_mut() = None);
+    assert!(
+        matches!(&err, RunnerError::Panicked { msg } if msg.contains("panic at call 1")),
+        "{err}"
+    );
     assert!(!run_dir(&exp, &o).exists());
 }
