@@ -404,6 +404,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
         .iter()
         .map(|s| (s.plugin.build)(&s.params))
         .collect::<segsweep_core::Result<_>>()?;
+    // The checks a sweep makes once the model is loaded, before any image.
+    let label = args
+        .spec
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(predict flags)".into());
+    segsweep_runner::check_refiners(
+        &cfg,
+        &refiners,
+        segsweep_core::Backbone::info(&model).layers,
+        &label,
+    )?;
     let steps: Vec<(Stage, &dyn Refiner)> = cfg
         .pipeline
         .iter()

@@ -796,3 +796,38 @@ fn predict_spec_takes_the_dataset_s_classes_when_none_are_given() {
         "{err}"
     );
 }
+
+/// `predict` makes the checks a sweep makes once the model is loaded: a layer beyond the model
+/// is an error naming the plugin's pipeline entry, before any output.
+#[test]
+fn predict_names_a_plugin_that_needs_a_layer_beyond_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
+        .save(tmp.path().join("photo.png"))
+        .unwrap();
+    std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
+    let err = fails(&run(
+        &[
+            "predict",
+            "--model",
+            "builtin:tiny-random",
+            "--classes",
+            "c.txt",
+            "--pipeline",
+            "cliptrase",
+            "--set",
+            "cliptrase.variant=paper",
+            "--set",
+            "cliptrase.correlation_layer=64",
+            "photo.png",
+            "--out",
+            "o",
+        ],
+        tmp.path(),
+    ));
+    assert!(
+        err.contains("pipeline entry `cliptrase`") && err.contains("layer 64"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("o/photo.pred.png").exists());
+}

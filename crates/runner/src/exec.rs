@@ -892,41 +892,8 @@ fn preflight(
         })
         .collect::<segsweep_core::Result<Vec<_>>>()?;
     let model = load_model(&first.model, models)?;
-    // What plugins asked the prefix to record must exist in this model (a layer number is a
-    // plugin parameter; its range depends on the model, so it is checked here).
-    let layers = model.info().layers;
     for (c, refs) in group.iter().zip(&refiners) {
-        for (step, r) in c.pipeline.iter().zip(refs) {
-            if r.name() != step.plugin.name {
-                return Err(RunnerError::spec(
-                    &exp.spec.file(),
-                    format!("pipeline entry `{}`", step.id),
-                    format!(
-                        "plugin `{}` builds a refiner whose name() is `{}`",
-                        step.plugin.name,
-                        r.name()
-                    ),
-                    Some("in the plugin's code, Refiner::name must return the name it registers (errors and logs use it)".into()),
-                ));
-            }
-            let needs = r.needs();
-            if let Some(n) = needs
-                .attn_probs
-                .iter()
-                .chain(&needs.qkv)
-                .find(|&&n| n == 0 || n > layers)
-            {
-                return Err(RunnerError::spec(
-                    &exp.spec.file(),
-                    format!("pipeline entry `{}`", step.id),
-                    format!(
-                        "plugin `{}` needs layer {n} of the backbone, which has layers 1..={layers}",
-                        step.plugin.name
-                    ),
-                    Some(format!("`segsweep plugins {}` shows the parameter that picks the layer", step.plugin.name)),
-                ));
-            }
-        }
+        check_refiners(c, refs, model.info().layers, &exp.spec.file())?;
     }
     Ok(GroupInputs {
         ds,
@@ -934,6 +901,53 @@ fn preflight(
         refiners,
         model,
     })
+}
+
+/// The refiners built for configuration `c` against a model with `layers` blocks: each
+/// returns the name it registers, and every layer it asks the prefix to record exists (a layer
+/// number is a plugin parameter whose range depends on the model, so it is checked once the
+/// model is loaded). Errors name the pipeline entry; `file` is the spec (or a label for it).
+pub fn check_refiners(
+    c: &Config,
+    refiners: &[Box<dyn Refiner>],
+    layers: usize,
+    file: &str,
+) -> Result<()> {
+    for (step, r) in c.pipeline.iter().zip(refiners) {
+        if r.name() != step.plugin.name {
+            return Err(RunnerError::spec(
+                file,
+                format!("pipeline entry `{}`", step.id),
+                format!(
+                    "plugin `{}` builds a refiner whose name() is `{}`",
+                    step.plugin.name,
+                    r.name()
+                ),
+                Some("in the plugin's code, Refiner::name must return the name it registers (errors and logs use it)".into()),
+            ));
+        }
+        let needs = r.needs();
+        if let Some(n) = needs
+            .attn_probs
+            .iter()
+            .chain(&needs.qkv)
+            .find(|&&n| n == 0 || n > layers)
+        {
+            return Err(RunnerError::spec(
+                file,
+                format!("pipeline entry `{}`", step.id),
+                format!(
+                    "plugin `{}` needs layer {n} of the backbone, which has layers 1..={layers}",
+                    step.plugin.name
+                ),
+                Some(format!(
+                    "`segsweep plugins {}` shows the parameter that picks the layer",
+                    step.plugin.name
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run_group(

@@ -23,8 +23,8 @@ pub mod sweep;
 
 pub use error::{Result, RunnerError};
 pub use exec::{
-    counts_of, default_run_id, finalize, load_clip, metrics_of, open_dataset, run, run_dir,
-    swept_values, RunOptions, RunSummary,
+    check_refiners, counts_of, default_run_id, finalize, load_clip, metrics_of, open_dataset, run,
+    run_dir, swept_values, RunOptions, RunSummary,
 };
 pub use memory::{MemoryPlan, MemoryStats, Spill};
 pub use spec::{load, load_text, parse_set, DatasetSection, LoadedSpec, RawSpec};
