@@ -284,9 +284,7 @@ fn quality_c21_predict_explicit_model_wins_over_the_spec() {
 #[test]
 fn predict_spec_runs_the_configuration_validate_lists() {
     let tmp = tempfile::tempdir().unwrap();
-    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
-        .save(tmp.path().join("photo.png"))
-        .unwrap();
+    photo(tmp.path());
     std::fs::write(tmp.path().join("c.txt"), "background\nperson\ncar\n").unwrap();
     let demo = common::repo("experiments/demo.toml");
     let demo = demo.to_str().unwrap();
@@ -754,9 +752,7 @@ fn predict_out_naming_a_file_is_refused_before_any_work() {
 #[test]
 fn predict_spec_takes_the_dataset_s_classes_when_none_are_given() {
     let tmp = tempfile::tempdir().unwrap();
-    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
-        .save(tmp.path().join("photo.png"))
-        .unwrap();
+    photo(tmp.path());
     let names = segsweep_data::synthetic_classes().to_text();
     std::fs::write(tmp.path().join("synth.txt"), names).unwrap();
     let demo = common::repo("experiments/demo.toml");
@@ -802,9 +798,7 @@ fn predict_spec_takes_the_dataset_s_classes_when_none_are_given() {
 #[test]
 fn predict_names_a_plugin_that_needs_a_layer_beyond_the_model() {
     let tmp = tempfile::tempdir().unwrap();
-    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
-        .save(tmp.path().join("photo.png"))
-        .unwrap();
+    photo(tmp.path());
     std::fs::write(tmp.path().join("c.txt"), "background\nperson\n").unwrap();
     let err = fails(&run(
         &[
@@ -830,4 +824,11 @@ fn predict_names_a_plugin_that_needs_a_layer_beyond_the_model() {
         "{err}"
     );
     assert!(!tmp.path().join("o/photo.pred.png").exists());
+}
+
+/// A 32×48 (h×w) test photo, `dir/photo.png`.
+fn photo(dir: &Path) {
+    image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 90]))
+        .save(dir.join("photo.png"))
+        .unwrap();
 }
