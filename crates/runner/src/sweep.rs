@@ -1018,12 +1018,26 @@ fn pipeline_steps(
                     ..
                 } => {
                     let full = format!("{id}.{param}");
+                    // A rule over several parameters (a plugin's `check`) may fail on another
+                    // overridden value of this entry: name those too.
+                    let prefix = format!("{id}.");
+                    let mut others: Vec<&str> = origins
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(&prefix) && *k != full)
+                        .map(|(_, o)| o.as_str())
+                        .collect();
+                    others.dedup();
+                    let with = if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; with {}", others.join(", "))
+                    };
                     let origin = origins
                         .iter()
                         .rev()
                         .find(|(k, _)| *k == full)
-                        .map(|(_, o)| format!("{o} (pipeline entry `{id}`)"))
-                        .unwrap_or_else(|| format!("{key} ({id})"));
+                        .map(|(_, o)| format!("{o} (pipeline entry `{id}`{with})"))
+                        .unwrap_or_else(|| format!("{key} ({id}{with})"));
                     RunnerError::spec(
                         file,
                         origin,

@@ -551,3 +551,14 @@ fn set_replaces_a_bad_plugin_value_of_the_file() {
     let exp = expand(spec, &sets).unwrap();
     assert_eq!(exp.configs.len(), 1);
 }
+
+/// A plugin rule over two parameters that fails on a combination of swept values names both.
+#[test]
+fn a_rule_over_two_swept_parameters_names_both_values() {
+    let text = "[experiment]\nname = \"two\"\n[model]\nsource = \"builtin:tiny-random\"\n[[pipeline]]\nplugin = \"pamr\"\n[sweep.grid]\n\"pamr.guide\" = [\"resized\", \"original\"]\n\"pamr.guide_short_side\" = [224]\n";
+    let e = error(text, &[]);
+    assert!(
+        e.contains("guide_short_side") && e.contains("with sweep `pamr.guide` = \"original\""),
+        "{e}"
+    );
+}
