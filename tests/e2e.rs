@@ -1272,3 +1272,20 @@ fn the_built_in_attention_does_not_apply_under_an_attention_plugin() {
         "{stdout}"
     );
 }
+
+/// A mistyped attention is an error even where every configuration has resclip (the value is
+/// then never applied, so nothing else would check it).
+#[test]
+fn a_mistyped_attention_under_resclip_is_still_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "att.toml",
+        "[experiment]\nname = \"att\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"synthetic\"\n[[pipeline]]\nplugin = \"resclip\"\n[sweep.grid]\n\"inference.attention\" = [\"sclip\", \"nacilp\"]\n",
+    );
+    let err = fails(&run(&["validate", spec.to_str().unwrap()], tmp.path()));
+    assert!(
+        err.contains("nacilp") && err.contains("not a built-in attention"),
+        "{err}"
+    );
+}

@@ -364,18 +364,40 @@ fn check_inputs_decode(images: &[PathBuf], cfg: &Config, patch: usize) -> Result
     Ok(())
 }
 
-/// The class list a configuration's dataset section gives, as a sweep would prompt with it:
-/// `[dataset] classes`, a custom dataset's class file, the synthetic classes or a registered
-/// dataset's built-in list (no dataset files are needed).
-fn spec_classes(d: &segsweep_runner::DatasetSection) -> Result<segsweep_data::ClassNames> {
+/// The class list a configuration's dataset section gives, as a sweep would prompt with it
+/// (`[dataset] classes`, a custom dataset's class file, the synthetic classes or a registered
+/// dataset's built-in list; no dataset files are needed), and the dataset's background class,
+/// as the sweep thresholds with it.
+fn spec_classes(
+    d: &segsweep_runner::DatasetSection,
+) -> Result<(segsweep_data::ClassNames, Option<usize>)> {
+    let (mut classes, background) = match (d.name.as_str(), &d.custom) {
+        ("synthetic", _) => (
+            segsweep_data::synthetic_classes(),
+            segsweep_data::synthetic_info().background_class,
+        ),
+        ("custom", Some(c)) => {
+            let classes = segsweep_data::ClassNames::from_file(c.root.join(&c.classes))?;
+            let background = match &c.background_class {
+                Some(name) => Some(classes.find(name).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "[dataset.custom] background_class: class `{name}` is not in {}\n  hint: name a class by any of its names on its line of the file, or leave the key out",
+                        c.root.join(&c.classes).display()
+                    )
+                })?),
+                None => None,
+            };
+            (classes, background)
+        }
+        (name, _) => {
+            let spec = segsweep_data::dataset_spec(name)?;
+            (spec.classes(), spec.background_class)
+        }
+    };
     if let Some(path) = &d.classes {
-        return Ok(segsweep_data::ClassNames::from_file(path)?);
+        classes = segsweep_data::ClassNames::from_file(path)?;
     }
-    Ok(match (d.name.as_str(), &d.custom) {
-        ("synthetic", _) => segsweep_data::synthetic_classes(),
-        ("custom", Some(c)) => segsweep_data::ClassNames::from_file(c.root.join(&c.classes))?,
-        (name, _) => segsweep_data::dataset_spec(name)?.classes(),
-    })
+    Ok((classes, background))
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -383,8 +405,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
     check_distinct_stems(&args.images)?;
     check_out_dir(&args.out)?;
     let cfg = config(&args)?;
-    let classes = match (&args.classes, &args.spec) {
-        (Some(path), _) => segsweep_data::ClassNames::from_file(path)?,
+    // The background class: 0 for a class file given here (the convention of SCLIP's files),
+    // the dataset's own for the class list a spec's dataset gives, as its sweep uses it.
+    let (classes, dataset_background) = match (&args.classes, &args.spec) {
+        (Some(path), _) => (segsweep_data::ClassNames::from_file(path)?, Some(0)),
         (None, Some(_)) => spec_classes(&cfg.dataset)?,
         (None, None) => bail!(
             "--classes is required without --spec\n  hint: give a class-name file (one class per line, synonyms split by \", \"; e.g. crates/data/classnames/voc21.txt), or --spec SPEC to take the class list of its dataset"
@@ -422,7 +446,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         .zip(&refiners)
         .map(|(s, r)| (s.plugin.stage, r.as_ref()))
         .collect();
-    let background = (!args.no_background).then_some(0);
+    let background = dataset_background.filter(|_| !args.no_background);
     std::fs::create_dir_all(&args.out).with_context(|| {
         format!(
             "--out {}: cannot create the output directory\n  hint: {OUT_HINT}",

@@ -832,3 +832,31 @@ fn photo(dir: &Path) {
         .save(dir.join("photo.png"))
         .unwrap();
 }
+
+/// With the class list of a spec's dataset, `predict` also takes its background class, as the
+/// sweep does: VOC20 has none, so `area_thd` counts class 0 (aeroplane) as foreground; the same
+/// as its class file with `--no-background`, not as that file with class 0 as background.
+#[test]
+fn predict_spec_takes_the_dataset_s_background_class_with_its_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    photo(tmp.path());
+    std::fs::write(
+        tmp.path().join("voc20.toml"),
+        "[experiment]\nname = \"v\"\n[model]\nsource = \"builtin:tiny-random\"\n[dataset]\nname = \"voc20\"\nshort_side = 224\n[inference]\nprob_thd = 0.0\narea_thd = 0.05\n",
+    )
+    .unwrap();
+    let voc20 = common::repo("crates/data/classnames/voc20.txt");
+    let pred = |out: &str, extra: &[&str]| -> Vec<u8> {
+        let mut args = vec!["predict", "--spec", "voc20.toml", "photo.png", "--out", out];
+        args.extend(extra);
+        ok(&run(&args, tmp.path()));
+        std::fs::read(tmp.path().join(out).join("photo.pred.png")).unwrap()
+    };
+    let from_spec = pred("a", &[]);
+    let file = voc20.to_str().unwrap();
+    assert_eq!(
+        from_spec,
+        pred("b", &["--classes", file, "--no-background"])
+    );
+    assert_ne!(from_spec, pred("c", &["--classes", file]));
+}

@@ -182,6 +182,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
     }
     let dir = run_dir(exp, opts);
     let mut pending: Vec<&Config> = Vec::new();
+    let mut finished_configs: Vec<&Config> = Vec::new();
     let mut resumed = 0;
     for c in &exp.configs {
         // A record that scored no image (written by an older segsweep) is no result.
@@ -189,7 +190,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         let finished =
             path.exists() && !matches!(segsweep_report::load_record(&path), Ok(r) if r.images == 0);
         if finished {
-            relabel(&path, c)?;
+            finished_configs.push(c);
             resumed += 1;
         } else {
             pending.push(c);
@@ -252,6 +253,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunSummary> {
         return Err(RunnerError::InterruptedBeforeStart);
     }
     prepare_run_dir(exp, &dir)?;
+    // Only now, with this spec's spec.toml and order.txt written: finished records take its
+    // names (an interrupt or error before this point leaves the directory as it was).
+    for c in &finished_configs {
+        relabel(&record_path(&dir, &c.hash), c)?;
+    }
     let mut reused_from: Vec<PathBuf> = Vec::new();
     for (hash, record, src) in &reusable {
         let json = serde_json::to_string_pretty(record)

@@ -315,9 +315,21 @@ pub fn expand(spec: LoadedSpec, sets: &[(String, toml::Value)]) -> Result<Experi
                     let replaced = replaces_attention(&tree);
                     for (k, v) in g.iter().chain(z).chain(l) {
                         let head = k.split('.').next().unwrap_or("");
-                        if (all_ids.iter().any(|i| i == head) && !live.iter().any(|i| i == head))
-                            || (replaced && k == "inference.attention")
-                        {
+                        if replaced && k == "inference.attention" {
+                            // Not applied here, but a mistyped value is still an error (where
+                            // every configuration has the plugin, it is never applied at all).
+                            if !v.as_str().is_some_and(|a| ATTENTIONS.contains(&a)) {
+                                return Err(RunnerError::spec(
+                                    &file,
+                                    format!("sweep `{k}`"),
+                                    format!("`{v}` is not a built-in attention"),
+                                    Some(format!("one of: {}", ATTENTIONS.join(", "))),
+                                ));
+                            }
+                            not_applicable = true;
+                            continue;
+                        }
+                        if all_ids.iter().any(|i| i == head) && !live.iter().any(|i| i == head) {
                             not_applicable = true;
                             continue;
                         }
@@ -997,6 +1009,9 @@ fn pipeline_steps(
         if !params {
             continue;
         }
+        // Per configuration the entries are those its variant keeps, so an index would not be
+        // the file's: name the entry by its id (checked above to be unique in the file).
+        let key = format!("pipeline entry `{id}`");
         let params_raw: BTreeMap<String, toml::Value> = entry
             .iter()
             .filter(|(k, _)| *k != "plugin" && *k != "id")
@@ -1036,8 +1051,14 @@ fn pipeline_steps(
                         .iter()
                         .rev()
                         .find(|(k, _)| *k == full)
-                        .map(|(_, o)| format!("{o} (pipeline entry `{id}`{with})"))
-                        .unwrap_or_else(|| format!("{key} ({id}{with})"));
+                        .map(|(_, o)| format!("{o} ({key}{with})"))
+                        .unwrap_or_else(|| {
+                            if with.is_empty() {
+                                key.clone()
+                            } else {
+                                format!("{key} ({})", with.trim_start_matches("; "))
+                            }
+                        });
                     RunnerError::spec(
                         file,
                         origin,
@@ -1045,7 +1066,7 @@ fn pipeline_steps(
                         hint,
                     )
                 }
-                other => RunnerError::spec(file, format!("{key} ({id})"), other.to_string(), None),
+                other => RunnerError::spec(file, key.clone(), other.to_string(), None),
             })?;
         if let Some(prev) = steps.last() {
             if plugin.stage < prev.plugin.stage {
