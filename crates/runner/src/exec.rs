@@ -1322,7 +1322,12 @@ fn run_chunks(
         let prefix = &ctx.prefix;
         scope.spawn(move || {
             for chunk in requests {
-                let p = prepare_chunk(prefix, plan, &chunk, true);
+                // A panic here reaches the runner's thread as an error with its message (the
+                // scope would otherwise re-raise it as "a scoped thread panicked").
+                let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    prepare_chunk(prefix, plan, &chunk, true)
+                }))
+                .unwrap_or_else(|panic| Err(panicked(panic)));
                 if to_main.send((chunk, p)).is_err() {
                     return; // the run stopped
                 }
