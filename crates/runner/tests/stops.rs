@@ -95,12 +95,27 @@ fn checkpointed(exp: &Experiment, dir: &Path) -> u64 {
     v["next_image"].as_u64().unwrap()
 }
 
+/// Arm the `test-stop` plugin: `action` at its `call`-th call from now (`None`: never).
+fn arm(at: Option<(usize, Action)>) {
+    CALLS.with(|c| c.set(0));
+    AT.with(|a| *a.borrow_mut() = at);
+}
+
+/// The spec with the `test-stop` plugin in `out`, and options (run id `run`) whose cancel flag
+/// the plugin sets at its `call`-th call, as Ctrl-C would.
+fn cancelled_at(out: &Path, pipeline: bool, call: usize) -> (Experiment, RunOptions) {
+    let exp = spec(out, true, false);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = opts("run", pipeline, cancel.clone());
+    arm(Some((call, Action::Cancel(cancel))));
+    (exp, o)
+}
+
 /// The counts of an uninterrupted run of the same spec in its own output directory.
 fn reference_counts(plugin: bool) -> segsweep_report::Counts {
     let out = tempfile::tempdir().unwrap();
     let exp = spec(out.path(), plugin, false);
-    CALLS.with(|c| c.set(0));
-    AT.with(|a| *a.borrow_mut() = None);
+    arm(None);
     let s = run(&exp, &opts("ref", false, Arc::default())).unwrap();
     assert_eq!(s.records[0].images, IMAGES);
     s.records[0].counts.clone()
@@ -113,11 +128,7 @@ fn ctrl_c_finishes_the_image_in_flight_and_no_other() {
     let reference = reference_counts(true);
     for pipeline in [false, true] {
         let out = tempfile::tempdir().unwrap();
-        let exp = spec(out.path(), true, false);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let o = opts("run", pipeline, cancel.clone());
-        CALLS.with(|c| c.set(0));
-        AT.with(|a| *a.borrow_mut() = Some((4, Action::Cancel(cancel.clone()))));
+        let (exp, o) = cancelled_at(out.path(), pipeline, 4);
         let err = run(&exp, &o).unwrap_err();
         assert!(matches!(err, RunnerError::Interrupted), "{err}");
         assert_eq!(
@@ -125,7 +136,7 @@ fn ctrl_c_finishes_the_image_in_flight_and_no_other() {
             3,
             "pipeline {pipeline}"
         );
-        AT.with(|a| *a.borrow_mut() = None);
+        arm(None);
         let resumed = run(&exp, &opts("run", pipeline, Arc::default())).unwrap();
         assert_eq!(resumed.records[0].counts, reference, "pipeline {pipeline}");
     }
@@ -140,8 +151,7 @@ fn a_panicking_plugin_loses_only_the_image_in_flight() {
         let out = tempfile::tempdir().unwrap();
         let exp = spec(out.path(), true, false);
         let o = opts("run", pipeline, Arc::default());
-        CALLS.with(|c| c.set(0));
-        AT.with(|a| *a.borrow_mut() = Some((5, Action::Panic)));
+        arm(Some((5, Action::Panic)));
         // The panic becomes an error, after the checkpoints are written.
         let err = run(&exp, &o).unwrap_err();
         assert!(
@@ -153,7 +163,7 @@ fn a_panicking_plugin_loses_only_the_image_in_flight() {
             3,
             "pipeline {pipeline}"
         );
-        AT.with(|a| *a.borrow_mut() = None);
+        arm(None);
         let resumed = run(&exp, &o).unwrap();
         assert_eq!(resumed.records[0].counts, reference, "pipeline {pipeline}");
     }
@@ -196,17 +206,13 @@ fn an_overlay_that_cannot_be_written_leaves_a_consistent_checkpoint() {
 fn ctrl_c_during_the_trial_leaves_no_run_directory() {
     let reference = reference_counts(true);
     let out = tempfile::tempdir().unwrap();
-    let exp = spec(out.path(), true, false);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let o = opts("run", false, cancel.clone());
-    CALLS.with(|c| c.set(0));
-    AT.with(|a| *a.borrow_mut() = Some((1, Action::Cancel(cancel.clone()))));
+    let (exp, o) = cancelled_at(out.path(), false, 1);
     let err = run(&exp, &o).unwrap_err();
     assert!(matches!(err, RunnerError::InterruptedBeforeStart), "{err}");
     assert!(err.is_interrupt());
     assert!(!err.to_string().contains("saved"), "{err}");
     assert!(!run_dir(&exp, &o).exists());
-    AT.with(|a| *a.borrow_mut() = None);
+    arm(None);
     let s = run(&exp, &opts("run", false, Arc::default())).unwrap();
     assert_eq!(s.records[0].counts, reference);
 }
@@ -218,16 +224,12 @@ fn ctrl_c_during_the_last_image_finishes_the_run() {
     let reference = reference_counts(true);
     for pipeline in [false, true] {
         let out = tempfile::tempdir().unwrap();
-        let exp = spec(out.path(), true, false);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let o = opts("run", pipeline, cancel.clone());
-        CALLS.with(|c| c.set(0));
-        AT.with(|a| *a.borrow_mut() = Some((IMAGES + 1, Action::Cancel(cancel.clone()))));
+        let (exp, o) = cancelled_at(out.path(), pipeline, IMAGES + 1);
         let s = run(&exp, &o).unwrap();
-        assert!(cancel.load(Ordering::SeqCst));
+        assert!(o.cancel.load(Ordering::SeqCst));
         assert_eq!(s.records[0].images, IMAGES, "pipeline {pipeline}");
         assert_eq!(s.records[0].counts, reference, "pipeline {pipeline}");
-        AT.with(|a| *a.borrow_mut() = None);
+        arm(None);
     }
 }
 
@@ -253,10 +255,9 @@ fn a_plugin_panicking_in_the_trial_is_an_error_before_any_work() {
     let out = tempfile::tempdir().unwrap();
     let exp = spec(out.path(), true, false);
     let o = opts("run", false, Arc::default());
-    CALLS.with(|c| c.set(0));
-    AT.with(|a| *a.borrow_mut() = Some((1, Action::Panic)));
+    arm(Some((1, Action::Panic)));
     let err = run(&exp, &o).unwrap_err();
-    AT.with(|a| *a.borrow_mut() = None);
+    arm(None);
     assert!(
         matches!(&err, RunnerError::Panicked { msg } if msg.contains("panic at call 1")),
         "{err}"
